@@ -1,0 +1,27 @@
+"""torchfpe: Fixed Parameter Expansion for PyTorch.
+
+Widen a network's hidden layers by splitting each unit into children that partition its incoming
+weights, keeping the count of non-zero parameters fixed. ``import torchfpe`` pulls in torch only;
+experiments, sweeps and the command line live in submodules that import their own dependencies.
+"""
+
+from .core import (
+    BIAS_POLICIES,
+    BUDGETS,
+    SPLITS,
+    DropConnectLinear,
+    ExpansionReport,
+    MaskedLinear,
+    apply_masks_,
+    expand,
+    find_hidden_pairs,
+    load_expanded,
+    nonzero_parameters,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BIAS_POLICIES", "BUDGETS", "SPLITS", "DropConnectLinear", "ExpansionReport", "MaskedLinear",
+    "apply_masks_", "expand", "find_hidden_pairs", "load_expanded", "nonzero_parameters", "__version__",
+]

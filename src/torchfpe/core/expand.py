@@ -1,0 +1,462 @@
+"""``expand()``: Fixed Parameter Expansion of any PyTorch model's hidden layers.
+
+A *pair* is (incoming layer, outgoing layer): two ``nn.Linear`` modules with only element-wise
+modules between them. Expanding a pair replaces each of the incoming layer's ``h`` units (parents) by
+``alpha`` children at indices ``alpha * i + k``. Child k's incoming row is the parent's row under
+child k's mask; the parent's outgoing column is copied to every child. Then the budget step prunes
+the smallest-magnitude weights until the model's non-zero count equals its parent's.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from .budget import BUDGETS, nonzero_parameters, prune_smallest_
+from .masked import DropConnectLinear, MaskedLinear
+from .splits import SPLITS, SplitContext, child_masks
+
+BIAS_POLICIES = ("copy", "divide", "zero")
+
+#: Modules that act on each unit separately, so a Linear followed by them still feeds the next
+#: Linear unit by unit. Norms that mix units (LayerNorm) or carry per-unit parameters (BatchNorm)
+#: end the chain: name such pairs explicitly with ``pairs=`` only if the norm is handled by you.
+ELEMENTWISE_MODULES: tuple[type[nn.Module], ...] = (
+    nn.Identity, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+    nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Softsign, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid,
+    nn.LogSigmoid, nn.Tanhshrink, nn.Softshrink, nn.Hardshrink, nn.Threshold, nn.Dropout, nn.AlphaDropout,
+)
+
+SplitSpec = str | Tensor | Callable
+
+
+# ----------------------------------------------------------------------------------------- report
+@dataclass
+class LayerChange:
+    """Non-zero counts of one expanded layer (weights and bias together)."""
+
+    name: str
+    role: str  # "in" (units split), "out" (columns copied) or "in+out"
+    shape_before: tuple[int, int]
+    shape_after: tuple[int, int]
+    nonzero_before: int
+    nonzero_split: int  # after splitting/copying, before the budget
+    nonzero_after: int
+
+
+@dataclass
+class ExpansionReport:
+    """What ``expand`` did: per-layer non-zero counts before, after splitting, and after the budget."""
+
+    alpha: int
+    split: str
+    budget: str
+    bias: str
+    seed: int
+    layers: list[LayerChange] = field(default_factory=list)
+    model_nonzero_before: int = 0
+    model_nonzero_after: int = 0
+
+    @property
+    def excess(self) -> int:
+        """Non-zero parameters above the parent's (0 under any pruning budget)."""
+        return self.model_nonzero_after - self.model_nonzero_before
+
+    def rows(self) -> list[dict]:
+        return [vars(change).copy() for change in self.layers]
+
+    def to_dict(self) -> dict:
+        return {
+            "alpha": self.alpha, "split": self.split, "budget": self.budget, "bias": self.bias, "seed": self.seed,
+            "model_nonzero_before": self.model_nonzero_before, "model_nonzero_after": self.model_nonzero_after,
+            "excess": self.excess, "layers": self.rows(),
+        }
+
+    def __str__(self) -> str:
+        header = ["layer", "role", "shape before", "shape after", "non-zero before", "after split", "after budget"]
+        body = [
+            [c.name, c.role, "x".join(map(str, c.shape_before)), "x".join(map(str, c.shape_after)),
+             str(c.nonzero_before), str(c.nonzero_split), str(c.nonzero_after)]
+            for c in self.layers
+        ]
+        body.append(["model", "", "", "", str(self.model_nonzero_before), "", str(self.model_nonzero_after)])
+        widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+        line = lambda row: "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()  # noqa: E731
+        title = (f"FPE alpha={self.alpha} split={self.split} budget={self.budget} bias={self.bias} "
+                 f"seed={self.seed} excess={self.excess}")
+        return "\n".join([title, line(header), line(["-" * w for w in widths]), *map(line, body)])
+
+
+# ------------------------------------------------------------------------------------- discovery
+def _sequential_leaves(module: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
+    leaves = []
+    for name, child in module.named_children():
+        path = f"{prefix}{name}"
+        if isinstance(child, nn.Sequential):
+            leaves.extend(_sequential_leaves(child, path + "."))
+        else:
+            leaves.append((path, child))
+    return leaves
+
+
+def find_hidden_pairs(model: nn.Sequential) -> list[tuple[str, str]]:
+    """(incoming, outgoing) pairs of an ``nn.Sequential``: Linears joined by element-wise modules only.
+
+    Nested ``nn.Sequential`` containers are read in order; the last Linear is never an incoming layer.
+    """
+    pairs = []
+    pending: str | None = None
+    for path, module in _sequential_leaves(model):
+        if isinstance(module, nn.Linear):
+            if pending is not None:
+                pairs.append((pending, path))
+            pending = path
+        elif not isinstance(module, ELEMENTWISE_MODULES) or (isinstance(module, nn.PReLU) and module.num_parameters > 1):
+            pending = None
+    return pairs
+
+
+def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
+    parent_path, _, name = path.rpartition(".")
+    setattr(root.get_submodule(parent_path) if parent_path else root, name, module)
+
+
+# ------------------------------------------------------------------------------------ validation
+def _check_alpha(alpha: object) -> int:
+    if isinstance(alpha, bool) or not isinstance(alpha, int):
+        if isinstance(alpha, float) and alpha.is_integer():
+            raise TypeError(f"alpha must be an int (got float {alpha!r}; pass {int(alpha)})")
+        raise TypeError(f"alpha must be an int >= 2, got {type(alpha).__name__} {alpha!r}")
+    if alpha < 2:
+        raise ValueError(f"alpha must be an int >= 2, got {alpha}")
+    return alpha
+
+
+def _resolve_pairs(model: nn.Module, pairs, layers) -> list[tuple[str, str]]:
+    if pairs is None:
+        if not isinstance(model, nn.Sequential):
+            raise TypeError(
+                f"expand() finds hidden layers itself only in nn.Sequential; for {type(model).__name__} pass "
+                "pairs=[('incoming.module.path', 'outgoing.module.path'), ...]"
+            )
+        pairs = find_hidden_pairs(model)
+        if layers is not None:
+            known = [incoming for incoming, _ in pairs]
+            unknown = [name for name in layers if name not in known]
+            if unknown:
+                raise ValueError(f"layers={unknown!r} are not hidden layers of this model; hidden layers: {known}")
+            pairs = [pair for pair in pairs if pair[0] in set(layers)]
+    else:
+        if layers is not None:
+            raise ValueError("pass either pairs= or layers=, not both (pairs already selects the layers)")
+        if isinstance(pairs, (str, bytes)) or not isinstance(pairs, Sequence):
+            raise TypeError("pairs must be a list of (incoming, outgoing) module-path tuples")
+        pairs = list(pairs)
+        for pair in pairs:
+            if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
+                raise TypeError(f"each entry of pairs must be a (incoming, outgoing) tuple of module paths, got {pair!r}")
+        pairs = [tuple(pair) for pair in pairs]
+    if not pairs:
+        raise ValueError("the model has no hidden layer to expand: no nn.Linear feeds another nn.Linear "
+                         "through element-wise modules only (pass pairs=... to name them)")
+    incoming_seen, outgoing_seen = set(), set()
+    for incoming, outgoing in pairs:
+        modules = []
+        for name in (incoming, outgoing):
+            try:
+                module = model.get_submodule(name)
+            except AttributeError:
+                raise ValueError(f"pairs names {name!r}, which is not a submodule of the model") from None
+            if not isinstance(module, nn.Linear):
+                raise TypeError(f"pairs names {name!r}, a {type(module).__name__}; only nn.Linear layers can be expanded")
+            modules.append(module)
+        if incoming == outgoing:
+            raise ValueError(f"pair ({incoming!r}, {outgoing!r}) names one layer twice")
+        if modules[0].out_features != modules[1].in_features:
+            raise ValueError(
+                f"pair ({incoming!r}, {outgoing!r}) does not chain: {incoming} has {modules[0].out_features} "
+                f"outputs but {outgoing} has {modules[1].in_features} inputs"
+            )
+        if incoming in incoming_seen or outgoing in outgoing_seen:
+            raise ValueError(f"pair ({incoming!r}, {outgoing!r}) reuses a layer already in another pair's same role")
+        incoming_seen.add(incoming)
+        outgoing_seen.add(outgoing)
+    return pairs
+
+
+def _resolve_splits(split, incoming_names: list[str]) -> dict[str, SplitSpec]:
+    def check(spec, where: str):
+        if isinstance(spec, str):
+            if spec not in SPLITS:
+                raise ValueError(f"{where}: unknown split {spec!r}; allowed: {', '.join(SPLITS)}, "
+                                 "a tensor of child ids, or a callable")
+        elif not (isinstance(spec, Tensor) or callable(spec)):
+            raise TypeError(f"{where}: split must be a name, a tensor of child ids or a callable, got {type(spec).__name__}")
+        return spec
+
+    if isinstance(split, Mapping):
+        missing = [name for name in incoming_names if name not in split]
+        extra = [name for name in split if name not in incoming_names]
+        if missing or extra:
+            raise ValueError(f"split mapping must name exactly the expanded layers {incoming_names}; "
+                             f"missing {missing}, unknown {extra}")
+        specs = {name: check(split[name], f"split[{name!r}]") for name in incoming_names}
+    else:
+        specs = {name: check(split, "split") for name in incoming_names}
+    for control in ("dropconnect", "static_sparse"):
+        uses = [isinstance(spec, str) and spec == control for spec in specs.values()]
+        if any(uses) and not all(uses):
+            raise ValueError(f"split={control!r} applies to the whole model; it cannot be mixed with other splits")
+    return specs
+
+
+def _check_clauses(clauses, fan_ins: dict[str, int]) -> list[list[int]]:
+    if clauses is None:
+        raise ValueError("split='clause' needs clauses=[[input indices of clause 0], [of clause 1], ...]")
+    if isinstance(clauses, Tensor):
+        clauses = clauses.tolist()
+    if not isinstance(clauses, Sequence) or len(clauses) == 0:
+        raise ValueError("clauses must be a non-empty list of lists of input indices")
+    checked = []
+    for index, clause in enumerate(clauses):
+        if isinstance(clause, Tensor):
+            clause = clause.tolist()
+        if not isinstance(clause, Sequence) or len(clause) == 0:
+            raise ValueError(f"clauses[{index}] is empty; every clause needs at least one input index")
+        for j in clause:
+            if isinstance(j, bool) or not isinstance(j, int):
+                raise TypeError(f"clauses[{index}] holds {j!r}; input indices must be ints")
+            for layer, fan_in in fan_ins.items():
+                if not 0 <= j < fan_in:
+                    raise ValueError(f"clauses[{index}] holds input index {j}, out of range for layer "
+                                     f"{layer!r} with {fan_in} inputs (allowed 0..{fan_in - 1})")
+        checked.append(sorted(set(clause)))
+    return checked
+
+
+def _effective(module: nn.Linear) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
+    weight = module.weight.detach().clone()
+    bias = None if module.bias is None else module.bias.detach().clone()
+    if isinstance(module, MaskedLinear):
+        weight_mask = module.weight_mask.clone()
+        bias_mask = None if bias is None else module.bias_mask.clone()
+    else:
+        weight_mask = torch.ones_like(weight, dtype=torch.bool)
+        bias_mask = None if bias is None else torch.ones_like(bias, dtype=torch.bool)
+    weight = weight * weight_mask
+    if bias is not None:
+        bias = bias * bias_mask
+    return weight, bias, weight_mask, bias_mask
+
+
+def _layer_nonzero(weight: Tensor, bias: Tensor | None) -> int:
+    return int(torch.count_nonzero(weight)) + (0 if bias is None else int(torch.count_nonzero(bias)))
+
+
+# ------------------------------------------------------------------------------------------ expand
+def expand(
+    model: nn.Module,
+    alpha: int,
+    split: SplitSpec | Mapping[str, SplitSpec] = "random",
+    *,
+    seed: int | None = None,
+    pairs: Sequence[tuple[str, str]] | None = None,
+    clauses: Sequence[Sequence[int]] | None = None,
+    layers: Sequence[str] | None = None,
+    bias: str = "copy",
+    budget: str = "global",
+    dropconnect_p: float | None = None,
+    return_report: bool = False,
+) -> nn.Module | tuple[nn.Module, ExpansionReport]:
+    """Return an expanded copy of ``model``; ``model`` itself is never modified.
+
+    Args:
+        model: any module. An ``nn.Sequential`` MLP has its hidden layers found automatically.
+        alpha: children per parent unit, an int from 2 to the smallest fan-in being split.
+        split: ``"random"`` (balanced, independent per parent), ``"clause"`` (whole clauses per
+            child; needs ``clauses``), ``"feature"`` (balanced clusters of the Gram matrix WᵀW),
+            ``"contiguous"`` (index-order chunks), a tensor of child ids ``(parents, inputs)`` or
+            ``(inputs,)``, a callable ``fn(weight, alpha, generator)``, or a dict naming one of these
+            per incoming layer. Controls that are not FPE: ``"overlap"`` (children draw overlapping
+            inputs), ``"static_sparse"`` (width alpha·h under one random fixed mask per layer with the
+            parent's count), ``"dropconnect"`` (parent width, DropConnect on incoming weights).
+        seed: seeds every random choice; ``None`` draws one from torch's global generator (the
+            report records it).
+        pairs: (incoming, outgoing) module paths to expand; required for models that are not
+            ``nn.Sequential``. Consecutive pairs may share a layer.
+        clauses: input indices of each clause, for ``split="clause"``.
+        layers: for ``nn.Sequential``, the incoming-layer paths to expand (default: all hidden).
+        bias: children's biases: ``"copy"`` the parent's, ``"divide"`` it by alpha, or ``"zero"``
+            (children carry no bias: fixed at 0 by the mask).
+        budget: ``"global"`` (prune smallest magnitudes across expanded layers' weights),
+            ``"outgoing"`` (prune only copied outgoing weights), ``"layerwise"`` (each layer back
+            to its own count), or ``"none"``.
+        dropconnect_p: drop probability for ``split="dropconnect"`` (default ``1 - 1/alpha``).
+        return_report: also return an :class:`ExpansionReport`.
+    """
+    alpha = _check_alpha(alpha)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if bias not in BIAS_POLICIES:
+        raise ValueError(f"unknown bias policy {bias!r}; allowed: {', '.join(BIAS_POLICIES)}")
+    if budget not in BUDGETS:
+        raise ValueError(f"unknown budget policy {budget!r}; allowed: {', '.join(BUDGETS)}")
+    if dropconnect_p is not None and not 0.0 <= dropconnect_p < 1.0:
+        raise ValueError(f"dropconnect_p must be in [0, 1), got {dropconnect_p!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+    pairs = _resolve_pairs(model, pairs, layers)
+    incoming_names = [incoming for incoming, _ in pairs]
+    specs = _resolve_splits(split, incoming_names)
+
+    fan_in = {name: model.get_submodule(name).in_features for name in incoming_names}
+    smallest = min(fan_in.values())
+    if alpha > smallest:
+        layer = min(fan_in, key=fan_in.get)
+        raise ValueError(f"alpha={alpha} exceeds the fan-in {smallest} of layer {layer!r}; allowed 2..{smallest}")
+
+    touched: list[str] = []
+    for incoming, outgoing in pairs:
+        touched.extend(name for name in (incoming, outgoing) if name not in touched)
+    for name in touched:
+        for pname, param in model.get_submodule(name).named_parameters(recurse=False):
+            if not torch.isfinite(param.detach()).all():
+                raise ValueError(f"layer {name!r} has NaN or inf in its {pname}; expand needs finite weights")
+
+    clause_layers = {name: fan_in[name] for name, spec in specs.items() if isinstance(spec, str) and spec == "clause"}
+    checked_clauses = _check_clauses(clauses, clause_layers) if clause_layers else None
+
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, (1,)))
+    generator = torch.Generator().manual_seed(seed)
+    split_label = _split_label(specs)
+    report = ExpansionReport(alpha=alpha, split=split_label, budget=budget, bias=bias, seed=seed)
+    report.model_nonzero_before = nonzero_parameters(model)
+    expanded = copy.deepcopy(model)
+
+    if all(isinstance(spec, str) and spec == "dropconnect" for spec in specs.values()):
+        p = 1.0 - 1.0 / alpha if dropconnect_p is None else dropconnect_p
+        for name in incoming_names:
+            module = model.get_submodule(name)
+            weight, bias_t, weight_mask, bias_mask = _effective(module)
+            layer = DropConnectLinear.from_tensors(weight, bias_t, weight_mask, bias_mask)
+            layer.p = p
+            layer.train(module.training)
+            _set_submodule(expanded, name, layer)
+            count = _layer_nonzero(weight, bias_t)
+            shape = tuple(weight.shape)
+            report.layers.append(LayerChange(name, "in", shape, shape, count, count, count))
+        report.model_nonzero_after = nonzero_parameters(expanded)
+        return (expanded, report) if return_report else expanded
+
+    row_factor = {name: alpha for name in incoming_names}
+    col_factor = {outgoing: alpha for _, outgoing in pairs}
+    state: dict[str, dict] = {}
+    for name in touched:
+        module = model.get_submodule(name)
+        weight, bias_t, weight_mask, bias_mask = _effective(module)
+        rows, cols = row_factor.get(name, 1), col_factor.get(name, 1)
+        new_weight = weight.repeat_interleave(rows, 0).repeat_interleave(cols, 1)
+        new_mask = weight_mask.repeat_interleave(rows, 0).repeat_interleave(cols, 1)
+        new_bias = None if bias_t is None else bias_t.repeat_interleave(rows)
+        new_bias_mask = None if bias_mask is None else bias_mask.repeat_interleave(rows)
+        if rows > 1 and new_bias is not None:
+            if bias == "divide":
+                new_bias = new_bias / alpha
+            elif bias == "zero":
+                new_bias_mask = torch.zeros_like(new_bias_mask)
+        spec = specs.get(name)
+        if rows > 1 and not (isinstance(spec, str) and spec == "static_sparse"):
+            lifted = None
+            if checked_clauses is not None and isinstance(spec, str) and spec == "clause":
+                lifted = [[j * cols + c for j in clause for c in range(cols)] for clause in checked_clauses]
+            context = SplitContext(
+                layer=name, weight=weight.repeat_interleave(cols, 1).cpu(), alpha=alpha,
+                generator=generator, clauses=lifted,
+            )
+            masks = child_masks(spec, context)
+            new_mask &= masks.reshape(weight.shape[0] * alpha, -1).to(new_mask.device)
+        state[name] = {
+            "module": module, "role": "in+out" if rows > 1 and cols > 1 else ("in" if rows > 1 else "out"),
+            "weight": new_weight, "mask": new_mask, "bias": new_bias, "bias_mask": new_bias_mask,
+            "before": _layer_nonzero(weight, bias_t), "shape_before": tuple(weight.shape),
+        }
+
+    if any(isinstance(s, str) and s == "static_sparse" for s in specs.values()):
+        for name in touched:
+            entry = state[name]
+            keep = int(torch.count_nonzero(_effective(entry["module"])[0]))
+            live = torch.nonzero(entry["mask"].reshape(-1).cpu()).squeeze(1)
+            chosen = live[torch.randperm(live.numel(), generator=generator)[:keep]]
+            mask = torch.zeros(entry["mask"].numel(), dtype=torch.bool)
+            mask[chosen] = True
+            entry["mask"] = mask.reshape(entry["mask"].shape).to(entry["mask"].device)
+
+    for entry in state.values():
+        entry["weight"] = entry["weight"] * entry["mask"]
+        if entry["bias"] is not None:
+            entry["bias"] = entry["bias"] * entry["bias_mask"]
+        entry["split"] = _layer_nonzero(entry["weight"], entry["bias"])
+
+    _apply_budget(state, budget)
+
+    for name, entry in state.items():
+        layer = MaskedLinear.from_tensors(entry["weight"], entry["bias"], entry["mask"], entry["bias_mask"])
+        layer.train(entry["module"].training)
+        _set_submodule(expanded, name, layer)
+        report.layers.append(LayerChange(
+            name=name, role=entry["role"], shape_before=entry["shape_before"],
+            shape_after=tuple(entry["weight"].shape), nonzero_before=entry["before"],
+            nonzero_split=entry["split"], nonzero_after=_layer_nonzero(entry["weight"], entry["bias"]),
+        ))
+    report.model_nonzero_after = nonzero_parameters(expanded)
+    return (expanded, report) if return_report else expanded
+
+
+def _split_label(specs: Mapping[str, SplitSpec]) -> str:
+    labels = {spec if isinstance(spec, str) else ("assignment" if isinstance(spec, Tensor) else "callable")
+              for spec in specs.values()}
+    return labels.pop() if len(labels) == 1 else "mixed"
+
+
+def _apply_budget(state: dict[str, dict], budget: str) -> None:
+    if budget == "none":
+        return
+    if budget == "layerwise":
+        for name, entry in state.items():
+            prune_smallest_({name: entry["weight"]}, {name: entry["mask"]}, entry["split"] - entry["before"])
+        return
+    names = list(state) if budget == "global" else [n for n, e in state.items() if e["role"] != "in"]
+    excess = sum(e["split"] for e in state.values()) - sum(e["before"] for e in state.values())
+    prune_smallest_({n: state[n]["weight"] for n in names}, {n: state[n]["mask"] for n in names}, excess)
+
+
+def load_expanded(model: nn.Module, state_dict: Mapping[str, Tensor], *, strict: bool = True) -> nn.Module:
+    """Load a saved expanded ``state_dict`` into a fresh copy of the *parent* architecture.
+
+    Every ``nn.Linear`` whose entry in ``state_dict`` carries a ``weight_mask`` is replaced by a
+    :class:`MaskedLinear` (a :class:`DropConnectLinear` is restored as a plain masked layer; set its
+    ``p`` again if you need the training-time drop) of the saved shape, then the whole state is loaded
+    (masks included). ``model`` itself is not modified; the loaded copy is returned.
+    """
+    loaded = copy.deepcopy(model)
+    for key, mask in state_dict.items():
+        if not key.endswith("weight_mask"):
+            continue
+        path = key[: -len("weight_mask")].rstrip(".")
+        old = loaded.get_submodule(path) if path else loaded
+        if not isinstance(old, nn.Linear):
+            raise TypeError(f"state_dict has a mask for {path!r}, which is a {type(old).__name__}, not nn.Linear")
+        has_bias = f"{path}.bias" in state_dict if path else "bias" in state_dict
+        out_features, in_features = mask.shape
+        layer = MaskedLinear(in_features, out_features, bias=has_bias, device=old.weight.device, dtype=old.weight.dtype)
+        if path:
+            _set_submodule(loaded, path, layer)
+        else:
+            loaded = layer
+    loaded.load_state_dict(state_dict, strict=strict)
+    return loaded

@@ -1,0 +1,116 @@
+"""Masked linear layers: an ordinary ``nn.Linear`` with fixed binary masks kept as buffers.
+
+Like ``torch.nn.utils.prune``, the mask is a buffer beside an ordinary weight, so the module saves and
+loads through ``state_dict``. Unlike it, the stored weight itself is kept at exactly 0.0 where the mask
+is 0, so counting non-zeros of the parameters gives the true budget.
+
+Why masked entries stay 0.0 under any optimizer: the forward pass uses ``weight * mask``, so the
+gradient of a masked entry is exactly 0. An entry that is 0.0, has gradient 0.0 and fresh optimizer
+state (all of torch.optim's optimizers start their state at zero) receives a zero update from SGD
+(with momentum, Nesterov, weight decay), Adam, AdamW (decoupled decay multiplies 0.0), RMSprop,
+Adagrad and the rest. ``apply_masks_`` re-zeroes stored weights for optimizers outside that class.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class MaskedLinear(nn.Linear):
+    """``nn.Linear`` whose weight (and bias) are multiplied by fixed boolean masks.
+
+    Buffers ``weight_mask`` (shape of ``weight``) and ``bias_mask`` (shape of ``bias``, or ``None``)
+    are saved in ``state_dict``. Being a subclass of ``nn.Linear``, an expanded model can be expanded
+    again.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.register_buffer("weight_mask", torch.ones(out_features, in_features, dtype=torch.bool, device=device))
+        if bias:
+            self.register_buffer("bias_mask", torch.ones(out_features, dtype=torch.bool, device=device))
+        else:
+            self.register_buffer("bias_mask", None)
+
+    @classmethod
+    def from_tensors(
+        cls,
+        weight: Tensor,
+        bias: Tensor | None,
+        weight_mask: Tensor,
+        bias_mask: Tensor | None,
+    ) -> "MaskedLinear":
+        """Build a layer holding copies of the given tensors; stored values are masked."""
+        out_features, in_features = weight.shape
+        layer = cls(in_features, out_features, bias=bias is not None, device=weight.device, dtype=weight.dtype)
+        with torch.no_grad():
+            layer.weight_mask.copy_(weight_mask)
+            layer.weight.copy_(weight * weight_mask)
+            if bias is not None:
+                assert bias_mask is not None
+                layer.bias_mask.copy_(bias_mask)
+                layer.bias.copy_(bias * bias_mask)
+        return layer
+
+    def masked_weight(self) -> Tensor:
+        return self.weight * self.weight_mask
+
+    def masked_bias(self) -> Tensor | None:
+        return None if self.bias is None else self.bias * self.bias_mask
+
+    def forward(self, input: Tensor) -> Tensor:  # noqa: A002 - nn.Linear's own name
+        return F.linear(input, self.masked_weight(), self.masked_bias())
+
+    @torch.no_grad()
+    def apply_mask_(self) -> None:
+        """Set stored masked entries to exactly 0.0 (a no-op after any torch.optim step)."""
+        self.weight.mul_(self.weight_mask)
+        if self.bias is not None:
+            self.bias.mul_(self.bias_mask)
+
+    def density(self) -> float:
+        return float(self.weight_mask.float().mean())
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, density={self.density():.3f}"
+
+
+class DropConnectLinear(MaskedLinear):
+    """A masked linear layer that, in training mode, also drops each weight with probability ``p``.
+
+    Kept weights are scaled by ``1 / (1 - p)`` so evaluation uses the plain weights. The random drop
+    uses torch's global generator, so seed training with ``torch.manual_seed``. This is the
+    DropConnect control: the parent's width and non-zero count, with random sparsity at train time.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, p: float = 0.5, **kwargs) -> None:
+        super().__init__(in_features, out_features, bias=bias, **kwargs)
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"p must be in [0, 1), got {p!r}")
+        self.p = float(p)
+
+    def forward(self, input: Tensor) -> Tensor:  # noqa: A002
+        weight = self.masked_weight()
+        if self.training and self.p > 0:
+            keep = torch.rand_like(weight) >= self.p
+            weight = weight * keep / (1.0 - self.p)
+        return F.linear(input, weight, self.masked_bias())
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, p={self.p}"
+
+
+def apply_masks_(model: nn.Module) -> None:
+    """Re-zero the stored masked entries of every masked layer in ``model``."""
+    for module in model.modules():
+        if isinstance(module, MaskedLinear):
+            module.apply_mask_()
