@@ -1,0 +1,202 @@
+"""Run a list of jobs through the result store: in-process, in a local process pool, or on Ray.
+
+The same ``run_batch(configs)`` of an experiment is what every backend calls; backends differ only
+in where the call happens. Jobs that differ only in their seed are grouped into one *unit* and
+trained as one stack (:mod:`torchfpe.batched`). Only the parent process writes to the store, one
+file per finished run, so a killed sweep loses only the units in flight.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .store import ResultStore, config_key
+
+BACKENDS = ("local", "process", "ray")
+
+#: experiment name -> module path; each module has make_config(**fields) and run_batch(configs).
+EXPERIMENTS = {
+    "boolean": "torchfpe.experiments.boolean",
+    "theory": "torchfpe.experiments.collisions",
+}
+
+
+def experiment_module(name: str):
+    if name not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {name!r}; known: {', '.join(EXPERIMENTS)}")
+    return importlib.import_module(EXPERIMENTS[name])
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run: an experiment name and its config (a dataclass with ``to_dict`` and ``without_seed``)."""
+
+    experiment: str
+    config: Any
+
+    @property
+    def key(self) -> str:
+        return config_key(self.experiment, self.config.to_dict())
+
+
+def make_jobs(experiment: str, config_dicts: Iterable[dict]) -> list[Job]:
+    module = experiment_module(experiment)
+    return [Job(experiment, module.make_config(**d)) for d in config_dicts]
+
+
+def plan_units(jobs: Sequence[Job], workers: int, max_batch: int = 64) -> list[list[Job]]:
+    """Group jobs that differ only in their seed; split groups so that every worker gets work."""
+    groups: dict[tuple, list[Job]] = {}
+    for job in jobs:
+        groups.setdefault((job.experiment, job.config.without_seed()), []).append(job)
+    pieces_per_group = max(1, math.ceil(workers / max(1, len(groups))))
+    units = []
+    for members in groups.values():
+        size = min(max_batch, max(1, math.ceil(len(members) / pieces_per_group)))
+        units.extend(members[i:i + size] for i in range(0, len(members), size))
+    return units
+
+
+def run_unit(experiment: str, config_dicts: list[dict], threads: int | None = None) -> list[tuple[str, dict, list[dict], float]]:
+    """Run one unit (configs equal but for the seed); returns (key, config, records, seconds) per run."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    module = experiment_module(experiment)
+    configs = [module.make_config(**d) for d in config_dicts]
+    started = time.perf_counter()
+    records = module.run_batch(configs)
+    seconds = (time.perf_counter() - started) / max(1, len(configs))
+    results = []
+    for config in configs:
+        mine = [_plain(r) for r in records if r.get("seed") == config.seed]
+        results.append((config_key(experiment, config.to_dict()), config.to_dict(), mine, seconds))
+    return results
+
+
+def _plain(record: dict) -> dict:
+    """JSON-ready record: tensors become lists; the in-memory ``_hidden_weight`` becomes ``hidden_weight``."""
+    plain = {}
+    for key, value in record.items():
+        if hasattr(value, "tolist"):
+            value = value.tolist()
+        plain[key.lstrip("_")] = value
+    return plain
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def execute(
+    jobs: Sequence[Job],
+    store: ResultStore,
+    *,
+    backend: str = "local",
+    workers: int | None = None,
+    threads: int | None = None,
+    address: str | None = None,
+    quiet: bool = False,
+    description: str = "runs",
+) -> dict:
+    """Run the jobs not yet in ``store``; returns counts of what was done and skipped."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; allowed: {', '.join(BACKENDS)}")
+    store.clean_temporaries()
+    store.all_runs()  # fails loudly on corrupt or foreign files before any work starts
+    unique = list({job.key: job for job in jobs}.values())
+    pending = [job for job in unique if not store.has(job.key)]
+    workers = workers or ((os.cpu_count() or 1) if backend != "local" else 1)
+    threads = threads or (1 if backend != "local" else None)
+    units = plan_units(pending, workers if backend != "local" else 1)
+    summary = {"total": len(unique), "skipped": len(unique) - len(pending), "done": 0, "backend": backend}
+    with _progress(quiet, description, len(unique), summary["skipped"]) as advance:
+        def save(results):
+            for key, config, records, seconds in results:
+                store.put(key, config, records, seconds=seconds)
+                summary["done"] += 1
+                advance(1)
+
+        if backend == "local":
+            for unit in units:
+                save(run_unit(unit[0].experiment, [job.config.to_dict() for job in unit], threads))
+        elif backend == "process":
+            _run_process_pool(units, workers, threads, save)
+        else:
+            _run_ray(units, threads, address, save)
+    return summary
+
+
+def _run_process_pool(units, workers: int, threads: int, save: Callable) -> None:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
+                             initargs=(threads,)) as pool:
+        futures = [pool.submit(run_unit, unit[0].experiment, [j.config.to_dict() for j in unit], threads)
+                   for unit in units]
+        for future in as_completed(futures):
+            save(future.result())
+
+
+def _run_ray(units, threads: int, address: str | None, save: Callable) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise ImportError("the ray backend needs Ray: pip install 'torchfpe[ray]'") from None
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    try:
+        remote = ray.remote(num_cpus=1)(run_unit)
+        pending = [remote.remote(unit[0].experiment, [j.config.to_dict() for j in unit], threads) for unit in units]
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            save(ray.get(ready[0]))
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+class _progress:
+    """A rich progress bar (counts, rate, ETA) or nothing when quiet."""
+
+    def __init__(self, quiet: bool, description: str, total: int, completed: int) -> None:
+        self.quiet, self.description, self.total, self.completed = quiet, description, total, completed
+
+    def __enter__(self):
+        if self.quiet:
+            return lambda n: None
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+
+        self.bar = Progress(
+            SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+        )
+        self.bar.__enter__()
+        self.task = self.bar.add_task(self.description, total=self.total, completed=self.completed, rate="")
+        self.started = time.perf_counter()
+        self.fresh = 0
+
+        def advance(n: int) -> None:
+            self.fresh += n
+            per_minute = 60 * self.fresh / max(1e-9, time.perf_counter() - self.started)
+            self.bar.update(self.task, advance=n, rate=f"{per_minute:.1f} runs/min")
+
+        return advance
+
+    def __exit__(self, *exc):
+        if not self.quiet:
+            self.bar.__exit__(*exc)
+        return False

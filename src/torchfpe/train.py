@@ -1,0 +1,92 @@
+"""Fit loops, one model at a time: the readable reference path.
+
+The two-phase protocol of the paper: dense warm-up for T1 epochs, ``expand``, then T2 more epochs
+with a new optimizer of the same settings; the dense baseline keeps training (same optimizer) for
+T1 + T2 epochs in all. :mod:`torchfpe.batched` trains many same-shape models at once and gives the
+same numbers up to float rounding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Optimizer settings shared by both phases of the protocol."""
+
+    optimizer: str = "adam"
+    lr: float = 5e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # sgd only
+    batch_size: int | None = None  # None: full batch
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 or None (full batch), got {self.batch_size}")
+
+
+def make_optimizer(parameters, settings: TrainSettings) -> torch.optim.Optimizer:
+    if settings.optimizer == "adam":
+        return torch.optim.Adam(parameters, lr=settings.lr, weight_decay=settings.weight_decay)
+    if settings.optimizer == "adamw":
+        return torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.weight_decay)
+    return torch.optim.SGD(parameters, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
+
+
+def binary_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean binary cross-entropy on logits of shape (..., N, 1) or (..., N) against 0/1 targets."""
+    return F.binary_cross_entropy_with_logits(logits.reshape(targets.shape), targets)
+
+
+def batch_order(examples: int, epochs: int, batch_size: int | None, generator: torch.Generator | None):
+    """Index batches for ``epochs`` epochs: full batch (None) or a fresh permutation per epoch."""
+    for _ in range(epochs):
+        if batch_size is None or batch_size >= examples:
+            yield None
+            continue
+        order = torch.randperm(examples, generator=generator)
+        for start in range(0, examples, batch_size):
+            yield order[start:start + batch_size]
+
+
+def fit(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    epochs: int,
+    settings: TrainSettings,
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    generator: torch.Generator | None = None,
+    loss_fn=binary_loss,
+) -> torch.optim.Optimizer:
+    """Train ``model`` in place for ``epochs`` epochs; returns the optimizer so training can go on."""
+    optimizer = optimizer or make_optimizer(model.parameters(), settings)
+    model.train()
+    for index in batch_order(len(x), epochs, settings.batch_size, generator):
+        xb, yb = (x, y) if index is None else (x[index], y[index])
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(model(xb), yb).backward()
+        optimizer.step()
+    return optimizer
+
+
+@torch.no_grad()
+def binary_accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
+    model.eval()
+    logits = model(x).reshape(y.shape)
+    model.train()
+    return float(((logits > 0).to(y.dtype) == y).float().mean())
