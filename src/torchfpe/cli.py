@@ -92,14 +92,15 @@ def reproduce_boolean(
     try:
         overrides = parse_sets(set_)
         config_dicts = study_configs(chosen, seeds, overrides)
-    except (ValueError, typer.BadParameter) as error:
+        base = _base_config(chosen.experiment, config_dicts[0])
+    except (ValueError, TypeError, typer.BadParameter) as error:
         _fail(str(error))
     out = out or Path("runs") / f"boolean-{study}"
     axes = list(chosen.axes)
     meta = {
         "study": study, "axis": axes[0] if len(axes) == 1 else (axes or None), "seeds": seeds,
         "command": "torchfpe " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "torchfpe",
-        "base": _base_config(chosen.experiment, config_dicts[0]), "overrides": overrides,
+        "base": base, "overrides": overrides,
         "date": _dt.date.today().isoformat(), "dataset_note": DATASET_NOTE, "description": chosen.description,
     }
     report = run_study_into(out, meta, chosen.experiment, config_dicts, backend=backend, workers=workers,

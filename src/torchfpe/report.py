@@ -94,7 +94,7 @@ STUDIES: frozenset[str] = SWEEP_STUDIES | {"headline", "metrics", "theory"}
 HEATMAP_VARIANTS: tuple[str, ...] = ("dense", "random", "clause")
 DPI = 120
 DASH = "—"
-EXCLUDED_CSV_KEYS: frozenset[str] = frozenset({"hidden_weight"})
+EXCLUDED_CSV_KEYS: frozenset[str] = frozenset({"hidden_weight", "input_order"})
 
 
 # --------------------------------------------------------------------------------- statistics
@@ -412,6 +412,9 @@ def _heatmap_records(frame: pd.DataFrame, records: list[dict]) -> list[tuple[str
                  and float(r["seed"]) == smallest]
         rec = (exact or sorted(cands, key=lambda r: _axis_key(r.get("seed"))))[0]
         weight = np.asarray(rec["hidden_weight"], dtype=float)
+        order = rec.get("input_order")
+        if order is not None and weight.ndim == 2 and sorted(order) == list(range(weight.shape[1])):
+            weight = weight[:, order]  # inputs grouped clause by clause, so block structure shows
         if weight.ndim == 2 and weight.size:
             out.append((variant, rec.get("seed"), weight))
     return out

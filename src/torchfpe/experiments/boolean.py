@@ -142,7 +142,14 @@ def _batch_generator(config: BooleanConfig, phase: int) -> torch.Generator:
     return torch.Generator().manual_seed(config.seed * 7919 + phase)
 
 
-def _record(config: BooleanConfig, variant: str, model: nn.Module, train_acc: float, test_acc: float) -> dict:
+def _input_order(clauses: list[list[int]], n_vars: int) -> list[int]:
+    """Inputs grouped clause by clause, then the unused ones: the order heat maps are drawn in."""
+    order = list(dict.fromkeys(j for clause in clauses for j in clause))
+    return order + [j for j in range(n_vars) if j not in set(order)]
+
+
+def _record(config: BooleanConfig, variant: str, model: nn.Module, train_acc: float, test_acc: float,
+            clauses: list[list[int]]) -> dict:
     weight = metrics.hidden_weights(model)[0][1]
     record = config.to_dict()
     record.update(
@@ -151,6 +158,7 @@ def _record(config: BooleanConfig, variant: str, model: nn.Module, train_acc: fl
         **metrics.interference_metrics(weight),
     )
     record["_hidden_weight"] = weight
+    record["_input_order"] = _input_order(clauses, config.n_vars)
     return record
 
 
@@ -182,7 +190,7 @@ def run_single(config: BooleanConfig) -> list[dict]:
 
     def finish(variant, model):
         records.append(_record(config, variant, model, binary_accuracy(model, x_train, y_train),
-                               binary_accuracy(model, x_test, y_test)))
+                               binary_accuracy(model, x_test, y_test), task.clauses))
 
     torch.manual_seed(config.seed)
     dense = init_model(config)
@@ -227,8 +235,8 @@ def run_batch(configs: Sequence[BooleanConfig]) -> list[dict]:
         index = torch.tensor([i for _, _, i in owners])
         train_acc = stacked_binary_accuracy(stack, x_train[index], y_train[index])
         test_acc = stacked_binary_accuracy(stack, x_test[index], y_test[index])
-        for model, (config, variant, _), a, b in zip(stack.unstack(), owners, train_acc, test_acc):
-            records.append(_record(config, variant, model, float(a), float(b)))
+        for model, (config, variant, i), a, b in zip(stack.unstack(), owners, train_acc, test_acc):
+            records.append(_record(config, variant, model, float(a), float(b), tasks[i].clauses))
 
     torch.manual_seed(first.seed)
     dense = StackedMLP([init_model(c) for c in configs])
