@@ -157,8 +157,8 @@ def test_neurons_sweep_trend_and_figures(tmp_path: Path) -> None:
     gains = {"random": [0.112, 0.06, 0.031], "clause": [0.10, 0.15, 0.20]}
     records = _sweep_records("neurons", [8, 12, 16], gains)
     text = write_report(tmp_path, _meta("neurons", "neurons"), records).read_text()
-    assert "random: gain falls from +11.2 % at 8 to +3.1 % at 16" in text
-    assert "clause: gain rises from +10.0 % at 8 to +20.0 % at 16" in text
+    assert "random: gain falls throughout (+11.2 % at 8, +6.0 % at 12, +3.1 % at 16)" in text
+    assert "clause: gain rises throughout (+10.0 % at 8, +15.0 % at 12, +20.0 % at 16); largest +20.0 % at 16" in text
     for name in ("accuracy_vs_neurons.png", "gain_vs_neurons.png"):
         _assert_png(tmp_path / name)
         assert f"]({name})" in text
@@ -174,7 +174,7 @@ def test_trend_sentence_peak() -> None:
         for a, g in ((2, 0.10), (3, 0.20), (4, 0.05))
     ])
     (sentence,) = trend_sentences(frame, "alpha")
-    assert "falls" in sentence and "peak +20.0 % at 3" in sentence
+    assert "is not monotone" in sentence and "largest +20.0 % at 3" in sentence
 
 
 def test_data_sweep_shows_gap(tmp_path: Path) -> None:

@@ -758,8 +758,8 @@ def cell_table(frame: pd.DataFrame, axes: list[str], tables: _Tables, caption: s
 def trend_sentences(frame: pd.DataFrame, axis: str, key: str = "relative_gain") -> list[str]:
     """One computed sentence per non-dense variant on how its mean ``key`` changes along ``axis``.
 
-    Compares the first and last axis values: "rises" / "falls", or "stays near" when the change
-    is under 0.5 percentage points; an interior extreme that beats both ends is mentioned.
+    Lists the mean at every axis value, says whether the sequence rises or falls throughout
+    (changes under 0.5 percentage points count as flat) or not, and names the largest value.
     """
     out = []
     values = sorted(frame[axis].dropna().unique().tolist(), key=_axis_key)
@@ -770,25 +770,21 @@ def trend_sentences(frame: pd.DataFrame, axis: str, key: str = "relative_gain") 
         if not pts:
             continue
         label = variant if variant in FPE_VARIANTS or variant == "dense" else f"{variant} (control)"
-        (v0, m0), (v1, m1) = pts[0], pts[-1]
+        listing = ", ".join(f"{fmt_pct(m, True)} % at {fmt_value(v)}" for v, m in pts)
         if len(pts) == 1:
-            out.append(f"{label}: gain {fmt_pct(m0, True)} % at {axis} = {fmt_value(v0)} (one value only).")
+            out.append(f"{label}: gain {listing} (one value only).")
             continue
-        if abs(m1 - m0) < 0.005:
-            text = f"{label}: gain stays near {fmt_pct(m0, True)} % from {fmt_value(v0)} to {fmt_value(v1)}"
+        steps = [b - a for (_, a), (_, b) in zip(pts, pts[1:])]
+        if all(step >= -0.005 for step in steps) and pts[-1][1] - pts[0][1] >= 0.005:
+            shape = "rises throughout"
+        elif all(step <= 0.005 for step in steps) and pts[0][1] - pts[-1][1] >= 0.005:
+            shape = "falls throughout"
+        elif all(abs(m - pts[0][1]) < 0.005 for _, m in pts):
+            shape = "stays flat"
         else:
-            verb = "rises" if m1 > m0 else "falls"
-            text = (f"{label}: gain {verb} from {fmt_pct(m0, True)} % at {fmt_value(v0)} "
-                    f"to {fmt_pct(m1, True)} % at {fmt_value(v1)}")
-        inner = pts[1:-1]
-        if inner:
-            vmax, mmax = max(inner, key=lambda p: p[1])
-            vmin, mmin = min(inner, key=lambda p: p[1])
-            if mmax > max(m0, m1) + 0.005:
-                text += f" (peak {fmt_pct(mmax, True)} % at {fmt_value(vmax)})"
-            elif mmin < min(m0, m1) - 0.005:
-                text += f" (low {fmt_pct(mmin, True)} % at {fmt_value(vmin)})"
-        out.append(text + ".")
+            shape = "is not monotone"
+        best_v, best_m = max(pts, key=lambda p: p[1])
+        out.append(f"{label}: gain {shape} ({listing}); largest {fmt_pct(best_m, True)} % at {fmt_value(best_v)}.")
     return out
 
 

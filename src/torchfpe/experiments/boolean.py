@@ -43,8 +43,8 @@ PAPER_HEADLINE = {"dense": 0.787, "random": 0.887, "clause": 0.994}
 class BooleanConfig:
     """Everything that defines one run. Defaults: see docs/reproduction.md for why."""
 
-    # task (see torchfpe.tasks.DNFConfig)
-    n_vars: int = 48
+    # task (see torchfpe.tasks.DNFConfig); n_vars=None means max(48, 2 * clauses * literals)
+    n_vars: int | None = 48
     clauses: int = 8
     literals: int = 3
     negation_prob: float = 0.5
@@ -60,7 +60,7 @@ class BooleanConfig:
     budget: str = "global"
     # training
     optimizer: str = "adam"
-    lr: float = 5e-3
+    lr: float = 1e-2
     weight_decay: float = 0.0
     batch_size: int | None = None
     warmup_epochs: int = 1000
@@ -70,6 +70,8 @@ class BooleanConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.n_vars is None:  # room for disjoint clauses plus as many distractor inputs
+            object.__setattr__(self, "n_vars", max(48, 2 * self.clauses * self.literals))
         if isinstance(self.variants, str):
             object.__setattr__(self, "variants", tuple(v for v in self.variants.split("+") if v))
         unknown = [v for v in self.variants if v not in VARIANTS]
