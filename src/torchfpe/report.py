@@ -67,7 +67,7 @@ CONFIG_FIELDS: tuple[str, ...] = (
 RESULT_FIELDS: tuple[str, ...] = (
     "variant", "test_accuracy", "train_accuracy", "nonzero_parameters", "hidden_units",
     "capacity_mean", "capacity_sum", "cosine_mean", "cosine_abs_mean",
-    "relative_gain", "capacity_mean_fold", "cosine_mean_fold",
+    "relative_gain", "capacity_mean_fold", "cosine_mean_fold", "cosine_abs_mean_fold",
 )
 #: Fields of a theory record, in CSV column order.
 THEORY_FIELDS: tuple[str, ...] = (
@@ -85,7 +85,8 @@ INTERFERENCE_METRICS: tuple[tuple[str, str], ...] = (
 #: Fold-change metrics of the metrics study: (record key, label).
 FOLD_METRICS: tuple[tuple[str, str], ...] = (
     ("capacity_mean_fold", "feature capacity (mean) fold change"),
-    ("cosine_mean_fold", "mean cosine similarity fold change"),
+    # |cosine|, not the signed mean: the signed mean sits near 0, so its ratio is noise.
+    ("cosine_abs_mean_fold", "mean absolute cosine similarity fold change"),
 )
 #: Studies that sweep one config field.
 SWEEP_STUDIES: frozenset[str] = frozenset({"neurons", "clauses", "alpha", "data"})

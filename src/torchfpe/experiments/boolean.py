@@ -172,7 +172,7 @@ def _add_relative(records: list[dict]) -> list[dict]:
         if base is None:
             continue
         record["relative_gain"] = metrics.relative_gain(record["test_accuracy"], base["test_accuracy"])
-        for key in ("capacity_mean", "cosine_mean"):
+        for key in ("capacity_mean", "cosine_mean", "cosine_abs_mean"):
             try:
                 record[f"{key}_fold"] = metrics.fold_change(record[key], base[key])
             except ValueError:
