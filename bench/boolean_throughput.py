@@ -79,6 +79,12 @@ def main() -> None:
         "runs_per_hour": {name: 3600 * args.seeds / seconds for name, seconds in results.items()},
         "speedup_vs_one_model": {name: results["one_model_at_a_time"] / s for name, s in results.items()},
         "max_test_accuracy_difference_vs_one_model": max_difference,
+        "mean_test_accuracy": {
+            name: {v: sum(a for (variant, _), a in accuracies(records).items() if variant == v) / args.seeds
+                   for v in configs[0].variants}
+            for name, records in (("one_model_at_a_time", single), ("batched", batched),
+                                  ("batched_process_pool", pooled))
+        },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
