@@ -158,9 +158,12 @@ def sweep(
         for values in itertools.product(*(grid[n] if isinstance(grid[n], list) else [grid[n]] for n in names))
         for seed in seed_list
     ]
-    study = spec.get("study") or ("headline" if not names else "metrics" if len(names) > 1 else names[0])
+    if experiment == "theory":
+        study = "theory"
+    else:
+        study = spec.get("study") or ("headline" if not names else "metrics" if len(names) > 1 else names[0])
     if study not in ("headline", "neurons", "clauses", "alpha", "metrics", "data", "theory"):
-        study = "metrics"
+        study = "metrics"  # any other single swept field gets the per-cell tables
     out = out or Path("runs") / sweep_file.stem
     meta = {
         "study": study, "axis": names[0] if len(names) == 1 else (names or None), "seeds": len(seed_list),
