@@ -39,8 +39,10 @@ def _fail(message: str) -> None:
 def run_study_into(out: Path, meta: dict, experiment: str, config_dicts: list[dict], *, backend: str,
                    workers: Optional[int], address: Optional[str], quiet: bool) -> Path:
     """Run the jobs through the store in ``out`` and write the report; returns the report's path."""
-    from .sweep import ResultStore, StoreError, execute, make_jobs
+    from .sweep import BACKENDS, ResultStore, StoreError, execute, make_jobs
 
+    if backend not in BACKENDS:
+        _fail(f"unknown backend {backend!r}; allowed: {', '.join(BACKENDS)}")
     try:
         jobs = make_jobs(experiment, config_dicts)
     except (TypeError, ValueError) as error:
@@ -51,7 +53,7 @@ def run_study_into(out: Path, meta: dict, experiment: str, config_dicts: list[di
         store.write_meta(meta)
         summary = execute(jobs, store, backend=backend, workers=workers, address=address, quiet=quiet,
                           description=meta["study"])
-    except StoreError as error:
+    except (StoreError, ImportError, ValueError) as error:
         _fail(str(error))
     if not quiet:
         typer.echo(f"{summary['done']} runs done, {summary['skipped']} already in {out}")
