@@ -60,7 +60,7 @@ DATA_NAME = "synthetic Boolean DNF"
 #: Config fields, in CSV column order.
 CONFIG_FIELDS: tuple[str, ...] = (
     "n_vars", "clauses", "literals", "negation_prob", "variables", "encoding", "sampling",
-    "train_size", "test_size", "neurons", "alpha", "bias", "budget", "optimizer", "lr",
+    "train_size", "test_size", "neurons", "alpha", "bias", "budget", "dropconnect_p", "optimizer", "lr",
     "weight_decay", "batch_size", "warmup_epochs", "epochs_after", "dtype", "variants", "seed",
 )
 #: Result fields of a training record, in CSV column order.

@@ -58,6 +58,7 @@ class BooleanConfig:
     alpha: int = 2
     bias: str = "copy"
     budget: str = "global"
+    dropconnect_p: float | None = None  # the dropconnect variant's drop rate; None: 1 - 1/alpha
     # training
     optimizer: str = "adam"
     lr: float = 1e-2
@@ -137,6 +138,7 @@ def _expand_variant(model: nn.Module, variant: str, config: BooleanConfig, claus
     return expand(
         model, config.alpha, split=variant, seed=config.seed,
         clauses=clauses if variant == "clause" else None, bias=config.bias, budget=config.budget,
+        dropconnect_p=config.dropconnect_p if variant == "dropconnect" else None,
     )
 
 
