@@ -1,0 +1,88 @@
+"""Write the results of a Boolean-DNF study as ``records.csv``, ``report.md`` and PNG figures.
+
+One public function, :func:`write_report`, takes the study's metadata and its flat records
+(one per ``(config, variant, seed)``, or one per ``(k, alpha, seed)`` for the theory study)
+and writes into ``out_dir``:
+
+* ``records.csv`` -- every record key except ``hidden_weight``, sorted by the swept axis,
+  the variant order of :data:`VARIANT_ORDER`, then seed;
+* ``report.md`` -- the command, date, data note, base config and the study's tables;
+* figures (matplotlib, Agg backend), linked from ``report.md`` with relative paths:
+
+  ========================================  ==================================================
+  study                                     figures
+  ========================================  ==================================================
+  headline                                  ``accuracy.png``, ``gram.png``, ``weights.png``
+  neurons / clauses / alpha / data          ``accuracy_vs_<axis>.png``, ``gain_vs_<axis>.png``
+  metrics                                   ``fold_vs_gain.png``
+  theory                                    ``collisions.png``
+  ========================================  ==================================================
+
+Statistics: means with sample standard deviations (``ddof=1``) and two-sided 95 % confidence
+intervals from the t distribution; paired t-tests over seeds (``scipy.stats.ttest_rel``).
+Anything that cannot be computed (one seed, a missing dense run, NaN metrics) is shown as "—".
+
+The package is split into :mod:`.constants`, :mod:`.stats` (statistics, formatting, value
+helpers), :mod:`.markdown` (table and header building blocks), :mod:`.figures` (matplotlib,
+imported lazily), :mod:`.sections` (per-study parts of ``report.md``) and :mod:`.write`
+(:func:`records_frame`, :func:`write_report`). Every public name is re-exported here.
+"""
+
+from .constants import (CONFIG_FIELDS, DASH, DATA_NAME, DPI, EXCLUDED_CSV_KEYS, FOLD_METRICS, FPE_VARIANTS,
+                        HEATMAP_VARIANTS, INTERFERENCE_METRICS, PAPER_ACCURACY, PAPER_CONFIG, RESULT_FIELDS,
+                        STUDIES, SWEEP_STUDIES, THEORY_FIELDS, VARIANT_ORDER)
+from .figures import plot_collisions, plot_fold_vs_gain, plot_headline_accuracy, plot_heatmaps, plot_sweep
+from .markdown import md_table
+from .sections import (cell_table, fold_fits, headline_section, metrics_section, sweep_section, theory_section,
+                       trend_sentences)
+from .stats import (PairedTest, Summary, fmt_ci, fmt_fixed, fmt_num, fmt_p, fmt_pct, fmt_pm, fmt_value,
+                    ordered_variants, paired_test, study_axes, summarize, variant_rank)
+from .write import records_frame, write_report
+
+__all__ = [
+    "CONFIG_FIELDS",
+    "DASH",
+    "DATA_NAME",
+    "DPI",
+    "EXCLUDED_CSV_KEYS",
+    "FOLD_METRICS",
+    "FPE_VARIANTS",
+    "HEATMAP_VARIANTS",
+    "INTERFERENCE_METRICS",
+    "PAPER_ACCURACY",
+    "PAPER_CONFIG",
+    "RESULT_FIELDS",
+    "STUDIES",
+    "SWEEP_STUDIES",
+    "THEORY_FIELDS",
+    "VARIANT_ORDER",
+    "PairedTest",
+    "Summary",
+    "cell_table",
+    "fmt_ci",
+    "fmt_fixed",
+    "fmt_num",
+    "fmt_p",
+    "fmt_pct",
+    "fmt_pm",
+    "fmt_value",
+    "fold_fits",
+    "headline_section",
+    "md_table",
+    "metrics_section",
+    "ordered_variants",
+    "paired_test",
+    "plot_collisions",
+    "plot_fold_vs_gain",
+    "plot_headline_accuracy",
+    "plot_heatmaps",
+    "plot_sweep",
+    "records_frame",
+    "study_axes",
+    "summarize",
+    "sweep_section",
+    "theory_section",
+    "trend_sentences",
+    "variant_rank",
+    "write_report",
+]

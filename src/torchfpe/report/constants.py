@@ -1,0 +1,62 @@
+"""Constants shared by the report modules: variant order, record fields, paper numbers, labels."""
+
+from __future__ import annotations
+
+#: Display and sort order of the variants; unknown variants sort after these, alphabetically.
+VARIANT_ORDER: tuple[str, ...] = (
+    "dense",
+    "random",
+    "clause",
+    "feature",
+    "contiguous",
+    "overlap",
+    "dropconnect",
+    "static_sparse",
+)
+#: Variants that are FPE splits (disjoint children); the others are controls.
+FPE_VARIANTS: frozenset[str] = frozenset({"random", "clause", "feature", "contiguous"})
+#: The paper's headline test accuracies (%), Boolean DNF with 8 clauses, 8 neurons, alpha = 2.
+PAPER_ACCURACY: dict[str, float] = {"dense": 78.7, "random": 88.7, "clause": 99.4}
+#: The config in which the paper reports :data:`PAPER_ACCURACY`.
+PAPER_CONFIG: dict[str, int] = {"clauses": 8, "neurons": 8, "alpha": 2}
+#: Every table caption and figure caption names the data with this phrase.
+DATA_NAME = "synthetic Boolean DNF"
+#: Config fields, in CSV column order.
+CONFIG_FIELDS: tuple[str, ...] = (
+    "n_vars", "clauses", "literals", "negation_prob", "variables", "encoding", "sampling",
+    "train_size", "test_size", "neurons", "alpha", "bias", "budget", "dropconnect_p", "optimizer", "lr",
+    "weight_decay", "batch_size", "warmup_epochs", "epochs_after", "dtype", "variants", "seed",
+)
+#: Result fields of a training record, in CSV column order.
+RESULT_FIELDS: tuple[str, ...] = (
+    "variant", "test_accuracy", "train_accuracy", "nonzero_parameters", "hidden_units",
+    "capacity_mean", "capacity_sum", "cosine_mean", "cosine_abs_mean",
+    "relative_gain", "capacity_mean_fold", "cosine_mean_fold", "cosine_abs_mean_fold",
+)
+#: Fields of a theory record, in CSV column order.
+THEORY_FIELDS: tuple[str, ...] = (
+    "k", "alpha", "n_vars", "trials", "seed",
+    "collision_mc", "collision_theory", "collision_balanced_exact",
+    "coverage_mc", "coverage_theory", "coverage_balanced_exact",
+)
+#: Interference metrics shown in the headline study: (record key, label).
+INTERFERENCE_METRICS: tuple[tuple[str, str], ...] = (
+    ("capacity_mean", "capacity mean"),
+    ("capacity_sum", "capacity sum"),
+    ("cosine_mean", "cosine mean"),
+    ("cosine_abs_mean", "|cosine| mean"),
+)
+#: Fold-change metrics of the metrics study: (record key, label).
+FOLD_METRICS: tuple[tuple[str, str], ...] = (
+    ("capacity_mean_fold", "feature capacity (mean) fold change"),
+    # |cosine|, not the signed mean: the signed mean sits near 0, so its ratio is noise.
+    ("cosine_abs_mean_fold", "mean absolute cosine similarity fold change"),
+)
+#: Studies that sweep one config field.
+SWEEP_STUDIES: frozenset[str] = frozenset({"neurons", "clauses", "alpha", "data"})
+STUDIES: frozenset[str] = SWEEP_STUDIES | {"headline", "metrics", "theory"}
+#: Variants whose first hidden layer is drawn in ``gram.png`` / ``weights.png``.
+HEATMAP_VARIANTS: tuple[str, ...] = ("dense", "random", "clause")
+DPI = 120
+DASH = "—"
+EXCLUDED_CSV_KEYS: frozenset[str] = frozenset({"hidden_weight", "input_order"})

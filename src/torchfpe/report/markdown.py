@@ -1,0 +1,67 @@
+"""Markdown building blocks of ``report.md``: numbered tables, figure links, header, base config."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .constants import DASH, DATA_NAME
+from .stats import fmt_value, study_axes
+
+
+def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]], caption: str) -> str:
+    """A Markdown table preceded by a caption line that names the data."""
+    if DATA_NAME not in caption:
+        caption = f"{caption} Data: {DATA_NAME}."
+    lines = [caption, "", _md_row(header), "|" + "---|" * len(header)]
+    lines += [_md_row(row) for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _md_row(cells: Sequence[Any]) -> str:
+    """One Markdown table row; literal pipes in cells are escaped."""
+    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+
+class _Tables:
+    """Numbers the tables of one report."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, header: Sequence[str], rows: Sequence[Sequence[Any]], text: str) -> str:
+        self.count += 1
+        return md_table(header, rows, f"**Table {self.count}.** {text}")
+
+
+def _header(meta: dict) -> list[str]:
+    """Title, command, date, data note and base config."""
+    study = meta.get("study", "?")
+    out = [f"# torchfpe report: {study} study ({DATA_NAME})", ""]
+    out += ["Command:", "", "```bash", str(meta.get("command", "")), "```", ""]
+    out += [f"- Date: {meta.get('date', DASH)}",
+            f"- Data: {meta.get('dataset_note') or DATA_NAME}",
+            f"- Seeds: {meta.get('seeds', DASH)}"]
+    axes = study_axes(meta)
+    if axes:
+        out.append(f"- Swept: {', '.join(f'`{a}`' for a in axes)}")
+    out.append("- Accuracies in %; ± is the sample standard deviation over seeds; CIs are two-sided "
+               "95 % t-intervals; \"—\" marks a value that cannot be computed (e.g. one seed).")
+    return out + [""]
+
+
+def _base_table(meta: dict, tables: _Tables) -> str:
+    """The base config as a compact table of (field, value) pairs, four pairs a row."""
+    base = meta.get("base") or {}
+    items = [(f"`{k}`", fmt_value(v)) for k, v in base.items()]
+    per_row = 4
+    rows = []
+    for i in range(0, len(items), per_row):
+        chunk = items[i:i + per_row] + [("", "")] * (per_row - len(items[i:i + per_row]))
+        rows.append([c for pair in chunk for c in pair])
+    header = ["field", "value"] * per_row
+    return tables(header, rows, "Base configuration of the study.")
+
+
+def _figure_md(name: str, caption: str) -> str:
+    return f"![{caption}]({name})\n\n*{name}: {caption}*\n"

@@ -1,0 +1,200 @@
+"""Statistics, number formatting and small helpers on record values and record frames."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .constants import DASH, THEORY_FIELDS, VARIANT_ORDER
+
+
+# --------------------------------------------------------------------------------- statistics
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Mean, sample std and two-sided 95 % t confidence interval of the finite values."""
+
+    n: int
+    mean: float
+    std: float
+    ci_low: float
+    ci_high: float
+
+    @property
+    def half_width(self) -> float:
+        """Half the width of the confidence interval (NaN when undefined)."""
+        return (self.ci_high - self.ci_low) / 2.0
+
+
+def summarize(values: Iterable[Any], confidence: float = 0.95) -> Summary:
+    """Summarize the finite values of ``values``; std and CI are NaN for fewer than 2 values."""
+    arr = _finite(values)
+    n = int(arr.size)
+    if n == 0:
+        return Summary(0, math.nan, math.nan, math.nan, math.nan)
+    mean = float(arr.mean())
+    if n < 2:
+        return Summary(n, mean, math.nan, math.nan, math.nan)
+    std = float(arr.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + confidence / 2.0, n - 1)) * std / math.sqrt(n)
+    return Summary(n, mean, std, mean - half, mean + half)
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """Paired t-test of ``a - b`` over matched seeds."""
+
+    n: int
+    mean_diff: float
+    ci_low: float
+    ci_high: float
+    t: float
+    p: float
+
+
+def paired_test(a: Sequence[float], b: Sequence[float]) -> PairedTest:
+    """Paired t-test (``scipy.stats.ttest_rel``) with the t-interval of the mean difference."""
+    a_arr, b_arr = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    keep = np.isfinite(a_arr) & np.isfinite(b_arr)
+    a_arr, b_arr = a_arr[keep], b_arr[keep]
+    diff = summarize(a_arr - b_arr)
+    t_stat = p_val = math.nan
+    if a_arr.size >= 2:
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            res = stats.ttest_rel(a_arr, b_arr)
+        t_stat, p_val = float(res.statistic), float(res.pvalue)
+    return PairedTest(diff.n, diff.mean, diff.ci_low, diff.ci_high, t_stat, p_val)
+
+
+def _finite(values: Iterable[Any]) -> np.ndarray:
+    """The finite float values of ``values`` (None and NaN dropped)."""
+    out = [float(v) for v in values if v is not None and _is_number(v) and math.isfinite(float(v))]
+    return np.asarray(out, dtype=float)
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------------- formatting
+
+
+def fmt_pct(value: float, signed: bool = False) -> str:
+    """A fraction as a percentage with 1 decimal (``0.787 -> "78.7"``); NaN -> "—"."""
+    if not _ok(value):
+        return DASH
+    return f"{100.0 * value:+.1f}" if signed else f"{100.0 * value:.1f}"
+
+
+def fmt_pm(summary: Summary, signed: bool = False) -> str:
+    """``"mean ± std"`` in percent."""
+    return f"{fmt_pct(summary.mean, signed)} ± {fmt_pct(summary.std)}"
+
+
+def fmt_ci(low: float, high: float, signed: bool = False) -> str:
+    """``"[low, high]"`` in percent, or "—"."""
+    if not (_ok(low) and _ok(high)):
+        return DASH
+    return f"[{fmt_pct(low, signed)}, {fmt_pct(high, signed)}]"
+
+
+def fmt_p(p: float) -> str:
+    """A p-value in scientific notation with 2 significant digits (``3.2e-04``)."""
+    return f"{p:.1e}" if _ok(p) else DASH
+
+
+def fmt_num(value: float, digits: int = 3) -> str:
+    """A float with ``digits`` significant digits, or "—"."""
+    return f"{value:.{digits}g}" if _ok(value) else DASH
+
+
+def fmt_fixed(value: float, decimals: int = 3) -> str:
+    """A float with a fixed number of decimals, or "—"."""
+    return f"{value:.{decimals}f}" if _ok(value) else DASH
+
+
+def fmt_value(value: Any) -> str:
+    """A config value compactly: ``2.0 -> "2"``, ``None -> "None"``."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (np.integer,)):
+        return str(int(value))
+    return str(value)
+
+
+def _ok(value: Any) -> bool:
+    return value is not None and _is_number(value) and math.isfinite(float(value))
+
+
+# ------------------------------------------------------------------------------------ records
+
+
+def variant_rank(variant: Any) -> tuple[int, str]:
+    """Sort key for variants: :data:`VARIANT_ORDER` first, then alphabetical."""
+    name = str(variant)
+    return (VARIANT_ORDER.index(name), name) if name in VARIANT_ORDER else (len(VARIANT_ORDER), name)
+
+
+def ordered_variants(variants: Iterable[Any]) -> list[str]:
+    """The distinct variants in display order."""
+    return sorted({str(v) for v in variants if v is not None and v == v}, key=variant_rank)
+
+
+def study_axes(meta: dict) -> list[str]:
+    """The swept config fields of a study as a list (empty for headline/theory)."""
+    axis = meta.get("axis")
+    if axis is None:
+        return []
+    if isinstance(axis, str):
+        return [axis]
+    return [str(a) for a in axis]
+
+
+def _axis_key(value: Any) -> tuple[int, float, str]:
+    """Sort key for axis values: numbers numerically, then others as text."""
+    if _ok(value):
+        return (0, float(value), "")
+    return (1, math.inf, str(value))
+
+
+def _column(frame: pd.DataFrame, name: str) -> pd.Series:
+    """Column ``name`` as floats (all NaN when the column is missing)."""
+    if name not in frame.columns:
+        return pd.Series(np.nan, index=frame.index, dtype=float)
+    return pd.to_numeric(frame[name], errors="coerce").astype(float)
+
+
+def _constant(values: pd.Series) -> str:
+    """The mean of a column that should be constant; marked "(varies)" when it is not."""
+    arr = _finite(values)
+    if arr.size == 0:
+        return DASH
+    text = fmt_value(float(arr.mean()))
+    return text if np.all(arr == arr[0]) else f"{text} (varies)"
+
+
+def _theory_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Theory records averaged per (k, alpha) (trials summed)."""
+    num = frame.copy()
+    for col in THEORY_FIELDS:
+        if col in num.columns:
+            num[col] = pd.to_numeric(num[col], errors="coerce")
+    agg = {c: "mean" for c in num.columns if c not in ("k", "alpha", "trials", "seed")}
+    if "trials" in num.columns:
+        agg["trials"] = "sum"
+    return num.groupby(["k", "alpha"], as_index=False).agg(agg)
