@@ -27,8 +27,9 @@ STUDIES: dict[str, Study] = {
     for study in [
         Study("headline", "boolean", "m = 8 clauses, h = 8 neurons, alpha = 2: dense vs FPE random vs FPE clause"),
         Study("neurons", "boolean", "hidden neurons swept at 8 clauses", {"neurons": (8, 10, 12, 16)}),
-        Study("clauses", "boolean", "clauses swept at 8 neurons, balanced positives, n_vars = max(48, 2 * clauses * k)",
-              {"clauses": (4, 8, 12, 16, 24, 32)}, {"n_vars": None, "sampling": "balanced"}),
+        Study("clauses", "boolean",
+              "clauses swept at 8 neurons; balanced positives, 16000 examples, n_vars = max(48, 2 * clauses * k)",
+              {"clauses": (4, 8, 12, 16, 24, 32)}, {"n_vars": None, "sampling": "balanced", "train_size": 16000}),
         Study("alpha", "boolean", "expansion factor swept at the headline", {"alpha": (2, 4, 8)}),
         Study("metrics", "boolean", "interference metrics' fold change against accuracy gain over a grid",
               {"neurons": (8, 12, 16), "clauses": (4, 8, 16)}, default_seeds=5),
