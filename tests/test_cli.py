@@ -83,6 +83,13 @@ def test_bad_arguments_fail_with_a_message(tmp_path, args, words):
     assert words in result.output
 
 
+def test_set_values_are_read_as_config_values():
+    from torchfpe.cli import parse_sets
+
+    assert parse_sets(["encoding=01", "lr=5e-3", "neurons=[8, 16]", "batch_size=null", "variants=dense+random"]) == {
+        "encoding": "01", "lr": 0.005, "neurons": [8, 16], "batch_size": None, "variants": "dense+random"}
+
+
 def test_console_script_is_installed():
     exe = Path(sys.executable).parent / "torchfpe"
     result = subprocess.run([str(exe), "--help"], capture_output=True, text=True, env={**os.environ, "COLUMNS": "120"})

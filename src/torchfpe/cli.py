@@ -20,14 +20,32 @@ BackendOption = typer.Option("process", "--backend", help="local (in this proces
                              "thread per process) or ray")
 
 
+def parse_value(raw: str):
+    """A ``--set`` value: YAML (ints, floats, null, [lists]), with two fixes for config values.
+
+    ``01`` stays the string "01" (an encoding name, not the number 1), and ``5e-3`` becomes a float
+    (YAML 1.1 reads exponents without a dot as strings).
+    """
+    text = raw.strip()
+    if len(text) > 1 and text.isdigit() and text.startswith("0"):
+        return text
+    value = yaml.safe_load(text) if text else ""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def parse_sets(values: list[str]) -> dict:
-    """``key=value`` pairs; values are read as YAML (ints, floats, null, [lists])."""
+    """``key=value`` pairs, each value read by :func:`parse_value`."""
     parsed = {}
     for item in values:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise typer.BadParameter(f"--set expects key=value, got {item!r}")
-        parsed[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        parsed[key.strip()] = parse_value(raw)
     return parsed
 
 
