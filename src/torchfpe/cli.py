@@ -56,7 +56,11 @@ def _fail(message: str) -> None:
 
 def run_study_into(out: Path, meta: dict, experiment: str, config_dicts: list[dict], *, backend: str,
                    workers: Optional[int], address: Optional[str], quiet: bool) -> Path:
-    """Run the jobs through the store in ``out`` and write the report; returns the report's path."""
+    """Run the jobs through the store in ``out`` and write the report; returns the report's path.
+
+    ``meta`` names the study and its ``axes``; the command line, date and data note are added here.
+    """
+    from .experiments.studies import DATASET_NOTE
     from .sweep import BACKENDS, ResultStore, StoreError, execute, make_jobs
 
     if backend not in BACKENDS:
@@ -66,7 +70,13 @@ def run_study_into(out: Path, meta: dict, experiment: str, config_dicts: list[di
     except (TypeError, ValueError) as error:
         _fail(str(error))
     store = ResultStore(out)
-    meta = {**meta, "experiment": experiment, "keys": [job.key for job in jobs]}
+    axes = meta.pop("axes")
+    meta = {
+        **meta, "axis": axes[0] if len(axes) == 1 else (axes or None),
+        "command": " ".join(["torchfpe", *map(shlex.quote, sys.argv[1:])]),
+        "date": _dt.date.today().isoformat(), "dataset_note": DATASET_NOTE,
+        "experiment": experiment, "keys": [job.key for job in jobs],
+    }
     try:
         store.write_meta(meta)
         summary = execute(jobs, store, backend=backend, workers=workers, address=address, quiet=quiet,
@@ -103,7 +113,7 @@ def reproduce_boolean(
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
 ) -> None:
     """Reproduce the paper's Boolean DNF results (default: the headline, m = h = 8, alpha = 2)."""
-    from .experiments.studies import DATASET_NOTE, STUDIES, study_configs
+    from .experiments.studies import STUDIES, study_configs
 
     if study not in STUDIES:
         _fail(f"unknown study {study!r}; choose from {', '.join(STUDIES)}")
@@ -116,13 +126,8 @@ def reproduce_boolean(
     except (ValueError, TypeError, typer.BadParameter) as error:
         _fail(str(error))
     out = out or Path("runs") / f"boolean-{study}"
-    axes = list(chosen.axes)
-    meta = {
-        "study": study, "axis": axes[0] if len(axes) == 1 else (axes or None), "seeds": seeds,
-        "command": "torchfpe " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "torchfpe",
-        "base": base, "overrides": overrides,
-        "date": _dt.date.today().isoformat(), "dataset_note": DATASET_NOTE, "description": chosen.description,
-    }
+    meta = {"study": study, "axes": list(chosen.axes), "seeds": seeds, "base": base, "overrides": overrides,
+            "description": chosen.description}
     report = run_study_into(out, meta, chosen.experiment, config_dicts, backend=backend, workers=workers,
                             address=address, quiet=quiet)
     typer.echo(f"report: {report}")
@@ -152,7 +157,7 @@ def sweep(
     base: {clauses: 8}         # fields fixed
     seeds: 10                  # seeds 0..9, or a list [0, 3, 7]
     """
-    from .experiments.studies import DATASET_NOTE
+    from .experiments.studies import STUDIES, grid_configs
 
     try:
         spec = yaml.safe_load(sweep_file.read_text()) or {}
@@ -170,26 +175,18 @@ def sweep(
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     if not isinstance(grid, dict) or not isinstance(base, dict) or not seed_list:
         _fail("grid and base must be mappings and seeds an int >= 1 or a non-empty list")
-    import itertools
-
     names = list(grid)
-    config_dicts = [
-        {**base, **dict(zip(names, values)), "seed": seed}
-        for values in itertools.product(*(grid[n] if isinstance(grid[n], list) else [grid[n]] for n in names))
-        for seed in seed_list
-    ]
+    axes = {n: grid[n] if isinstance(grid[n], list) else [grid[n]] for n in names}
+    config_dicts = grid_configs(axes, base, seed_list)
     if experiment == "theory":
         study = "theory"
     else:
         study = spec.get("study") or ("headline" if not names else "metrics" if len(names) > 1 else names[0])
-    if study not in ("headline", "neurons", "clauses", "alpha", "metrics", "data", "theory"):
+    if study not in STUDIES:
         study = "metrics"  # any other single swept field gets the per-cell tables
     out = out or Path("runs") / sweep_file.stem
-    meta = {
-        "study": study, "axis": names[0] if len(names) == 1 else (names or None), "seeds": len(seed_list),
-        "command": "torchfpe " + " ".join(shlex.quote(a) for a in sys.argv[1:]), "base": base, "grid": grid,
-        "date": _dt.date.today().isoformat(), "dataset_note": DATASET_NOTE, "name": spec.get("name", sweep_file.stem),
-    }
+    meta = {"study": study, "axes": names, "seeds": len(seed_list), "base": base, "grid": grid,
+            "name": spec.get("name", sweep_file.stem)}
     report = run_study_into(out, meta, experiment, config_dicts, backend=backend, workers=workers,
                             address=address, quiet=quiet)
     typer.echo(f"report: {report}")
@@ -205,10 +202,6 @@ def report(out: Path = typer.Argument(..., help="a result folder written by repr
     except StoreError as error:
         _fail(str(error))
     typer.echo(f"report: {path}")
-
-
-def main() -> None:  # pragma: no cover - entry point
-    app()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -383,13 +383,14 @@ def expand(
         state[name] = {
             "module": module, "role": "in+out" if rows > 1 and cols > 1 else ("in" if rows > 1 else "out"),
             "weight": new_weight, "mask": new_mask, "bias": new_bias, "bias_mask": new_bias_mask,
-            "before": _layer_nonzero(weight, bias_t), "shape_before": tuple(weight.shape),
+            "before": _layer_nonzero(weight, bias_t), "weight_before": int(torch.count_nonzero(weight)),
+            "shape_before": tuple(weight.shape),
         }
 
     if any(isinstance(s, str) and s == "static_sparse" for s in specs.values()):
         for name in touched:
             entry = state[name]
-            keep = int(torch.count_nonzero(_effective(entry["module"])[0]))
+            keep = entry["weight_before"]
             live = torch.nonzero(entry["mask"].reshape(-1).cpu()).squeeze(1)
             chosen = live[torch.randperm(live.numel(), generator=generator)[:keep]]
             mask = torch.zeros(entry["mask"].numel(), dtype=torch.bool)

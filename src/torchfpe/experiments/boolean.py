@@ -35,9 +35,6 @@ VARIANTS = ("dense", "random", "clause", "feature", "contiguous", "overlap", "dr
 AFTER_WARMUP = ("random", "clause", "feature", "contiguous", "overlap", "dropconnect")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
-#: The paper's Boolean headline (test accuracy, m = 8 clauses, h = 8 neurons, alpha = 2).
-PAPER_HEADLINE = {"dense": 0.787, "random": 0.887, "clause": 0.994}
-
 
 @dataclass(frozen=True)
 class BooleanConfig:
@@ -142,6 +139,21 @@ def _expand_variant(model: nn.Module, variant: str, config: BooleanConfig, claus
     )
 
 
+def _phase(variant: str) -> int:
+    """0: the dense run; 1: expanded after the warm-up; 2: trained from scratch (static_sparse)."""
+    return 0 if variant == "dense" else 1 if variant in AFTER_WARMUP else 2
+
+
+def _epochs(config: BooleanConfig, phase: int) -> int:
+    """Epochs after the model is built: T2 after the warm-up, T1 + T2 from scratch."""
+    return config.epochs_after if phase == 1 else config.warmup_epochs + config.epochs_after
+
+
+def _source(variant: str, warm: nn.Module, config: BooleanConfig) -> nn.Module:
+    """What an expanded variant starts from: the warmed-up dense model, or a fresh init."""
+    return warm if _phase(variant) == 1 else init_model(config)
+
+
 def _batch_generator(config: BooleanConfig, phase: int) -> torch.Generator:
     return torch.Generator().manual_seed(config.seed * 7919 + phase)
 
@@ -149,7 +161,8 @@ def _batch_generator(config: BooleanConfig, phase: int) -> torch.Generator:
 def _input_order(clauses: list[list[int]], n_vars: int) -> list[int]:
     """Inputs grouped clause by clause, then the unused ones: the order heat maps are drawn in."""
     order = list(dict.fromkeys(j for clause in clauses for j in clause))
-    return order + [j for j in range(n_vars) if j not in set(order)]
+    used = set(order)
+    return order + [j for j in range(n_vars) if j not in used]
 
 
 def _record(config: BooleanConfig, variant: str, model: nn.Module, train_acc: float, test_acc: float,
@@ -161,8 +174,8 @@ def _record(config: BooleanConfig, variant: str, model: nn.Module, train_acc: fl
         nonzero_parameters=nonzero_parameters(model), hidden_units=int(weight.shape[0]),
         **metrics.interference_metrics(weight),
     )
-    record["_hidden_weight"] = weight
-    record["_input_order"] = _input_order(clauses, config.n_vars)
+    record["hidden_weight"] = weight  # for the report's heat maps (not a CSV column)
+    record["input_order"] = _input_order(clauses, config.n_vars)
     return record
 
 
@@ -205,15 +218,12 @@ def run_single(config: BooleanConfig) -> list[dict]:
         fit(dense, x_train, y_train, config.epochs_after, settings, optimizer=optimizer, generator=generator)
         finish("dense", dense)
     for variant in config.variants:
-        if variant in AFTER_WARMUP:
-            model = _expand_variant(warm, variant, config, task.clauses)
-            fit(model, x_train, y_train, config.epochs_after, settings, generator=_batch_generator(config, 1))
-            finish(variant, model)
-        elif variant == "static_sparse":
-            model = _expand_variant(init_model(config), variant, config, task.clauses)
-            fit(model, x_train, y_train, config.warmup_epochs + config.epochs_after, settings,
-                generator=_batch_generator(config, 2))
-            finish(variant, model)
+        phase = _phase(variant)
+        if phase == 0:
+            continue
+        model = _expand_variant(_source(variant, warm, config), variant, config, task.clauses)
+        fit(model, x_train, y_train, _epochs(config, phase), settings, generator=_batch_generator(config, phase))
+        finish(variant, model)
     return _add_relative(records)
 
 
@@ -254,12 +264,11 @@ def run_batch(configs: Sequence[BooleanConfig]) -> list[dict]:
     # Expanded variants of one shape are trained together: a bigger stack, fewer kernel launches.
     groups: dict[str, list[tuple[nn.Module, tuple[BooleanConfig, str, int], int]]] = {}
     for variant in first.variants:
-        if variant not in AFTER_WARMUP and variant != "static_sparse":
+        phase = _phase(variant)
+        if phase == 0:
             continue
         for i, (config, task) in enumerate(zip(configs, tasks)):
-            source = warm[i] if variant in AFTER_WARMUP else init_model(config)
-            model = _expand_variant(source, variant, config, task.clauses)
-            phase = 1 if variant in AFTER_WARMUP else 2
+            model = _expand_variant(_source(variant, warm[i], config), variant, config, task.clauses)
             key = repr((_signature(model), phase))
             groups.setdefault(key, []).append((model, (config, variant, i), phase))
     for members in groups.values():
@@ -267,8 +276,7 @@ def run_batch(configs: Sequence[BooleanConfig]) -> list[dict]:
         owners = [owner for _, owner, _ in members]
         index = torch.tensor([i for _, _, i in owners])
         stack = StackedMLP([model for model, _, _ in members])
-        epochs = first.epochs_after if phase == 1 else first.warmup_epochs + first.epochs_after
-        fit_stacked(stack, x_train[index], y_train[index], epochs, settings,
+        fit_stacked(stack, x_train[index], y_train[index], _epochs(first, phase), settings,
                     generators=[_batch_generator(c, phase) for c, _, _ in owners])
         finish(stack, owners)
     order = {v: k for k, v in enumerate(first.variants)}
@@ -279,9 +287,4 @@ def run_batch(configs: Sequence[BooleanConfig]) -> list[dict]:
 def run(config: BooleanConfig) -> list[dict]:
     """One run (one seed, every variant of ``config``); batched training is used inside."""
     return run_batch([config])
-
-
-def public(record: dict) -> dict:
-    """A record without its in-memory extras (keys starting with an underscore)."""
-    return {k: v for k, v in record.items() if not k.startswith("_")}
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 #: Every study's data set, named in each report table.
@@ -41,6 +41,16 @@ STUDIES: dict[str, Study] = {
 }
 
 
+def grid_configs(axes: Mapping[str, Sequence], base: Mapping[str, object], seeds: Sequence[int]) -> list[dict]:
+    """Config dicts for every combination of the ``axes`` values × every seed, on top of ``base``."""
+    names = list(axes)
+    return [
+        {**base, **dict(zip(names, values)), "seed": seed}
+        for values in itertools.product(*(axes[n] for n in names))
+        for seed in seeds
+    ]
+
+
 def study_configs(study: Study, seeds: int, overrides: Mapping[str, object] | None = None) -> list[dict]:
     """Config dicts of a study: its grid (an override of an axis replaces that axis) × seeds 0..seeds-1."""
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
@@ -54,9 +64,4 @@ def study_configs(study: Study, seeds: int, overrides: Mapping[str, object] | No
             axes[name] = tuple(value) if isinstance(value, (list, tuple)) else (value,)
         else:
             base[name] = value
-    names = list(axes)
-    configs = []
-    for values in itertools.product(*(axes[n] for n in names)) if names else [()]:
-        for seed in range(seeds):
-            configs.append({**base, **dict(zip(names, values)), "seed": seed})
-    return configs
+    return grid_configs(axes, base, range(seeds))

@@ -82,13 +82,13 @@ def run_unit(experiment: str, config_dicts: list[dict], threads: int | None = No
 
 
 def _plain(record: dict) -> dict:
-    """JSON-ready record: tensors become lists; the in-memory ``_hidden_weight`` becomes ``hidden_weight``."""
-    plain = {}
-    for key, value in record.items():
-        if hasattr(value, "tolist"):
-            value = value.tolist()
-        plain[key.lstrip("_")] = value
-    return plain
+    """JSON-ready record: tensors (the hidden weights) become lists."""
+    return {key: value.tolist() if hasattr(value, "tolist") else value for key, value in record.items()}
+
+
+def _unit_args(unit: Sequence[Job]) -> tuple[str, list[dict]]:
+    """What a worker needs to run a unit: the experiment name and plain config dicts (picklable)."""
+    return unit[0].experiment, [job.config.to_dict() for job in unit]
 
 
 def _init_worker(threads: int) -> None:
@@ -128,7 +128,7 @@ def execute(
 
         if backend == "local":
             for unit in units:
-                save(run_unit(unit[0].experiment, [job.config.to_dict() for job in unit], threads))
+                save(run_unit(*_unit_args(unit), threads))
         elif backend == "process":
             _run_process_pool(units, workers, threads, save)
         else:
@@ -143,8 +143,7 @@ def _run_process_pool(units, workers: int, threads: int, save: Callable) -> None
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
                              initargs=(threads,)) as pool:
-        futures = [pool.submit(run_unit, unit[0].experiment, [j.config.to_dict() for j in unit], threads)
-                   for unit in units]
+        futures = [pool.submit(run_unit, *_unit_args(unit), threads) for unit in units]
         for future in as_completed(futures):
             save(future.result())
 
@@ -159,7 +158,7 @@ def _run_ray(units, threads: int, address: str | None, save: Callable) -> None:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     try:
         remote = ray.remote(num_cpus=1)(run_unit)
-        pending = [remote.remote(unit[0].experiment, [j.config.to_dict() for j in unit], threads) for unit in units]
+        pending = [remote.remote(*_unit_args(unit), threads) for unit in units]
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
             save(ray.get(ready[0]))
