@@ -18,6 +18,7 @@ class Study:
     axes: Mapping[str, tuple] = field(default_factory=dict)
     base: Mapping[str, object] = field(default_factory=dict)
     default_seeds: int = 10
+    group: str = "boolean"  # the `torchfpe reproduce <group>` command that runs it
 
 
 CONTROLS = "dense+random+clause+dropconnect+static_sparse"
@@ -39,6 +40,16 @@ STUDIES: dict[str, Study] = {
               {"k": (2, 3, 4), "alpha": (2, 4, 8)}, default_seeds=1),
     ]
 }
+
+
+#: Studies by command group (``torchfpe reproduce <group> --study <name>``); a new group adds its dict here.
+GROUPS: dict[str, dict[str, Study]] = {"boolean": STUDIES}
+
+
+def studies_for(group: str) -> dict[str, Study]:
+    if group not in GROUPS:
+        raise ValueError(f"unknown study group {group!r}; known: {', '.join(GROUPS)}")
+    return GROUPS[group]
 
 
 def grid_configs(axes: Mapping[str, Sequence], base: Mapping[str, object], seeds: Sequence[int]) -> list[dict]:

@@ -8,7 +8,6 @@ file per finished run, so a killed sweep loses only the units in flight.
 
 from __future__ import annotations
 
-import importlib
 import math
 import os
 import time
@@ -20,17 +19,7 @@ from .store import ResultStore, config_key
 
 BACKENDS = ("local", "process", "ray")
 
-#: experiment name -> module path; each module has make_config(**fields) and run_batch(configs).
-EXPERIMENTS = {
-    "boolean": "torchfpe.experiments.boolean",
-    "theory": "torchfpe.experiments.collisions",
-}
-
-
-def experiment_module(name: str):
-    if name not in EXPERIMENTS:
-        raise ValueError(f"unknown experiment {name!r}; known: {', '.join(EXPERIMENTS)}")
-    return importlib.import_module(EXPERIMENTS[name])
+from ..experiments.registry import EXPERIMENTS, experiment_module  # noqa: F401 - re-exported
 
 
 @dataclass(frozen=True)
