@@ -153,7 +153,7 @@ def _describe_all(constraints: Sequence[Constraint]) -> str:
 
 
 def _num(value: float) -> str:
-    if isinstance(value, int) and value >= 2**32:
+    if isinstance(value, int) and value >= 2**31:
         exponent = int(math.log2(value + 1))
         if value + 1 == 2**exponent:
             return f"2**{exponent} - 1"
