@@ -38,6 +38,9 @@ def _header(meta: dict) -> list[str]:
     """Title, command, date, data note and base config."""
     study = meta.get("study", "?")
     out = [f"# torchfpe report: {study} study ({DATA_NAME})", ""]
+    if meta.get("incomplete"):
+        out += [f"**INCOMPLETE REPORT:** {meta['incomplete']}. The tables below cover only the runs present; "
+                "re-run the command to complete the missing ones.", ""]
     out += ["Command:", "", "```bash", str(meta.get("command", "")), "```", ""]
     out += [f"- Date: {meta.get('date', DASH)}",
             f"- Data: {meta.get('dataset_note') or DATA_NAME}",
