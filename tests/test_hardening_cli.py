@@ -235,3 +235,20 @@ def test_pool_workers_exit_when_the_parent_dies(tmp_path, how):
             parent.kill()
         for pid in _spawned_workers(parent.pid):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_console_script_names_the_extra_when_the_cli_packages_are_missing():
+    code = "import sys; sys.modules['typer'] = None; from torchfpe._console import main; main()"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "pip install 'torchfpe[experiments]'" in result.stderr
+
+
+def test_embed_without_the_extraction_function_says_so(tmp_path, monkeypatch):
+    import torchfpe.data
+
+    monkeypatch.setitem(sys.modules, "torchfpe.data.extract", None)
+    result = cli("embed", "cifar100", "--model", "clip", "--out", tmp_path / "e.npz")
+    assert_one_line_error(result, 1, "extract_embeddings")
+    assert_one_line_error(cli("embed", "x", "--model", "m", "--out", tmp_path / "e.txt"), 2, ".npz")
+    assert torchfpe.data is not None
