@@ -252,3 +252,12 @@ def test_embed_without_the_extraction_function_says_so(tmp_path, monkeypatch):
     assert_one_line_error(result, 1, "extract_embeddings")
     assert_one_line_error(cli("embed", "x", "--model", "m", "--out", tmp_path / "e.txt"), 2, ".npz")
     assert torchfpe.data is not None
+
+
+def test_seed_counts_and_values_beyond_their_range_are_refused(tmp_path):
+    result = cli("reproduce", "boolean", "--seeds", str(2**64), "--out", tmp_path / "o")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(f"grid: {{neurons: [4]}}\nseeds: [{2**64}]\n")
+    assert_one_line_error(cli("sweep", spec, "--out", tmp_path / "o"), 2, "'seed' parameter of BooleanConfig")
+    assert not (tmp_path / "o").exists()

@@ -34,6 +34,8 @@ __all__ = [
 ]
 
 SWEEP_KEYS = ("experiment", "study", "grid", "base", "seeds", "name")
+#: More seeds per config than any study needs; a bound keeps a typo (--seeds 10000000000) from filling memory.
+MAX_SEEDS = 100_000
 
 
 # ------------------------------------------------------------------------------- config field types
@@ -206,7 +208,7 @@ def run_study(
     studies = GROUPS[group]
     check_param("study", study, [Options(tuple(studies))], f"run_study (group {group!r})")
     chosen = studies[study]
-    check_param("seeds", seeds, [Interval(int, 1), None], "run_study")
+    check_param("seeds", seeds, [Interval(int, 1, MAX_SEEDS), None], "run_study")
     _check_runner(backend, workers, address, quiet, "run_study")
     if overrides is not None and not isinstance(overrides, Mapping):
         raise invalid("overrides", "run_study", "a mapping of config field -> value, or None", overrides)
@@ -275,9 +277,9 @@ def run_sweep_file(
             if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
                 raise InvalidParameterError(f"{path}: every entry of 'seeds' must be an int >= 0; got {seed!r}")
         seed_list = list(seeds)
-    elif isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise InvalidParameterError(f"{path}: 'seeds' must be an int >= 1 (seeds 0..N-1) or a non-empty list of "
-                                    f"ints; got {seeds!r}")
+    elif isinstance(seeds, bool) or not isinstance(seeds, int) or not 1 <= seeds <= MAX_SEEDS:
+        raise InvalidParameterError(f"{path}: 'seeds' must be an int >= 1 (seeds 0..N-1, at most {MAX_SEEDS}) or a "
+                                    f"non-empty list of ints; got {seeds!r}")
     else:
         seed_list = list(range(seeds))
     fields = config_fields(experiment)
@@ -306,8 +308,10 @@ def run_sweep_file(
         study = "theory"
     else:
         study = "headline" if not names else "metrics" if len(names) > 1 else names[0]
+        if study not in studies:  # any other single swept field gets the per-cell tables
+            study = "metrics"
         if study not in studies:
-            raise InvalidParameterError(f"{path}: no report layout for a sweep of {study!r}; add 'study:' (one of "
+            raise InvalidParameterError(f"{path}: no report layout for this sweep; add 'study:' (one of "
                                         f"{', '.join(studies)})")
     group = studies[study][0] if study in studies else "boolean"
     jobs = _make_jobs(experiment, grid_configs(axes, base, seed_list))

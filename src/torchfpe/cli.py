@@ -99,7 +99,7 @@ def _make_reproduce(group: str, studies: dict) -> Callable:
 
     def reproduce(
         study: Study = typer.Option(default, "--study", help="which study of the group"),
-        seeds: Optional[int] = typer.Option(None, "--seeds", min=1,
+        seeds: Optional[int] = typer.Option(None, "--seeds", min=1, max=api.MAX_SEEDS,
                                             help="seeds 0..N-1 per config (default: the study's)"),
         out: Optional[Path] = typer.Option(None, "--out", help=f"result folder (default runs/{group}-<study>); "
                                            "re-running with the same folder completes only the missing runs"),
