@@ -73,7 +73,7 @@ class BooleanConfig:
         from ..tasks.dnf import ENCODINGS, SAMPLINGS, VARIABLE_MODES
         from ..train import OPTIMIZERS
 
-        if self.n_vars is None and _is_int(self.clauses) and _is_int(self.literals):
+        if self.n_vars is None and all(type(getattr(self, f)) is int for f in ("clauses", "literals")):
             # room for disjoint clauses plus as many distractor inputs
             object.__setattr__(self, "n_vars", max(48, 2 * self.clauses * self.literals))
         if isinstance(self.variants, str):
@@ -128,17 +128,11 @@ def config_fields() -> dict[str, type]:
     return {f.name: f.type for f in dataclasses.fields(BooleanConfig)}
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def make_config(**overrides) -> BooleanConfig:
     """A config from keyword overrides; unknown names raise ValueError listing the fields."""
     unknown = sorted(set(overrides) - set(config_fields()))
     if unknown:
-        from ..core.validation import InvalidParameterError
-
-        raise InvalidParameterError(f"unknown Boolean config field(s) {unknown}; fields: {sorted(config_fields())}")
+        raise ValueError(f"unknown Boolean config field(s) {unknown}; fields: {sorted(config_fields())}")
     return BooleanConfig(**overrides)
 
 
