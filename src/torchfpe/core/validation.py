@@ -97,7 +97,9 @@ class Sequences:
         size = "a non-empty list" if self.min_len == 1 else (
             f"a list of at least {self.min_len}" if self.min_len > 1 else "a list")
         joiner = " of " if self.min_len <= 1 else " "
-        return f"{size}{joiner}{self.item_name}s (not a single string)"
+        each = [c for c in self.item if isinstance(c, (Options, Interval))]
+        allowed = f", each {_describe_all(each)}" if each else ""
+        return f"{size}{joiner}{self.item_name}s (not a single string{allowed})"
 
 
 @dataclass(frozen=True)
