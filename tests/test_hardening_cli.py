@@ -261,3 +261,15 @@ def test_seed_counts_and_values_beyond_their_range_are_refused(tmp_path):
     spec.write_text(f"grid: {{neurons: [4]}}\nseeds: [{2**64}]\n")
     assert_one_line_error(cli("sweep", spec, "--out", tmp_path / "o"), 2, "'seed' parameter of BooleanConfig")
     assert not (tmp_path / "o").exists()
+
+
+def test_an_experiments_check_config_runs_before_anything_is_written(tmp_path, monkeypatch):
+    import torchfpe.experiments.boolean as boolean
+
+    def check_config(config):
+        raise ValueError(f"data for clauses={config.clauses} not found")
+
+    monkeypatch.setattr(boolean, "check_config", check_config, raising=False)
+    out = tmp_path / "o"
+    assert_one_line_error(cli("reproduce", "boolean", "--out", out, *TINY), 2, "data for clauses=8 not found")
+    assert not out.exists()

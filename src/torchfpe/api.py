@@ -362,11 +362,22 @@ def _option_hint(name: str) -> str:
 
 
 def _make_jobs(experiment: str, config_dicts: list[dict]):
-    """Every config of the grid built (and so validated) before any work or write."""
+    """Every config of the grid built (and so validated) before any work or write.
+
+    An experiment module may also provide ``check_config(config)`` for checks that need the file
+    system (a data folder or an embedding file exists and reads); it runs here, once per config
+    without the seed, so a wrong path fails before ``meta.json`` is written.
+    """
+    from .experiments.registry import experiment_module
     from .sweep import make_jobs
 
     try:
-        return make_jobs(experiment, config_dicts)
+        jobs = make_jobs(experiment, config_dicts)
+        check = getattr(experiment_module(experiment), "check_config", None)
+        if check is not None:
+            for config in {job.config.without_seed(): job.config for job in jobs}.values():
+                check(config)
+        return jobs
     except InvalidParameterError:
         raise
     except (TypeError, ValueError) as error:  # an experiment's own check that is not yet on the validator

@@ -85,9 +85,11 @@ def _handled(debug: bool, call: Callable[[], None]) -> None:
         _fail("interrupted; finished runs are kept in the store: re-run the same command to complete the rest", 130)
     except SystemExit:
         raise
-    except Exception as error:  # noqa: BLE001 - a bug or an environment problem: one line, --debug for more
+    except Exception as error:  # noqa: BLE001 - one line; --debug for the traceback
         if debug:
             raise
+        if type(error).__module__.startswith("torchfpe."):  # our own errors are written for the user
+            _fail(str(error), 1)
         _fail(f"{type(error).__name__}: {error} (re-run with --debug for the traceback)", 1)
 
 
