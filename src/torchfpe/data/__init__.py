@@ -39,11 +39,15 @@ def load_embeddings(
     """An embedding set from a ``.npz``/``.parquet`` file or a built-in name (see the module docstring).
 
     ``data_dir`` is where ``fashion-mnist-ae`` finds the Fashion-MNIST IDX files; ``cache_dir`` where it
-    keeps its encoded file; ``seed`` draws the split of ``digits``, the clusters of ``synthetic-100`` and
+    keeps its encoded file (and ``mnist1d`` its generated one); ``seed`` draws the split of ``digits``, the clusters of ``synthetic-100`` and
     the stand-in encoder's training (``mnist1d`` is the package's canonical set whatever the seed).
     """
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise EmbeddingFileError(f"load_embeddings: seed must be an int; got {seed!r}")
+    if isinstance(source, str) and source == "mnist1d":
+        from .builtin import mnist1d
+
+        return mnist1d(seed, cache_dir=cache_dir)
     if isinstance(source, str) and source in BUILTIN_SETS:
         return BUILTIN_SETS[source](seed)
     if isinstance(source, str) and source == STANDIN_NAME:
