@@ -139,3 +139,20 @@ def test_extracted_file_with_bad_content_is_refused_by_the_loader(tmp_path):
              y_test=np.array([0, 1]))
     with pytest.raises(EmbeddingFileError, match="bad.npz: X_train has 3 features but X_test has 4"):
         load_embeddings(path)
+
+
+def test_exported_image_set_extracts_with_the_papers_name(tiny_clip, tmp_path):
+    import torch
+
+    from torchfpe.data import ImageSet
+    from torchfpe.data.folders import export_image_folder
+
+    rng = np.random.default_rng(0)
+    images = ImageSet(x_train=torch.from_numpy(rng.integers(0, 256, (6, 28, 28), dtype=np.uint8)),
+                      y_train=torch.tensor([0, 1, 2, 0, 1, 2]),
+                      x_test=torch.from_numpy(rng.integers(0, 256, (3, 28, 28), dtype=np.uint8)),
+                      y_test=torch.tensor([2, 1, 0]), class_names=["c", "b", "a"], name="t")
+    folder = export_image_folder(images, tmp_path / "fashion-mnist")
+    data = load_embeddings(extract_embeddings(folder, tiny_clip, tmp_path / "f.npz", quiet=True))
+    assert data.name == "CLIP Fashion-MNIST" and data.class_names == ["a", "b", "c"]
+    assert data.y_train.tolist() == [0, 0, 1, 1, 2, 2] and data.y_test.tolist() == [0, 1, 2]  # by folder

@@ -24,7 +24,7 @@ def digits(seed: int = 0) -> EmbeddingSet:
     try:
         from sklearn.datasets import load_digits
     except ImportError:
-        raise ImportError("the built-in 'digits' set needs scikit-learn: pip install 'torchfpe[digits]'") from None
+        raise ImportError("the built-in 'digits' set needs scikit-learn: pip install 'torchfpe[data]'") from None
     bunch = load_digits()
     x, y = bunch.data.astype(np.float32) / 16.0, bunch.target.astype(np.int64)
     rng = np.random.default_rng(seed)
@@ -47,7 +47,7 @@ def mnist1d(seed: int = 0, *, cache_dir: str | os.PathLike | None = None) -> Emb
         import mnist1d as package
         from mnist1d.data import get_dataset_args, make_dataset
     except ImportError:
-        raise ImportError("the built-in 'mnist1d' set needs the mnist1d package: pip install 'torchfpe[mnist1d]'") from None
+        raise ImportError("the built-in 'mnist1d' set needs the mnist1d package: pip install 'torchfpe[data]'") from None
     from .standin import default_cache_dir
 
     args = get_dataset_args(as_dict=True)

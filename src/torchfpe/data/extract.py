@@ -29,6 +29,20 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.ind
 EMBED_HINT = "pip install 'torchfpe[embed]'"
 
 
+#: Folder names (lower case, without "-", "_", " ") recognised as the paper's data sets: their embeddings are
+#: named "CLIP <data set>", the name under which reports put the paper's numbers beside ours.
+PAPER_DATASETS = {"fashionmnist": "Fashion-MNIST", "cifar100": "CIFAR-100", "imagenet100": "ImageNet-100",
+                  "imagenet1k": "ImageNet-1k", "imagenet": "ImageNet-1k"}
+
+
+def embedding_name(source: Path, model_name: str) -> str:
+    """"CLIP CIFAR-100" for a folder named like one of the paper's data sets, else a descriptive name."""
+    key = "".join(c for c in source.name.lower() if c not in "-_ .")
+    if key in PAPER_DATASETS:
+        return f"CLIP {PAPER_DATASETS[key]}"
+    return f"CLIP ({model_name}) embeddings of {source.name}"
+
+
 class ExtractionError(DataError):
     """Bad input to the extraction (folder, images, model, arguments); the message names it."""
 
@@ -206,8 +220,15 @@ def extract_embeddings(
     batch_size: int = 64,
     device: str = "cpu",
     quiet: bool = False,
+    name: str | None = None,
 ) -> Path:
-    """CLIP image embeddings of ``source/train`` and ``source/test`` written to ``out`` (.npz); returns ``out``."""
+    """CLIP image embeddings of ``source/train`` and ``source/test`` written to ``out`` (.npz); returns ``out``.
+
+    ``name`` is the data set's name in reports; by default "CLIP <data set>" when the folder is named like
+    one of the paper's data sets (fashion-mnist, cifar100, imagenet100, imagenet1k), else a description.
+    """
+    if name is not None and (not isinstance(name, str) or not name.strip()):
+        raise ExtractionError(f"name must be a non-empty string; got {name!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ExtractionError(f"batch_size must be a positive int; got {batch_size!r}")
     out = Path(out)
@@ -228,7 +249,7 @@ def extract_embeddings(
         LabelledImages(ImageFiles(train.paths), train.labels),
         LabelledImages(ImageFiles(test.paths), test.labels),
         classes, out,
-        name=f"CLIP {model_name} embeddings of {Path(source).resolve().name}",
+        name=name or embedding_name(Path(source).resolve(), model_name),
         note=f"{encoder.description} of the images in {Path(source).resolve()}",
         standin=False, batch_size=batch_size, quiet=quiet,
     )
