@@ -71,8 +71,8 @@ def test_standin_tiny_budget_is_cached_deterministic_and_label_free(tmp_path, mo
     assert data.x_train.shape == (40, 6) and data.x_test.shape == (10, 6)
     assert data.y_test.tolist() == (np.arange(10) % 10).tolist() and data.class_names[9] == "Ankle boot"
     assert data.standin and "stand-in for CLIP" in data.name and "without labels" in data.note
-    cached = list((tmp_path / "cache").iterdir())
-    assert len(cached) == 1 and cached[0].suffix == ".npz"
+    cached = list((tmp_path / "cache").glob("*.npz"))
+    assert len(cached) == 1
 
     # a second call reuses the cache instead of training again
     import torchfpe.data.standin as standin
@@ -92,7 +92,29 @@ def test_standin_tiny_budget_is_cached_deterministic_and_label_free(tmp_path, mo
     torch.testing.assert_close(other.x_train, data.x_train)
     different_seed = fashion_mnist_ae(1, data_dir=tmp_path / "fm", cache_dir=tmp_path / "cache", config=TINY)
     assert not torch.allclose(different_seed.x_train, data.x_train)
-    assert len(list((tmp_path / "cache").iterdir())) == 2
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2
+
+
+def test_standin_is_built_once_when_asked_for_at_the_same_time(tmp_path, monkeypatch):
+    import threading
+
+    import torchfpe.data.standin as standin
+
+    write_fashion(tmp_path / "fm", train=40, test=10)
+    calls, train = [], standin.train_autoencoder
+    monkeypatch.setattr(standin, "train_autoencoder", lambda *a, **k: calls.append(1) or train(*a, **k))
+    results = []
+
+    def ask():
+        results.append(fashion_mnist_ae(0, data_dir=tmp_path / "fm", cache_dir=tmp_path / "cache", config=TINY))
+
+    threads = [threading.Thread(target=ask) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(calls) == 1 and len(results) == 3
+    assert all(torch.equal(r.x_train, results[0].x_train) for r in results)
 
 
 def test_standin_missing_data_writes_nothing(tmp_path):

@@ -103,14 +103,20 @@ def _images_in(folder: Path) -> list[Path]:
 
 def check_images(paths: Sequence[Path], *, quiet: bool = True) -> None:
     """Open every image's header (cheap: pixels are not decoded); the first bad one raises with its name."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
-    for path in paths:
-        try:
-            with Image.open(path) as image:
-                image.size  # noqa: B018 (the header has been parsed)
-        except (OSError, UnidentifiedImageError, ValueError) as error:
-            raise ExtractionError(f"{path}: not a readable image ({error})") from None
+    from .encode import _progress
+
+    with _progress(quiet) as progress:
+        task = progress.add_task("checking images", total=len(paths)) if progress else None
+        for path in paths:
+            try:
+                with Image.open(path) as image:
+                    image.size  # noqa: B018 (the header has been parsed)
+            except Exception as error:  # PIL raises OSError, ValueError, DecompressionBombError, ...
+                raise ExtractionError(f"{path}: not a readable image ({error})") from None
+            if progress:
+                progress.advance(task)
 
 
 class ImageFiles(Sequence):
@@ -134,7 +140,7 @@ class ImageFiles(Sequence):
         try:
             with Image.open(path) as image:
                 return image.convert("RGB")
-        except (OSError, ValueError) as error:
+        except Exception as error:  # PIL raises OSError, ValueError, DecompressionBombError, ...
             raise ExtractionError(f"{path}: cannot decode image ({error})") from None
 
 
@@ -185,15 +191,31 @@ def load_clip(model: str | os.PathLike, device: torch.device) -> ClipImageEncode
     else:
         where = str(model)
     processor_class = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # a full CLIP checkpoint's unused text tower is expected
     try:
-        network = transformers.CLIPVisionModelWithProjection.from_pretrained(where)
+        config = transformers.AutoConfig.from_pretrained(where)
+        if isinstance(config, transformers.CLIPConfig):
+            # the vision tower of a full CLIP checkpoint: its projection width is the top-level one
+            vision = config.vision_config
+            vision.projection_dim = config.projection_dim
+        elif isinstance(config, transformers.CLIPVisionConfig):
+            vision = config
+        else:
+            raise ExtractionError(f"{where}: a {config.model_type!r} model, not CLIP (torchfpe embed uses CLIP's "
+                                  f"image tower)")
+        network = transformers.CLIPVisionModelWithProjection.from_pretrained(where, config=vision)
         processor = processor_class.from_pretrained(where)
-    except (OSError, ValueError, KeyError) as error:
+    except ExtractionError:
+        raise
+    except Exception as error:  # hub, file and format errors come in many types; all mean "cannot load"
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         if local.is_dir():
-            raise ExtractionError(f"{where}: cannot load a CLIP image model from this directory ({first})") from None
+            raise ExtractionError(f"{where}: cannot load a CLIP image model from this directory ({first})") from error
         raise ExtractionError(f"model {where!r} is not a local directory and could not be loaded from the Hugging Face "
-                              f"hub (unknown name, or no network) ({first})") from None
+                              f"hub (unknown name, or no network) ({first})") from error
+    finally:
+        transformers.logging.set_verbosity(verbosity)
     network.eval().requires_grad_(False).to(device)
     return ClipImageEncoder(network, processor, device, f"CLIP image tower {where} (image_embeds)")
 
@@ -241,7 +263,7 @@ def extract_embeddings(
     resolved_device = _check_device(device)
     classes, train, test = scan_image_folder(source)
     _import_transformers()
-    check_images(train.paths + test.paths)
+    check_images(train.paths + test.paths, quiet=quiet)
     encoder = load_clip(model, resolved_device)
     model_name = Path(str(model)).name if Path(str(model)).expanduser().is_dir() else str(model)
     return encode_to_file(

@@ -9,6 +9,7 @@ learns from images alone. The file goes through the same path as CLIP extraction
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -24,7 +25,7 @@ from .encode import LabelledImages, encode_to_file
 from .idx import FASHION_MNIST_DIR, load_fashion_mnist
 
 CACHE_ENV = "TORCHFPE_CACHE_DIR"
-STANDIN_VERSION = 1  # bump when the recipe changes so old cache files are not reused
+STANDIN_VERSION = 2  # bump when the recipe changes so old cache files are not reused
 
 
 def default_cache_dir() -> Path:
@@ -72,18 +73,22 @@ def _pixels(images: torch.Tensor) -> torch.Tensor:
 
 def train_autoencoder(images: torch.Tensor, config: AutoencoderConfig, *, seed: int = 0) -> MLPAutoencoder:
     """Fit the autoencoder to reconstruct ``images`` (uint8, N x 28 x 28); labels are never seen."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = MLPAutoencoder(config.dim, config.hidden)
-        generator = torch.Generator().manual_seed(seed)
-        pixels = _pixels(images if config.train_images is None else images[: config.train_images])
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-        for _ in range(config.epochs):
-            for batch in torch.randperm(len(pixels), generator=generator).split(config.batch_size):
-                optimizer.zero_grad()
-                loss = nn.functional.binary_cross_entropy(model(pixels[batch]), pixels[batch])
-                loss.backward()
-                optimizer.step()
+    generator = torch.Generator().manual_seed(seed)  # every draw from here: the global RNG is untouched
+    model = MLPAutoencoder(config.dim, config.hidden)
+    with torch.no_grad():
+        for layer in model.modules():
+            if isinstance(layer, nn.Linear):  # PyTorch's default range, U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+                bound = layer.in_features ** -0.5
+                layer.weight.uniform_(-bound, bound, generator=generator)
+                layer.bias.uniform_(-bound, bound, generator=generator)
+    pixels = _pixels(images if config.train_images is None else images[: config.train_images])
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    for _ in range(config.epochs):
+        for batch in torch.randperm(len(pixels), generator=generator).split(config.batch_size):
+            optimizer.zero_grad()
+            loss = nn.functional.binary_cross_entropy(model(pixels[batch]), pixels[batch])
+            loss.backward()
+            optimizer.step()
     model.eval().requires_grad_(False)
     return model
 
@@ -119,18 +124,42 @@ def fashion_mnist_ae(
     folder = Path(data_dir) if data_dir is not None else FASHION_MNIST_DIR
     path = cache_path(Path(cache_dir) if cache_dir is not None else default_cache_dir(), config, seed, folder)
     if not path.is_file():
-        images = load_fashion_mnist(folder)
-        model = train_autoencoder(images.x_train, config, seed=seed)
-        encoder = AutoencoderImageEncoder(model)
-        encode_to_file(
-            encoder,
-            LabelledImages(images.x_train, images.y_train.numpy()),
-            LabelledImages(images.x_test, images.y_test.numpy()),
-            images.class_names, path,
-            name=f"Fashion-MNIST autoencoder embeddings (stand-in for CLIP)",
-            note=(f"{config.dim}-d bottleneck of an MLP autoencoder trained without labels on "
-                  f"{config.train_images or len(images.x_train)} Fashion-MNIST training images "
-                  f"({config.epochs} epochs, seed {seed}), frozen; a stand-in for CLIP image embeddings"),
-            standin=True, batch_size=4096, quiet=quiet,
-        )
+        images = load_fashion_mnist(folder)  # validates (or says how to get the data) before anything is written
+        with _exclusive(path.with_suffix(".lock")):
+            if not path.is_file():  # another process may have built it while this one waited
+                _build(images, config, seed, path, quiet)
     return read_npz(path)
+
+
+def _build(images, config: AutoencoderConfig, seed: int, path: Path, quiet: bool) -> None:
+    model = train_autoencoder(images.x_train, config, seed=seed)
+    encoder = AutoencoderImageEncoder(model)
+    encode_to_file(
+        encoder,
+        LabelledImages(images.x_train, images.y_train.numpy()),
+        LabelledImages(images.x_test, images.y_test.numpy()),
+        images.class_names, path,
+        name="Fashion-MNIST autoencoder embeddings (stand-in for CLIP)",
+        note=(f"{config.dim}-d bottleneck of an MLP autoencoder trained without labels on "
+              f"{config.train_images or len(images.x_train)} Fashion-MNIST training images "
+              f"({config.epochs} epochs, seed {seed}), frozen; a stand-in for CLIP image embeddings"),
+        standin=True, batch_size=4096, quiet=quiet,
+    )
+
+
+@contextlib.contextmanager
+def _exclusive(lock: Path):
+    """One process builds a cache file while others wait (parallel workers asking for the stand-in at
+    once would each train it otherwise). An advisory lock, released by the OS if the process dies."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock; the atomic write still keeps the file whole
+        yield
+        return
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
