@@ -107,6 +107,8 @@ def test_other_bad_sources(tmp_path):
         load_embeddings(short)
     with pytest.raises(EmbeddingFileError, match="seed must be an int"):
         load_embeddings("digits", seed="0")
+    with pytest.raises(EmbeddingFileError, match="data_dir must be a folder path or None; got 3"):
+        load_embeddings("fashion-mnist-ae", data_dir=3)
 
 
 def test_write_embeddings_is_validated_and_atomic(tmp_path):

@@ -41,6 +41,15 @@ def test_export_round_trips_through_the_folder_scan(tmp_path, channels):
         export_image_folder(images, out)
 
 
+def test_bad_export_leaves_nothing(tmp_path):
+    images = tiny_set()
+    broken = ImageSet(x_train=images.x_train.float(), y_train=images.y_train, x_test=images.x_test,
+                      y_test=images.y_test, class_names=images.class_names, name="broken")  # float: PIL refuses
+    with pytest.raises(DataError, match="train images must be uint8"):
+        export_image_folder(broken, tmp_path / "set")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_embedding_names_follow_the_papers_data_sets(tmp_path):
     assert embedding_name(tmp_path / "cifar100", "m") == "CLIP CIFAR-100"
     assert embedding_name(tmp_path / "Fashion-MNIST", "m") == "CLIP Fashion-MNIST"

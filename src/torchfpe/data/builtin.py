@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import random
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -104,9 +103,3 @@ def synthetic(seed: int = 0, *, dim: int = 128, superclasses: int = 20, per_supe
                    note=(f"{superclasses} superclasses x {per_superclass} Gaussian class clusters in {dim} dims "
                          f"(scales {superclass_scale}/{class_scale}/{noise_scale}), seed {seed}; synthetic, not images"))
 
-
-BUILTIN_SETS: dict[str, Callable[..., EmbeddingSet]] = {
-    "digits": digits,
-    "mnist1d": mnist1d,
-    "synthetic-100": synthetic,
-}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -35,20 +36,31 @@ def export_image_folder(images: ImageSet, out: str | os.PathLike, *, limit: int 
     out = Path(out)
     if out.exists():
         raise DataError(f"{out}: already exists; export into a new folder")
+    for split, x, y in (("train", images.x_train, images.y_train), ("test", images.x_test, images.y_test)):
+        x = np.asarray(x[:1])
+        if x.dtype != np.uint8 or not (x.ndim == 3 or (x.ndim == 4 and x.shape[-1] in (3, 4))):
+            raise DataError(f"export_image_folder: {split} images must be uint8 (N, H, W) or (N, H, W, 3|4); got "
+                            f"{x.dtype} with {x.ndim} dimensions")
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= images.num_classes):
+            raise DataError(f"export_image_folder: {split} labels outside 0..{images.num_classes - 1}")
     names = [folder_name(n) for n in images.class_names]
     if len(set(names)) != len(names):
         raise DataError(f"class names {images.class_names} do not give distinct folder names")
     temp = out.with_name(f".{out.name}.partial")
     if temp.exists():
         raise DataError(f"{temp}: left over from an interrupted export; remove it first")
-    for split, x, y in (("train", images.x_train, images.y_train), ("test", images.x_test, images.y_test)):
-        count = len(y) if limit is None else min(limit, len(y))
-        for i in range(count):
-            folder = temp / split / names[int(y[i])]
-            folder.mkdir(parents=True, exist_ok=True)
-            pixels = x[i].numpy() if isinstance(x, torch.Tensor) else np.asarray(x[i])
-            Image.fromarray(pixels).save(folder / f"{i:06d}.png")
-    temp.rename(out)
+    try:
+        for split, x, y in (("train", images.x_train, images.y_train), ("test", images.x_test, images.y_test)):
+            count = len(y) if limit is None else min(limit, len(y))
+            for i in range(count):
+                folder = temp / split / names[int(y[i])]
+                folder.mkdir(parents=True, exist_ok=True)
+                pixels = x[i].numpy() if isinstance(x, torch.Tensor) else np.asarray(x[i])
+                Image.fromarray(pixels).save(folder / f"{i:06d}.png")
+        temp.rename(out)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
     return out
 
 
