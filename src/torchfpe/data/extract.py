@@ -191,8 +191,10 @@ def load_clip(model: str | os.PathLike, device: torch.device) -> ClipImageEncode
     else:
         where = str(model)
     processor_class = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
-    verbosity = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()  # a full CLIP checkpoint's unused text tower is expected
+    # quiet loading: a full CLIP checkpoint's unused text tower is expected, and the progress shown is ours
+    verbosity, bars = transformers.logging.get_verbosity(), transformers.logging.is_progress_bar_enabled()
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
     try:
         config = transformers.AutoConfig.from_pretrained(where)
         if isinstance(config, transformers.CLIPConfig):
@@ -216,6 +218,8 @@ def load_clip(model: str | os.PathLike, device: torch.device) -> ClipImageEncode
                               f"hub (unknown name, or no network) ({first})") from error
     finally:
         transformers.logging.set_verbosity(verbosity)
+        if bars:
+            transformers.logging.enable_progress_bar()
     network.eval().requires_grad_(False).to(device)
     return ClipImageEncoder(network, processor, device, f"CLIP image tower {where} (image_embeds)")
 
