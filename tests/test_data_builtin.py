@@ -143,3 +143,27 @@ def test_real_standin(tmp_path):
     means = torch.stack([x_train[data.y_train == c].mean(0) for c in range(10)])
     accuracy = (torch.cdist(x_test, means).argmin(1) == data.y_test).float().mean().item()
     assert accuracy > 0.5
+
+
+@pytest.mark.slow
+def test_synthetic_100_is_easy_for_a_linear_classifier_and_hard_for_a_narrow_head():
+    """The regime it stands in for: 100 classes are linearly separable enough, but a head of 4 neurons
+    must share each neuron among many classes and does much worse (seed 0: 0.84 against 0.23)."""
+    data = load_embeddings("synthetic-100", seed=0)
+
+    def accuracy(model):
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.uniform_(-0.1, 0.1, generator=generator)
+        optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
+        for _ in range(60):  # full batch
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(data.x_train), data.y_train).backward()
+            optimizer.step()
+        with torch.no_grad():
+            return (model(data.x_test).argmax(1) == data.y_test).float().mean().item()
+
+    linear = accuracy(torch.nn.Linear(128, 100))
+    narrow = accuracy(torch.nn.Sequential(torch.nn.Linear(128, 4), torch.nn.ReLU(), torch.nn.Linear(4, 100)))
+    assert linear > 0.7 and narrow < linear - 0.3, (linear, narrow)
