@@ -195,3 +195,18 @@ def test_a_model_that_is_not_clip_is_refused(tmp_path):
     with pytest.raises(ExtractionError, match="a 'bert' model, not CLIP"):
         extract_embeddings(source, folder, tmp_path / "e.npz", quiet=True)
     assert not (tmp_path / "e.npz").exists()
+
+
+def test_missing_optional_packages_name_the_extra(tmp_path, monkeypatch):
+    import sys
+
+    source = write_images(tmp_path / "images", {"train": {"a": 2, "b": 2}, "test": {"a": 1}})
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    with pytest.raises(ImportError, match=r"torchfpe\[embed\]"):
+        extract_embeddings(source, "some/model", tmp_path / "e.npz", quiet=True)
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    (tmp_path / "e.parquet").write_bytes(b"PAR1")
+    with pytest.raises(ImportError, match=r"torchfpe\[parquet\]"):
+        load_embeddings(tmp_path / "e.parquet")
+    assert not (tmp_path / "e.npz").exists()
