@@ -74,6 +74,7 @@ def test_same_image_gives_same_vector_in_train_and_test(tiny_clip, tmp_path):
     ("unreadable", "bad.png: not a readable image"),
     ("unknown_test_class", "no counterpart in train/"),
     ("loose_images", "holds images directly"),
+    ("lonely_image", "1 image; every class needs at least 2 training images"),
 ])
 def test_bad_folders_are_named_and_nothing_is_written(tiny_clip, tmp_path, case, message):
     layout = {"train": {"a": 2, "b": 2}, "test": {"a": 1}}
@@ -81,6 +82,8 @@ def test_bad_folders_are_named_and_nothing_is_written(tiny_clip, tmp_path, case,
         layout["train"] = {"a": 2}
     if case == "unknown_test_class":
         layout["test"] = {"zebra": 1}
+    if case == "lonely_image":
+        layout["train"] = {"a": 2, "b": 1}
     source = write_images(tmp_path / "images", layout)
     if case == "no_test":
         for path in (source / "test" / "a").iterdir():

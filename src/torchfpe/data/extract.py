@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .embeddings import DataError
+from .embeddings import MIN_TRAIN_PER_CLASS, DataError
 from .encode import LabelledImages, encode_to_file
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
@@ -82,6 +82,9 @@ def scan_image_folder(source: str | os.PathLike) -> tuple[list[str], ImageFolder
             images = _images_in(root / split / name)
             if not images:
                 raise ExtractionError(f"{root / split / name}: no images (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+            if split == "train" and len(images) < MIN_TRAIN_PER_CLASS:
+                raise ExtractionError(f"{root / split / name}: {len(images)} image; every class needs at least "
+                                      f"{MIN_TRAIN_PER_CLASS} training images")
             paths += images
             labels += [index[name]] * len(images)
         splits.append(ImageFolderSplit(paths, np.asarray(labels, dtype=np.int64)))
