@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -88,7 +88,7 @@ def test_packed_equals_masked_outputs_and_gradients(split, sizes, layout):
         pytest.skip("the clause map addresses the first layer's inputs")
     masked = expanded(split, sizes)
     packed = pack(masked, layout)
-    for batch in (1, 3, 40):  # both ELL paths (gather below ELL_GATHER_MAX_BATCH, dense above)
+    for batch in (1, 3, 100):  # both ELL paths (sparse up to ELL_SPARSE_MAX_BATCH, dense above)
         m, p = copy.deepcopy(masked), copy.deepcopy(packed)
         assert_same_function(m, p, batch)
     assert nonzero_parameters(packed) <= nonzero_parameters(masked)
@@ -159,7 +159,12 @@ def test_pack_is_exact_for_any_expansion(d, h, c, alpha, split, seed, budget, bi
     alpha = min(alpha, d)
     parent = mlp([d, h, c], seed=seed)
     clauses = [list(range(i, min(i + 3, d))) for i in range(0, d, 3)] if split == "clause" else None
-    masked = expand(parent, alpha, split, seed=seed, clauses=clauses, budget=budget, bias=bias)
+    try:
+        masked = expand(parent, alpha, split, seed=seed, clauses=clauses, budget=budget, bias=bias)
+    except ValueError as error:  # expand's own refusals (e.g. a budget that cannot be met) are not ours
+        if "budget" not in str(error):
+            raise
+        assume(False)
     packed = pack(masked)
     x = torch.randn(5, d, dtype=torch.float64)
     assert torch.allclose(masked(x), packed(x), atol=1e-10)
@@ -213,7 +218,7 @@ def test_packed_state_dict_into_the_wrong_architecture_names_the_layer():
 def test_load_expanded_refuses_non_zero_holes():
     packed = pack(expanded("contiguous", (16, 8, 3), 4))  # global budget leaves holes in layer 0 or 2
     state = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in packed.state_dict().items()}
-    state["2.values"][state["2.in_index"].long() == 32] = 1.0  # padding slots of the ELL layer
+    state["2.values"][state["2.in_index"].long() >= 32] = 1.0  # padding slots of the ELL layer
     with pytest.raises(ValueError, match="layer '2'.*outside the layer's mask"):
         load_expanded(mlp([16, 8, 3]), state)
 
@@ -251,6 +256,6 @@ def test_packed_equals_masked_on_cuda(split):
     masked = expanded(split, (12, 8, 6, 8, 3)).cuda()
     packed = pack(masked)
     assert packed[0].values.is_cuda
-    for batch in (1, 40):
+    for batch in (1, 100):
         assert_same_function(copy.deepcopy(masked), copy.deepcopy(packed), batch)
     assert torch.equal(unpack(packed)[0].weight_mask.cpu(), masked[0].weight_mask.cpu())

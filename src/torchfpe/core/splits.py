@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 #: Strategies whose children partition the parent's inputs (disjoint and covering).
-PARTITION_SPLITS = ("random", "clause", "feature", "contiguous")
+PARTITION_SPLITS = ("random", "clause", "feature", "contiguous", "shared")
 #: Non-FPE controls the paper and its reviewers compare against.
 CONTROL_SPLITS = ("overlap", "static_sparse", "dropconnect")
 SPLITS = PARTITION_SPLITS + CONTROL_SPLITS
@@ -53,6 +53,19 @@ def random_split(ctx: SplitContext) -> Tensor:
     assignment = torch.empty(parents, inputs, dtype=torch.long)
     assignment.scatter_(1, order, balanced_positions(inputs, ctx.alpha).expand(parents, inputs).contiguous())
     return assignment_to_masks(assignment, ctx.alpha)
+
+
+def shared_split(ctx: SplitContext) -> Tensor:
+    """One balanced random partition per layer, shared by all parents (packs into dense blocks).
+
+    The random split's draw, made once: child k of every parent reads the same inputs, so the packed
+    layout does the layer in one batched product at the parent's cost (see :mod:`torchfpe.core.packed`).
+    """
+    parents, inputs = ctx.weight.shape
+    order = torch.argsort(torch.rand(inputs, generator=ctx.generator))
+    assignment = torch.empty(inputs, dtype=torch.long)
+    assignment[order] = balanced_positions(inputs, ctx.alpha)
+    return assignment_to_masks(assignment.expand(parents, inputs), ctx.alpha)
 
 
 def contiguous_split(ctx: SplitContext) -> Tensor:
@@ -205,6 +218,7 @@ BUILTIN_SPLITS: dict[str, SplitFn] = {
     "clause": clause_split,
     "feature": feature_split,
     "contiguous": contiguous_split,
+    "shared": shared_split,
     "overlap": overlap_split,
 }
 
