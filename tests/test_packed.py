@@ -88,9 +88,13 @@ def test_packed_equals_masked_outputs_and_gradients(split, sizes, layout):
         pytest.skip("the clause map addresses the first layer's inputs")
     masked = expanded(split, sizes)
     packed = pack(masked, layout)
-    for batch in (1, 3, 100):  # both ELL paths (sparse up to ELL_SPARSE_MAX_BATCH, dense above)
+    for batch in (1, 3, 100):  # with gradients: ELL gathers up to ELL_GATHER_MAX_BATCH, dense above
         m, p = copy.deepcopy(masked), copy.deepcopy(packed)
         assert_same_function(m, p, batch)
+    with torch.no_grad():  # without: ELL multiplies as CSR up to ELL_SPARSE_MAX_BATCH, dense above
+        for batch in (1, 40, 100):
+            x = torch.randn(batch, 12, dtype=torch.float64)
+            assert torch.allclose(masked(x), packed(x), atol=1e-10)
     assert nonzero_parameters(packed) <= nonzero_parameters(masked)
     assert sum(layer.nonzero_count() for _, layer in expanded_layers(packed)) == \
         sum(layer.nonzero_count() for _, layer in expanded_layers(masked))

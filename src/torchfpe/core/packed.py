@@ -46,11 +46,15 @@ warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitl
 #: ``auto`` picks per layer; ``block`` and ``ell`` force one (``block`` refuses masks it cannot hold).
 PACK_LAYOUTS = ("auto", "block", "ell")
 
-#: Up to this many rows of input (examples), an ELL layer multiplies as a sparse CSR matrix built on
-#: its values (no copy); above, it scatters its values into a dense weight and calls one matrix
-#: product. Measured on one CPU thread (4096 x 1024 at 25 % fill): CSR 20x faster at batch 1 and
-#: 13x at 16, dense 1.8x faster at 256; a gather-multiply-sum was slower than CSR everywhere.
+#: Without gradients and up to this many examples, an ELL layer multiplies as a sparse CSR matrix
+#: built on its values (no copy); above, it scatters its values into a dense weight and calls one
+#: matrix product. Measured on one CPU thread (4096 x 1024 at 25 % fill): CSR 12x faster than the
+#: dense path at batch 1 and 13x at 16, the dense path 1.8x faster at 256.
 ELL_SPARSE_MAX_BATCH = 64
+#: With gradients, torch's CSR backward converts the weight gradient to CSR (a sort: 40x slower
+#: than the forward), so training gathers inputs per value up to this batch (memory batch x values)
+#: and uses the dense path above it.
+ELL_GATHER_MAX_BATCH = 4
 
 #: Below this many examples a block layer copies its input into block order first (measured faster
 #: for batch 1 on one thread); above, the batched product reads the strided view.
@@ -73,6 +77,31 @@ class _MaskGrad(torch.autograd.Function):
     def backward(ctx, grad: Tensor):  # noqa: D102
         (mask,) = ctx.saved_tensors
         return grad * mask, None
+
+
+class _BlockProduct(torch.autograd.Function):
+    """``baddbmm(bias, x, values)`` whose value gradient is 0.0 at the holes (flat positions given).
+
+    Zeroing the few hole positions of the freshly computed gradient costs the number of holes, not
+    a pass over all values as a mask multiply would.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, values: Tensor, bias: Tensor | None, holes: Tensor) -> Tensor:  # noqa: D102
+        ctx.save_for_backward(x, values, holes)
+        ctx.has_bias = bias is not None
+        return torch.bmm(x, values) if bias is None else torch.baddbmm(bias, x, values)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # noqa: D102
+        x, values, holes = ctx.saved_tensors
+        grad_x = torch.bmm(grad, values.transpose(1, 2)) if ctx.needs_input_grad[0] else None
+        grad_values = None
+        if ctx.needs_input_grad[1]:
+            grad_values = torch.bmm(x.transpose(1, 2), grad)
+            grad_values.view(-1).index_fill_(0, holes, 0.0)
+        grad_bias = grad.sum(dim=1, keepdim=True) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_x, grad_values, grad_bias, None
 
 
 def _pack_bits(mask: Tensor) -> Tensor:
@@ -184,6 +213,7 @@ class BlockLinear(PackedLinear):
         self.register_buffer("bias_holes", torch.zeros(blocks * rows, dtype=torch.bool, device=device)
                              if bias and has_bias_holes else None)
         self.register_buffer("live", None, persistent=False)
+        self.register_buffer("hole_positions", None, persistent=False)
         self.register_buffer("bias_live", None, persistent=False)
         self.register_buffer("gather", None, persistent=False)
         self.register_buffer("restore", None, persistent=False)
@@ -194,8 +224,9 @@ class BlockLinear(PackedLinear):
         device = self.values.device
         if self.hole_bits is not None:
             self.live = ~_unpack_bits(self.hole_bits, self.values.numel()).view_as(self.values).to(device)
+            self.hole_positions = torch.nonzero(~self.live.reshape(-1)).squeeze(1)
         else:
-            self.live = None
+            self.live = self.hole_positions = None
         self.bias_live = None if self.bias_holes is None else ~self.bias_holes
         self.gather = None if self.in_index is None else self.in_index.long().reshape(-1)
         self.pad_input = False if self.gather is None else bool((self.gather == self.in_features).any())
@@ -252,14 +283,14 @@ class BlockLinear(PackedLinear):
             xb = x.index_select(1, self.gather).view(n, self.blocks, self.chunk).transpose(0, 1)
         if n <= BLOCK_COPY_MAX_BATCH:
             xb = xb.contiguous()
-        values = self.values
-        if self.live is not None and torch.is_grad_enabled() and values.requires_grad:
-            values = _MaskGrad.apply(values, self.live)
         bias = self._masked_bias()
-        if bias is None:
-            y = torch.bmm(xb, values)
+        bias = None if bias is None else bias.view(self.blocks, 1, self.rows)
+        if self.live is not None and torch.is_grad_enabled() and self.values.requires_grad:
+            y = _BlockProduct.apply(xb, self.values, bias, self.hole_positions)
+        elif bias is None:
+            y = torch.bmm(xb, self.values)
         else:
-            y = torch.baddbmm(bias.view(self.blocks, 1, self.rows), xb, values)
+            y = torch.baddbmm(bias, xb, self.values)
         y = y.transpose(0, 1).reshape(n, self.blocks * self.rows)
         if self.restore is not None:
             y = y.index_select(1, self.restore)
@@ -378,7 +409,13 @@ class EllLinear(PackedLinear):
         leading = input.shape[:-1]
         x = input.reshape(-1, self.in_features)
         bias = self._masked_bias()
-        if x.shape[0] <= ELL_SPARSE_MAX_BATCH:
+        training = torch.is_grad_enabled() and (self.values.requires_grad or input.requires_grad)
+        if training and x.shape[0] <= ELL_GATHER_MAX_BATCH:
+            gathered = F.pad(x, (0, self.width)).index_select(1, self.index.reshape(-1))
+            y = (gathered.view(-1, self.out_features, self.width) * self.values).sum(dim=2)
+            if bias is not None:
+                y = y + bias
+        elif not training and x.shape[0] <= ELL_SPARSE_MAX_BATCH:
             # padding slot s points at appended zero column in_features + s: it reads 0 and gets no
             # gradient, and every row's columns stay distinct and sorted as CSR requires
             sparse = torch.sparse_csr_tensor(self.crow, self.index.reshape(-1), self.values.reshape(-1),
