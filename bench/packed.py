@@ -10,6 +10,10 @@ seconds. Ratios are to the dense parent measured in the same run.
 
     .venv/bin/python bench/packed.py --quick --out bench/results/packed_quick.json
     .venv/bin/python bench/packed.py --out bench/results/packed.json   # the full grid: hours, 20+ GiB
+    .venv/bin/python bench/packed.py --headline --out bench/results/packed_headline.json
+
+``--headline`` instead times one training step (forward + backward, full batch of 4000) of the
+Boolean headline's shapes (48 inputs, 8 units, 1 output, alpha 2), the experiments' training shape.
 """
 
 from __future__ import annotations
@@ -116,6 +120,28 @@ def train_fn(model, x):
     return run
 
 
+def headline(args) -> None:
+    rows = []
+    x = torch.randn(4000, 48)
+    torch.manual_seed(0)
+    parent = nn.Sequential(nn.Linear(48, 8), nn.ReLU(), nn.Linear(8, 1))
+    clauses = [list(range(i, i + 3)) for i in range(0, 24, 3)]
+    for split in ("random", "clause", "contiguous"):
+        masked = torchfpe.expand(parent, 2, split, seed=0, clauses=clauses if split == "clause" else None)
+        packed = torchfpe.pack(masked)
+        row = {"split": split, "packed_layouts": [l.layout for _, l in torchfpe.core.expanded_layers(packed)],
+               "seconds": {}}
+        for name, model in (("dense", parent), ("masked", masked), ("packed", packed)):
+            row["seconds"][name] = median_time(train_fn(model, x), args.round, args.repeats)[0]
+        row["ratio_to_masked"] = {k: round(v / row["seconds"]["masked"], 3) for k, v in row["seconds"].items()}
+        rows.append(row)
+        print(row, flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"meta": {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                             "torch": torch.__version__, "threads": args.threads},
+                                    "rows": rows}, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the small grid for a shared 2-core machine")
@@ -130,7 +156,11 @@ def main() -> None:
     parser.add_argument("--max-width-deep", type=int, default=1024,
                         help="skip 3-hidden-layer models wider than this (memory and time of the masked model)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/packed.json"))
+    parser.add_argument("--headline", action="store_true", help="time the Boolean headline's training shapes")
     args = parser.parse_args()
+    if args.headline:
+        torch.set_num_threads(args.threads)
+        return headline(args)
     grid = dict(QUICK if args.quick else FULL)
     for key in grid:
         if getattr(args, key) is not None:

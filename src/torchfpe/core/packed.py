@@ -378,11 +378,15 @@ class EllLinear(PackedLinear):
                              if bias and has_bias_holes else None)
         self.register_buffer("index", None, persistent=False)
         self.register_buffer("crow", None, persistent=False)
+        self.register_buffer("flat_index", None, persistent=False)
         self.register_buffer("bias_live", None, persistent=False)
 
     def _refresh(self) -> None:
         self.index = self.in_index.long()
         self.crow = torch.arange(self.out_features + 1, device=self.index.device) * self.width
+        rows = torch.arange(self.out_features, device=self.index.device).view(-1, 1) * self.in_features
+        self.flat_index = torch.where(self.index < self.in_features, rows + self.index,
+                                      self.out_features * self.in_features).reshape(-1)
         self.bias_live = None if self.bias_holes is None else ~self.bias_holes
 
     def _value_live(self) -> Tensor:
@@ -436,10 +440,11 @@ class EllLinear(PackedLinear):
             if bias is not None:
                 y = y + bias
         else:
-            dense = self.values.new_zeros(self.out_features, self.in_features + self.width)
-            dense = dense.scatter(1, self.index, self.values)[:, : self.in_features]
-            # addmm reads the strided slice in place (measured faster than F.linear here)
-            y = x @ dense.T if bias is None else torch.addmm(bias, x, dense.T)
+            # one flat scatter; padding lands in one extra slot that is cut off, so the dense weight
+            # is a contiguous view and padding gets no gradient
+            size = self.out_features * self.in_features
+            dense = self.values.new_zeros(size + 1).scatter(0, self.flat_index, self.values.reshape(-1))
+            y = F.linear(x, dense[:size].view(self.out_features, self.in_features), bias)
         return y.reshape(*leading, self.out_features)
 
     def _coordinates(self) -> tuple[Tensor, Tensor, Tensor]:
