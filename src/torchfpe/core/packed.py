@@ -107,6 +107,37 @@ class _BlockProduct(torch.autograd.Function):
         return grad_x, grad_values, grad_bias, None
 
 
+class _EllDenseProduct(torch.autograd.Function):
+    """``linear(x, W, bias)`` with W scattered from ELL values; the weight gradient is read back at
+    the values' positions (padding points one past the end and reads 0). Same passes over memory as
+    the masked layout: fill + scatter in place of ``weight * mask``, a ``take`` in place of
+    ``grad * mask``."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, values: Tensor, bias: Tensor | None, flat_index: Tensor, shape: tuple) -> Tensor:  # noqa: D102
+        size = shape[0] * shape[1]
+        weight = values.new_zeros(size + 1)
+        weight.scatter_(0, flat_index, values.reshape(-1))
+        weight = weight[:size].view(shape)
+        ctx.save_for_backward(x, weight, flat_index)
+        ctx.has_bias = bias is not None
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # noqa: D102
+        x, weight, flat_index = ctx.saved_tensors
+        grad_x = grad @ weight if ctx.needs_input_grad[0] else None
+        grad_values = None
+        if ctx.needs_input_grad[1]:
+            size = weight.numel()
+            full = grad.new_empty(size + 1)
+            full[size] = 0
+            torch.mm(grad.T, x, out=full[:size].view(weight.shape))
+            grad_values = full.take(flat_index).view(-1, flat_index.numel() // weight.shape[0])
+        grad_bias = grad.sum(dim=0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_x, grad_values, grad_bias, None, None
+
+
 def _pack_bits(mask: Tensor) -> Tensor:
     flat = mask.reshape(-1).to(torch.uint8)
     flat = F.pad(flat, (0, (-flat.numel()) % 8))
@@ -442,9 +473,7 @@ class EllLinear(PackedLinear):
         else:
             # one flat scatter; padding lands in one extra slot that is cut off, so the dense weight
             # is a contiguous view and padding gets no gradient
-            size = self.out_features * self.in_features
-            dense = self.values.new_zeros(size + 1).scatter(0, self.flat_index, self.values.reshape(-1))
-            y = F.linear(x, dense[:size].view(self.out_features, self.in_features), bias)
+            y = _EllDenseProduct.apply(x, self.values, bias, self.flat_index, (self.out_features, self.in_features))
         return y.reshape(*leading, self.out_features)
 
     def _coordinates(self) -> tuple[Tensor, Tensor, Tensor]:
