@@ -142,6 +142,21 @@ def headline(args) -> None:
                                     "rows": rows}, indent=1))
 
 
+def table(path: Path) -> None:
+    """Print the markdown table of docs/benchmarks.md from a result file."""
+    data = json.loads(path.read_text())
+    print("| hidden layers | width | α | split | packed layouts | batch | fwd masked | fwd CSR | fwd packed "
+          "| fwd+bwd masked | fwd+bwd packed | bytes masked | bytes CSR | bytes packed |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for row in data["rows"]:
+        r, b = row["ratio_to_dense"], row["bytes_ratio"]
+        layouts = "+".join(sorted(set(row["packed_layouts"]), key=row["packed_layouts"].index))
+        print(f"| {row['hidden_layers']} | {row['width']} | {row['alpha']} | {row['split']} | {layouts} | "
+              f"{row['batch']} | {r['forward/masked']:.2f} | {r['forward/csr']:.2f} | **{r['forward/packed']:.2f}** | "
+              f"{r['forward_backward/masked']:.2f} | **{r['forward_backward/packed']:.2f}** | {b['masked']:.2f} | "
+              f"{b['csr']:.2f} | **{b['packed']:.2f}** |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the small grid for a shared 2-core machine")
@@ -157,7 +172,10 @@ def main() -> None:
                         help="skip 3-hidden-layer models wider than this (memory and time of the masked model)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/packed.json"))
     parser.add_argument("--headline", action="store_true", help="time the Boolean headline's training shapes")
+    parser.add_argument("--table", type=Path, help="print the markdown table of a result file and exit")
     args = parser.parse_args()
+    if args.table:
+        return table(args.table)
     if args.headline:
         torch.set_num_threads(args.threads)
         return headline(args)
