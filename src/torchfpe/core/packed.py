@@ -473,7 +473,13 @@ class EllLinear(PackedLinear):
         else:
             # one flat scatter; padding lands in one extra slot that is cut off, so the dense weight
             # is a contiguous view and padding gets no gradient
-            y = _EllDenseProduct.apply(x, self.values, bias, self.flat_index, (self.out_features, self.in_features))
+            shape = (self.out_features, self.in_features)
+            if training:
+                y = _EllDenseProduct.apply(x, self.values, bias, self.flat_index, shape)
+            else:
+                size = shape[0] * shape[1]
+                weight = self.values.new_zeros(size + 1).scatter_(0, self.flat_index, self.values.reshape(-1))
+                y = F.linear(x, weight[:size].view(shape), bias)
         return y.reshape(*leading, self.out_features)
 
     def _coordinates(self) -> tuple[Tensor, Tensor, Tensor]:
