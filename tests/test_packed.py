@@ -220,7 +220,7 @@ def test_packed_state_dict_into_the_wrong_architecture_names_the_layer():
         load_expanded(wrong, packed.state_dict())
     assert all(torch.equal(a, b) for a, b in zip(wrong.state_dict().values(), before.values()))
     state = dict(packed.state_dict())
-    state["0.values"] = state["0.values"][:, :, :4]
+    state["0.values"] = state["0.values"][:-1]  # fewer values than the layer holds
     with pytest.raises(ValueError, match="layer '0'"):
         load_expanded(mlp([16, 8, 3]), state)
 
@@ -269,3 +269,20 @@ def test_packed_equals_masked_on_cuda(split):
     for batch in (1, 100):
         assert_same_function(copy.deepcopy(masked), copy.deepcopy(packed), batch)
     assert torch.equal(unpack(packed)[0].weight_mask.cpu(), masked[0].weight_mask.cpu())
+
+
+def test_block_state_dict_stores_live_values_only():
+    masked = expanded("contiguous", (12, 8, 6, 8, 3), alpha=2)  # middle layer: blocks about half full
+    packed = pack(masked)
+    middle = packed[2]
+    assert isinstance(middle, BlockLinear) and middle.hole_bits is not None
+    state = packed.state_dict()
+    assert state["2.values"].dim() == 1 and state["2.values"].numel() == int(middle.live.sum())
+    loaded = load_expanded(mlp([12, 8, 6, 8, 3]), state)
+    x = torch.randn(5, 12, dtype=torch.float64)
+    assert torch.allclose(loaded(x), packed(x), atol=1e-12)
+    fresh = copy.deepcopy(packed)
+    with torch.no_grad():
+        fresh[2].values.zero_()
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh[2].values, packed[2].values)

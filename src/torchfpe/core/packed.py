@@ -288,11 +288,39 @@ class BlockLinear(PackedLinear):
                              f"is not this layer's {(self.blocks, self.chunk, self.rows)}")
         self.restore_order = bool(state.get("restore_order", True))
 
+    # The state_dict stores only the live values (holes are known from hole_bits): a middle layer of
+    # a deep expansion under the global budget fills its blocks to about 1/alpha, and storing the
+    # holes would cost alpha times the parent's bytes.
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.live is not None:
+            values = destination[prefix + "values"]
+            destination[prefix + "values"] = (values if keep_vars else values.detach())[self.live]
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        key, bits_key = prefix + "values", prefix + "hole_bits"
+        saved = state_dict.get(key)
+        if isinstance(saved, Tensor) and saved.dim() == 1 and isinstance(state_dict.get(bits_key), Tensor):
+            bits = state_dict[bits_key]
+            if bits.dim() == 1 and bits.numel() == (self.values.numel() + 7) // 8:
+                live = ~_unpack_bits(bits.to(saved.device), self.values.numel()).view_as(self.values)
+                if int(live.sum()) == saved.numel():
+                    full = saved.new_zeros(self.values.shape)
+                    full[live] = saved
+                    state_dict[key] = full
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
     @classmethod
     def empty_from_state(cls, extra: dict, tensors: Mapping[str, Tensor], device=None) -> "BlockLinear":
         values = tensors["values"]
         blocks, chunk, rows = (int(extra["blocks"]), int(extra["chunk"]), int(extra["rows"]))
-        if tuple(values.shape) != (blocks, chunk, rows):
+        if values.dim() == 1 and "hole_bits" in tensors:  # live values only (see _save_to_state_dict)
+            live = ~_unpack_bits(tensors["hole_bits"], blocks * chunk * rows)
+            if int(live.sum()) != values.numel():
+                raise ValueError(f"{values.numel()} saved values for {int(live.sum())} live entries")
+        elif tuple(values.shape) != (blocks, chunk, rows):
             raise ValueError(f"values {tuple(values.shape)} is not {(blocks, chunk, rows)}")
         index = tensors.get("in_index")
         layer = cls(int(extra["in_features"]), int(extra["out_features"]), blocks, chunk, rows,
