@@ -286,3 +286,18 @@ def test_block_state_dict_stores_live_values_only():
         fresh[2].values.zero_()
     fresh.load_state_dict(state)
     assert torch.equal(fresh[2].values, packed[2].values)
+
+
+def test_shared_and_grouped_splits_partition_and_pack_into_few_groups():
+    from torchfpe.core.splits import GROUPED_PARTITIONS
+
+    parent = mlp([24, 12, 3])
+    for split, groups in (("shared", 1), ("grouped", GROUPED_PARTITIONS)):
+        masked = expand(parent, 3, split, seed=0, budget="none")
+        masks = masked[0].weight_mask.reshape(12, 3, 24)
+        assert torch.equal(masks.sum(dim=1), torch.ones(12, 24, dtype=torch.long)), split
+        distinct = {tuple(masks[i].int().argmax(dim=0).tolist()) for i in range(12)}
+        assert len(distinct) == groups, split
+        packed = pack(masked)
+        assert isinstance(packed[0], BlockLinear) and packed[0].blocks == 3 * groups, split
+        assert packed[0].values.numel() == 24 * 12  # the parent's weights, no padding
