@@ -34,9 +34,9 @@ import torchfpe
 from torchfpe.core.packed import stored_bytes
 
 FULL = dict(widths=[512, 1024, 2048, 4096], alphas=[2, 4, 8], depths=[1, 3],
-            splits=["contiguous", "shared", "feature", "random", "clause", "overlap", "static_sparse"],
+            splits=["contiguous", "shared", "grouped", "feature", "random", "clause", "overlap", "static_sparse"],
             batches=[1, 256])
-QUICK = dict(widths=[512, 1024], alphas=[2, 4, 8], depths=[1, 3], splits=["contiguous", "shared", "random"],
+QUICK = dict(widths=[512, 1024], alphas=[2, 4, 8], depths=[1, 3], splits=["contiguous", "shared", "grouped", "random"],
              batches=[1, 256])
 
 
