@@ -63,8 +63,11 @@ ELL_SPARSE_MIN_SIZE = 1 << 18
 #: for batch 1 on one thread); above, the batched product reads the strided view.
 BLOCK_COPY_MAX_BATCH = 16
 
-#: ``auto`` uses blocks only with at most this many parent groups (more groups means thin blocks).
+#: ``auto`` uses blocks only with at most this many parent groups (more groups means thin blocks)...
 MAX_GROUPS = 16
+#: ... and at most one group per this many parents: on the Boolean headline's shapes (8 parents)
+#: blocks of one parent each trained 17x slower than the masked layout (bench/packed.py --headline).
+MIN_GROUP_ROWS = 8
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -700,6 +703,8 @@ def pack_layer(layer: nn.Module, layout: str = "auto", *, name: str = "layer", m
     alpha = _row_factor(masked)
     if layout == "ell" or (layout == "auto" and alpha == 1):
         return _to_ell(masked)
+    if layout == "auto":  # thin blocks lose to one dense product: at least MIN_GROUP_ROWS parents a group
+        max_groups = min(max_groups, max(1, masked.out_features // (alpha * MIN_GROUP_ROWS)))
     try:
         return _to_block(masked, max(alpha, 1), max_groups if layout == "auto" else masked.out_features)
     except LayoutError as error:
