@@ -51,9 +51,9 @@ PACK_LAYOUTS = ("auto", "block", "ell")
 #: matrix product. Measured on one CPU thread (4096 x 1024 at 25 % fill): CSR 12x faster than the
 #: dense path at batch 1 and 13x at 16, the dense path 1.8x faster at 256.
 ELL_SPARSE_MAX_BATCH = 64
-#: With gradients, torch's CSR backward converts the weight gradient to CSR (a sort: 40x slower
-#: than the forward), so training gathers inputs per value up to this batch (memory batch x values)
-#: and uses the dense path above it.
+#: With gradients, torch's CSR backward converts the weight gradient to CSR (a sort; with the input
+#: gradient over 20x the forward), so training gathers inputs per value up to this batch (memory
+#: batch x values) and uses the dense path above it.
 ELL_GATHER_MAX_BATCH = 4
 #: Layers smaller than this (out_features x in_features) always take the dense path: for them the
 #: sparse paths' fixed costs (building the CSR view, padding the input) outweigh the product.
