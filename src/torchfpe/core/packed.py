@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .expand import _sequential_leaves, find_hidden_pairs
+from .expand import ELEMENTWISE_MODULES, _sequential_leaves
 from .layers import ExpandedLayer, register_layout
 from .masked import DropConnectLinear, MaskedLinear
 
@@ -594,8 +594,7 @@ def _groups(mask: Tensor, alpha: int, max_groups: int) -> tuple[list[list[int]],
 
 
 def _to_block(layer: MaskedLinear, alpha: int, max_groups: int) -> BlockLinear:
-    name_mask = layer.weight_mask
-    found = _groups(name_mask.cpu(), alpha, max_groups)
+    found = _groups(layer.weight_mask.cpu(), alpha, max_groups)
     if found is None:
         raise LayoutError(f"its children do not share input partitions in {max_groups} groups of parents or fewer")
     members, assignments = found
@@ -718,8 +717,6 @@ def _chain(model: nn.Module) -> list[tuple[str, str]]:
     if not isinstance(model, nn.Sequential):
         return []
     pairs, pending = [], None
-    from .expand import ELEMENTWISE_MODULES
-
     for path, module in _sequential_leaves(model):
         if isinstance(module, (nn.Linear, ExpandedLayer)):
             if pending is not None:
