@@ -20,10 +20,12 @@ from .core import (
     load_expanded,
     nonzero_parameters,
 )
+from .core import ExpandedLayer, pack, unpack
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BIAS_POLICIES", "BUDGETS", "SPLITS", "DropConnectLinear", "ExpansionReport", "MaskedLinear",
-    "InvalidParameterError", "apply_masks_", "expand", "find_ffn_pairs", "find_hidden_pairs", "load_expanded", "nonzero_parameters", "__version__",
+    "InvalidParameterError", "apply_masks_", "expand", "find_ffn_pairs", "find_hidden_pairs", "load_expanded",
+    "nonzero_parameters", "__version__", "ExpandedLayer", "pack", "unpack",
 ]

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .core.expand import ELEMENTWISE_MODULES, _sequential_leaves
-from .core.masked import DropConnectLinear, MaskedLinear
+from .core.layers import ExpandedLayer, effective_parameters
 from .train import TrainSettings, batch_order, make_optimizer
 
 
@@ -26,6 +26,9 @@ def _layout(model: nn.Module) -> list[tuple[str, nn.Module]]:
         raise TypeError(f"StackedMLP stacks nn.Sequential MLPs, got {type(model).__name__}")
     leaves = _sequential_leaves(model)
     for path, module in leaves:
+        if isinstance(module, ExpandedLayer) and not isinstance(module, nn.Linear):
+            raise TypeError(f"StackedMLP stacks the masked layout; layer {path!r} is {module.layout!r}: "
+                            "torchfpe.unpack(model) first")
         if not isinstance(module, (nn.Linear, *ELEMENTWISE_MODULES)):
             raise TypeError(f"StackedMLP cannot stack module {path!r} ({type(module).__name__}): "
                             "only nn.Linear (masked or not) and element-wise modules")
@@ -36,8 +39,8 @@ def _signature(model: nn.Module) -> list:
     sig = []
     for _, module in _layout(model):
         if isinstance(module, nn.Linear):
-            sig.append((type(module).__name__, module.in_features, module.out_features, module.bias is not None,
-                        getattr(module, "p", None), module.weight.dtype))
+            sig.append((getattr(module, "layout", "dense"), module.in_features, module.out_features,
+                        module.bias is not None, getattr(module, "p", None), module.weight.dtype))
         else:
             sig.append(type(module).__name__)
     return sig
@@ -75,17 +78,18 @@ class StackedMLP(nn.Module):
             if isinstance(module, nn.Linear):
                 modules = [layout[position][1] for layout in layouts]
                 index = len(self.weights)
-                self.weights.append(nn.Parameter(torch.stack([m.weight.detach() for m in modules]).clone()))
+                parts = [effective_parameters(m) for m in modules]
+                self.weights.append(nn.Parameter(torch.stack([part[0] for part in parts])))
                 has_bias = module.bias is not None
                 self.biases.append(nn.Parameter(
-                    torch.stack([m.bias.detach() for m in modules]).clone() if has_bias
+                    torch.stack([part[1] for part in parts]) if has_bias
                     else torch.zeros(len(modules), module.out_features, dtype=module.weight.dtype),
                     requires_grad=has_bias,
                 ))
-                masked = isinstance(module, MaskedLinear)
-                masks.append(torch.stack([m.weight_mask for m in modules]) if masked else None)
-                bias_masks.append(torch.stack([m.bias_mask for m in modules]) if masked and has_bias else None)
-                self.dropconnect.append(module.p if isinstance(module, DropConnectLinear) else 0.0)
+                masked = isinstance(module, ExpandedLayer)
+                masks.append(torch.stack([part[2] for part in parts]) if masked else None)
+                bias_masks.append(torch.stack([part[3] for part in parts]) if masked and has_bias else None)
+                self.dropconnect.append(float(getattr(module, "p", 0.0)) if masked else 0.0)
                 self.steps.append(("linear", index))
             else:
                 self.steps.append(("elementwise", len(self.elementwise)))
@@ -133,7 +137,7 @@ class StackedMLP(nn.Module):
                 layer.weight.copy_(self.weights[index][b])
                 if layer.bias is not None:
                     layer.bias.copy_(self.biases[index][b])
-                if isinstance(layer, MaskedLinear):
+                if isinstance(layer, ExpandedLayer):  # the masked layout (checked in _layout)
                     layer.weight_mask.copy_(getattr(self, f"mask_{index}")[b])
                     if layer.bias is not None:
                         layer.bias_mask.copy_(getattr(self, f"bias_mask_{index}")[b])

@@ -34,6 +34,8 @@ from typing import Union
 import torch
 from torch import Tensor, nn
 
+from .core.layers import ExpandedLayer
+
 __all__ = [
     "accuracy",
     "relative_gain",
@@ -364,8 +366,9 @@ def hidden_weights(model: nn.Module) -> list[tuple[str, Tensor]]:
     depth-first order); the final one is treated as the read-out and
     dropped, since interference metrics concern hidden representations.
 
-    A module counts as a linear layer if it is an ``nn.Linear`` (subclasses
-    included), or if it has a 2-D ``weight`` tensor *and* a ``weight_mask``
+    An expanded layer of any layout (:class:`torchfpe.core.layers.ExpandedLayer`)
+    gives its ``effective_weight()``.  Otherwise a module counts as a linear
+    layer if it is an ``nn.Linear`` (subclasses included), or if it has a 2-D ``weight`` tensor *and* a ``weight_mask``
     buffer (our masked layers).  The effective weight is
     ``weight * weight_mask`` when a ``weight_mask`` buffer is present, else
     ``weight``.  Exception: with ``torch.nn.utils.prune`` (which keeps
@@ -383,6 +386,9 @@ def hidden_weights(model: nn.Module) -> list[tuple[str, Tensor]]:
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     found: list[tuple[str, Tensor]] = []
     for name, module in model.named_modules():
+        if isinstance(module, ExpandedLayer):  # any layout, through its interface
+            found.append((name, module.effective_weight().detach().clone()))
+            continue
         buffers = dict(module.named_buffers(recurse=False))
         mask = buffers.get("weight_mask")
         weight = getattr(module, "weight", None)

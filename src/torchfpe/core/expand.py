@@ -20,6 +20,7 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedParameter
 
 from .budget import BUDGETS, nonzero_parameters, prune_smallest_
+from .layers import LAYOUTS, ExpandedLayer, effective_parameters, layout_of
 from .masked import DropConnectLinear, MaskedLinear
 from .splits import SPLITS, SplitContext, child_masks
 from .targets import as_linear, features, is_conv1d, is_expandable
@@ -310,15 +311,15 @@ def _check_clauses(clauses, fan_ins: dict[str, int]) -> list[list[int]]:
     return checked
 
 
-def _effective(module: nn.Linear) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
-    weight = module.weight.detach().clone()
-    bias = None if module.bias is None else module.bias.detach().clone()
-    if isinstance(module, MaskedLinear):
-        weight_mask = module.weight_mask.clone()
-        bias_mask = None if bias is None else module.bias_mask.clone()
-    else:
-        weight_mask = torch.ones_like(weight, dtype=torch.bool)
-        bias_mask = None if bias is None else torch.ones_like(bias, dtype=torch.bool)
+def _effective(module: nn.Module) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
+    """(weight, bias, weight mask, bias mask) of a parent layer in any layout, zero where masked.
+
+    Exact zeros in a weight count as pruned (a pruned parent, or entries an earlier expansion masked):
+    they are masked, so they stay zero in training and the non-zero count cannot grow. Biases are
+    exempt: a zero bias is usually an initialisation, not a pruning, and masking it would freeze it.
+    """
+    weight, bias, weight_mask, bias_mask = effective_parameters(module)
+    weight_mask = weight_mask & (weight != 0)
     weight = weight * weight_mask
     if bias is not None:
         bias = bias * bias_mask
@@ -415,6 +416,7 @@ def expand(
             weight, bias_t, weight_mask, bias_mask = _effective(module)
             layer = DropConnectLinear.from_tensors(weight, bias_t, weight_mask, bias_mask)
             layer.p = p
+            layer.parent_features = (module.in_features, module.out_features)
             layer.train(module.training)
             frozen = _keep_requires_grad(module, layer)
             _set_submodule(expanded, name, layer)
@@ -482,8 +484,10 @@ def expand(
 
     for name, entry in state.items():
         layer = MaskedLinear.from_tensors(entry["weight"], entry["bias"], entry["mask"], entry["bias_mask"])
-        layer.train(entry["module"].training)
-        entry["frozen"] = _keep_requires_grad(entry["module"], layer)
+        parent = entry["module"]
+        layer.parent_features = getattr(parent, "parent_features", None) or (parent.in_features, parent.out_features)
+        layer.train(parent.training)
+        entry["frozen"] = _keep_requires_grad(parent, layer)
         _set_submodule(expanded, name, layer)
         report.layers.append(LayerChange(
             name=name, role=entry["role"], shape_before=entry["shape_before"],
@@ -541,25 +545,81 @@ def _apply_budget(state: dict[str, dict], budget: str) -> None:
 def load_expanded(model: nn.Module, state_dict: Mapping[str, Tensor], *, strict: bool = True) -> nn.Module:
     """Load a saved expanded ``state_dict`` into a fresh copy of the *parent* architecture.
 
-    Every ``nn.Linear`` whose entry in ``state_dict`` carries a ``weight_mask`` is replaced by a
-    :class:`MaskedLinear` (a :class:`DropConnectLinear` is restored as a plain masked layer; set its
-    ``p`` again if you need the training-time drop) of the saved shape, then the whole state is loaded
-    (masks included). ``model`` itself is not modified; the loaded copy is returned.
+    Every layer whose entries in ``state_dict`` describe an expanded layer (its extra state names a
+    layout: ``masked``, ``dropconnect`` or a packed one; or, in files saved before layouts were
+    recorded, it has a ``weight_mask``) is rebuilt in that layout with the saved shapes, then the
+    whole state is loaded. A DropConnect layer gets its ``p`` back. Checked before anything is
+    returned: each such layer exists in ``model`` as an ``nn.Linear`` (or expanded layer) whose
+    shape fits the saved one (the parent's shape recorded at expansion, or the saved shape itself),
+    and no stored weight is non-zero outside its mask. ``model`` itself is never modified; the
+    loaded copy is returned.
     """
-    loaded = copy.deepcopy(model)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"state_dict must be a mapping of names to tensors, got {type(state_dict).__name__}")
+    state = dict(state_dict)
+    extras: dict[str, dict] = {}
+    for key, value in state_dict.items():
+        if key.endswith("_extra_state") and layout_of(value) is not None:
+            extras[key[: -len("_extra_state")].rstrip(".")] = dict(value)
     for key, mask in state_dict.items():
-        if not key.endswith("weight_mask"):
-            continue
         path = key[: -len("weight_mask")].rstrip(".")
-        old = loaded.get_submodule(path) if path else loaded
-        if not isinstance(old, nn.Linear):
-            raise TypeError(f"state_dict has a mask for {path!r}, which is a {type(old).__name__}, not nn.Linear")
-        has_bias = f"{path}.bias" in state_dict if path else "bias" in state_dict
-        out_features, in_features = mask.shape
-        layer = MaskedLinear(in_features, out_features, bias=has_bias, device=old.weight.device, dtype=old.weight.dtype)
+        if key.endswith("weight_mask") and path not in extras and isinstance(mask, Tensor) and mask.dim() == 2:
+            # saved before layouts were recorded: a masked layer of unknown parent
+            extras[path] = {"layout": "masked", "in_features": mask.shape[1], "out_features": mask.shape[0],
+                            "parent_features": None}
+            state[f"{path}._extra_state" if path else "_extra_state"] = extras[path]
+
+    loaded = copy.deepcopy(model)
+    for path, extra in extras.items():
+        prefix = f"{path}." if path else ""
+        tensors = {key[len(prefix):]: value for key, value in state_dict.items()
+                   if key.startswith(prefix) and "." not in key[len(prefix):] and isinstance(value, Tensor)}
+        where = f"layer {path!r}" if path else "the model's top-level layer"
+        try:
+            old = loaded.get_submodule(path) if path else loaded
+        except AttributeError:
+            raise ValueError(f"state_dict holds an expanded layer {path!r}, which is not a submodule of the model") from None
+        if not isinstance(old, (nn.Linear, ExpandedLayer)):
+            raise TypeError(f"state_dict holds an expanded layer for {path!r}, which is a {type(old).__name__}, "
+                            "not nn.Linear")
+        saved = (int(extra["in_features"]), int(extra["out_features"]))
+        here = (old.in_features, old.out_features)
+        parent = extra.get("parent_features")
+        if isinstance(old, ExpandedLayer):
+            fits = here == saved
+        elif parent is not None:
+            fits = here == (int(parent[0]), int(parent[1]))
+        else:  # an expansion multiplies a layer's inputs and/or outputs by alpha
+            fits = saved[0] % here[0] == 0 and saved[1] % here[1] == 0
+        if not fits:
+            expected = f"{parent[1]}x{parent[0]}" if parent is not None and not isinstance(old, ExpandedLayer) else \
+                f"{saved[1]}x{saved[0]}"
+            raise ValueError(
+                f"{where}: the model's layer has {here[0]} inputs and {here[1]} outputs but the state_dict was "
+                f"saved from an expansion of a {expected} (outputs x inputs) layer; load it into the parent "
+                "architecture it was expanded from"
+            )
+        try:
+            layer = LAYOUTS[extra["layout"]].empty_from_state(extra, tensors, device=old.weight.device
+                                                              if isinstance(getattr(old, "weight", None), Tensor)
+                                                              else None)
+        except (KeyError, ValueError, TypeError, RuntimeError) as error:
+            raise ValueError(f"{where}: the saved {extra['layout']!r} layer is inconsistent: {error}") from None
+        layer.train(old.training)
         if path:
             _set_submodule(loaded, path, layer)
         else:
             loaded = layer
-    loaded.load_state_dict(state_dict, strict=strict)
+    try:
+        loaded.load_state_dict(state, strict=strict)
+    except RuntimeError as error:
+        raise ValueError(f"state_dict does not fit the model: {error}") from None
+    for path, _ in extras.items():
+        layer = loaded.get_submodule(path) if path else loaded
+        outside = layer.masked_out_nonzero()
+        if outside:
+            raise ValueError(f"layer {path!r}: the state_dict holds {outside} non-zero weights outside the layer's "
+                             "mask; an expanded layer keeps masked entries at exactly zero")
     return loaded

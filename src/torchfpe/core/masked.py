@@ -17,14 +17,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .layers import ExpandedLayer, register_layout
 
-class MaskedLinear(nn.Linear):
-    """``nn.Linear`` whose weight (and bias) are multiplied by fixed boolean masks.
+
+@register_layout
+class MaskedLinear(ExpandedLayer, nn.Linear):
+    """``nn.Linear`` whose weight (and bias) are multiplied by fixed boolean masks: the reference layout.
 
     Buffers ``weight_mask`` (shape of ``weight``) and ``bias_mask`` (shape of ``bias``, or ``None``)
-    are saved in ``state_dict``. Being a subclass of ``nn.Linear``, an expanded model can be expanded
-    again.
+    are saved in ``state_dict``, with the layout's name and the parent's shape as extra state. Being a
+    subclass of ``nn.Linear``, an expanded model can be expanded again. Every other layout is tested
+    against this one.
     """
+
+    layout = "masked"
 
     def __init__(
         self,
@@ -70,6 +76,46 @@ class MaskedLinear(nn.Linear):
     def forward(self, input: Tensor) -> Tensor:  # noqa: A002 - nn.Linear's own name
         return F.linear(input, self.masked_weight(), self.masked_bias())
 
+    # ExpandedLayer interface
+    def effective_weight(self) -> Tensor:
+        return self.masked_weight()
+
+    def effective_bias(self) -> Tensor | None:
+        return self.masked_bias()
+
+    def dense_weight_mask(self) -> Tensor:
+        return self.weight_mask
+
+    def dense_bias_mask(self) -> Tensor | None:
+        return None if self.bias is None else self.bias_mask
+
+    def to_masked(self) -> "MaskedLinear":
+        """A plain masked copy (a DropConnect layer loses its training-time drop)."""
+        layer = MaskedLinear.from_tensors(self.weight.detach(), None if self.bias is None else self.bias.detach(),
+                                          self.weight_mask, self.bias_mask)
+        layer.parent_features = self.parent_features
+        layer.train(self.training)
+        return layer
+
+    def masked_out_nonzero(self) -> int:
+        """Stored entries that are non-zero where the mask is off (0 for a healthy layer)."""
+        count = int(torch.count_nonzero(self.weight.detach()[~self.weight_mask]))
+        if self.bias is not None:
+            count += int(torch.count_nonzero(self.bias.detach()[~self.bias_mask]))
+        return count
+
+    @classmethod
+    def empty_from_state(cls, extra: dict, tensors: dict[str, Tensor], device=None) -> "MaskedLinear":
+        """A layer of the saved shapes (values are loaded afterwards by ``load_state_dict``)."""
+        weight = tensors["weight"]
+        shape = (int(extra["out_features"]), int(extra["in_features"]))
+        if tuple(weight.shape) != shape or tuple(tensors["weight_mask"].shape) != shape:
+            raise ValueError(f"weight {tuple(weight.shape)} or weight_mask {tuple(tensors['weight_mask'].shape)} "
+                             f"is not {shape}")
+        layer = cls(shape[1], shape[0], bias="bias" in tensors, device=device or weight.device, dtype=weight.dtype)
+        layer.set_extra_state(extra)
+        return layer
+
     @torch.no_grad()
     def apply_mask_(self) -> None:
         """Set stored masked entries to exactly 0.0 (a no-op after any torch.optim step)."""
@@ -84,6 +130,7 @@ class MaskedLinear(nn.Linear):
         return f"{super().extra_repr()}, density={self.density():.3f}"
 
 
+@register_layout
 class DropConnectLinear(MaskedLinear):
     """A masked linear layer that, in training mode, also drops each weight with probability ``p``.
 
@@ -92,10 +139,22 @@ class DropConnectLinear(MaskedLinear):
     DropConnect control: the parent's width and non-zero count, with random sparsity at train time.
     """
 
+    layout = "dropconnect"
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True, p: float = 0.5, **kwargs) -> None:
         super().__init__(in_features, out_features, bias=bias, **kwargs)
         if not 0.0 <= p < 1.0:
             raise ValueError(f"p must be in [0, 1), got {p!r}")
+        self.p = float(p)
+
+    def layout_state(self) -> dict:
+        return {**super().layout_state(), "p": self.p}
+
+    def set_extra_state(self, state: dict) -> None:
+        super().set_extra_state(state)
+        p = state.get("p")
+        if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0.0 <= p < 1.0:
+            raise ValueError(f"state for a dropconnect layer holds p={p!r}; expected a number in [0, 1)")
         self.p = float(p)
 
     def forward(self, input: Tensor) -> Tensor:  # noqa: A002
@@ -110,7 +169,7 @@ class DropConnectLinear(MaskedLinear):
 
 
 def apply_masks_(model: nn.Module) -> None:
-    """Re-zero the stored masked entries of every masked layer in ``model``."""
+    """Re-zero the stored masked entries of every expanded layer in ``model`` (any layout)."""
     for module in model.modules():
-        if isinstance(module, MaskedLinear):
+        if isinstance(module, ExpandedLayer):
             module.apply_mask_()
