@@ -221,6 +221,16 @@ def regression_rows(records: Sequence[Mapping], scope: str) -> list[dict]:
     return rows
 
 
+def dense_level_rows(records: Sequence[Mapping], scope: str) -> list[dict]:
+    """The dense runs alone: each reading's level against test accuracy (no FPE, no shared denominator)."""
+    chosen = [r for r in records if r["variant"] == "dense"]
+    rows = []
+    for key, label in READINGS:
+        xy = [(r[key], r["test_accuracy"]) for r in chosen if math.isfinite(r[key])]
+        rows.append(_fit_row(scope, "dense: level vs accuracy", label, "per run", xy))
+    return rows
+
+
 def _fit_row(scope: str, variant: str, label: str, aggregation: str, xy: Sequence[tuple[float, float]]) -> dict:
     row = {"scope": scope, "split": variant, "metric": label, "aggregation": aggregation, "n": len(xy),
            "slope": math.nan, "r2": math.nan, "pearson": math.nan, "spearman": math.nan}
@@ -262,6 +272,8 @@ def analyse(stores: Sequence[str | Path], sections: Sequence[str] = SECTIONS) ->
             scopes.append(("pooled: " + " + ".join(names), records))
         rows = [row for scope, chosen in scopes for row in regression_rows(chosen, scope)]
         parts += ["## Metric fold change against relative gain", regression_table(rows)]
+        levels = [row for scope, chosen in scopes for row in dense_level_rows(chosen, scope)]
+        parts += ["## Dense runs: metric level against test accuracy", regression_table(levels)]
     return "\n\n".join(parts) + "\n", records
 
 
