@@ -126,6 +126,17 @@ def _varying_fields(records: Sequence[Mapping]) -> list[str]:
     return [k for k in keys if len({json.dumps(c.get(k), default=str) for c in cells}) > 1]
 
 
+def _cells(records: Sequence[Mapping]) -> list[str]:
+    """The distinct config cells, ordered by the values of the fields that vary between them."""
+    varying = _varying_fields(records)
+
+    def key(cell: str) -> tuple:
+        values = json.loads(cell)
+        return tuple((0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v)) for v in (values.get(k) for k in varying))
+
+    return sorted(dict.fromkeys(r["cell"] for r in records), key=key)
+
+
 def _variants(records: Sequence[Mapping]) -> list[str]:
     from ..report.stats import ordered_variants
 
@@ -143,7 +154,7 @@ def accuracy_table(records: Sequence[Mapping]) -> str:
     varying = _varying_fields(records)
     lines = ["| config | variant | seeds | test acc % (mean ± std) | 95 % CI | vs | diff (points) [95 % CI] | p |",
              "|---|---|---|---|---|---|---|---|"]
-    for cell in dict.fromkeys(r["cell"] for r in records):
+    for cell in _cells(records):
         rows = [r for r in records if r["cell"] == cell]
         by_variant = {v: {r["seed"]: 100 * r["test_accuracy"] for r in rows if r["variant"] == v}
                       for v in _variants(rows)}
@@ -186,7 +197,7 @@ def coverage_table(records: Sequence[Mapping]) -> str:
     lines = ["| config | variant | rel. gain % [95 % CI] | children holding a whole clause | clauses held by some "
              "child | (child, clause) pairs held |",
              "|---|---|---|---|---|---|"]
-    for cell in dict.fromkeys(r["cell"] for r in records):
+    for cell in _cells(records):
         rows = [r for r in records if r["cell"] == cell]
         config = json.loads(cell)
         theory = random_split_clause_theory(config["n_vars"], config["alpha"], config["literals"], config["neurons"],
