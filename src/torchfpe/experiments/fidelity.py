@@ -9,15 +9,16 @@ with :func:`torchfpe.tasks.make_formula` and prints (or writes) four kinds of ta
 2. **coverage**: per config and variant, how many hidden units still hold a whole clause
    (:func:`torchfpe.metrics.whole_clause_cover`) next to the balanced-partition theory of the random
    split (:func:`torchfpe.experiments.collisions.balanced_same_child_probability`);
-3. **regression**: each metric's fold change (variant / dense, same config and seed) against the
+3. **levels**: per config and variant, each reading's mean ± std over seeds;
+4. **regression**: each metric's fold change (variant / dense, same config and seed) against the
    relative accuracy gain, for six readings (input-level, clause-relevant inputs, clauses; capacity
    and |cosine|), per run and per config mean, for each store and for all stores pooled;
-4. **records**: the per-record readings (``--csv``).
+5. **records**: the per-record readings (``--csv``).
 
 Usage::
 
     python -m torchfpe.experiments.fidelity STORE [STORE ...] [--out FILE.md] [--csv FILE.csv]
-        [--sections accuracy,coverage,regression]
+        [--sections accuracy,coverage,levels,regression]
 """
 
 from __future__ import annotations
@@ -40,13 +41,13 @@ from .collisions import balanced_same_child_probability
 #: (column, label) of the metric readings regressed against the gain.
 READINGS = (
     ("capacity_mean", "input capacity"),
-    ("cosine_abs_mean", "input |cosine|"),
+    ("cosine_abs_mean", "input \\|cosine\\|"),
     ("relevant_capacity_mean", "relevant-input capacity"),
-    ("relevant_cosine_abs_mean", "relevant-input |cosine|"),
+    ("relevant_cosine_abs_mean", "relevant-input \\|cosine\\|"),
     ("clause_capacity_mean", "clause capacity"),
-    ("clause_cosine_abs_mean", "clause |cosine|"),
+    ("clause_cosine_abs_mean", "clause \\|cosine\\|"),
 )
-SECTIONS = ("accuracy", "coverage", "regression")
+SECTIONS = ("accuracy", "coverage", "levels", "regression")
 #: Config fields that do not define a config cell (they vary within one cell or label the run).
 _NOT_CELL = ("seed", "variants")
 
@@ -214,6 +215,23 @@ def coverage_table(records: Sequence[Mapping]) -> str:
     return "\n".join(lines)
 
 
+def levels_table(records: Sequence[Mapping]) -> str:
+    """Per cell and variant: mean ± std over seeds of each reading of :data:`READINGS`."""
+    from ..report.stats import summarize
+
+    varying = _varying_fields(records)
+    lines = ["| config | variant | " + " | ".join(label for _, label in READINGS) + " |",
+             "|---|---|" + "---|" * len(READINGS)]
+    for cell in _cells(records):
+        rows = [r for r in records if r["cell"] == cell]
+        for variant in _variants(rows):
+            chosen = [r for r in rows if r["variant"] == variant]
+            values = [summarize([r[key] for r in chosen]) for key, _ in READINGS]
+            lines.append(f"| {_cell_label(cell, varying)} | {variant} | "
+                         + " | ".join(f"{v.mean:.3f} ± {v.std:.3f}" for v in values) + " |")
+    return "\n".join(lines)
+
+
 def regression_rows(records: Sequence[Mapping], scope: str) -> list[dict]:
     """Fits of each reading's fold change against the relative gain, per run and per cell mean."""
     rows = []
@@ -277,6 +295,8 @@ def analyse(stores: Sequence[str | Path], sections: Sequence[str] = SECTIONS) ->
             parts += [f"## Accuracy: {name}", accuracy_table(mine)]
         if "coverage" in sections:
             parts += [f"## Whole-clause cover: {name}", coverage_table(mine)]
+        if "levels" in sections:
+            parts += [f"## Metric levels (first hidden layer): {name}", levels_table(mine)]
     if "regression" in sections:
         scopes = [(name, [r for r in records if r["store"] == name]) for name in names]
         if len(names) > 1:
