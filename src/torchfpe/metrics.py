@@ -51,6 +51,12 @@ __all__ = [
     "clause_coverage_theory",
     "clause_coverage_mc",
     "hidden_weights",
+    "clause_relevant_inputs",
+    "clause_embeddings",
+    "clause_interference",
+    "whole_clause_cover",
+    "pearson_r",
+    "spearman_r",
 ]
 
 ArrayLike = Union[Tensor, Sequence[float]]
@@ -570,3 +576,134 @@ def collision_probability_mc(
     """
     m = _check_mc_args(k, alpha, trials, seed, n_vars, 2)
     return _same_child_fraction(m, alpha, trials, seed, n_vars)
+
+
+# --------------------------------------------------------------------------
+# clause-level readings (symbolic tasks whose clause -> input map is known)
+# --------------------------------------------------------------------------
+
+
+def _check_clause_list(
+    clauses: Sequence[Sequence[int]], inputs: int, signs: Sequence[Sequence[bool]] | None = None
+) -> list[list[int]]:
+    """Validate clauses (non-empty lists of input indices in ``[0, inputs)``) and optional signs."""
+    if isinstance(clauses, Tensor):
+        clauses = clauses.tolist()
+    if not isinstance(clauses, Sequence) or isinstance(clauses, str) or len(clauses) == 0:
+        raise ValueError("clauses must be a non-empty list of lists of input indices")
+    checked = []
+    for c, clause in enumerate(clauses):
+        if isinstance(clause, Tensor):
+            clause = clause.tolist()
+        if not isinstance(clause, Sequence) or isinstance(clause, str) or len(clause) == 0:
+            raise ValueError(f"clauses[{c}] must be a non-empty list of input indices")
+        for j in clause:
+            if isinstance(j, bool) or not isinstance(j, int) or not 0 <= j < inputs:
+                raise ValueError(f"clauses[{c}] holds {j!r}; input indices must be ints in [0, {inputs})")
+        checked.append(list(clause))
+    if signs is not None:
+        if len(signs) != len(checked) or any(len(s) != len(c) for s, c in zip(signs, checked)):
+            raise ValueError("signs must give one bool per literal of every clause (same shape as clauses)")
+    return checked
+
+
+def clause_relevant_inputs(clauses: Sequence[Sequence[int]]) -> list[int]:
+    """Sorted input indices used by at least one clause (the distractors are the rest)."""
+    return sorted({int(j) for clause in clauses for j in clause})
+
+
+def clause_embeddings(
+    weight: Tensor, clauses: Sequence[Sequence[int]], signs: Sequence[Sequence[bool]] | None = None
+) -> Tensor:
+    """Each clause's embedding in hidden space, shape ``(hidden, clauses)`` (float64).
+
+    Column ``c`` is ``Σ_j s_j W[:, j]`` over the literals ``j`` of clause ``c``, with ``s_j = +1``
+    for a positive literal and ``-1`` for a negated one (all ``+1`` without ``signs``): the
+    pre-activation contributed by the clause's satisfying pattern under ±1 inputs.
+    """
+    w = _check_weight(weight)
+    checked = _check_clause_list(clauses, w.shape[1], signs)
+    columns = []
+    for c, clause in enumerate(checked):
+        sign = torch.tensor([1.0 if signs is None or signs[c][i] else -1.0 for i in range(len(clause))],
+                            dtype=torch.float64)
+        columns.append(w[:, clause] @ sign)
+    return torch.stack(columns, dim=1)
+
+
+def clause_interference(
+    weight: Tensor, clauses: Sequence[Sequence[int]], signs: Sequence[Sequence[bool]] | None = None
+) -> dict[str, float]:
+    """Interference metrics read at the level of clauses and of clause-relevant inputs.
+
+    Returns
+    ``clause_capacity_mean``: mean :func:`feature_capacity` of the clause embeddings
+    (:func:`clause_embeddings`), i.e. the features are the clauses;
+    ``clause_cosine_abs_mean``: mean ``|cos|`` between hidden units' rows of the clause-embedding
+    matrix (units compared by how they read the clauses);
+    ``relevant_capacity_mean`` and ``relevant_cosine_abs_mean``: the input-level metrics on the
+    clause-relevant inputs only (distractor columns removed before computing them).
+    """
+    w = _check_weight(weight)
+    checked = _check_clause_list(clauses, w.shape[1], signs)
+    embedded = clause_embeddings(w, checked, signs)
+    relevant = w[:, clause_relevant_inputs(checked)]
+    return {
+        "clause_capacity_mean": float(feature_capacity(embedded).mean()),
+        "clause_cosine_abs_mean": mean_pairwise_cosine(embedded, absolute=True),
+        "relevant_capacity_mean": float(feature_capacity(relevant).mean()),
+        "relevant_cosine_abs_mean": mean_pairwise_cosine(relevant, absolute=True),
+    }
+
+
+def whole_clause_cover(weight: Tensor, clauses: Sequence[Sequence[int]]) -> dict[str, float]:
+    """How many hidden units still see a whole clause (by the non-zero pattern of ``weight``).
+
+    A unit *holds* clause ``c`` when its incoming weights to every input of ``c`` are non-zero.
+    Returns ``units_whole``: the fraction of units (non-zero rows) holding at least one whole
+    clause; ``clauses_held``: the fraction of clauses held by at least one unit;
+    ``pairs_held``: the fraction of (unit, clause) pairs held, over non-zero rows. A dense layer
+    gives 1 for all three; FPE children lose clauses whose inputs went to their siblings.
+    """
+    w = _check_weight(weight)
+    checked = _check_clause_list(clauses, w.shape[1])
+    support = w != 0
+    live = support.any(dim=1)
+    if not bool(live.any()):
+        return {"units_whole": 0.0, "clauses_held": 0.0, "pairs_held": 0.0}
+    held = torch.stack([support[:, clause].all(dim=1) for clause in checked], dim=1)[live]  # (units, clauses)
+    return {
+        "units_whole": float(held.any(dim=1).double().mean()),
+        "clauses_held": float(held.any(dim=0).double().mean()),
+        "pairs_held": float(held.double().mean()),
+    }
+
+
+def _ranks(values: Tensor) -> Tensor:
+    """Ranks 1..n with ties given their average rank."""
+    order = torch.argsort(values, stable=True)
+    ranks = torch.empty_like(values)
+    ranks[order] = torch.arange(1, len(values) + 1, dtype=values.dtype)
+    for value in torch.unique(values):
+        tied = values == value
+        if int(tied.sum()) > 1:
+            ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def pearson_r(x: ArrayLike, y: ArrayLike) -> float:
+    """Pearson correlation of two equal-length sequences (NaN when either is constant)."""
+    xt, yt = _to_1d_float64(x, "x"), _to_1d_float64(y, "y")
+    if xt.shape[0] != yt.shape[0] or xt.shape[0] < 2:
+        raise ValueError(f"x and y need the same length >= 2, got {xt.shape[0]} and {yt.shape[0]}")
+    dx, dy = xt - xt.mean(), yt - yt.mean()
+    denominator = math.sqrt(float((dx * dx).sum()) * float((dy * dy).sum()))
+    return float("nan") if denominator == 0 else float((dx * dy).sum()) / denominator
+
+
+def spearman_r(x: ArrayLike, y: ArrayLike) -> float:
+    """Spearman rank correlation (Pearson on average ranks; NaN when either is constant)."""
+    xt, yt = _to_1d_float64(x, "x"), _to_1d_float64(y, "y")
+    if xt.shape[0] != yt.shape[0] or xt.shape[0] < 2:
+        raise ValueError(f"x and y need the same length >= 2, got {xt.shape[0]} and {yt.shape[0]}")
+    return pearson_r(_ranks(xt), _ranks(yt))

@@ -22,7 +22,7 @@ from torch.nn.parameter import UninitializedParameter
 from .budget import BUDGETS, nonzero_parameters, prune_smallest_
 from .layers import LAYOUTS, ExpandedLayer, effective_parameters, layout_of
 from .masked import DropConnectLinear, MaskedLinear
-from .splits import SPLITS, SplitContext, child_masks
+from .splits import CLAUSE_SPLITS, SPLITS, SplitContext, child_masks
 from .targets import as_linear, features, is_conv1d, is_expandable
 from .validation import SEED, Interval, InvalidParameterError, Options, Sequences, check_param, invalid
 
@@ -351,7 +351,8 @@ def expand(
         model: any module. An ``nn.Sequential`` MLP has its hidden layers found automatically.
         alpha: children per parent unit, an int from 2 to the smallest fan-in being split.
         split: ``"random"`` (balanced, independent per parent), ``"clause"`` (whole clauses per
-            child; needs ``clauses``), ``"feature"`` (balanced clusters of the Gram matrix WᵀW),
+            child, shuffled per parent; needs ``clauses``), ``"clause_shared"`` (one clause-to-child map for
+            every parent; needs ``clauses``), ``"feature"`` (balanced clusters of the Gram matrix WᵀW),
             ``"contiguous"`` (index-order chunks), a tensor of child ids ``(parents, inputs)`` or
             ``(inputs,)``, a callable ``fn(weight, alpha, generator)``, or a dict naming one of these
             per incoming layer. Controls that are not FPE: ``"overlap"`` (children draw overlapping
@@ -397,7 +398,7 @@ def expand(
             if not torch.isfinite(param.detach()).all():
                 raise InvalidParameterError(f"layer {name!r} has NaN or inf in its {pname}; expand needs finite weights")
 
-    clause_layers = {name: fan_in[name] for name, spec in specs.items() if isinstance(spec, str) and spec == "clause"}
+    clause_layers = {name: fan_in[name] for name, spec in specs.items() if isinstance(spec, str) and spec in CLAUSE_SPLITS}
     checked_clauses = _check_clauses(clauses, clause_layers) if clause_layers else None
 
     if seed is None:
@@ -449,7 +450,7 @@ def expand(
                 masks = drawn[companions[name]]
             else:
                 lifted = None
-                if checked_clauses is not None and isinstance(spec, str) and spec == "clause":
+                if checked_clauses is not None and isinstance(spec, str) and spec in CLAUSE_SPLITS:
                     lifted = [[j * cols + c for j in clause for c in range(cols)] for clause in checked_clauses]
                 context = SplitContext(
                     layer=name, weight=weight.repeat_interleave(cols, 1).cpu(), alpha=alpha,

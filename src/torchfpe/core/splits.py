@@ -2,7 +2,7 @@
 
 Every strategy returns boolean child masks of shape ``(parents, alpha, inputs)``: entry
 ``[i, k, j]`` says whether child ``k`` of parent ``i`` keeps input ``j``. The FPE strategies
-(``random``, ``clause``, ``feature``, ``contiguous``, a user assignment) give masks that are disjoint
+(``random``, ``clause``, ``clause_shared``, ``feature``, ``contiguous``, a user assignment) give masks that are disjoint
 and cover every input; the ``overlap`` control does not. ``static_sparse`` and ``dropconnect`` are
 layer-level controls handled in :mod:`torchfpe.core.expand`.
 """
@@ -18,9 +18,11 @@ from torch import Tensor
 from .validation import InvalidParameterError
 
 #: Strategies whose children partition the parent's inputs (disjoint and covering).
-PARTITION_SPLITS = ("random", "clause", "feature", "contiguous", "shared", "grouped")
+PARTITION_SPLITS = ("random", "clause", "clause_shared", "feature", "contiguous", "shared", "grouped")
 #: Partitions drawn by ``grouped``: parent i uses partition i mod GROUPED_PARTITIONS.
 GROUPED_PARTITIONS = 4
+#: Strategies that need the task's clauses (``expand(..., clauses=...)``).
+CLAUSE_SPLITS = ("clause", "clause_shared")
 #: Non-FPE controls the paper and its reviewers compare against.
 CONTROL_SPLITS = ("overlap", "static_sparse", "dropconnect")
 SPLITS = PARTITION_SPLITS + CONTROL_SPLITS
@@ -97,36 +99,59 @@ def contiguous_split(ctx: SplitContext) -> Tensor:
     return assignment_to_masks(assignment.expand(parents, inputs), ctx.alpha)
 
 
-def clause_split(ctx: SplitContext) -> Tensor:
-    """Whole clauses per child.
+def deal_clauses(clauses: Sequence[Sequence[int]], inputs: int, alpha: int, order: Sequence[int]) -> list[int]:
+    """Child id of every input when the clauses are dealt in ``order`` (one parent's row).
 
-    Per parent, the clauses are shuffled (seeded) and each is dealt to the child with the fewest
-    inputs so far (ties: lowest child index), so children get balanced numbers of inputs. An input
-    used by several clauses goes with the first of its clauses to be dealt (later clauses that share
-    it lose it in the other children). Inputs in no clause are dealt one by one, in index order, to
-    the child with the fewest inputs. Children are disjoint and cover every input.
+    Each clause goes whole to the child with the fewest inputs so far (ties: lowest child index), so
+    children get balanced numbers of inputs. An input used by several clauses goes with the first of
+    its clauses to be dealt (later clauses that share it lose it in the other children). Inputs in no
+    clause are then dealt one by one, in index order, to the child with the fewest inputs.
     """
+    row = [-1] * inputs
+    sizes = [0] * alpha
+    for clause_index in order:
+        members = [j for j in dict.fromkeys(clauses[clause_index]) if row[j] < 0]
+        child = min(range(alpha), key=lambda k: (sizes[k], k))
+        for j in members:
+            row[j] = child
+        sizes[child] += len(members)
+    for j in range(inputs):
+        if row[j] < 0:
+            child = min(range(alpha), key=lambda k: (sizes[k], k))
+            row[j] = child
+            sizes[child] += 1
+    return row
+
+
+def _need_clauses(ctx: SplitContext, name: str) -> Sequence[Sequence[int]]:
     if ctx.clauses is None:
-        raise ValueError("split='clause' needs clauses=[[input indices of clause 0], ...]")
+        raise ValueError(f"split={name!r} needs clauses=[[input indices of clause 0], ...]")
+    return ctx.clauses
+
+
+def clause_split(ctx: SplitContext) -> Tensor:
+    """Whole clauses per child, dealt in a fresh shuffled order for every parent.
+
+    Per parent, the clauses are shuffled (seeded) and dealt by :func:`deal_clauses`, so child k of
+    two parents usually holds different clauses. Children are disjoint and cover every input.
+    """
+    clauses = _need_clauses(ctx, "clause")
     parents, inputs = ctx.weight.shape
-    rows = []
-    for _ in range(parents):
-        row = [-1] * inputs
-        sizes = [0] * ctx.alpha
-        for clause_index in torch.randperm(len(ctx.clauses), generator=ctx.generator).tolist():
-            members = [j for j in ctx.clauses[clause_index] if row[j] < 0]
-            child = min(range(ctx.alpha), key=lambda k: (sizes[k], k))
-            for j in members:
-                row[j] = child
-            sizes[child] += len(members)
-        for j in range(inputs):
-            if row[j] < 0:
-                child = min(range(ctx.alpha), key=lambda k: (sizes[k], k))
-                row[j] = child
-                sizes[child] += 1
-        rows.append(row)
-    assignment = torch.tensor(rows, dtype=torch.long)
-    return assignment_to_masks(assignment, ctx.alpha)
+    rows = [deal_clauses(clauses, inputs, ctx.alpha, torch.randperm(len(clauses), generator=ctx.generator).tolist())
+            for _ in range(parents)]
+    return assignment_to_masks(torch.tensor(rows, dtype=torch.long), ctx.alpha)
+
+
+def clause_shared_split(ctx: SplitContext) -> Tensor:
+    """Whole clauses per child with one clause-to-child map shared by all parents.
+
+    The clauses are shuffled once (seeded) and dealt by :func:`deal_clauses`; every parent's child k
+    then holds the same clauses (and the same distractor inputs). Disjoint and covering.
+    """
+    clauses = _need_clauses(ctx, "clause_shared")
+    parents, inputs = ctx.weight.shape
+    row = deal_clauses(clauses, inputs, ctx.alpha, torch.randperm(len(clauses), generator=ctx.generator).tolist())
+    return assignment_to_masks(torch.tensor(row, dtype=torch.long).expand(parents, inputs), ctx.alpha)
 
 
 def _kmeans(points: Tensor, clusters: int, generator: torch.Generator, iterations: int = 50) -> Tensor:
@@ -245,6 +270,7 @@ def user_split(assignment: Tensor | Callable, ctx: SplitContext) -> Tensor:
 BUILTIN_SPLITS: dict[str, SplitFn] = {
     "random": random_split,
     "clause": clause_split,
+    "clause_shared": clause_shared_split,
     "feature": feature_split,
     "contiguous": contiguous_split,
     "shared": shared_split,

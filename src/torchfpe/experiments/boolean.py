@@ -31,8 +31,8 @@ from ..core import expand, nonzero_parameters
 from ..tasks import DNFConfig, make_dnf
 from ..train import TrainSettings, binary_accuracy, fit
 
-VARIANTS = ("dense", "random", "clause", "feature", "contiguous", "overlap", "dropconnect", "static_sparse")
-AFTER_WARMUP = ("random", "clause", "feature", "contiguous", "overlap", "dropconnect")
+VARIANTS = ("dense", "random", "clause", "clause_shared", "feature", "contiguous", "overlap", "dropconnect", "static_sparse")
+AFTER_WARMUP = ("random", "clause", "clause_shared", "feature", "contiguous", "overlap", "dropconnect")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -151,7 +151,7 @@ def init_model(config: BooleanConfig) -> nn.Sequential:
 def _expand_variant(model: nn.Module, variant: str, config: BooleanConfig, clauses) -> nn.Module:
     return expand(
         model, config.alpha, split=variant, seed=config.seed,
-        clauses=clauses if variant == "clause" else None, bias=config.bias, budget=config.budget,
+        clauses=clauses if variant in ("clause", "clause_shared") else None, bias=config.bias, budget=config.budget,
         dropconnect_p=config.dropconnect_p if variant == "dropconnect" else None,
     )
 

@@ -26,12 +26,14 @@ CONTROLS = "dense+random+clause+dropconnect+static_sparse"
 STUDIES: dict[str, Study] = {
     study.name: study
     for study in [
-        Study("headline", "boolean", "m = 8 clauses, h = 8 neurons, alpha = 2: dense vs FPE random vs FPE clause"),
+        Study("headline", "boolean", "m = 8 clauses, h = 8 neurons, alpha = 2: dense vs FPE random vs FPE clause",
+              default_seeds=20),
         Study("neurons", "boolean", "hidden neurons swept at 8 clauses", {"neurons": (8, 10, 12, 16)}),
         Study("clauses", "boolean",
               "clauses swept at 8 neurons; balanced positives, 16000 examples, n_vars = max(48, 2 * clauses * k)",
               {"clauses": (4, 8, 12, 16, 24, 32)}, {"n_vars": None, "sampling": "balanced", "train_size": 16000}),
-        Study("alpha", "boolean", "expansion factor swept at the headline", {"alpha": (2, 4, 8)}),
+        Study("alpha", "boolean", "expansion factor swept at the headline", {"alpha": (2, 3, 4, 6, 8)},
+              default_seeds=20),
         Study("metrics", "boolean", "interference metrics' fold change against accuracy gain over a grid",
               {"neurons": (8, 12, 16), "clauses": (4, 8, 16)}, default_seeds=5),
         Study("data", "boolean", "training-set size with the DropConnect and static-sparse controls",
