@@ -39,9 +39,6 @@ from .expand import ELEMENTWISE_MODULES, _sequential_leaves
 from .layers import ExpandedLayer, register_layout
 from .masked import DropConnectLinear, MaskedLinear
 
-# torch warns once that CSR support is "beta"; the one product used here is covered by our tests.
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
-warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
 
 #: ``auto`` picks per layer; ``block`` and ``ell`` force one (``block`` refuses masks it cannot hold).
 PACK_LAYOUTS = ("auto", "block", "ell")
@@ -496,8 +493,13 @@ class EllLinear(PackedLinear):
         elif path == "csr":
             # padding slot s points at appended zero column in_features + s: it reads 0 and gets no
             # gradient, and every row's columns stay distinct and sorted as CSR requires
-            sparse = torch.sparse_csr_tensor(self.crow, self.index.reshape(-1), self.values.reshape(-1),
-                                             size=(self.out_features, self.in_features + self.width))
+            # torch warns that CSR support is "beta"; the one product used here is covered by our tests.
+            # Silenced here only, never in the user's global warning filters.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+                warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
+                sparse = torch.sparse_csr_tensor(self.crow, self.index.reshape(-1), self.values.reshape(-1),
+                                                 size=(self.out_features, self.in_features + self.width))
             y = (sparse @ F.pad(x, (0, self.width)).T).T
             if bias is not None:
                 y = y + bias
