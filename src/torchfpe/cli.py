@@ -74,7 +74,7 @@ def run_study_into(out: Path, meta: dict, experiment: str, config_dicts: list[di
     meta = {
         **meta, "axis": axes[0] if len(axes) == 1 else (axes or None),
         "command": " ".join(["torchfpe", *map(shlex.quote, sys.argv[1:])]),
-        "date": _dt.date.today().isoformat(), "dataset_note": DATASET_NOTE,
+        "date": _dt.date.today().isoformat(), "dataset_note": meta.get("dataset_note", DATASET_NOTE),
         "experiment": experiment, "keys": [job.key for job in jobs],
     }
     try:
@@ -127,7 +127,7 @@ def reproduce_boolean(
         _fail(str(error))
     out = out or Path("runs") / f"boolean-{study}"
     meta = {"study": study, "axes": list(chosen.axes), "seeds": seeds, "base": base, "overrides": overrides,
-            "description": chosen.description}
+            "description": chosen.description, "group": chosen.group, **chosen.meta}
     report = run_study_into(out, meta, chosen.experiment, config_dicts, backend=backend, workers=workers,
                             address=address, quiet=quiet)
     typer.echo(f"report: {report}")
