@@ -15,3 +15,56 @@ Contract (filled in by the data work stream of issue 7; experiments code against
 - ``torchfpe.data.extract.extract_embeddings(source, model, out, *, batch_size=64, device="cpu",
   quiet=False) -> Path``: the ``torchfpe embed`` command's library function (CLIP via transformers).
 """
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .builtin import BUILTIN_SETS
+from .embeddings import DataError, EmbeddingFileError, EmbeddingSet, READERS, read_npz, read_parquet, write_embeddings
+from .idx import DatasetNotFoundError, IdxFileError, ImageSet, load_fashion_mnist, read_idx, write_idx
+
+STANDIN_NAME = "fashion-mnist-ae"
+BUILTIN_NAMES = (*BUILTIN_SETS, STANDIN_NAME)
+
+
+def load_embeddings(
+    source: str | os.PathLike,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    seed: int = 0,
+) -> EmbeddingSet:
+    """An embedding set from a ``.npz``/``.parquet`` file or a built-in name (see the module docstring).
+
+    ``data_dir`` is where ``fashion-mnist-ae`` finds the Fashion-MNIST IDX files; ``cache_dir`` where it
+    keeps its encoded file; ``seed`` draws the split of ``digits``, the clusters of ``synthetic-100`` and
+    the stand-in encoder's training (``mnist1d`` is the package's canonical set whatever the seed).
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise EmbeddingFileError(f"load_embeddings: seed must be an int; got {seed!r}")
+    if isinstance(source, str) and source in BUILTIN_SETS:
+        return BUILTIN_SETS[source](seed)
+    if isinstance(source, str) and source == STANDIN_NAME:
+        from .standin import fashion_mnist_ae
+
+        return fashion_mnist_ae(seed, data_dir=data_dir, cache_dir=cache_dir)
+    if not isinstance(source, (str, os.PathLike)):
+        raise EmbeddingFileError(f"load_embeddings: source must be a file path or a built-in name; got {source!r}")
+    path = Path(source)
+    if not path.is_file():
+        raise EmbeddingFileError(f"{path}: no such file, and not a built-in data set "
+                                 f"(built-ins: {', '.join(BUILTIN_NAMES)})")
+    reader = READERS.get(path.suffix.lower())
+    if reader is None:
+        raise EmbeddingFileError(f"{path}: unknown embedding file type {path.suffix or '(no suffix)'}; "
+                                 f"use .npz or .parquet")
+    return reader(path)
+
+
+__all__ = [
+    "BUILTIN_NAMES", "DataError", "DatasetNotFoundError", "EmbeddingFileError", "EmbeddingSet", "IdxFileError",
+    "ImageSet", "load_embeddings", "load_fashion_mnist", "read_idx", "read_npz", "read_parquet", "write_embeddings",
+    "write_idx",
+]

@@ -1,0 +1,234 @@
+"""``torchfpe embed``: CLIP image embeddings of an image folder, written as an embedding ``.npz``.
+
+SOURCE holds ``train/`` and ``test/``, each with one subfolder of images per class (the usual
+image-folder layout; class names are the subfolder names, labels follow their sorted order). The encoder
+is a frozen CLIP image tower (``transformers.CLIPVisionModelWithProjection``; the vector is its
+``image_embeds``, the projected embedding CLIP compares with text) and the model's own image processor,
+loaded from a local directory or a Hugging Face hub name (the latter needs network access).
+
+Everything is checked before the model is loaded: the layout, at least two classes, images in every
+class folder, every image's header; a file that still fails to decode while encoding stops the run with
+its name. The ``.npz`` is written atomically, so ``out`` never holds half a file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .embeddings import DataError
+from .encode import LabelledImages, encode_to_file
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+EMBED_HINT = "pip install 'torchfpe[embed]'"
+
+
+class ExtractionError(DataError):
+    """Bad input to the extraction (folder, images, model, arguments); the message names it."""
+
+
+# ---------------------------------------------------------------- the image folder
+
+@dataclass(frozen=True)
+class ImageFolderSplit:
+    paths: list[Path]
+    labels: np.ndarray
+
+
+def scan_image_folder(source: str | os.PathLike) -> tuple[list[str], ImageFolderSplit, ImageFolderSplit]:
+    """Class names and the (path, label) lists of ``source/train`` and ``source/test``; validates the layout."""
+    root = Path(source)
+    if not root.is_dir():
+        raise ExtractionError(f"{root}: no such folder (SOURCE must hold train/ and test/ with one subfolder of "
+                              f"images per class)")
+    for split in ("train", "test"):
+        if not (root / split).is_dir():
+            raise ExtractionError(f"{root}: missing the {split}/ folder (SOURCE must hold train/ and test/, each with "
+                                  f"one subfolder of images per class)")
+    classes = _class_folders(root / "train")
+    if len(classes) < 2:
+        raise ExtractionError(f"{root / 'train'}: needs at least 2 class subfolders; found {len(classes)}")
+    test_classes = _class_folders(root / "test")
+    unknown = sorted(set(test_classes) - set(classes))
+    if unknown:
+        raise ExtractionError(f"{root / 'test'}: class folders {unknown[:5]} have no counterpart in train/")
+    if not test_classes:
+        raise ExtractionError(f"{root / 'test'}: no class subfolders")
+    index = {name: i for i, name in enumerate(classes)}
+    splits = []
+    for split, names in (("train", classes), ("test", test_classes)):
+        paths, labels = [], []
+        for name in names:
+            images = _images_in(root / split / name)
+            if not images:
+                raise ExtractionError(f"{root / split / name}: no images (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+            paths += images
+            labels += [index[name]] * len(images)
+        splits.append(ImageFolderSplit(paths, np.asarray(labels, dtype=np.int64)))
+    return classes, splits[0], splits[1]
+
+
+def _class_folders(folder: Path) -> list[str]:
+    loose = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    if loose:
+        raise ExtractionError(f"{folder}: holds images directly ({loose[0].name}, ...); put each class's images "
+                              f"in its own subfolder")
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def check_images(paths: Sequence[Path], *, quiet: bool = True) -> None:
+    """Open every image's header (cheap: pixels are not decoded); the first bad one raises with its name."""
+    from PIL import Image, UnidentifiedImageError
+
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                image.size  # noqa: B018 (the header has been parsed)
+        except (OSError, UnidentifiedImageError, ValueError) as error:
+            raise ExtractionError(f"{path}: not a readable image ({error})") from None
+
+
+class ImageFiles(Sequence):
+    """A lazily decoded list of image files: a slice gives RGB PIL images; a decode error names the file."""
+
+    def __init__(self, paths: Sequence[Path]):
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, item):
+        if isinstance(item, slice):
+            return [self._load(p) for p in self.paths[item]]
+        return self._load(self.paths[item])
+
+    @staticmethod
+    def _load(path: Path):
+        from PIL import Image
+
+        try:
+            with Image.open(path) as image:
+                return image.convert("RGB")
+        except (OSError, ValueError) as error:
+            raise ExtractionError(f"{path}: cannot decode image ({error})") from None
+
+
+# ---------------------------------------------------------------- the CLIP encoder
+
+@dataclass
+class ClipImageEncoder:
+    """A frozen CLIP image tower and its image processor as an :class:`~torchfpe.data.encode.ImageEncoder`."""
+
+    model: object
+    processor: object
+    device: torch.device
+    description: str
+
+    def encode(self, images) -> np.ndarray:
+        pixels = self.processor(images=list(images), return_tensors="pt")["pixel_values"].to(self.device)
+        with torch.no_grad():
+            return self.model(pixel_values=pixels).image_embeds.float().cpu().numpy()
+
+
+def _import_transformers():
+    try:
+        import transformers
+    except ImportError:
+        raise ImportError(f"CLIP extraction needs transformers and pillow: {EMBED_HINT}") from None
+    return transformers
+
+
+def _looks_like_path(model: str) -> bool:
+    return model.startswith((".", "/", "~")) or "\\" in model or model.count("/") > 1
+
+
+def load_clip(model: str | os.PathLike, device: torch.device) -> ClipImageEncoder:
+    """The frozen image tower and processor from a local directory or a hub name; clear errors otherwise."""
+    transformers = _import_transformers()
+    local = Path(model).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise ExtractionError(f"{local}: not a model directory (no config.json)")
+        if not any((local / name).is_file() for name in WEIGHT_FILES):
+            raise ExtractionError(f"{local}: model directory without weights (none of {', '.join(WEIGHT_FILES)})")
+        if not (local / "preprocessor_config.json").is_file():
+            raise ExtractionError(f"{local}: no image processor (preprocessor_config.json); save the model's "
+                                  f"CLIPImageProcessor into the same directory")
+        where = str(local)
+    elif isinstance(model, os.PathLike) or _looks_like_path(str(model)):
+        raise ExtractionError(f"{model}: no such model directory")
+    else:
+        where = str(model)
+    processor_class = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
+    try:
+        network = transformers.CLIPVisionModelWithProjection.from_pretrained(where)
+        processor = processor_class.from_pretrained(where)
+    except (OSError, ValueError, KeyError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if local.is_dir():
+            raise ExtractionError(f"{where}: cannot load a CLIP image model from this directory ({first})") from None
+        raise ExtractionError(f"model {where!r} is not a local directory and could not be loaded from the Hugging Face "
+                              f"hub (unknown name, or no network) ({first})") from None
+    network.eval().requires_grad_(False).to(device)
+    return ClipImageEncoder(network, processor, device, f"CLIP image tower {where} (image_embeds)")
+
+
+def _check_device(device: str | torch.device) -> torch.device:
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ExtractionError(f"device {device!r} is not a torch device ({error})") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ExtractionError(f"device {device!r}: CUDA is not available on this machine")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ExtractionError(f"device {device!r}: MPS is not available on this machine")
+    return resolved
+
+
+# ---------------------------------------------------------------- the entry point
+
+def extract_embeddings(
+    source: str | os.PathLike,
+    model: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    batch_size: int = 64,
+    device: str = "cpu",
+    quiet: bool = False,
+) -> Path:
+    """CLIP image embeddings of ``source/train`` and ``source/test`` written to ``out`` (.npz); returns ``out``."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ExtractionError(f"batch_size must be a positive int; got {batch_size!r}")
+    out = Path(out)
+    if out.suffix != ".npz":
+        raise ExtractionError(f"{out}: the output file must end in .npz")
+    if out.is_dir():
+        raise ExtractionError(f"{out}: is a folder; give a file name ending in .npz")
+    if not str(model).strip():
+        raise ExtractionError("model must name a local directory or a Hugging Face hub model; got ''")
+    resolved_device = _check_device(device)
+    classes, train, test = scan_image_folder(source)
+    _import_transformers()
+    check_images(train.paths + test.paths)
+    encoder = load_clip(model, resolved_device)
+    model_name = Path(str(model)).name if Path(str(model)).expanduser().is_dir() else str(model)
+    return encode_to_file(
+        encoder,
+        LabelledImages(ImageFiles(train.paths), train.labels),
+        LabelledImages(ImageFiles(test.paths), test.labels),
+        classes, out,
+        name=f"CLIP {model_name} embeddings of {Path(source).resolve().name}",
+        note=f"{encoder.description} of the images in {Path(source).resolve()}",
+        standin=False, batch_size=batch_size, quiet=quiet,
+    )
