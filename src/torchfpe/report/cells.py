@@ -90,30 +90,53 @@ def accuracy_table(frame: pd.DataFrame, meta: dict, axes: list[str], tables: _Ta
                                 "p: paired t-test (scipy.stats.ttest_rel) of accuracy against dense over seeds.")
 
 
+def _normal(text: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", str(text).lower())
+
+
+def paper_key(dataset: str, standin: bool, paper: dict) -> str | None:
+    """The paper's data set that ``dataset`` is: not a stand-in, its name holds the encoder and the set's name."""
+    if standin or _normal(paper.get("encoder", "")) not in _normal(dataset):
+        return None
+    for key in sorted(paper.get("relative_gain") or {}, key=lambda k: -len(_normal(k))):
+        if _normal(key) in _normal(dataset):
+            return key
+    return None
+
+
+def _is_standin(frame: pd.DataFrame, dataset: str) -> bool:
+    if "standin" not in frame.columns:
+        return False
+    values = frame.loc[frame["dataset"] == dataset, "standin"]
+    return bool(values.map(lambda v: str(v).lower() in ("true", "1")).any())
+
+
 def paper_section(frame: pd.DataFrame, meta: dict, tables: _Tables) -> list[str]:
-    """The paper's relative gains beside ours, only for a data set whose name matches the paper's."""
-    paper = (meta.get("paper") or {}).get("relative_gain") or {}
-    if not paper:
+    """The paper's relative gains beside ours, only for the data set the paper used (no stand-in)."""
+    paper = meta.get("paper") or {}
+    gains = paper.get("relative_gain") or {}
+    if not gains:
         return []
-    names = {str(k).lower(): k for k in paper}
     datasets = [str(d) for d in frame["dataset"].dropna().unique()] if "dataset" in frame.columns else []
-    matched = [(d, names[d.lower()]) for d in datasets if d.lower() in names]
-    source = (meta.get("paper") or {}).get("source", "the paper")
+    matched = [(d, k) for d in datasets if (k := paper_key(d, _is_standin(frame, d), paper))]
+    source = paper.get("source", "the paper")
     if not matched:
-        return [f"The paper's relative gains ({source}) are for {', '.join(map(str, paper))}; "
-                f"{meta['data_name']} is none of them, so no paper numbers are shown.", ""]
+        sets = ", ".join(f"{paper.get('encoder', '')} {k}".strip() for k in gains)
+        return [f"The paper's relative gains ({source}) are for {sets}; {meta['data_name']} is none of them, "
+                "so no paper numbers are shown.", ""]
     out = ["### The paper's numbers on the same data set", ""]
     rows = []
     for dataset, key in matched:
         sub_data = frame[frame["dataset"] == dataset]
-        for split, by_alpha in paper[key].items():
+        for split, by_alpha in gains[key].items():
             for alpha, value in by_alpha.items():
                 sub = sub_data[(sub_data["variant"] == split) & (_column(sub_data, "alpha") == float(alpha))]
                 gain = summarize(_column(sub, "relative_gain"))
-                rows.append([dataset, split, alpha, f"{value:+.1f}", fmt_pm(gain, signed=True),
+                rows.append([dataset, split, alpha, f"{value:+.1f}", gain.n, fmt_pm(gain, signed=True),
                              fmt_ci(gain.ci_low, gain.ci_high, signed=True)])
-    out.append(tables(["data set", "split", "α", "paper rel. gain %", "ours (mean ± std over seeds and widths)",
-                       "ours 95 % CI"], rows, f"Relative gain of FPE over dense: the paper ({source}) and ours."))
+    out.append(tables(["data set", "split", "α", "paper rel. gain %", "our runs", "ours % (mean ± std over "
+                       "seeds and widths)", "ours 95 % CI"], rows,
+                      f"Relative gain of FPE over dense: the paper ({source}) and ours."))
     return out + [""]
 
 
@@ -161,6 +184,7 @@ def _trends(frame: pd.DataFrame, axes: list[str]) -> list[str]:
     out = []
     for cell, sub in _cells(frame, others):
         prefix = ", ".join(f"{a} = {fmt_value(v)}" for a, v in zip(others, cell))
+        sub = sub[~sub["variant"].astype(str).str.match(WIDE.pattern)]  # trends of FPE and controls only
         out += [f"{prefix}: {s}" if prefix else s for s in trend_sentences(sub, axis)]
     return [f"Trend of the relative gain along `{axis}`:", ""] + [f"- {s}" for s in out] + [""] if out else []
 
