@@ -209,3 +209,28 @@ def test_runs_pair_within_a_data_set_only(tmp_path):
     assert len(rows) == 2  # one row per data set: the data set is a cell axis
     assert "| 6 |" in rows[0]  # 3 seeds × 2 alphas, never pooled with set B
     assert "+20.0 ± 8.9" in rows[0] and "+0.3 ± 0.5" in rows[1]
+
+
+def test_correlation_split_groups_correlated_inputs():
+    from torchfpe.core import expand
+
+    g = torch.Generator().manual_seed(0)
+    sources = torch.randn(500, 2, generator=g)
+    # inputs 0, 2, 4 follow source 0 and inputs 1, 3, 5 source 1 (plus a little noise)
+    x = sources[:, [0, 1, 0, 1, 0, 1]] + 0.05 * torch.randn(500, 6, generator=g)
+    ids = heads.correlation_assignment(x, 2, torch.Generator().manual_seed(1))
+    assert ids[0] == ids[2] == ids[4] and ids[1] == ids[3] == ids[5] and ids[0] != ids[1]
+    parent = torch.nn.Sequential(torch.nn.Linear(6, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    model = expand(parent, 2, split=lambda w, a, gen: heads.correlation_assignment(x, a, gen), seed=0,
+                   budget="none")
+    masks = model[0].weight_mask.reshape(3, 2, 6)
+    assert torch.equal(masks.sum(dim=1), torch.ones(3, 6, dtype=masks.dtype))  # disjoint and covering
+
+
+def test_correlation_variant_runs_in_heads_and_deep(embedding_file):
+    for module, extra in ((heads, {}), (deep, {"depth": 2})):
+        records = module.run_batch([module.make_config(embeddings=embedding_file, neurons=4, alpha=2,
+                                                       variants="dense+correlation", **TINY, **extra)])
+        assert [r["variant"] for r in records] == ["dense", "correlation"]
+        assert records[0]["nonzero_parameters"] == records[1]["nonzero_parameters"]
+        assert records[1]["hidden_units"] == 8

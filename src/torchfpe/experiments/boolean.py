@@ -31,7 +31,7 @@ from ..tasks import DNFConfig, make_dnf
 from ..train import TrainSettings
 from . import protocol
 
-VARIANTS = protocol.VARIANTS
+VARIANTS = tuple(v for v in protocol.VARIANTS if v != "correlation")  # correlation: embedding heads only
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 

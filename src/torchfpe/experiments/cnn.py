@@ -32,7 +32,7 @@ from ..train import TrainSettings
 from . import protocol
 from .heads import DTYPES, _make
 
-VARIANTS = tuple(v for v in protocol.VARIANTS if v != "clause")
+VARIANTS = tuple(v for v in protocol.VARIANTS if v not in ("clause", "correlation"))
 FEATURES = 256
 CLASSES = 10
 

@@ -14,6 +14,10 @@ Defaults and why (each one a config field, overridable with ``--set``):
   splits and the minibatch order). Features are standardised with the training set's mean and
   standard deviation.
 - ``classes=None``: every class; an int keeps the first ``classes`` classes (class-subset sweeps).
+- ``correlation`` variant (beyond the paper, its "future work"): children partition the inputs by
+  their correlation over the training set (balanced k-means on the rows of the absolute correlation
+  matrix), so each child sees a group of inputs that co-vary in the data; the same partition for
+  every parent. Deep models split their first layer this way and deeper layers at random.
 - training: Adam, lr 1e-2, minibatches of 2048, 10 + 10 epochs (the paper: 25 + 25; ours keeps
   every default study within 15 minutes on 2 CPU cores; ``--set warmup_epochs=25 epochs_after=25``
   runs the paper's preset).
@@ -34,7 +38,8 @@ from ..train import TrainSettings
 from . import protocol
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-#: Variants of a heads run: the protocol's (but clause, which needs a clause map) and wide<scale>.
+#: Variants of a heads run: the protocol's (but clause, which needs a clause map) and wide<scale>;
+#: ``correlation`` is this module's data-driven split (:func:`correlation_assignment`).
 VARIANTS = tuple(v for v in protocol.VARIANTS if v != "clause") + ("wide",)
 
 
@@ -167,6 +172,17 @@ def wide_width(scale: float, neurons: int, features: int, classes: int, depth: i
     return min(range(1, 64 * neurons + 2), key=lambda h: (abs(count(h) - target), h))
 
 
+def correlation_assignment(x_train: torch.Tensor, alpha: int, generator: torch.Generator) -> torch.Tensor:
+    """Child ids ``(inputs,)``: balanced clusters of the inputs' absolute correlation over ``x_train``."""
+    from ..core.splits import balanced_cluster_assignment
+
+    x = x_train.double()
+    x = (x - x.mean(dim=0)) / x.std(dim=0).clamp_min(1e-12)
+    correlation = (x.T @ x / max(1, len(x) - 1)).abs()
+    points = correlation / correlation.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return balanced_cluster_assignment(points, alpha, generator)
+
+
 # ------------------------------------------------------------------------------------------ the task
 class HeadsTask(protocol.Task):
     """Multi-class head over fixed features; the hidden layers are ``depth`` layers of ``neurons``."""
@@ -189,6 +205,18 @@ class HeadsTask(protocol.Task):
         info = self.data(config).info
         width = wide_width(scale, config.neurons, info["features"], info["classes"], self._depth(config))
         return mlp(info["features"], [width] * self._depth(config), info["classes"], config.seed, config.dtype)
+
+    def expand_kwargs(self, config, variant: str, data: protocol.Data) -> dict:
+        if variant != "correlation":
+            return {}
+
+        def split(weight, alpha, generator):
+            return correlation_assignment(data.x_train, alpha, generator)
+
+        if self._depth(config) == 1:
+            return {"split": split}
+        first, *deeper = [f"{2 * i}" for i in range(self._depth(config))]  # incoming Linears of the MLP
+        return {"split": {first: split, **{name: "random" for name in deeper}}}
 
     def record_extras(self, config, variant: str, model: nn.Module, data: protocol.Data) -> dict:
         weight = metrics.hidden_weights(model)[0][1]

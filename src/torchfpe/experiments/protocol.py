@@ -19,7 +19,7 @@ What an experiment provides is a :class:`Task` (the contract):
 - ``parent(config) -> nn.Module``: the dense parent, initialised from ``config.seed`` without
   touching torch's global generator.
 - ``expand_kwargs(config, variant, data) -> dict``: extra arguments of ``expand`` (``clauses=``,
-  ``layers=``...).
+  ``layers=``, or ``split=`` for a split of the task's own such as ``correlation``).
 - ``record_extras(config, variant, model, data) -> dict``: fields added to each record.
 - ``fold_keys``: record fields whose variant / dense ratio is recorded as ``<key>_fold``.
 - ``wide_parent(config, scale)``: a wider dense model, only for ``wide<scale>`` variants.
@@ -48,8 +48,9 @@ from ..batched import STACKED_ACCURACIES, STACKED_LOSSES, StackedMLP, _signature
 from ..core import expand, nonzero_parameters
 from ..train import ACCURACIES, LOSSES, fit
 
-#: Variants that start from the warmed-up dense model and are expanded with ``expand(split=variant)``.
-AFTER_WARMUP = ("random", "clause", "feature", "contiguous", "overlap", "dropconnect")
+#: Variants that start from the warmed-up dense model and are expanded with ``expand(split=variant)``
+#: (``correlation`` is a task's own split: the task passes ``split=`` through ``expand_kwargs``).
+AFTER_WARMUP = ("random", "clause", "feature", "contiguous", "correlation", "overlap", "dropconnect")
 VARIANTS = ("dense", *AFTER_WARMUP, "static_sparse")
 WIDE = re.compile(r"^wide(\d+(?:\.\d+)?)$")
 KINDS = ("binary", "multiclass")
@@ -124,10 +125,10 @@ def build_variant(task: Task, config, variant: str, warm: nn.Module, data: Data)
     if wide:
         return task.wide_parent(config, float(wide.group(1)))
     source = warm if phase(variant) == 1 else task.parent(config)
+    kwargs = {"split": variant, **task.expand_kwargs(config, variant, data)}
     return expand(
-        source, config.alpha, split=variant, seed=config.seed, bias=config.bias, budget=config.budget,
-        dropconnect_p=config.dropconnect_p if variant == "dropconnect" else None,
-        **task.expand_kwargs(config, variant, data),
+        source, config.alpha, seed=config.seed, bias=config.bias, budget=config.budget,
+        dropconnect_p=config.dropconnect_p if variant == "dropconnect" else None, **kwargs,
     )
 
 

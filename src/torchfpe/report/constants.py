@@ -8,13 +8,14 @@ VARIANT_ORDER: tuple[str, ...] = (
     "random",
     "clause",
     "feature",
+    "correlation",
     "contiguous",
     "overlap",
     "dropconnect",
     "static_sparse",
 )
 #: Variants that are FPE splits (disjoint children); the others are controls.
-FPE_VARIANTS: frozenset[str] = frozenset({"random", "clause", "feature", "contiguous"})
+FPE_VARIANTS: frozenset[str] = frozenset({"random", "clause", "feature", "correlation", "contiguous"})
 #: The paper's headline test accuracies (%), Boolean DNF with 8 clauses, 8 neurons, alpha = 2.
 PAPER_ACCURACY: dict[str, float] = {"dense": 78.7, "random": 88.7, "clause": 99.4}
 #: The config in which the paper reports :data:`PAPER_ACCURACY`.
