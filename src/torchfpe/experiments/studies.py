@@ -100,12 +100,17 @@ HEADS: dict[str, Study] = {
               group="heads", meta=_real("cells")),
         Study("classes", "heads", "class subsets × width on the synthetic 100-class set: does the gain grow "
               "with classes per neuron?", {"classes": (10, 25, 50, 100), "neurons": (4, 8, 16)},
-              {"embeddings": "synthetic-100", "variants": "dense+random", "alpha": 4}, default_seeds=3,
+              {"embeddings": "synthetic-100", "variants": "dense+random", "alpha": 4, "batch_size": 256,
+               "warmup_epochs": 20, "epochs_after": 20}, default_seeds=3,
               group="heads", meta=_real("cells")),
         Study("match", "heads", "how much wider must dense be to match FPE: dense at 1×, 1.25×, 1.5×, 2×, 3× "
               "the non-zero count vs FPE (alpha = 4)", {"neurons": (4, 8, 16)},
               {"alpha": 4, "variants": "dense+random+feature+wide1.25+wide1.5+wide2+wide3"}, default_seeds=3,
               group="heads", meta=_real("match")),
+        Study("splits", "heads", "beyond the paper: the data-driven correlation split (inputs clustered by their "
+              "correlation over the training set) against the random and feature splits",
+              {"neurons": (2, 8, 32), "alpha": (2, 4)}, {"variants": "dense+random+feature+correlation"},
+              default_seeds=3, group="heads", meta=_real("cells")),
     ]
 }
 DEEP: dict[str, Study] = {
