@@ -19,7 +19,6 @@ IDX files (:func:`torchfpe.data.load_fashion_mnist`).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,7 +27,6 @@ import torch
 from torch import nn
 
 from .. import metrics
-from ..train import TrainSettings
 from . import protocol
 from .heads import DTYPES, _make
 
@@ -38,7 +36,7 @@ CLASSES = 10
 
 
 @dataclass(frozen=True)
-class CNNConfig:
+class CNNConfig(protocol.ConfigMethods):
     # data
     data_dir: str | None = None  # folder with the Fashion-MNIST IDX files; None: the Debian package
     train_size: int | None = 10000  # training subset (seed 0); None: all 60000
@@ -72,21 +70,7 @@ class CNNConfig:
         if self.train_size is not None and (isinstance(self.train_size, bool) or not isinstance(self.train_size, int)
                                             or self.train_size < 10):
             raise ValueError(f"train_size must be an int >= 10 or None (all), got {self.train_size!r}")
-        self.settings()
-
-    def settings(self) -> TrainSettings:
-        return TrainSettings(optimizer=self.optimizer, lr=self.lr, weight_decay=self.weight_decay,
-                             batch_size=self.batch_size)
-
-    def to_dict(self) -> dict:
-        values = dataclasses.asdict(self)
-        values["variants"] = "+".join(self.variants)
-        return values
-
-    def without_seed(self) -> tuple:
-        values = self.to_dict()
-        values.pop("seed")
-        return tuple(sorted(values.items()))
+        self.settings()  # validates the optimizer fields
 
 
 def make_config(**overrides) -> CNNConfig:

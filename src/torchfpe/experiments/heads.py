@@ -34,7 +34,6 @@ import torch
 from torch import nn
 
 from .. import metrics
-from ..train import TrainSettings
 from . import protocol
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -44,7 +43,7 @@ VARIANTS = tuple(v for v in protocol.VARIANTS if v != "clause") + ("wide",)
 
 
 @dataclass(frozen=True)
-class HeadsConfig:
+class HeadsConfig(protocol.ConfigMethods):
     """One run of a classifier head. Defaults: see the module docstring for why."""
 
     # data
@@ -89,20 +88,6 @@ class HeadsConfig:
 
     def _int_fields(self) -> list[tuple[str, int]]:
         return [("neurons", 1), ("warmup_epochs", 0), ("epochs_after", 0)]
-
-    def settings(self) -> TrainSettings:
-        return TrainSettings(optimizer=self.optimizer, lr=self.lr, weight_decay=self.weight_decay,
-                             batch_size=self.batch_size)
-
-    def to_dict(self) -> dict:
-        values = dataclasses.asdict(self)
-        values["variants"] = "+".join(self.variants)
-        return values
-
-    def without_seed(self) -> tuple:
-        values = self.to_dict()
-        values.pop("seed")
-        return tuple(sorted(values.items()))
 
 
 def make_config(**overrides) -> HeadsConfig:

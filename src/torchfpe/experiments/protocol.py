@@ -35,6 +35,7 @@ that the stacks must agree with. Both return one flat record per (variant, seed)
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,7 +47,7 @@ from torch import Tensor, nn
 from .. import metrics
 from ..batched import STACKED_ACCURACIES, STACKED_LOSSES, StackedMLP, _signature, can_stack, fit_stacked
 from ..core import expand, nonzero_parameters
-from ..train import ACCURACIES, LOSSES, fit
+from ..train import ACCURACIES, LOSSES, TrainSettings, fit
 
 #: Variants that start from the warmed-up dense model and are expanded with ``expand(split=variant)``
 #: (``correlation`` is a task's own split: the task passes ``split=`` through ``expand_kwargs``).
@@ -63,10 +64,32 @@ def is_variant(name: str) -> bool:
 
 
 def check_variants(variants: Sequence[str], allowed: Sequence[str] = VARIANTS) -> None:
-    unknown = [v for v in variants if not (v in allowed or ("wide" in allowed and WIDE.match(v) and is_variant(v)))]
-    if unknown or not variants:
+    """Raise ValueError unless ``variants`` is a non-empty subset of ``allowed`` ("wide": any wide<scale>)."""
+    def known(variant: str) -> bool:
+        return variant in allowed or ("wide" in allowed and WIDE.match(variant) is not None and is_variant(variant))
+
+    if not variants or not all(known(v) for v in variants):
         shown = tuple(a for a in allowed if a != "wide") + (("wide<scale>",) if "wide" in allowed else ())
         raise ValueError(f"variants must be a non-empty subset of {shown}, got {tuple(variants)!r}")
+
+
+class ConfigMethods:
+    """What the protocol and the runners call on a frozen config dataclass with the protocol's fields."""
+
+    def settings(self) -> TrainSettings:
+        return TrainSettings(optimizer=self.optimizer, lr=self.lr, weight_decay=self.weight_decay,
+                             batch_size=self.batch_size)
+
+    def to_dict(self) -> dict:
+        values = dataclasses.asdict(self)
+        values["variants"] = "+".join(self.variants)
+        return values
+
+    def without_seed(self) -> tuple:
+        """Configs equal here differ only in their seed and can be trained as one stack."""
+        values = self.to_dict()
+        values.pop("seed")
+        return tuple(sorted(values.items()))
 
 
 @dataclass
