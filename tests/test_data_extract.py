@@ -74,6 +74,7 @@ def test_same_image_gives_same_vector_in_train_and_test(tiny_clip, tmp_path):
     ("unreadable", "bad.png: not a readable image"),
     ("unknown_test_class", "no counterpart in train/"),
     ("loose_images", "holds images directly"),
+    ("lonely_image", "1 image; every class needs at least 2 training images"),
 ])
 def test_bad_folders_are_named_and_nothing_is_written(tiny_clip, tmp_path, case, message):
     layout = {"train": {"a": 2, "b": 2}, "test": {"a": 1}}
@@ -81,6 +82,8 @@ def test_bad_folders_are_named_and_nothing_is_written(tiny_clip, tmp_path, case,
         layout["train"] = {"a": 2}
     if case == "unknown_test_class":
         layout["test"] = {"zebra": 1}
+    if case == "lonely_image":
+        layout["train"] = {"a": 2, "b": 1}
     source = write_images(tmp_path / "images", layout)
     if case == "no_test":
         for path in (source / "test" / "a").iterdir():
@@ -139,3 +142,74 @@ def test_extracted_file_with_bad_content_is_refused_by_the_loader(tmp_path):
              y_test=np.array([0, 1]))
     with pytest.raises(EmbeddingFileError, match="bad.npz: X_train has 3 features but X_test has 4"):
         load_embeddings(path)
+
+
+def test_exported_image_set_extracts_with_the_papers_name(tiny_clip, tmp_path):
+    import torch
+
+    from torchfpe.data import ImageSet
+    from torchfpe.data.folders import export_image_folder
+
+    rng = np.random.default_rng(0)
+    images = ImageSet(x_train=torch.from_numpy(rng.integers(0, 256, (6, 28, 28), dtype=np.uint8)),
+                      y_train=torch.tensor([0, 1, 2, 0, 1, 2]),
+                      x_test=torch.from_numpy(rng.integers(0, 256, (3, 28, 28), dtype=np.uint8)),
+                      y_test=torch.tensor([2, 1, 0]), class_names=["c", "b", "a"], name="t")
+    folder = export_image_folder(images, tmp_path / "fashion-mnist")
+    data = load_embeddings(extract_embeddings(folder, tiny_clip, tmp_path / "f.npz", quiet=True))
+    assert data.name == "CLIP Fashion-MNIST" and data.class_names == ["a", "b", "c"]
+    assert data.y_train.tolist() == [0, 0, 1, 1, 2, 2] and data.y_test.tolist() == [0, 1, 2]  # by folder
+
+
+def test_full_clip_checkpoint_gives_its_image_features(tmp_path):
+    """Hub CLIP models are full CLIPModel checkpoints (text and image towers): the extraction must load
+    the image tower with the checkpoint's own projection and give CLIPModel's image features."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    config = CLIPConfig(text_config=dict(small, vocab_size=64, max_position_embeddings=8, bos_token_id=0,
+                                         eos_token_id=1, pad_token_id=1),
+                        vision_config=dict(small, image_size=32, patch_size=8), projection_dim=12)
+    torch.manual_seed(0)
+    full = CLIPModel(config).eval()
+    folder = tmp_path / "full-clip"
+    full.save_pretrained(folder)
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    processor.save_pretrained(folder)
+    source = write_images(tmp_path / "images", {"train": {"a": 2, "b": 2}, "test": {"b": 1}})
+    data = load_embeddings(extract_embeddings(source, folder, tmp_path / "e.npz", quiet=True))
+    assert data.dim == 12
+    images = [PIL.open(p).convert("RGB") for p in sorted((source / "train" / "a").iterdir())]
+    with torch.no_grad():
+        expected = full.get_image_features(pixel_values=processor(images=images, return_tensors="pt")["pixel_values"])
+    expected = expected if torch.is_tensor(expected) else expected.pooler_output
+    torch.testing.assert_close(data.x_train[:2], expected.float(), rtol=1e-4, atol=1e-5)
+
+
+def test_a_model_that_is_not_clip_is_refused(tmp_path):
+    from transformers import BertConfig, BertModel
+
+    folder = tmp_path / "bert"
+    BertModel(BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8,
+                         vocab_size=20)).save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text("{}")
+    source = write_images(tmp_path / "images", {"train": {"a": 2, "b": 2}, "test": {"b": 1}})
+    with pytest.raises(ExtractionError, match="a 'bert' model, not CLIP"):
+        extract_embeddings(source, folder, tmp_path / "e.npz", quiet=True)
+    assert not (tmp_path / "e.npz").exists()
+
+
+def test_missing_optional_packages_name_the_extra(tmp_path, monkeypatch):
+    import sys
+
+    source = write_images(tmp_path / "images", {"train": {"a": 2, "b": 2}, "test": {"a": 1}})
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    with pytest.raises(ImportError, match=r"torchfpe\[embed\]"):
+        extract_embeddings(source, "some/model", tmp_path / "e.npz", quiet=True)
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    (tmp_path / "e.parquet").write_bytes(b"PAR1")
+    with pytest.raises(ImportError, match=r"torchfpe\[parquet\]"):
+        load_embeddings(tmp_path / "e.parquet")
+    assert not (tmp_path / "e.npz").exists()

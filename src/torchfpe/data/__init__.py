@@ -14,19 +14,33 @@ Contract (filled in by the data work stream of issue 7; experiments code against
   and test, from the Debian package ``dataset-fashion-mnist`` or ``data_dir`` holding the IDX files.
 - ``torchfpe.data.extract.extract_embeddings(source, model, out, *, batch_size=64, device="cpu",
   quiet=False) -> Path``: the ``torchfpe embed`` command's library function (CLIP via transformers).
+
+Also here: ``EmbeddingSet.select_classes``; ``write_embeddings`` (validated, atomic .npz);
+``read_idx``/``write_idx``; ``torchfpe.data.encode`` (the one images -> vectors -> .npz path that CLIP
+extraction and the autoencoder stand-in share); ``torchfpe.data.folders`` (image sets to the
+image-folder layout, CIFAR-100's archive). Every error here is a ``DataError`` (a ValueError) whose
+message names the file or argument. docs/embeddings.md describes the formats and the data sets.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
-from .builtin import BUILTIN_SETS
+from .builtin import digits, mnist1d, synthetic
 from .embeddings import DataError, EmbeddingFileError, EmbeddingSet, READERS, read_npz, read_parquet, write_embeddings
 from .idx import DatasetNotFoundError, IdxFileError, ImageSet, load_fashion_mnist, read_idx, write_idx
+from .standin import fashion_mnist_ae
 
-STANDIN_NAME = "fashion-mnist-ae"
-BUILTIN_NAMES = (*BUILTIN_SETS, STANDIN_NAME)
+#: Built-in sets by name: (seed, data_dir, cache_dir) -> EmbeddingSet.
+BUILTINS: dict[str, Callable[..., EmbeddingSet]] = {
+    "fashion-mnist-ae": lambda seed, data_dir, cache_dir: fashion_mnist_ae(seed, data_dir=data_dir, cache_dir=cache_dir),
+    "synthetic-100": lambda seed, data_dir, cache_dir: synthetic(seed),
+    "digits": lambda seed, data_dir, cache_dir: digits(seed),
+    "mnist1d": lambda seed, data_dir, cache_dir: mnist1d(seed, cache_dir=cache_dir),
+}
+BUILTIN_NAMES = tuple(BUILTINS)
 
 
 def load_embeddings(
@@ -38,18 +52,18 @@ def load_embeddings(
 ) -> EmbeddingSet:
     """An embedding set from a ``.npz``/``.parquet`` file or a built-in name (see the module docstring).
 
-    ``data_dir`` is where ``fashion-mnist-ae`` finds the Fashion-MNIST IDX files; ``cache_dir`` where it
-    keeps its encoded file; ``seed`` draws the split of ``digits``, the clusters of ``synthetic-100`` and
-    the stand-in encoder's training (``mnist1d`` is the package's canonical set whatever the seed).
+    ``data_dir``: where ``fashion-mnist-ae`` finds the Fashion-MNIST IDX files. ``cache_dir``: where
+    ``fashion-mnist-ae`` and ``mnist1d`` keep the files they compute once. ``seed``: the split of
+    ``digits``, the clusters of ``synthetic-100``, the stand-in encoder's training (``mnist1d`` is the
+    package's canonical set whatever the seed).
     """
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise EmbeddingFileError(f"load_embeddings: seed must be an int; got {seed!r}")
-    if isinstance(source, str) and source in BUILTIN_SETS:
-        return BUILTIN_SETS[source](seed)
-    if isinstance(source, str) and source == STANDIN_NAME:
-        from .standin import fashion_mnist_ae
-
-        return fashion_mnist_ae(seed, data_dir=data_dir, cache_dir=cache_dir)
+    for label, value in (("data_dir", data_dir), ("cache_dir", cache_dir)):
+        if value is not None and not isinstance(value, (str, os.PathLike)):
+            raise EmbeddingFileError(f"load_embeddings: {label} must be a folder path or None; got {value!r}")
+    if isinstance(source, str) and source in BUILTINS:
+        return BUILTINS[source](seed, data_dir, cache_dir)
     if not isinstance(source, (str, os.PathLike)):
         raise EmbeddingFileError(f"load_embeddings: source must be a file path or a built-in name; got {source!r}")
     path = Path(source)
@@ -64,7 +78,7 @@ def load_embeddings(
 
 
 __all__ = [
-    "BUILTIN_NAMES", "DataError", "DatasetNotFoundError", "EmbeddingFileError", "EmbeddingSet", "IdxFileError",
-    "ImageSet", "load_embeddings", "load_fashion_mnist", "read_idx", "read_npz", "read_parquet", "write_embeddings",
-    "write_idx",
+    "BUILTINS", "BUILTIN_NAMES", "DataError", "DatasetNotFoundError", "EmbeddingFileError", "EmbeddingSet",
+    "IdxFileError", "ImageSet", "load_embeddings", "load_fashion_mnist", "read_idx", "read_npz", "read_parquet",
+    "write_embeddings", "write_idx",
 ]

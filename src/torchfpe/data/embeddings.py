@@ -103,12 +103,14 @@ def validate_arrays(
             raise fail(f"{key} must be 2-D (examples x features); got shape {x.shape}")
         if x.shape[0] == 0 or x.shape[1] == 0:
             raise fail(f"{key} is empty (shape {x.shape})")
+        if x.dtype.kind == "f" and not np.isfinite(x).all():
+            rows = np.flatnonzero(~np.isfinite(x).all(axis=1))
+            raise fail(f"{key} has NaN or infinite values in {len(rows)} rows, first row {int(rows[0])}")
         with np.errstate(over="ignore"):
             x32 = x.astype(np.float32)
         if not np.isfinite(x32).all():
             rows = np.flatnonzero(~np.isfinite(x32).all(axis=1))
-            raise fail(f"{key} has NaN or infinite values (or values too large for float32) in "
-                       f"{len(rows)} rows, first row {int(rows[0])}")
+            raise fail(f"{key} has values too large for float32 in {len(rows)} rows, first row {int(rows[0])}")
         xs[key] = x32
     if xs["X_train"].shape[1] != xs["X_test"].shape[1]:
         raise fail(f"X_train has {xs['X_train'].shape[1]} features but X_test has {xs['X_test'].shape[1]}")
@@ -132,7 +134,7 @@ def validate_arrays(
     few = labels[counts < MIN_TRAIN_PER_CLASS]
     if len(few):
         raise fail(f"every class needs at least {MIN_TRAIN_PER_CLASS} training examples; "
-                   f"{len(few)} classes have fewer (first: label {int(few[0])})")
+                   f"{len(few)} of {len(labels)} classes have fewer (first: label {int(few[0])})")
     unseen = np.setdiff1d(np.unique(ys["y_test"]), labels)
     if len(unseen):
         raise fail(f"y_test has labels never seen in y_train: {unseen[:5].tolist()}"

@@ -21,12 +21,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .embeddings import DataError
+from .embeddings import MIN_TRAIN_PER_CLASS, DataError
 from .encode import LabelledImages, encode_to_file
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
 EMBED_HINT = "pip install 'torchfpe[embed]'"
+
+
+#: Folder names (lower case, without "-", "_", " ") recognised as the paper's data sets: their embeddings are
+#: named "CLIP <data set>", the name under which reports put the paper's numbers beside ours.
+PAPER_DATASETS = {"fashionmnist": "Fashion-MNIST", "cifar100": "CIFAR-100", "imagenet100": "ImageNet-100",
+                  "imagenet1k": "ImageNet-1k", "imagenet": "ImageNet-1k"}
+
+
+def embedding_name(source: Path, model_name: str) -> str:
+    """"CLIP CIFAR-100" for a folder named like one of the paper's data sets, else a descriptive name."""
+    key = "".join(c for c in source.name.lower() if c not in "-_ .")
+    if key in PAPER_DATASETS:
+        return f"CLIP {PAPER_DATASETS[key]}"
+    return f"CLIP ({model_name}) embeddings of {source.name}"
 
 
 class ExtractionError(DataError):
@@ -68,6 +82,9 @@ def scan_image_folder(source: str | os.PathLike) -> tuple[list[str], ImageFolder
             images = _images_in(root / split / name)
             if not images:
                 raise ExtractionError(f"{root / split / name}: no images (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+            if split == "train" and len(images) < MIN_TRAIN_PER_CLASS:
+                raise ExtractionError(f"{root / split / name}: {len(images)} image; every class needs at least "
+                                      f"{MIN_TRAIN_PER_CLASS} training images")
             paths += images
             labels += [index[name]] * len(images)
         splits.append(ImageFolderSplit(paths, np.asarray(labels, dtype=np.int64)))
@@ -89,14 +106,20 @@ def _images_in(folder: Path) -> list[Path]:
 
 def check_images(paths: Sequence[Path], *, quiet: bool = True) -> None:
     """Open every image's header (cheap: pixels are not decoded); the first bad one raises with its name."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
-    for path in paths:
-        try:
-            with Image.open(path) as image:
-                image.size  # noqa: B018 (the header has been parsed)
-        except (OSError, UnidentifiedImageError, ValueError) as error:
-            raise ExtractionError(f"{path}: not a readable image ({error})") from None
+    from .encode import _progress
+
+    with _progress(quiet) as progress:
+        task = progress.add_task("checking images", total=len(paths)) if progress else None
+        for path in paths:
+            try:
+                with Image.open(path) as image:
+                    image.size  # noqa: B018 (the header has been parsed)
+            except Exception as error:  # PIL raises OSError, ValueError, DecompressionBombError, ...
+                raise ExtractionError(f"{path}: not a readable image ({error})") from None
+            if progress:
+                progress.advance(task)
 
 
 class ImageFiles(Sequence):
@@ -120,7 +143,7 @@ class ImageFiles(Sequence):
         try:
             with Image.open(path) as image:
                 return image.convert("RGB")
-        except (OSError, ValueError) as error:
+        except Exception as error:  # PIL raises OSError, ValueError, DecompressionBombError, ...
             raise ExtractionError(f"{path}: cannot decode image ({error})") from None
 
 
@@ -171,15 +194,35 @@ def load_clip(model: str | os.PathLike, device: torch.device) -> ClipImageEncode
     else:
         where = str(model)
     processor_class = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
+    # quiet loading: a full CLIP checkpoint's unused text tower is expected, and the progress shown is ours
+    verbosity, bars = transformers.logging.get_verbosity(), transformers.logging.is_progress_bar_enabled()
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
     try:
-        network = transformers.CLIPVisionModelWithProjection.from_pretrained(where)
+        config = transformers.AutoConfig.from_pretrained(where)
+        if isinstance(config, transformers.CLIPConfig):
+            # the vision tower of a full CLIP checkpoint: its projection width is the top-level one
+            vision = config.vision_config
+            vision.projection_dim = config.projection_dim
+        elif isinstance(config, transformers.CLIPVisionConfig):
+            vision = config
+        else:
+            raise ExtractionError(f"{where}: a {config.model_type!r} model, not CLIP (torchfpe embed uses CLIP's "
+                                  f"image tower)")
+        network = transformers.CLIPVisionModelWithProjection.from_pretrained(where, config=vision)
         processor = processor_class.from_pretrained(where)
-    except (OSError, ValueError, KeyError) as error:
+    except ExtractionError:
+        raise
+    except Exception as error:  # hub, file and format errors come in many types; all mean "cannot load"
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         if local.is_dir():
-            raise ExtractionError(f"{where}: cannot load a CLIP image model from this directory ({first})") from None
+            raise ExtractionError(f"{where}: cannot load a CLIP image model from this directory ({first})") from error
         raise ExtractionError(f"model {where!r} is not a local directory and could not be loaded from the Hugging Face "
-                              f"hub (unknown name, or no network) ({first})") from None
+                              f"hub (unknown name, or no network) ({first})") from error
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+        if bars:
+            transformers.logging.enable_progress_bar()
     network.eval().requires_grad_(False).to(device)
     return ClipImageEncoder(network, processor, device, f"CLIP image tower {where} (image_embeds)")
 
@@ -206,8 +249,15 @@ def extract_embeddings(
     batch_size: int = 64,
     device: str = "cpu",
     quiet: bool = False,
+    name: str | None = None,
 ) -> Path:
-    """CLIP image embeddings of ``source/train`` and ``source/test`` written to ``out`` (.npz); returns ``out``."""
+    """CLIP image embeddings of ``source/train`` and ``source/test`` written to ``out`` (.npz); returns ``out``.
+
+    ``name`` is the data set's name in reports; by default "CLIP <data set>" when the folder is named like
+    one of the paper's data sets (fashion-mnist, cifar100, imagenet100, imagenet1k), else a description.
+    """
+    if name is not None and (not isinstance(name, str) or not name.strip()):
+        raise ExtractionError(f"name must be a non-empty string; got {name!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ExtractionError(f"batch_size must be a positive int; got {batch_size!r}")
     out = Path(out)
@@ -220,7 +270,7 @@ def extract_embeddings(
     resolved_device = _check_device(device)
     classes, train, test = scan_image_folder(source)
     _import_transformers()
-    check_images(train.paths + test.paths)
+    check_images(train.paths + test.paths, quiet=quiet)
     encoder = load_clip(model, resolved_device)
     model_name = Path(str(model)).name if Path(str(model)).expanduser().is_dir() else str(model)
     return encode_to_file(
@@ -228,7 +278,7 @@ def extract_embeddings(
         LabelledImages(ImageFiles(train.paths), train.labels),
         LabelledImages(ImageFiles(test.paths), test.labels),
         classes, out,
-        name=f"CLIP {model_name} embeddings of {Path(source).resolve().name}",
+        name=name or embedding_name(Path(source).resolve(), model_name),
         note=f"{encoder.description} of the images in {Path(source).resolve()}",
         standin=False, batch_size=batch_size, quiet=quiet,
     )

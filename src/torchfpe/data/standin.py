@@ -9,8 +9,10 @@ learns from images alone. The file goes through the same path as CLIP extraction
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -72,18 +74,25 @@ def _pixels(images: torch.Tensor) -> torch.Tensor:
 
 def train_autoencoder(images: torch.Tensor, config: AutoencoderConfig, *, seed: int = 0) -> MLPAutoencoder:
     """Fit the autoencoder to reconstruct ``images`` (uint8, N x 28 x 28); labels are never seen."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = MLPAutoencoder(config.dim, config.hidden)
-        generator = torch.Generator().manual_seed(seed)
-        pixels = _pixels(images if config.train_images is None else images[: config.train_images])
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-        for _ in range(config.epochs):
-            for batch in torch.randperm(len(pixels), generator=generator).split(config.batch_size):
-                optimizer.zero_grad()
-                loss = nn.functional.binary_cross_entropy(model(pixels[batch]), pixels[batch])
-                loss.backward()
-                optimizer.step()
+    # Own generators, so the global RNG is untouched (and threads do not race on it): one for the
+    # initial weights (PyTorch's default nn.Linear initialisation, drawn in the same order), one for the
+    # batch order.
+    weights, order = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+    model = MLPAutoencoder(config.dim, config.hidden)
+    with torch.no_grad():
+        for layer in model.modules():
+            if isinstance(layer, nn.Linear):
+                nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=weights)
+                bound = 1 / math.sqrt(layer.in_features)
+                nn.init.uniform_(layer.bias, -bound, bound, generator=weights)
+    pixels = _pixels(images if config.train_images is None else images[: config.train_images])
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    for _ in range(config.epochs):
+        for batch in torch.randperm(len(pixels), generator=order).split(config.batch_size):
+            optimizer.zero_grad()
+            loss = nn.functional.binary_cross_entropy(model(pixels[batch]), pixels[batch])
+            loss.backward()
+            optimizer.step()
     model.eval().requires_grad_(False)
     return model
 
@@ -119,18 +128,42 @@ def fashion_mnist_ae(
     folder = Path(data_dir) if data_dir is not None else FASHION_MNIST_DIR
     path = cache_path(Path(cache_dir) if cache_dir is not None else default_cache_dir(), config, seed, folder)
     if not path.is_file():
-        images = load_fashion_mnist(folder)
-        model = train_autoencoder(images.x_train, config, seed=seed)
-        encoder = AutoencoderImageEncoder(model)
-        encode_to_file(
-            encoder,
-            LabelledImages(images.x_train, images.y_train.numpy()),
-            LabelledImages(images.x_test, images.y_test.numpy()),
-            images.class_names, path,
-            name=f"Fashion-MNIST autoencoder embeddings (stand-in for CLIP)",
-            note=(f"{config.dim}-d bottleneck of an MLP autoencoder trained without labels on "
-                  f"{config.train_images or len(images.x_train)} Fashion-MNIST training images "
-                  f"({config.epochs} epochs, seed {seed}), frozen; a stand-in for CLIP image embeddings"),
-            standin=True, batch_size=4096, quiet=quiet,
-        )
+        images = load_fashion_mnist(folder)  # validates (or says how to get the data) before anything is written
+        with _exclusive(path.with_suffix(".lock")):
+            if not path.is_file():  # another process may have built it while this one waited
+                _build(images, config, seed, path, quiet)
     return read_npz(path)
+
+
+def _build(images, config: AutoencoderConfig, seed: int, path: Path, quiet: bool) -> None:
+    model = train_autoencoder(images.x_train, config, seed=seed)
+    encoder = AutoencoderImageEncoder(model)
+    encode_to_file(
+        encoder,
+        LabelledImages(images.x_train, images.y_train.numpy()),
+        LabelledImages(images.x_test, images.y_test.numpy()),
+        images.class_names, path,
+        name="Fashion-MNIST autoencoder embeddings (stand-in for CLIP)",
+        note=(f"{config.dim}-d bottleneck of an MLP autoencoder trained without labels on "
+              f"{config.train_images or len(images.x_train)} Fashion-MNIST training images "
+              f"({config.epochs} epochs, seed {seed}), frozen; a stand-in for CLIP image embeddings"),
+        standin=True, batch_size=4096, quiet=quiet,
+    )
+
+
+@contextlib.contextmanager
+def _exclusive(lock: Path):
+    """One process builds a cache file while others wait (parallel workers asking for the stand-in at
+    once would each train it otherwise). An advisory lock, released by the OS if the process dies."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock; the atomic write still keeps the file whole
+        yield
+        return
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
