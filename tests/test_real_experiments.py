@@ -234,3 +234,14 @@ def test_correlation_variant_runs_in_heads_and_deep(embedding_file):
         assert [r["variant"] for r in records] == ["dense", "correlation"]
         assert records[0]["nonzero_parameters"] == records[1]["nonzero_parameters"]
         assert records[1]["hidden_units"] == 8
+
+
+def test_check_config_fails_on_bad_data_before_any_run(tmp_path, embedding_file):
+    from torchfpe.data import DataError
+
+    with pytest.raises(DataError, match="missing.npz"):
+        heads.check_config(heads.make_config(embeddings=str(tmp_path / "missing.npz")))
+    with pytest.raises(ValueError, match="classes=9"):
+        deep.check_config(deep.make_config(embeddings=embedding_file, classes=9))
+    with pytest.raises(DataError, match="Fashion-MNIST"):
+        cnn.check_config(cnn.make_config(data_dir=str(tmp_path / "nowhere")))

@@ -143,6 +143,11 @@ class CNNTask(protocol.Task):
 TASK = CNNTask()
 
 
+def check_config(config: CNNConfig) -> None:
+    """Load Fashion-MNIST before any run (missing or corrupt IDX files: ValueError naming the folder)."""
+    TASK.data(config)
+
+
 def run_batch(configs: Sequence[CNNConfig]) -> list[dict]:
     """Seeds one at a time (a CNN is not stacked); one record per (variant, seed)."""
     return protocol.run_batch(TASK, configs)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from . import protocol
-from .heads import TASK, HeadsConfig, _make
+from .heads import TASK, HeadsConfig, _make, check_config  # noqa: F401 - check_config re-exported
 
 
 @dataclass(frozen=True)

@@ -216,6 +216,11 @@ class HeadsTask(protocol.Task):
 TASK = HeadsTask()
 
 
+def check_config(config: HeadsConfig) -> None:
+    """Load the config's data before any run (a missing or bad file, too many classes: ValueError)."""
+    TASK.data(config)
+
+
 def run_batch(configs: Sequence[HeadsConfig]) -> list[dict]:
     """Train the seeds of one config as stacks; one record per (variant, seed)."""
     return protocol.run_batch(TASK, configs)
