@@ -23,9 +23,11 @@ What an experiment provides is a :class:`Task` (the contract):
 - ``record_extras(config, variant, model, data) -> dict``: fields added to each record.
 - ``fold_keys``: record fields whose variant / dense ratio is recorded as ``<key>_fold``.
 - ``wide_parent(config, scale)``: a wider dense model, only for ``wide<scale>`` variants.
+- ``eval_batch``: evaluate in chunks of this many examples (None: one pass).
 
 A config is a frozen dataclass with ``seed, alpha, bias, budget, dropconnect_p, warmup_epochs,
-epochs_after, variants``, ``settings() -> TrainSettings``, ``to_dict()`` and ``without_seed()``.
+epochs_after, variants``, ``settings() -> TrainSettings``, ``to_dict()`` and ``without_seed()``
+(:class:`ConfigMethods` provides the last three).
 
 :func:`run_batch` trains the seeds of one config as stacks (:mod:`torchfpe.batched`) where the
 models are plain MLPs, else one model at a time; :func:`run_single` is the one-model reference path
