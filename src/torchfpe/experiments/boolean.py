@@ -32,6 +32,8 @@ from ..train import TrainSettings
 from . import protocol
 
 VARIANTS = tuple(v for v in protocol.VARIANTS if v != "correlation")  # correlation: embedding heads only
+#: Splits that read the formula's clause map.
+CLAUSE_VARIANTS = ("clause",)
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -153,7 +155,7 @@ class BooleanTask(protocol.Task):
         return init_model(config)
 
     def expand_kwargs(self, config: BooleanConfig, variant: str, data: protocol.Data) -> dict:
-        return {"clauses": data.info if variant == "clause" else None}
+        return {"clauses": data.info if variant in CLAUSE_VARIANTS else None}
 
     def record_extras(self, config: BooleanConfig, variant: str, model: nn.Module, data: protocol.Data) -> dict:
         weight = metrics.hidden_weights(model)[0][1]

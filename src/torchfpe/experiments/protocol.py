@@ -130,8 +130,11 @@ class Task:
 
 # ------------------------------------------------------------------------------ the protocol's rules
 def phase(variant: str) -> int:
-    """0: the dense run; 1: expanded after the warm-up; 2: built at init, trained T1 + T2 epochs."""
-    return 0 if variant == "dense" else 1 if variant in AFTER_WARMUP else 2
+    """0: the dense run; 2: built at init and trained T1 + T2 epochs (static_sparse, wide<scale>);
+    1: every other variant, a split applied to the warmed-up model (so a new split needs no edit here)."""
+    if variant == "dense":
+        return 0
+    return 2 if variant == "static_sparse" or WIDE.match(variant) else 1
 
 
 def epochs(config, phase_: int) -> int:
