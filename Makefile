@@ -5,6 +5,8 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 # torch is pinned here (not in the library's requirements): the pinned CPU build installs offline-fast.
 TORCH_PIN ?= torch==2.13.0
+# extras: experiments (CLI, reports), embed, parquet, data, ray, test (see README)
+EXTRAS ?= test,ray,experiments,embed,parquet,data
 
 .PHONY: demo test install clean
 
@@ -12,7 +14,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_PIN)"
-	$(PY) -m pip install --quiet -e ".[test,ray]" "$(TORCH_PIN)"
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]" "$(TORCH_PIN)"
 	touch $(STAMP)
 
 install: $(STAMP)

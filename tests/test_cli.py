@@ -72,9 +72,9 @@ def test_sweep_file_with_process_pool(tmp_path):
 
 
 @pytest.mark.parametrize("args, words", [
-    (["reproduce", "boolean", "--study", "nope"], "unknown study"),
+    (["reproduce", "boolean", "--study", "nope"], "is not one of"),
     (["reproduce", "boolean", "--set", "clauses"], "key=value"),
-    (["reproduce", "boolean", "--set", "colour=red"], "unknown Boolean config"),
+    (["reproduce", "boolean", "--set", "colour=red"], "unknown boolean config field 'colour'"),
     (["reproduce", "boolean", "--set", "neurons=0"], "neurons"),
 ])
 def test_bad_arguments_fail_with_a_message(tmp_path, args, words):
@@ -84,10 +84,13 @@ def test_bad_arguments_fail_with_a_message(tmp_path, args, words):
 
 
 def test_set_values_are_read_as_config_values():
-    from torchfpe.cli import parse_sets
+    from torchfpe.api import parse_overrides
 
-    assert parse_sets(["encoding=01", "lr=5e-3", "neurons=[8, 16]", "batch_size=null", "variants=dense+random"]) == {
-        "encoding": "01", "lr": 0.005, "neurons": [8, 16], "batch_size": None, "variants": "dense+random"}
+    assert parse_overrides("boolean", ["encoding=01", "lr=5e-3", "neurons=[8, 16]", "batch_size=null",
+                                       "variants=dense+random", "n_vars=null", "alpha=4", "lr=1"]) == {
+        "encoding": "01", "lr": 1.0, "neurons": [8, 16], "batch_size": None, "variants": "dense+random",
+        "n_vars": None, "alpha": 4}
+    assert isinstance(parse_overrides("boolean", ["lr=1"])["lr"], float)
 
 
 def test_console_script_is_installed():

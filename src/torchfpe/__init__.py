@@ -14,7 +14,9 @@ from .core import (
     MaskedLinear,
     apply_masks_,
     expand,
+    find_ffn_pairs,
     find_hidden_pairs,
+    InvalidParameterError,
     load_expanded,
     nonzero_parameters,
 )
@@ -23,5 +25,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BIAS_POLICIES", "BUDGETS", "SPLITS", "DropConnectLinear", "ExpansionReport", "MaskedLinear",
-    "apply_masks_", "expand", "find_hidden_pairs", "load_expanded", "nonzero_parameters", "__version__",
+    "InvalidParameterError", "apply_masks_", "expand", "find_ffn_pairs", "find_hidden_pairs", "load_expanded", "nonzero_parameters", "__version__",
 ]

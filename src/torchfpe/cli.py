@@ -1,152 +1,157 @@
-"""The ``torchfpe`` command line: thin wrappers that parse, call and print."""
+"""The ``torchfpe`` command line: thin wrappers that parse, call :mod:`torchfpe.api` and print.
 
-from __future__ import annotations
+Exit codes: 0 success, 1 a runtime error (a result folder that cannot be used, a missing package, an
+incomplete report), 2 a usage error (a bad option, value, sweep file or output folder). A user's
+mistake is one line on stderr, never a traceback; ``--debug`` shows the traceback of any error.
+"""
 
-import datetime as _dt
-import shlex
-import sys
+import enum
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
+import click
 import typer
-import yaml
+
+from . import api
+from .core.validation import InvalidParameterError
+from .experiments.studies import GROUPS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Fixed Parameter Expansion: reproduce the paper's experiments, run sweeps, build reports.")
 reproduce_app = typer.Typer(no_args_is_help=True, help="Reproduce the paper's experiments.")
 app.add_typer(reproduce_app, name="reproduce")
 
-BackendOption = typer.Option("process", "--backend", help="local (in this process), process (a pool, one "
-                             "thread per process) or ray")
+BACKEND_CHOICES = ("local", "process", "ray")  # torchfpe.sweep.BACKENDS, without importing the sweep stack
+#: Which extra installs a missing module (the CLI names it instead of showing a traceback).
+EXTRA_OF = {"ray": "ray", "transformers": "embed", "PIL": "embed", "pyarrow": "parquet", "mnist1d": "data",
+            "sklearn": "data"}
 
 
-def parse_value(raw: str):
-    """A ``--set`` value: YAML (ints, floats, null, [lists]), with two fixes for config values.
-
-    ``01`` stays the string "01" (an encoding name, not the number 1), and ``5e-3`` becomes a float
-    (YAML 1.1 reads exponents without a dot as strings).
-    """
-    text = raw.strip()
-    if len(text) > 1 and text.isdigit() and text.startswith("0"):
-        return text
-    value = yaml.safe_load(text) if text else ""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
+Backend = enum.Enum("Backend", {name: name for name in BACKEND_CHOICES}, type=str)
 
 
-def parse_sets(values: list[str]) -> dict:
-    """``key=value`` pairs, each value read by :func:`parse_value`."""
-    parsed = {}
-    for item in values:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise typer.BadParameter(f"--set expects key=value, got {item!r}")
-        parsed[key.strip()] = parse_value(raw)
-    return parsed
+def backend_option():
+    return typer.Option(Backend.process.value, "--backend",
+                        help="local (in this process), process (a pool, one thread per process) or ray")
 
 
-def _fail(message: str) -> None:
+def workers_option():
+    return typer.Option(None, "--workers", min=1, help="processes for --backend process (default: all cores)")
+
+
+def address_option():
+    return typer.Option(None, "--address", help="Ray cluster address for --backend ray (e.g. auto); without it Ray "
+                        "starts locally")
+
+
+def quiet_option():
+    return typer.Option(False, "--quiet", help="no progress bar")
+
+
+def debug_option():
+    return typer.Option(False, "--debug", help="show the traceback of an error")
+
+
+def _fail(message: str, code: int) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
+    raise typer.Exit(code)
 
 
-def run_study_into(out: Path, meta: dict, experiment: str, config_dicts: list[dict], *, backend: str,
-                   workers: Optional[int], address: Optional[str], quiet: bool) -> Path:
-    """Run the jobs through the store in ``out`` and write the report; returns the report's path.
+def _handled(debug: bool, call: Callable[[], None]) -> None:
+    """Run ``call``; turn errors into one line and an exit code (a traceback only with ``--debug``)."""
+    from .sweep import StoreError
 
-    ``meta`` names the study and its ``axes``; the command line, date and data note are added here.
-    """
-    from .experiments.studies import DATASET_NOTE
-    from .sweep import BACKENDS, ResultStore, StoreError, execute, make_jobs
-
-    if backend not in BACKENDS:
-        _fail(f"unknown backend {backend!r}; allowed: {', '.join(BACKENDS)}")
     try:
-        jobs = make_jobs(experiment, config_dicts)
-    except (TypeError, ValueError) as error:
-        _fail(str(error))
-    store = ResultStore(out)
-    axes = meta.pop("axes")
-    meta = {
-        **meta, "axis": axes[0] if len(axes) == 1 else (axes or None),
-        "command": " ".join(["torchfpe", *map(shlex.quote, sys.argv[1:])]),
-        "date": _dt.date.today().isoformat(), "dataset_note": meta.get("dataset_note", DATASET_NOTE),
-        "experiment": experiment, "keys": [job.key for job in jobs],
-    }
-    try:
-        store.write_meta(meta)
-        summary = execute(jobs, store, backend=backend, workers=workers, address=address, quiet=quiet,
-                          description=meta["study"])
-    except (StoreError, ImportError, ValueError) as error:
-        _fail(str(error))
-    if not quiet:
-        typer.echo(f"{summary['done']} runs done, {summary['skipped']} already in {out}")
-    return build_report(out)
+        call()
+    except (typer.Exit, click.exceptions.Exit, click.ClickException):
+        raise
+    except InvalidParameterError as error:
+        if debug:
+            raise
+        _fail(str(error), 2)
+    except (StoreError, api.IncompleteResultsError) as error:
+        if debug:
+            raise
+        _fail(str(error), 1)
+    except ModuleNotFoundError as error:
+        if debug:
+            raise
+        top = (error.name or "").split(".")[0]
+        extra = EXTRA_OF.get(top, "experiments")
+        _fail(f"missing Python package {top!r}: pip install 'torchfpe[{extra}]'", 1)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        _fail("interrupted; finished runs are kept in the store: re-run the same command to complete the rest", 130)
+    except SystemExit:
+        raise
+    except Exception as error:  # noqa: BLE001 - one line; --debug for the traceback
+        if debug:
+            raise
+        if type(error).__module__.startswith("torchfpe."):  # our own errors are written for the user
+            _fail(str(error), 1)
+        _fail(f"{type(error).__name__}: {error} (re-run with --debug for the traceback)", 1)
 
 
-def build_report(out: Path) -> Path:
-    from .report import write_report
-    from .sweep import ResultStore
+# ------------------------------------------------------------------------------------------ reproduce
+def _make_reproduce(group: str, studies: dict) -> Callable:
+    names = list(studies)
+    default = "headline" if "headline" in names else names[0]
+    Study = enum.Enum(f"{group.title()}Study", {name: name for name in names}, type=str)  # --help lists them
 
-    store = ResultStore(out)
-    meta = store.read_meta()
-    keys = set(meta.get("keys") or store.keys())
-    records = [record for run in store.all_runs() if run["key"] in keys for record in run["records"]]
-    return write_report(out, meta, records)
+    def reproduce(
+        study: Study = typer.Option(default, "--study", help="which study of the group"),
+        seeds: Optional[int] = typer.Option(None, "--seeds", min=1, max=api.MAX_SEEDS,
+                                            help="seeds 0..N-1 per config (default: the study's)"),
+        out: Optional[Path] = typer.Option(None, "--out", help=f"result folder (default runs/{group}-<study>); "
+                                           "re-running with the same folder completes only the missing runs"),
+        set_: list[str] = typer.Option([], "--set", help="override a config field, read by its type, e.g. --set "
+                                       "clauses=12 (a swept field takes a list: --set 'neurons=[8,16]')"),
+        embeddings: Optional[Path] = typer.Option(None, "--embeddings", help="embedding file (.npz/.parquet) for "
+                                                  "experiments that read one (config field 'embeddings')"),
+        data: Optional[Path] = typer.Option(None, "--data", help="data folder for experiments that read one "
+                                            "(config field 'data_dir')"),
+        backend: Backend = backend_option(),
+        workers: Optional[int] = workers_option(),
+        address: Optional[str] = address_option(),
+        quiet: bool = quiet_option(),
+        debug: bool = debug_option(),
+    ) -> None:
+        def call() -> None:
+            experiment = studies[study.value].experiment
+            overrides = api.parse_overrides(experiment, set_)
+            for name, value in (("embeddings", embeddings), ("data_dir", data)):
+                if value is not None:
+                    if name not in api.config_fields(experiment):
+                        option = "--embeddings" if name == "embeddings" else "--data"
+                        raise InvalidParameterError(f"{option} does not apply to study {study.value!r}: the {experiment} "
+                                                    f"experiment's config has no {name!r} field")
+                    overrides[name] = str(value)
+            report = api.run_study(group, study.value, seeds=seeds, overrides=overrides, out=out, backend=backend.value,
+                                   workers=workers, address=address, quiet=quiet, command=api.cli_command())
+            typer.echo(f"report: {report}")
 
+        _handled(debug, call)
 
-@reproduce_app.command("boolean")
-def reproduce_boolean(
-    study: str = typer.Option("headline", help="headline | neurons | clauses | alpha | metrics | data | theory"),
-    seeds: Optional[int] = typer.Option(None, help="seeds 0..N-1 per config (default: the study's, 10 for headline)"),
-    out: Optional[Path] = typer.Option(None, help="result folder (default runs/boolean-<study>); re-running "
-                                       "with the same folder completes only the missing runs"),
-    set_: list[str] = typer.Option([], "--set", help="override a config field, e.g. --set clauses=12 "
-                                   "(a swept field takes a list: --set 'neurons=[8,16]')"),
-    backend: str = BackendOption,
-    workers: Optional[int] = typer.Option(None, help="processes for --backend process (default: all cores)"),
-    address: Optional[str] = typer.Option(None, help="Ray cluster address for --backend ray (e.g. auto)"),
-    quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
-) -> None:
-    """Reproduce the paper's Boolean DNF results (default: the headline, m = h = 8, alpha = 2)."""
-    from .experiments.studies import STUDIES, study_configs
-
-    if study not in STUDIES:
-        _fail(f"unknown study {study!r}; choose from {', '.join(STUDIES)}")
-    chosen = STUDIES[study]
-    seeds = seeds if seeds is not None else chosen.default_seeds
-    try:
-        overrides = parse_sets(set_)
-        config_dicts = study_configs(chosen, seeds, overrides)
-        base = _base_config(chosen.experiment, config_dicts[0])
-    except (ValueError, TypeError, typer.BadParameter) as error:
-        _fail(str(error))
-    out = out or Path("runs") / f"boolean-{study}"
-    meta = {"study": study, "axes": list(chosen.axes), "seeds": seeds, "base": base, "overrides": overrides,
-            "description": chosen.description, "group": chosen.group, **chosen.meta}
-    report = run_study_into(out, meta, chosen.experiment, config_dicts, backend=backend, workers=workers,
-                            address=address, quiet=quiet)
-    typer.echo(f"report: {report}")
-
-
-def _base_config(experiment: str, config: dict) -> dict:
-    from .sweep.runner import experiment_module
-
-    return experiment_module(experiment).make_config(**config).to_dict()
+    descriptions = "; ".join(f"{name}: {s.description}" for name, s in studies.items())
+    reproduce.__doc__ = f"Reproduce the paper's {group} results (default study: {default}).\n\n\b\n{descriptions}"
+    return reproduce
 
 
+for _group, _studies in GROUPS.items():
+    reproduce_app.command(_group)(_make_reproduce(_group, _studies))
+
+
+# -------------------------------------------------------------------------------------------- sweep
 @app.command()
 def sweep(
-    sweep_file: Path = typer.Argument(..., exists=True, dir_okay=False, help="YAML: experiment, grid, base, seeds"),
+    sweep_file: Path = typer.Argument(..., help="YAML: experiment, study, grid, base, seeds"),
     out: Optional[Path] = typer.Option(None, help="result folder (default runs/<sweep file name>)"),
-    backend: str = BackendOption,
-    workers: Optional[int] = typer.Option(None, help="processes for --backend process (default: all cores)"),
-    address: Optional[str] = typer.Option(None, help="Ray cluster address (e.g. auto); without it Ray starts locally"),
-    quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+    backend: Backend = backend_option(),
+    workers: Optional[int] = workers_option(),
+    address: Optional[str] = address_option(),
+    quiet: bool = quiet_option(),
+    debug: bool = debug_option(),
 ) -> None:
     """Run a sweep file: every combination of its grid × seeds, resumably, then write its report.
 
@@ -157,52 +162,65 @@ def sweep(
     base: {clauses: 8}         # fields fixed
     seeds: 10                  # seeds 0..9, or a list [0, 3, 7]
     """
-    from .experiments.studies import STUDIES, grid_configs
+    def call() -> None:
+        report = api.run_sweep_file(sweep_file, out=out, backend=backend.value, workers=workers, address=address,
+                                    quiet=quiet, command=api.cli_command())
+        typer.echo(f"report: {report}")
 
-    try:
-        spec = yaml.safe_load(sweep_file.read_text()) or {}
-    except yaml.YAMLError as error:
-        _fail(f"{sweep_file} is not valid YAML: {error}")
-    if not isinstance(spec, dict):
-        _fail(f"{sweep_file} must hold a mapping with keys experiment, grid, base, seeds")
-    unknown = set(spec) - {"experiment", "study", "grid", "base", "seeds", "name"}
-    if unknown:
-        _fail(f"{sweep_file}: unknown key(s) {sorted(unknown)}; allowed: experiment, study, grid, base, seeds, name")
-    experiment = spec.get("experiment", "boolean")
-    grid = spec.get("grid") or {}
-    base = spec.get("base") or {}
-    seeds = spec.get("seeds", 1)
-    seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
-    if not isinstance(grid, dict) or not isinstance(base, dict) or not seed_list:
-        _fail("grid and base must be mappings and seeds an int >= 1 or a non-empty list")
-    names = list(grid)
-    axes = {n: grid[n] if isinstance(grid[n], list) else [grid[n]] for n in names}
-    config_dicts = grid_configs(axes, base, seed_list)
-    if experiment == "theory":
-        study = "theory"
-    else:
-        study = spec.get("study") or ("headline" if not names else "metrics" if len(names) > 1 else names[0])
-    if study not in STUDIES:
-        study = "metrics"  # any other single swept field gets the per-cell tables
-    out = out or Path("runs") / sweep_file.stem
-    meta = {"study": study, "axes": names, "seeds": len(seed_list), "base": base, "grid": grid,
-            "name": spec.get("name", sweep_file.stem)}
-    report = run_study_into(out, meta, experiment, config_dicts, backend=backend, workers=workers,
-                            address=address, quiet=quiet)
-    typer.echo(f"report: {report}")
+    _handled(debug, call)
 
 
+# ------------------------------------------------------------------------------------------- report
 @app.command()
-def report(out: Path = typer.Argument(..., help="a result folder written by reproduce or sweep")) -> None:
-    """Rebuild records.csv, report.md and the figures from the result store alone."""
-    from .sweep import StoreError
+def report(
+    out: Path = typer.Argument(..., help="a result folder written by reproduce or sweep"),
+    debug: bool = debug_option(),
+) -> None:
+    """Rebuild records.csv, report.md and the figures from the result store alone (exit 1 if runs are missing)."""
+    def call() -> None:
+        try:
+            path = api.build_report(out, strict=True)
+        except api.IncompleteResultsError as error:
+            typer.echo(f"report: {error.report}")
+            raise
+        typer.echo(f"report: {path}")
 
-    try:
-        path = build_report(out)
-    except StoreError as error:
-        _fail(str(error))
-    typer.echo(f"report: {path}")
+    _handled(debug, call)
+
+
+# -------------------------------------------------------------------------------------------- embed
+@app.command()
+def embed(
+    source: str = typer.Argument(..., help="an image data set (name or folder) to embed"),
+    model: str = typer.Option(..., "--model", help="a model name or a local model folder (e.g. a CLIP checkpoint)"),
+    out: Path = typer.Option(..., "--out", help="the embedding file to write (.npz)"),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="images per forward pass"),
+    device: str = typer.Option("cpu", "--device", help="torch device, e.g. cpu or cuda"),
+    quiet: bool = quiet_option(),
+    debug: bool = debug_option(),
+) -> None:
+    """Embed images with a frozen image model into an .npz file for the embedding-classifier experiments."""
+    def call() -> None:
+        if out.suffix != ".npz":
+            raise InvalidParameterError(f"--out must name an .npz file; got {str(out)!r}")
+        if out.exists() and out.is_dir():
+            raise InvalidParameterError(f"--out {str(out)!r} is a folder; name an .npz file")
+        try:
+            from .data.extract import extract_embeddings
+        except ImportError as error:
+            if getattr(error, "name", None) in ("torchfpe.data.extract", None) or "extract_embeddings" in str(error):
+                _fail("this torchfpe has no embedding extraction yet "
+                      "(torchfpe.data.extract.extract_embeddings is missing)", 1)
+            raise
+        path = extract_embeddings(source, model, out, batch_size=batch_size, device=device, quiet=quiet)
+        typer.echo(f"embeddings: {path}")
+
+    _handled(debug, call)
+
+
+def main() -> None:  # pragma: no cover - the console script
+    app()
 
 
 if __name__ == "__main__":  # pragma: no cover
-    app()
+    main()

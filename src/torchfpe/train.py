@@ -28,14 +28,13 @@ class TrainSettings:
     batch_size: int | None = None  # None: full batch
 
     def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1 or None (full batch), got {self.batch_size}")
+        from .core.validation import Interval, Options, validate_dataclass
+
+        validate_dataclass(self, {
+            "optimizer": [Options(OPTIMIZERS)], "lr": [Interval(float, 0.0, None, closed="neither")],
+            "weight_decay": [Interval(float, 0.0)], "momentum": [Interval(float, 0.0)],
+            "batch_size": [Interval(int, 1), None],
+        }, "TrainSettings")
 
 
 def make_optimizer(parameters, settings: TrainSettings) -> torch.optim.Optimizer:

@@ -10,15 +10,20 @@ the smallest-magnitude weights until the model's non-zero count equals its paren
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.lazy import LazyModuleMixin
+from torch.nn.parameter import UninitializedParameter
 
 from .budget import BUDGETS, nonzero_parameters, prune_smallest_
 from .masked import DropConnectLinear, MaskedLinear
 from .splits import SPLITS, SplitContext, child_masks
+from .targets import as_linear, features, is_conv1d, is_expandable
+from .validation import SEED, Interval, InvalidParameterError, Options, Sequences, check_param, invalid
 
 BIAS_POLICIES = ("copy", "divide", "zero")
 
@@ -46,6 +51,7 @@ class LayerChange:
     nonzero_before: int
     nonzero_split: int  # after splitting/copying, before the budget
     nonzero_after: int
+    frozen: bool = False  # the parent layer had requires_grad=False; the expanded layer keeps it
 
 
 @dataclass
@@ -88,6 +94,9 @@ class ExpansionReport:
         line = lambda row: "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()  # noqa: E731
         title = (f"FPE alpha={self.alpha} split={self.split} budget={self.budget} bias={self.bias} "
                  f"seed={self.seed} excess={self.excess}")
+        frozen = [c.name for c in self.layers if c.frozen]
+        if frozen:
+            title += f" frozen={','.join(frozen)}"
         return "\n".join([title, line(header), line(["-" * w for w in widths]), *map(line, body)])
 
 
@@ -126,83 +135,146 @@ def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
 
 
 # ------------------------------------------------------------------------------------ validation
-def _check_alpha(alpha: object) -> int:
-    if isinstance(alpha, bool) or not isinstance(alpha, int):
-        if isinstance(alpha, float) and alpha.is_integer():
-            raise TypeError(f"alpha must be an int (got float {alpha!r}; pass {int(alpha)})")
-        raise TypeError(f"alpha must be an int >= 2, got {type(alpha).__name__} {alpha!r}")
-    if alpha < 2:
-        raise ValueError(f"alpha must be an int >= 2, got {alpha}")
-    return alpha
+#: Each parameter of ``expand`` and its constraint, declared once (see :mod:`torchfpe.core.validation`).
+EXPAND_PARAMETERS = {
+    "model": [nn.Module],
+    "alpha": [Interval(int, 2)],
+    "seed": [SEED, None],
+    "layers": [Sequences((str,), 1, "layer path"), None],
+    "bias": [Options(BIAS_POLICIES)],
+    "budget": [Options(BUDGETS)],
+    "dropconnect_p": [Interval(float, 0.0, 1.0, closed="left"), None],
+    "return_report": [bool],
+}
 
 
-def _resolve_pairs(model: nn.Module, pairs, layers) -> list[tuple[str, str]]:
+def _resolve_pairs(model: nn.Module, pairs, layers) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """(incoming, outgoing) pairs and the gated companions ``{up: gate}`` split like their leader."""
+    companions: dict[str, str] = {}
     if pairs is None:
         if not isinstance(model, nn.Sequential):
-            raise TypeError(
+            raise InvalidParameterError(
                 f"expand() finds hidden layers itself only in nn.Sequential; for {type(model).__name__} pass "
-                "pairs=[('incoming.module.path', 'outgoing.module.path'), ...]"
+                "pairs=[('incoming.module.path', 'outgoing.module.path'), ...] "
+                "(torchfpe.find_ffn_pairs(model) finds transformer FFN blocks)"
             )
         pairs = find_hidden_pairs(model)
         if layers is not None:
             known = [incoming for incoming, _ in pairs]
             unknown = [name for name in layers if name not in known]
             if unknown:
-                raise ValueError(f"layers={unknown!r} are not hidden layers of this model; hidden layers: {known}")
+                raise InvalidParameterError(f"layers={unknown!r} are not hidden layers of this model; hidden layers: {known}")
             pairs = [pair for pair in pairs if pair[0] in set(layers)]
     else:
         if layers is not None:
-            raise ValueError("pass either pairs= or layers=, not both (pairs already selects the layers)")
+            raise InvalidParameterError("pass either pairs= or layers=, not both (pairs already selects the layers)")
         if isinstance(pairs, (str, bytes)) or not isinstance(pairs, Sequence):
-            raise TypeError("pairs must be a list of (incoming, outgoing) module-path tuples")
-        pairs = list(pairs)
-        for pair in pairs:
-            if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
-                raise TypeError(f"each entry of pairs must be a (incoming, outgoing) tuple of module paths, got {pair!r}")
-        pairs = [tuple(pair) for pair in pairs]
+            raise InvalidParameterError("the 'pairs' parameter of expand must be a list of (incoming, outgoing) "
+                                        f"or (gate, up, down) module-path tuples; got {pairs!r}")
+        entries = list(pairs)
+        pairs = []
+        for entry in entries:
+            if not (isinstance(entry, (tuple, list)) and len(entry) in (2, 3) and all(isinstance(p, str) for p in entry)):
+                raise InvalidParameterError(
+                    f"each entry of pairs must be an (incoming, outgoing) or (gate, up, down) tuple of module "
+                    f"paths, got {entry!r}")
+            if len(entry) == 3:
+                gate, up, down = entry
+                if up == gate:
+                    raise InvalidParameterError(f"gated entry {tuple(entry)!r} names one layer twice")
+                companions[up] = gate
+                pairs.append((gate, down))
+            else:
+                pairs.append(tuple(entry))
     if not pairs:
-        raise ValueError("the model has no hidden layer to expand: no nn.Linear feeds another nn.Linear "
-                         "through element-wise modules only (pass pairs=... to name them)")
+        raise InvalidParameterError("the model has no hidden layer to expand: no nn.Linear feeds another nn.Linear "
+                                    "through element-wise modules only (pass pairs=... to name them)")
     incoming_seen, outgoing_seen = set(), set()
+
+    def layer(name: str) -> nn.Module:
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            raise InvalidParameterError(f"pairs names {name!r}, which is not a submodule of the model") from None
+        if not is_expandable(module):
+            raise InvalidParameterError(f"pairs names {name!r}, a {type(module).__name__}; only nn.Linear layers "
+                                        "(and GPT-2 Conv1D) can be expanded")
+        _check_materialised(name, module)
+        return module
+
     for incoming, outgoing in pairs:
-        modules = []
-        for name in (incoming, outgoing):
-            try:
-                module = model.get_submodule(name)
-            except AttributeError:
-                raise ValueError(f"pairs names {name!r}, which is not a submodule of the model") from None
-            if not isinstance(module, nn.Linear):
-                raise TypeError(f"pairs names {name!r}, a {type(module).__name__}; only nn.Linear layers can be expanded")
-            modules.append(module)
+        modules = [layer(incoming), layer(outgoing)]
         if incoming == outgoing:
-            raise ValueError(f"pair ({incoming!r}, {outgoing!r}) names one layer twice")
-        if modules[0].out_features != modules[1].in_features:
-            raise ValueError(
-                f"pair ({incoming!r}, {outgoing!r}) does not chain: {incoming} has {modules[0].out_features} "
-                f"outputs but {outgoing} has {modules[1].in_features} inputs"
+            raise InvalidParameterError(f"pair ({incoming!r}, {outgoing!r}) names one layer twice")
+        if features(modules[0])[1] != features(modules[1])[0]:
+            raise InvalidParameterError(
+                f"pair ({incoming!r}, {outgoing!r}) does not chain: {incoming} has {features(modules[0])[1]} "
+                f"outputs but {outgoing} has {features(modules[1])[0]} inputs"
             )
         if incoming in incoming_seen or outgoing in outgoing_seen:
-            raise ValueError(f"pair ({incoming!r}, {outgoing!r}) reuses a layer already in another pair's same role")
+            raise InvalidParameterError(f"pair ({incoming!r}, {outgoing!r}) reuses a layer already in another pair's same role")
         incoming_seen.add(incoming)
         outgoing_seen.add(outgoing)
-    return pairs
+    for up, gate in companions.items():
+        if features(layer(up)) != features(model.get_submodule(gate)):
+            raise InvalidParameterError(
+                f"gated layers {gate!r} and {up!r} must have the same shape to be split together; got "
+                f"{features(model.get_submodule(gate))} and {features(layer(up))} (in, out) features")
+        if up in incoming_seen or up in outgoing_seen:
+            raise InvalidParameterError(f"layer {up!r} is both a gated companion and in another pair")
+    return pairs, companions
+
+
+def _check_materialised(name: str, module: nn.Module) -> None:
+    """Refuse layers whose weights do not exist yet (LazyLinear) or hold no data (meta device)."""
+    if isinstance(module, LazyModuleMixin) or any(isinstance(p, UninitializedParameter) for p in module.parameters()):
+        raise InvalidParameterError(f"layer {name!r} is an uninitialised lazy layer ({type(module).__name__}); "
+                                    "run one forward pass (or load its weights) before expand")
+    if any(p.is_meta for p in module.parameters(recurse=False)):
+        raise InvalidParameterError(f"layer {name!r} is on the meta device (no weight values); load or "
+                                    "materialise its weights (e.g. model.to_empty(...) and load_state_dict) before expand")
+
+
+def _check_not_shared(model: nn.Module, touched: Sequence[str]) -> None:
+    """A layer used at two places (tied) would be split at one and not the other: refuse it."""
+    paths: dict[int, list[str]] = {}
+    for path, module in model.named_modules(remove_duplicate=False):
+        paths.setdefault(id(module), []).append(path)
+    owners: dict[int, list[str]] = {}
+    for path, module in model.named_modules(remove_duplicate=False):
+        for pname, param in module.named_parameters(recurse=False, remove_duplicate=False):
+            owners.setdefault(id(param), []).append(f"{path}.{pname}" if path else pname)
+    for name in touched:
+        module = model.get_submodule(name)
+        others = [p for p in paths[id(module)] if p != name]
+        if others:
+            raise InvalidParameterError(
+                f"layer {name!r} is shared: the same module is also used as {others[0]!r}; expand cannot "
+                "split a layer used at two places (give each place its own copy first)")
+        for pname, param in module.named_parameters(recurse=False):
+            here = f"{name}.{pname}"
+            others = [p for p in owners[id(param)] if p != here and not p.startswith(f"{name}.")]
+            if others:
+                raise InvalidParameterError(
+                    f"layer {name!r} shares its {pname} with {others[0]!r} (tied weights); expand cannot split "
+                    "tied layers (untie them first)")
 
 
 def _resolve_splits(split, incoming_names: list[str]) -> dict[str, SplitSpec]:
     def check(spec, where: str):
         if isinstance(spec, str):
             if spec not in SPLITS:
-                raise ValueError(f"{where}: unknown split {spec!r}; allowed: {', '.join(SPLITS)}, "
+                raise InvalidParameterError(f"{where}: unknown split {spec!r}; allowed: {', '.join(SPLITS)}, "
                                  "a tensor of child ids, or a callable")
         elif not (isinstance(spec, Tensor) or callable(spec)):
-            raise TypeError(f"{where}: split must be a name, a tensor of child ids or a callable, got {type(spec).__name__}")
+            raise InvalidParameterError(f"{where}: split must be a name, a tensor of child ids or a callable, got {type(spec).__name__}")
         return spec
 
     if isinstance(split, Mapping):
         missing = [name for name in incoming_names if name not in split]
         extra = [name for name in split if name not in incoming_names]
         if missing or extra:
-            raise ValueError(f"split mapping must name exactly the expanded layers {incoming_names}; "
+            raise InvalidParameterError(f"split mapping must name exactly the expanded layers {incoming_names}; "
                              f"missing {missing}, unknown {extra}")
         specs = {name: check(split[name], f"split[{name!r}]") for name in incoming_names}
     else:
@@ -210,29 +282,29 @@ def _resolve_splits(split, incoming_names: list[str]) -> dict[str, SplitSpec]:
     for control in ("dropconnect", "static_sparse"):
         uses = [isinstance(spec, str) and spec == control for spec in specs.values()]
         if any(uses) and not all(uses):
-            raise ValueError(f"split={control!r} applies to the whole model; it cannot be mixed with other splits")
+            raise InvalidParameterError(f"split={control!r} applies to the whole model; it cannot be mixed with other splits")
     return specs
 
 
 def _check_clauses(clauses, fan_ins: dict[str, int]) -> list[list[int]]:
     if clauses is None:
-        raise ValueError("split='clause' needs clauses=[[input indices of clause 0], [of clause 1], ...]")
+        raise InvalidParameterError("split='clause' needs clauses=[[input indices of clause 0], [of clause 1], ...]")
     if isinstance(clauses, Tensor):
         clauses = clauses.tolist()
     if not isinstance(clauses, Sequence) or len(clauses) == 0:
-        raise ValueError("clauses must be a non-empty list of lists of input indices")
+        raise InvalidParameterError("clauses must be a non-empty list of lists of input indices")
     checked = []
     for index, clause in enumerate(clauses):
         if isinstance(clause, Tensor):
             clause = clause.tolist()
         if not isinstance(clause, Sequence) or len(clause) == 0:
-            raise ValueError(f"clauses[{index}] is empty; every clause needs at least one input index")
+            raise InvalidParameterError(f"clauses[{index}] is empty; every clause needs at least one input index")
         for j in clause:
             if isinstance(j, bool) or not isinstance(j, int):
-                raise TypeError(f"clauses[{index}] holds {j!r}; input indices must be ints")
+                raise InvalidParameterError(f"clauses[{index}] holds {j!r}; input indices must be ints")
             for layer, fan_in in fan_ins.items():
                 if not 0 <= j < fan_in:
-                    raise ValueError(f"clauses[{index}] holds input index {j}, out of range for layer "
+                    raise InvalidParameterError(f"clauses[{index}] holds input index {j}, out of range for layer "
                                      f"{layer!r} with {fan_in} inputs (allowed 0..{fan_in - 1})")
         checked.append(sorted(set(clause)))
     return checked
@@ -298,34 +370,31 @@ def expand(
         dropconnect_p: drop probability for ``split="dropconnect"`` (default ``1 - 1/alpha``).
         return_report: also return an :class:`ExpansionReport`.
     """
-    alpha = _check_alpha(alpha)
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if bias not in BIAS_POLICIES:
-        raise ValueError(f"unknown bias policy {bias!r}; allowed: {', '.join(BIAS_POLICIES)}")
-    if budget not in BUDGETS:
-        raise ValueError(f"unknown budget policy {budget!r}; allowed: {', '.join(BUDGETS)}")
-    if dropconnect_p is not None and not 0.0 <= dropconnect_p < 1.0:
-        raise ValueError(f"dropconnect_p must be in [0, 1), got {dropconnect_p!r}")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
-    pairs = _resolve_pairs(model, pairs, layers)
+    params = dict(model=model, alpha=alpha, seed=seed, layers=layers, bias=bias, budget=budget,
+                  dropconnect_p=dropconnect_p, return_report=return_report)
+    for name, allowed in EXPAND_PARAMETERS.items():
+        check_param(name, params[name], allowed, "expand")
+    pairs, companions = _resolve_pairs(model, pairs, layers)
     incoming_names = [incoming for incoming, _ in pairs]
     specs = _resolve_splits(split, incoming_names)
+    leader_of = {**{name: name for name in incoming_names}, **companions}
 
-    fan_in = {name: model.get_submodule(name).in_features for name in incoming_names}
+    fan_in = {name: features(model.get_submodule(name))[0] for name in incoming_names}
     smallest = min(fan_in.values())
     if alpha > smallest:
         layer = min(fan_in, key=fan_in.get)
-        raise ValueError(f"alpha={alpha} exceeds the fan-in {smallest} of layer {layer!r}; allowed 2..{smallest}")
+        raise invalid("alpha", "expand", f"an int in [2, {smallest}] (at most the fan-in {smallest} of layer "
+                      f"{layer!r})", alpha)
 
     touched: list[str] = []
     for incoming, outgoing in pairs:
-        touched.extend(name for name in (incoming, outgoing) if name not in touched)
+        group = [incoming, *[up for up, gate in companions.items() if gate == incoming], outgoing]
+        touched.extend(name for name in group if name not in touched)
+    _check_not_shared(model, touched)
     for name in touched:
         for pname, param in model.get_submodule(name).named_parameters(recurse=False):
             if not torch.isfinite(param.detach()).all():
-                raise ValueError(f"layer {name!r} has NaN or inf in its {pname}; expand needs finite weights")
+                raise InvalidParameterError(f"layer {name!r} has NaN or inf in its {pname}; expand needs finite weights")
 
     clause_layers = {name: fan_in[name] for name, spec in specs.items() if isinstance(spec, str) and spec == "clause"}
     checked_clauses = _check_clauses(clauses, clause_layers) if clause_layers else None
@@ -337,27 +406,30 @@ def expand(
     report = ExpansionReport(alpha=alpha, split=split_label, budget=budget, bias=bias, seed=seed)
     report.model_nonzero_before = nonzero_parameters(model)
     expanded = copy.deepcopy(model)
+    source = _linearised(model, touched)  # GPT-2 Conv1D read as nn.Linear (weights transposed)
 
     if all(isinstance(spec, str) and spec == "dropconnect" for spec in specs.values()):
         p = 1.0 - 1.0 / alpha if dropconnect_p is None else dropconnect_p
-        for name in incoming_names:
-            module = model.get_submodule(name)
+        for name in leader_of:
+            module = source.get_submodule(name)
             weight, bias_t, weight_mask, bias_mask = _effective(module)
             layer = DropConnectLinear.from_tensors(weight, bias_t, weight_mask, bias_mask)
             layer.p = p
             layer.train(module.training)
+            frozen = _keep_requires_grad(module, layer)
             _set_submodule(expanded, name, layer)
             count = _layer_nonzero(weight, bias_t)
             shape = tuple(weight.shape)
-            report.layers.append(LayerChange(name, "in", shape, shape, count, count, count))
+            report.layers.append(LayerChange(name, "in", shape, shape, count, count, count, frozen=frozen))
         report.model_nonzero_after = nonzero_parameters(expanded)
         return (expanded, report) if return_report else expanded
 
-    row_factor = {name: alpha for name in incoming_names}
+    row_factor = {name: alpha for name in leader_of}
     col_factor = {outgoing: alpha for _, outgoing in pairs}
     state: dict[str, dict] = {}
+    drawn: dict[str, Tensor] = {}  # child masks per incoming layer; a gated companion reuses its leader's
     for name in touched:
-        module = model.get_submodule(name)
+        module = source.get_submodule(name)
         weight, bias_t, weight_mask, bias_mask = _effective(module)
         rows, cols = row_factor.get(name, 1), col_factor.get(name, 1)
         new_weight = weight.repeat_interleave(rows, 0).repeat_interleave(cols, 1)
@@ -369,16 +441,19 @@ def expand(
                 new_bias = new_bias / alpha
             elif bias == "zero":
                 new_bias_mask = torch.zeros_like(new_bias_mask)
-        spec = specs.get(name)
+        spec = specs.get(leader_of.get(name, name))
         if rows > 1 and not (isinstance(spec, str) and spec == "static_sparse"):
-            lifted = None
-            if checked_clauses is not None and isinstance(spec, str) and spec == "clause":
-                lifted = [[j * cols + c for j in clause for c in range(cols)] for clause in checked_clauses]
-            context = SplitContext(
-                layer=name, weight=weight.repeat_interleave(cols, 1).cpu(), alpha=alpha,
-                generator=generator, clauses=lifted,
-            )
-            masks = child_masks(spec, context)
+            if name in companions:
+                masks = drawn[companions[name]]
+            else:
+                lifted = None
+                if checked_clauses is not None and isinstance(spec, str) and spec == "clause":
+                    lifted = [[j * cols + c for j in clause for c in range(cols)] for clause in checked_clauses]
+                context = SplitContext(
+                    layer=name, weight=weight.repeat_interleave(cols, 1).cpu(), alpha=alpha,
+                    generator=generator, clauses=lifted,
+                )
+                masks = drawn[name] = child_masks(spec, context)
             new_mask &= masks.reshape(weight.shape[0] * alpha, -1).to(new_mask.device)
         state[name] = {
             "module": module, "role": "in+out" if rows > 1 and cols > 1 else ("in" if rows > 1 else "out"),
@@ -408,14 +483,41 @@ def expand(
     for name, entry in state.items():
         layer = MaskedLinear.from_tensors(entry["weight"], entry["bias"], entry["mask"], entry["bias_mask"])
         layer.train(entry["module"].training)
+        entry["frozen"] = _keep_requires_grad(entry["module"], layer)
         _set_submodule(expanded, name, layer)
         report.layers.append(LayerChange(
             name=name, role=entry["role"], shape_before=entry["shape_before"],
             shape_after=tuple(entry["weight"].shape), nonzero_before=entry["before"],
             nonzero_split=entry["split"], nonzero_after=_layer_nonzero(entry["weight"], entry["bias"]),
+            frozen=entry["frozen"],
         ))
     report.model_nonzero_after = nonzero_parameters(expanded)
+    if budget != "none" and report.excess < 0:
+        warnings.warn(
+            f"expand ends {-report.excess} non-zero parameters below the parent's {report.model_nonzero_before} "
+            f"(bias={bias!r}, budget={budget!r} removes more than the copies add); the budget cannot add "
+            "weights back, so the expanded model is smaller than its parent", UserWarning, stacklevel=2)
     return (expanded, report) if return_report else expanded
+
+
+def _linearised(model: nn.Module, names: Sequence[str]) -> nn.Module:
+    """``model``, or a copy in which the named GPT-2 ``Conv1D`` layers are equivalent ``nn.Linear`` layers."""
+    convs = [name for name in names if is_conv1d(model.get_submodule(name))]
+    if not convs:
+        return model
+    copied = copy.deepcopy(model)
+    for name in convs:
+        _set_submodule(copied, name, as_linear(copied.get_submodule(name)))
+    return copied
+
+
+def _keep_requires_grad(old: nn.Module, new: nn.Module) -> bool:
+    """Give ``new``'s weight and bias the ``requires_grad`` of ``old``'s; True where the layer is frozen."""
+    for pname in ("weight", "bias"):
+        before, after = getattr(old, pname, None), getattr(new, pname, None)
+        if isinstance(before, nn.Parameter) and isinstance(after, nn.Parameter):
+            after.requires_grad_(before.requires_grad)
+    return not any(p.requires_grad for p in old.parameters(recurse=False))
 
 
 def _split_label(specs: Mapping[str, SplitSpec]) -> str:

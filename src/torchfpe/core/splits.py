@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .validation import InvalidParameterError
+
 #: Strategies whose children partition the parent's inputs (disjoint and covering).
 PARTITION_SPLITS = ("random", "clause", "feature", "contiguous")
 #: Non-FPE controls the paper and its reviewers compare against.
@@ -184,6 +186,13 @@ def user_split(assignment: Tensor | Callable, ctx: SplitContext) -> Tensor:
                 f"split for layer {ctx.layer!r}: boolean masks must have shape "
                 f"{(parents, ctx.alpha, inputs)}, got {tuple(result.shape)}"
             )
+        per_input = result.sum(dim=1)
+        if not bool((per_input == 1).all()):
+            parent, j = (int(v) for v in torch.nonzero(per_input != 1)[0])
+            raise InvalidParameterError(
+                f"split for layer {ctx.layer!r}: the masks must partition each parent's inputs (every input in "
+                f"exactly one child), but input {j} of parent {parent} is in {int(per_input[parent, j])} children; "
+                "use split='overlap' for the overlapping control")
         return result.cpu()
     if result.is_floating_point() or result.is_complex():
         raise TypeError(f"split for layer {ctx.layer!r}: child ids must be an integer tensor, got {result.dtype}")

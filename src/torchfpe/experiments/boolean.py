@@ -69,21 +69,38 @@ class BooleanConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.n_vars is None:  # room for disjoint clauses plus as many distractor inputs
+        from ..core import BIAS_POLICIES, BUDGETS
+        from ..core.validation import Interval, InvalidParameterError, Options, Sequences, invalid, validate_dataclass
+        from ..tasks.dnf import ENCODINGS, SAMPLINGS, VARIABLE_MODES
+        from ..train import OPTIMIZERS
+
+        if self.n_vars is None and all(type(getattr(self, f)) is int for f in ("clauses", "literals")):
+            # room for disjoint clauses plus as many distractor inputs
             object.__setattr__(self, "n_vars", max(48, 2 * self.clauses * self.literals))
         if isinstance(self.variants, str):
             object.__setattr__(self, "variants", tuple(v for v in self.variants.split("+") if v))
-        unknown = [v for v in self.variants if v not in VARIANTS]
-        if unknown or not self.variants:
-            raise ValueError(f"variants must be a non-empty subset of {VARIANTS}, got {self.variants!r}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
-        for name in ("neurons", "warmup_epochs", "epochs_after"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "neurons" else 0):
-                raise ValueError(f"{name} must be an int >= {1 if name == 'neurons' else 0}, got {value!r}")
-        self.task_config()  # validates the task fields
-        self.settings()  # validates the optimizer fields
+        elif isinstance(self.variants, list):
+            object.__setattr__(self, "variants", tuple(self.variants))
+        count, positive, share = Interval(int, 1), Interval(float, 0.0, None, closed="neither"), Interval(float, 0.0, 1.0)
+        validate_dataclass(self, {  # every field's constraint, declared once; checked before any work
+            "n_vars": [count], "clauses": [count], "literals": [count], "negation_prob": [share],
+            "variables": [Options(VARIABLE_MODES)], "encoding": [Options(ENCODINGS)], "sampling": [Options(SAMPLINGS)],
+            "train_size": [count], "test_size": [count], "neurons": [count], "alpha": [Interval(int, 2)],
+            "bias": [Options(BIAS_POLICIES)], "budget": [Options(BUDGETS)],
+            "dropconnect_p": [Interval(float, 0.0, 1.0, closed="left"), None],
+            "optimizer": [Options(OPTIMIZERS)], "lr": [positive], "weight_decay": [Interval(float, 0.0)],
+            "batch_size": [count, None], "warmup_epochs": [Interval(int, 0)], "epochs_after": [Interval(int, 0)],
+            "dtype": [Options(tuple(DTYPES))], "variants": [Sequences((Options(VARIANTS),), 1, "variant name")],
+            "seed": [Interval(int, 0, 2**32 - 1)],
+        }, "BooleanConfig")
+        if self.alpha > self.n_vars:
+            raise invalid("alpha", "BooleanConfig", f"an int in [2, n_vars={self.n_vars}] (the hidden layer's fan-in)",
+                          self.alpha)
+        try:
+            self.task_config()  # the task's own cross-field checks (e.g. disjoint clauses fit in n_vars)
+        except ValueError as error:
+            raise InvalidParameterError(f"BooleanConfig: {error}") from None
+        self.settings()
 
     def task_config(self) -> DNFConfig:
         return DNFConfig(

@@ -24,6 +24,16 @@ class TheoryConfig:
     trials: int = 200_000
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        from ..core.validation import Interval, invalid, validate_dataclass
+
+        count = Interval(int, 1)
+        validate_dataclass(self, {"k": [count], "alpha": [Interval(int, 2)], "n_vars": [count], "trials": [count],
+                                  "seed": [Interval(int, 0, 2**32 - 1)]}, "TheoryConfig")
+        if 2 * self.k > self.n_vars:
+            raise invalid("k", "TheoryConfig", f"an int <= n_vars / 2 = {self.n_vars // 2} (two clauses of k "
+                          "variables must fit)", self.k)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -62,5 +72,7 @@ def make_config(**overrides) -> TheoryConfig:
     fields = {f.name for f in dataclasses.fields(TheoryConfig)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
-        raise ValueError(f"unknown theory config field(s) {unknown}; fields: {sorted(fields)}")
+        from ..core.validation import InvalidParameterError
+
+        raise InvalidParameterError(f"unknown theory config field(s) {unknown}; fields: {sorted(fields)}")
     return TheoryConfig(**overrides)

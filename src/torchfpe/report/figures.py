@@ -22,6 +22,7 @@ from .stats import (
     ordered_variants,
     paper_numbers,
     summarize,
+    summarize_accuracy,
     variant_rank,
 )
 
@@ -82,7 +83,7 @@ def plot_headline_accuracy(frame: pd.DataFrame, meta: dict, path: Path) -> None:
     """Bar chart of test accuracy per variant with 95 % CI bars and the paper's numbers."""
     plt = _pyplot()
     variants = ordered_variants(frame["variant"])
-    sums = [summarize(_column(frame[frame["variant"] == v], "test_accuracy")) for v in variants]
+    sums = [summarize_accuracy(_column(frame[frame["variant"] == v], "test_accuracy")) for v in variants]
     fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(variants) + 2), 4.2))
     x = np.arange(len(variants))
     means = np.array([s.mean for s in sums]) * 100
@@ -170,8 +171,8 @@ def plot_sweep(frame: pd.DataFrame, meta: dict, axis: str, out_dir: Path) -> lis
             cell = sub[sub[axis] == v]
             if len(cell):
                 xs.append(x)
-                test_s.append(summarize(_column(cell, "test_accuracy")))
-                train_s.append(summarize(_column(cell, "train_accuracy")))
+                test_s.append(summarize_accuracy(_column(cell, "test_accuracy")))
+                train_s.append(summarize_accuracy(_column(cell, "train_accuracy")))
         if not xs:
             continue
         _errorbar(ax, xs, test_s, marker="o", color=_color(variant), label=f"{variant} (test)")

@@ -40,6 +40,9 @@ def _header(meta: dict) -> list[str]:
     study = meta.get("study", "?")
     data = meta.get("data_name") or DATA_NAME
     out = [f"# torchfpe report: {study} study ({data})", ""]
+    if meta.get("incomplete"):
+        out += [f"**INCOMPLETE REPORT:** {meta['incomplete']}. The tables below cover only the runs present; "
+                "re-run the command to complete the missing ones.", ""]
     out += ["Command:", "", "```bash", str(meta.get("command", "")), "```", ""]
     out += [f"- Date: {meta.get('date', DASH)}",
             f"- Data: {meta.get('dataset_note') or data}",

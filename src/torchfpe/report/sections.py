@@ -46,6 +46,7 @@ from .stats import (
     paper_numbers,
     study_axes,
     summarize,
+    summarize_accuracy,
 )
 
 
@@ -59,11 +60,11 @@ def headline_section(frame: pd.DataFrame, meta: dict, records: list[dict], out_d
     rows = []
     for v in variants:
         sub = frame[frame["variant"] == v]
-        test = summarize(_column(sub, "test_accuracy"))
+        test = summarize_accuracy(_column(sub, "test_accuracy"))
         gain = summarize(_column(sub, "relative_gain"))
         paper = f"{paper_accuracy[v]:.1f}" if v in paper_accuracy else DASH
         rows.append([v, test.n, fmt_pm(test), fmt_ci(test.ci_low, test.ci_high),
-                     fmt_pct(summarize(_column(sub, "train_accuracy")).mean),
+                     fmt_pct(summarize_accuracy(_column(sub, "train_accuracy")).mean),
                      _constant(_column(sub, "nonzero_parameters")), _constant(_column(sub, "hidden_units")),
                      fmt_pm(gain, signed=True), fmt_ci(gain.ci_low, gain.ci_high, signed=True), paper])
     out.append(tables(
@@ -168,8 +169,8 @@ def cell_table(frame: pd.DataFrame, axes: list[str], tables: _Tables, caption: s
         sub_cell = frame[mask]
         for v in ordered_variants(sub_cell["variant"]):
             sub = sub_cell[sub_cell["variant"] == v]
-            test = summarize(_column(sub, "test_accuracy"))
-            train = summarize(_column(sub, "train_accuracy"))
+            test = summarize_accuracy(_column(sub, "test_accuracy"))
+            train = summarize_accuracy(_column(sub, "train_accuracy"))
             gain = summarize(_column(sub, "relative_gain"))
             row = [fmt_value(x) for x in cell] + [
                 v, test.n, f"{fmt_pct(test.mean)} {fmt_ci(test.ci_low, test.ci_high)}",

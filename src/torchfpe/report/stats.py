@@ -48,6 +48,14 @@ def summarize(values: Iterable[Any], confidence: float = 0.95) -> Summary:
     return Summary(n, mean, std, mean - half, mean + half)
 
 
+def summarize_accuracy(values: Iterable[Any], confidence: float = 0.95) -> Summary:
+    """:func:`summarize` for accuracies (fractions): the interval is clipped to [0, 1] (shown as [0, 100] %)."""
+    s = summarize(values, confidence)
+    if math.isnan(s.ci_low):
+        return s
+    return Summary(s.n, s.mean, s.std, max(0.0, s.ci_low), min(1.0, s.ci_high))
+
+
 @dataclass(frozen=True)
 class PairedTest:
     """Paired t-test of ``a - b`` over matched seeds."""

@@ -80,10 +80,43 @@ def _unit_args(unit: Sequence[Job]) -> tuple[str, list[dict]]:
     return unit[0].experiment, [job.config.to_dict() for job in unit]
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, parent: int | None = None) -> None:
     import torch
 
     torch.set_num_threads(threads)
+    if parent is not None:
+        _exit_with_parent(parent)
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Make this worker exit when the process that started it dies (even by SIGKILL).
+
+    On Linux the kernel sends SIGKILL on the parent's death (``prctl(PR_SET_PDEATHSIG)``); everywhere
+    a daemon thread also polls the parent pid, so no worker outlives its sweep (and none keeps the
+    sweep's output pipe open).
+    """
+    import signal
+    import sys
+    import threading
+
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # pragma: no cover - no libc symbol: the watchdog still runs
+            pass
+    if os.getppid() != parent:  # the parent died before the line above ran
+        os._exit(1)
+
+    def watchdog() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watchdog, name="torchfpe-parent-watchdog", daemon=True).start()
 
 
 def execute(
@@ -100,6 +133,12 @@ def execute(
     """Run the jobs not yet in ``store``; returns counts of what was done and skipped."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; allowed: {', '.join(BACKENDS)}")
+    with store.lock():  # one writer per store: a concurrent run on the same folder is refused
+        return _execute(jobs, store, backend=backend, workers=workers, threads=threads, address=address,
+                        quiet=quiet, description=description)
+
+
+def _execute(jobs, store, *, backend, workers, threads, address, quiet, description) -> dict:
     store.clean_temporaries()
     store.all_runs()  # fails loudly on corrupt or foreign files before any work starts
     unique = list({job.key: job for job in jobs}.values())
@@ -126,15 +165,39 @@ def execute(
 
 
 def _run_process_pool(units, workers: int, threads: int, save: Callable) -> None:
+    """Run units in a spawn pool; SIGTERM (or any error) stops the workers at once instead of waiting."""
     import multiprocessing
+    import signal
+    import threading
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
-                             initargs=(threads,)) as pool:
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
+                               initargs=(threads, os.getpid()))
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if in_main_thread else None
+    try:
         futures = [pool.submit(run_unit, *_unit_args(unit), threads) for unit in units]
         for future in as_completed(futures):
             save(future.result())
+    except BaseException:
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            process.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    else:
+        pool.shutdown(wait=True)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(SystemExit):
+    """The sweep received SIGTERM: the pool was stopped and finished runs are in the store."""
+
+
+def _terminated(signum, frame) -> None:
+    raise Terminated(128 + signum)
 
 
 def _run_ray(units, threads: int, address: str | None, save: Callable) -> None:

@@ -8,6 +8,7 @@ that belongs to another schema or another key, is reported with its path, and th
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -17,6 +18,7 @@ from pathlib import Path
 
 SCHEMA = "torchfpe.run/1"
 SUFFIX = ".run.json"
+LOCK_NAME = ".lock"
 
 
 class StoreError(RuntimeError):
@@ -41,6 +43,53 @@ class ResultStore:
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
         self.runs = self.root / "runs"
+        self._lock_depth = 0
+        self._lock_handle = None
+
+    # ------------------------------------------------------------------------------------- lock
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold the store's writer lock (``<root>/.lock``); a second writer is refused with a clear message.
+
+        Re-entrant within one ``ResultStore`` object. Uses ``fcntl.flock``, which the kernel releases
+        when the holder dies, so a killed run never leaves a stale lock. (No lock where fcntl is absent.)
+        """
+        if self._lock_depth == 0:
+            self._acquire()
+        self._lock_depth += 1
+        try:
+            yield self
+        finally:
+            self._lock_depth -= 1
+            if self._lock_depth == 0:
+                self._release()
+
+    def _acquire(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / LOCK_NAME
+        handle = open(path, "a+")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise StoreError(f"another torchfpe run (pid {holder}) is writing to {self.root}; wait for it to finish "
+                             "or choose another --out") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._lock_handle = handle
+
+    def _release(self) -> None:
+        if self._lock_handle is not None:
+            self._lock_handle.close()  # closing the descriptor releases the flock
+            self._lock_handle = None
 
     # ------------------------------------------------------------------------------------- meta
     def write_meta(self, meta: Mapping) -> None:
@@ -114,6 +163,9 @@ class ResultStore:
 
     # ---------------------------------------------------------------------------------- helpers
     def _read(self, path: Path) -> dict:
+        if path.is_dir():
+            raise StoreError(f"{path} is a directory, not a run file; the store holds only *.run.json files written "
+                             "by torchfpe: move it away")
         try:
             payload = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -122,6 +174,10 @@ class ResultStore:
         expected_key = path.name[: -len(SUFFIX)]
         if not isinstance(payload, dict) or payload.get("schema") != SCHEMA or payload.get("key") != expected_key:
             raise StoreError(f"{path} is not a {SCHEMA} record for key {expected_key}; move it away and re-run")
+        records = payload.get("records")
+        if not isinstance(records, list) or not records or not all(isinstance(r, dict) for r in records):
+            raise StoreError(f"{path} holds no records (a finished run has at least one); move it away (the run "
+                             "will be redone) and re-run")
         return payload
 
     @staticmethod

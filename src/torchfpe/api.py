@@ -1,0 +1,492 @@
+"""Library orchestration of studies and sweeps: what the command line calls, callable from Python.
+
+Every function validates all of its input (study, seeds, overrides, every config of the grid, the
+output folder) before it trains or writes anything, and raises exceptions instead of printing:
+
+- :class:`~torchfpe.core.validation.InvalidParameterError` for a caller's mistake (a bad name,
+  value, sweep file or output folder); the CLI shows it as one line and exits 2;
+- :class:`~torchfpe.sweep.StoreError` for a result folder that cannot be used (corrupt or foreign
+  files, another run writing to it, an incomplete report in strict mode); the CLI exits 1.
+
+``run_study("boolean", "headline", seeds=2, overrides={"clauses": 12}, out="runs/m12")`` runs a
+study's grid through the resumable store and returns the path of its ``report.md``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import numbers
+import os
+import shlex
+import sys
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .core.validation import Interval, InvalidParameterError, Options, check_param, invalid
+
+__all__ = [
+    "build_report", "config_fields", "parse_override", "parse_overrides", "run_study", "run_sweep_file",
+    "IncompleteResultsError",
+]
+
+SWEEP_KEYS = ("experiment", "study", "grid", "base", "seeds", "name")
+#: More seeds per config than any study needs; a bound keeps a typo (--seeds 10000000000) from filling memory.
+MAX_SEEDS = 100_000
+
+
+# ------------------------------------------------------------------------------- config field types
+def config_class(experiment: str) -> type:
+    """The config dataclass of a registered experiment."""
+    import dataclasses
+
+    from .experiments.registry import experiment_module
+
+    module = experiment_module(experiment)
+    try:
+        return type(module.make_config())
+    except Exception:  # a config without defaults for every field: find the dataclass by name
+        for value in vars(module).values():
+            if isinstance(value, type) and dataclasses.is_dataclass(value) and value.__name__.endswith("Config") \
+                    and value.__module__ == module.__name__:
+                return value
+        raise
+
+
+def config_fields(experiment: str) -> dict[str, Any]:
+    """Field name -> resolved type hint of an experiment's config (``int | None``, ``float``, ...)."""
+    import dataclasses
+
+    cls = config_class(experiment)
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls)}
+
+
+def _type_name(hint: Any) -> str:
+    if hint is type(None):
+        return "null"
+    args = typing.get_args(hint)
+    if _is_union(hint):
+        return " or ".join(_type_name(a) for a in args)
+    origin = typing.get_origin(hint)
+    if origin in (tuple, list):
+        return "a list such as a+b"
+    return {int: "an int", float: "a float", str: "a string", bool: "true or false"}.get(
+        hint, getattr(hint, "__name__", str(hint)))
+
+
+def _is_union(hint: Any) -> bool:
+    return typing.get_origin(hint) in (typing.Union, types.UnionType)
+
+
+def _parse_scalar(hint: Any, text: str) -> Any:
+    """``text`` read as ``hint``; raises ValueError when it is not one."""
+    lowered = text.strip().lower()
+    if _is_union(hint):
+        args = typing.get_args(hint)
+        if type(None) in args and lowered in ("null", "none", "~"):
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _parse_scalar(arg, text)
+            except ValueError:
+                continue
+        raise ValueError(text)
+    if hint is type(None):
+        if lowered in ("null", "none", "~"):
+            return None
+        raise ValueError(text)
+    if hint is bool:
+        if lowered in ("true", "yes", "on", "1"):
+            return True
+        if lowered in ("false", "no", "off", "0"):
+            return False
+        raise ValueError(text)
+    if hint is int:
+        cleaned = text.strip().replace("_", "")
+        if not cleaned.lstrip("+-").isdigit():
+            raise ValueError(text)
+        return int(cleaned)
+    if hint is float:
+        value = float(text.strip())
+        return value
+    return text.strip()  # strings, paths, and "a+b" lists (the config splits them itself)
+
+
+def parse_override(experiment: str, name: str, text: str) -> Any:
+    """A ``--set name=text`` value read by the config field's type; ``[a, b]`` gives a list (a swept axis).
+
+    ``01`` stays the string "01" for a string field; ``5e-3`` is a float for a float field; ``null``
+    is None where the field allows it; ``2.5`` for an int field is an error.
+    """
+    fields = config_fields(experiment)
+    if name not in fields:
+        raise InvalidParameterError(f"unknown {experiment} config field {name!r}; fields: {', '.join(sorted(fields))}")
+    hint = fields[name]
+    stripped = text.strip()
+    if stripped.startswith("[") and stripped.endswith("]"):
+        inner = stripped[1:-1].strip()
+        items = [item.strip() for item in inner.split(",")] if inner else []
+        if not items:
+            raise InvalidParameterError(f"--set {name}=[] gives no value; a swept field takes one or more values, "
+                                        f"e.g. --set '{name}=[a,b]'")
+        return [_parse_one(experiment, name, hint, item) for item in items]
+    return _parse_one(experiment, name, hint, stripped)
+
+
+def _parse_one(experiment: str, name: str, hint: Any, text: str) -> Any:
+    try:
+        return _parse_scalar(hint, text)
+    except ValueError:
+        raise InvalidParameterError(f"--set {name}={text}: the {experiment} config field {name!r} must be "
+                                    f"{_type_name(hint)}; got {text!r}") from None
+
+
+def parse_overrides(experiment: str, items: Sequence[str]) -> dict:
+    """``["name=value", ...]`` (the CLI's ``--set``) parsed by the config fields' types."""
+    parsed = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip():
+            raise InvalidParameterError(f"--set expects key=value, got {item!r}")
+        parsed[name.strip()] = parse_override(experiment, name.strip(), text)
+    return parsed
+
+
+# ------------------------------------------------------------------------------------ the out folder
+def resolve_out(out: str | os.PathLike) -> Path:
+    """The result folder: refused unless it is (or can be made) a writable folder; then created."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise InvalidParameterError(f"the 'out' folder {str(path)!r} is a file, not a folder; choose another --out")
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise InvalidParameterError(f"the 'out' folder {str(path)!r} cannot be created: {str(probe)!r} is a file")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise InvalidParameterError(f"the 'out' folder {str(path)!r} is not writable (no write permission on "
+                                    f"{str(probe)!r}); choose another --out")
+    try:  # called after every other check: the folder is the first thing written
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InvalidParameterError(f"the 'out' folder {str(path)!r} cannot be created ({error.strerror}); "
+                                    "choose another --out") from None
+    return path
+
+
+# ------------------------------------------------------------------------------------ orchestration
+def run_study(
+    group: str,
+    study: str,
+    *,
+    seeds: int | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    out: str | os.PathLike | None = None,
+    backend: str = "process",
+    workers: int | None = None,
+    address: str | None = None,
+    quiet: bool = False,
+    command: str | None = None,
+) -> Path:
+    """Run one study of a group (``torchfpe reproduce <group> --study <study>``); returns report.md's path.
+
+    ``overrides`` replace config fields; a list replaces a swept axis (``{"neurons": [8, 16]}``).
+    The default ``out`` is ``runs/<group>-<study>``; re-running with the same folder completes only
+    the missing runs. ``command`` is recorded in the report (default: this Python call).
+    """
+    from .experiments.studies import GROUPS, study_configs
+
+    check_param("group", group, [Options(tuple(GROUPS))], "run_study")
+    studies = GROUPS[group]
+    check_param("study", study, [Options(tuple(studies))], f"run_study (group {group!r})")
+    chosen = studies[study]
+    check_param("seeds", seeds, [Interval(int, 1, MAX_SEEDS), None], "run_study")
+    _check_runner(backend, workers, address, quiet, "run_study")
+    if overrides is not None and not isinstance(overrides, Mapping):
+        raise invalid("overrides", "run_study", "a mapping of config field -> value, or None", overrides)
+    overrides = dict(overrides or {})
+    experiment = chosen.experiment
+    fields = config_fields(experiment)
+    for name, value in overrides.items():
+        if name == "seed":
+            raise InvalidParameterError("seed is set by --seeds (seeds 0..N-1), not by --set")
+        if name not in fields:
+            raise InvalidParameterError(f"the {experiment} experiment's config has no field {name!r}"
+                                        f"{_option_hint(name)}; fields: {', '.join(sorted(fields))}")
+        if isinstance(value, list):
+            if not value:
+                raise InvalidParameterError(f"{name}=[] gives no value; a swept field takes one or more values")
+            if name not in chosen.axes:
+                swept = ", ".join(chosen.axes) or "nothing"
+                raise InvalidParameterError(
+                    f"{name}={value!r}: a list sweeps a field, but study {study!r} sweeps {swept}; give {name} one "
+                    "value, or run a sweep file (torchfpe sweep) to sweep it")
+    seeds = seeds if seeds is not None else chosen.default_seeds
+    config_dicts = study_configs(chosen, seeds, overrides)
+    jobs = _make_jobs(experiment, config_dicts)
+    base = jobs[0].config.to_dict()
+    out_path = resolve_out(out if out is not None else Path("runs") / f"{group}-{study}")
+    meta = {"study": study, "group": group, "axes": list(chosen.axes), "seeds": seeds, "base": base,
+            "overrides": overrides, "description": chosen.description, **dict(getattr(chosen, "meta", {}) or {})}
+    command = command or _python_call("run_study", group, study, seeds=seeds, overrides=overrides or None, out=out)
+    return _run_into(out_path, meta, experiment, jobs, backend=backend, workers=workers, address=address,
+                     quiet=quiet, command=command)
+
+
+def run_sweep_file(
+    path: str | os.PathLike,
+    *,
+    out: str | os.PathLike | None = None,
+    backend: str = "process",
+    workers: int | None = None,
+    address: str | None = None,
+    quiet: bool = False,
+    command: str | None = None,
+) -> Path:
+    """Run a sweep file (YAML: ``experiment``, ``study``, ``grid``, ``base``, ``seeds``, ``name``); returns report.md's path."""
+    from .experiments.registry import EXPERIMENTS
+    from .experiments.studies import GROUPS, grid_configs
+
+    _check_runner(backend, workers, address, quiet, "run_sweep_file")
+    path = Path(path)
+    spec = _read_sweep_file(path)
+    unknown = sorted(set(spec) - set(SWEEP_KEYS))
+    if unknown:
+        raise InvalidParameterError(f"{path}: unknown key(s) {unknown}; allowed: {', '.join(SWEEP_KEYS)}")
+    experiment = spec.get("experiment", "boolean")
+    if experiment not in EXPERIMENTS:
+        raise InvalidParameterError(f"{path}: unknown experiment {experiment!r}; known: {', '.join(EXPERIMENTS)}")
+    grid, base = spec.get("grid") or {}, spec.get("base") or {}
+    if not isinstance(grid, Mapping):
+        raise InvalidParameterError(f"{path}: 'grid' must be a mapping of field -> list of values; got {grid!r}")
+    if not isinstance(base, Mapping):
+        raise InvalidParameterError(f"{path}: 'base' must be a mapping of field -> value; got {base!r}")
+    seeds = spec.get("seeds", 1)
+    if isinstance(seeds, list):
+        if not seeds:
+            raise InvalidParameterError(f"{path}: 'seeds' is an empty list; give an int >= 1 or a list of seeds")
+        for seed in seeds:
+            if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+                raise InvalidParameterError(f"{path}: every entry of 'seeds' must be an int >= 0; got {seed!r}")
+        seed_list = list(seeds)
+    elif isinstance(seeds, bool) or not isinstance(seeds, int) or not 1 <= seeds <= MAX_SEEDS:
+        raise InvalidParameterError(f"{path}: 'seeds' must be an int >= 1 (seeds 0..N-1, at most {MAX_SEEDS}) or a "
+                                    f"non-empty list of ints; got {seeds!r}")
+    else:
+        seed_list = list(range(seeds))
+    fields = config_fields(experiment)
+    for name in [*grid, *base]:
+        if name not in fields:
+            raise InvalidParameterError(f"{path}: the {experiment} experiment's config has no field {name!r}; "
+                                        f"fields: {', '.join(sorted(fields))}")
+        if name == "seed":
+            raise InvalidParameterError(f"{path}: set seeds with the 'seeds' key, not as a config field")
+    axes = {}
+    for name, values in grid.items():
+        values = values if isinstance(values, list) else [values]
+        if not values:
+            raise InvalidParameterError(f"{path}: grid axis {name!r} has no values; give one or more, e.g. "
+                                        f"{name}: [a, b]")
+        axes[name] = values
+    names = list(axes)
+    studies = {name: (group, s) for group, members in GROUPS.items() for name, s in members.items()
+               if s.experiment == experiment}
+    if "study" in spec:
+        study = spec["study"]
+        if study not in studies:
+            raise InvalidParameterError(f"{path}: unknown study {study!r} for experiment {experiment!r}; the study "
+                                        f"names the report layout, one of: {', '.join(studies)}")
+    elif experiment == "theory":
+        study = "theory"
+    else:
+        study = "headline" if not names else "metrics" if len(names) > 1 else names[0]
+        if study not in studies:  # any other single swept field gets the per-cell tables
+            study = "metrics"
+        if study not in studies:
+            raise InvalidParameterError(f"{path}: no report layout for this sweep; add 'study:' (one of "
+                                        f"{', '.join(studies)})")
+    group = studies[study][0] if study in studies else "boolean"
+    jobs = _make_jobs(experiment, grid_configs(axes, base, seed_list))
+    out_path = resolve_out(out if out is not None else Path("runs") / path.stem)
+    meta = {"study": study, "group": group, "axes": names, "seeds": len(seed_list), "base": dict(base),
+            "grid": dict(grid), "name": spec.get("name", path.stem),
+            **dict(getattr(studies[study][1], "meta", {}) or {})}
+    command = command or _python_call("run_sweep_file", str(path), out=out)
+    return _run_into(out_path, meta, experiment, jobs, backend=backend, workers=workers, address=address,
+                     quiet=quiet, command=command)
+
+
+def _read_sweep_file(path: Path) -> dict:
+    import yaml
+
+    if not path.is_file():
+        raise InvalidParameterError(f"sweep file {str(path)!r} does not exist or is not a file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise InvalidParameterError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start}); save it as "
+                                    "UTF-8 YAML") from None
+    try:
+        spec = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise InvalidParameterError(f"{path} is not valid YAML: {error}") from None
+    if spec is None:
+        raise InvalidParameterError(f"{path} is empty; a sweep file holds a mapping with keys "
+                                    f"{', '.join(SWEEP_KEYS)} (see torchfpe sweep --help)")
+    if not isinstance(spec, dict):
+        raise InvalidParameterError(f"{path} must hold a mapping with keys {', '.join(SWEEP_KEYS)}; got "
+                                    f"{type(spec).__name__}")
+    return spec
+
+
+def _check_runner(backend, workers, address, quiet, owner: str) -> None:
+    from .sweep import BACKENDS
+
+    check_param("backend", backend, [Options(BACKENDS)], owner)
+    check_param("workers", workers, [Interval(int, 1), None], owner)
+    check_param("address", address, [str, None], owner)
+    check_param("quiet", quiet, [bool], owner)
+
+
+def _option_hint(name: str) -> str:
+    option = {"embeddings": "--embeddings", "data_dir": "--data"}.get(name)
+    return f" ({option} applies only to experiments that read such files)" if option else ""
+
+
+def _make_jobs(experiment: str, config_dicts: list[dict]):
+    """Every config of the grid built (and so validated) before any work or write.
+
+    An experiment module may also provide ``check_config(config)`` for checks that need the file
+    system (a data folder or an embedding file exists and reads); it runs here, once per config
+    without the seed, so a wrong path fails before ``meta.json`` is written.
+    """
+    from .experiments.registry import experiment_module
+    from .sweep import make_jobs
+
+    try:
+        jobs = make_jobs(experiment, config_dicts)
+        check = getattr(experiment_module(experiment), "check_config", None)
+        if check is not None:
+            for config in {job.config.without_seed(): job.config for job in jobs}.values():
+                check(config)
+        return jobs
+    except InvalidParameterError:
+        raise
+    except (TypeError, ValueError) as error:  # an experiment's own check that is not yet on the validator
+        raise InvalidParameterError(str(error)) from None
+
+
+def _python_call(function: str, *args, **kwargs) -> str:
+    shown = [repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items() if v is not None]
+    return f"python -c 'torchfpe.api.{function}({', '.join(shown)})'"
+
+
+def cli_command() -> str:
+    """The command line of this process as the user typed it (for the report)."""
+    return " ".join(["torchfpe", *map(shlex.quote, sys.argv[1:])])
+
+
+def _run_into(out: Path, meta: dict, experiment: str, jobs, *, backend: str, workers: int | None,
+              address: str | None, quiet: bool, command: str) -> Path:
+    from .experiments.studies import DATASET_NOTE
+    from .sweep import ResultStore, execute
+
+    axes = meta.pop("axes")
+    varying = [*axes, "seed"]
+    meta = {
+        **meta, "axis": axes[0] if len(axes) == 1 else (axes or None),
+        "command": command, "date": _dt.date.today().isoformat(),
+        "dataset_note": meta.get("dataset_note", DATASET_NOTE), "experiment": experiment,
+        "keys": [job.key for job in jobs],
+        # what each run is, for naming missing runs in the report
+        "planned": {job.key: {name: job.config.to_dict().get(name) for name in varying} for job in jobs},
+    }
+    store = ResultStore(out)
+    with store.lock():
+        store.write_meta(meta)
+        summary = execute(jobs, store, backend=backend, workers=workers, address=address, quiet=quiet,
+                          description=meta["study"])
+        if not quiet:
+            print(f"{summary['done']} runs done, {summary['skipped']} already in {out}")
+        return build_report(out)
+
+
+# ------------------------------------------------------------------------------------------ report
+class IncompleteResultsError(RuntimeError):
+    """The report was written, but runs the study planned are missing from the store."""
+
+    def __init__(self, message: str, report: Path, missing: list[str]) -> None:
+        super().__init__(message)
+        self.report, self.missing = report, missing
+
+
+def build_report(out: str | os.PathLike, *, strict: bool = False) -> Path:
+    """Rebuild ``records.csv``, ``report.md`` and the figures of a result folder from its store alone.
+
+    Runs the folder's ``meta.json`` planned but the store lacks are listed in the report's header,
+    which marks it incomplete; with ``strict=True`` that also raises :class:`IncompleteResultsError`
+    (after writing). A record whose accuracy is not a number is a :class:`~torchfpe.sweep.StoreError`
+    naming its file.
+    """
+    from .report import write_report
+    from .sweep import ResultStore, StoreError
+
+    out = Path(out)
+    if not out.is_dir():
+        raise InvalidParameterError(f"{str(out)!r} is not a result folder (no such directory)")
+    store = ResultStore(out)
+    meta = store.read_meta()
+    planned_keys = list(meta.get("keys") or store.keys())
+    present = set(store.keys())
+    records = []
+    for run in store.all_runs():
+        if run["key"] not in planned_keys:
+            continue
+        for record in run["records"]:
+            _check_record(record, store.path(run["key"]))
+            records.append(record)
+    missing_keys = [key for key in planned_keys if key not in present]
+    missing = [_describe_run(meta, key) for key in missing_keys]
+    if missing:
+        meta = {**meta, "incomplete": f"{len(missing)} of {len(planned_keys)} planned runs are missing: "
+                                      f"{'; '.join(missing[:20])}{' …' if len(missing) > 20 else ''}"}
+    try:
+        report = write_report(out, meta, records)
+    except ValueError as error:  # e.g. a meta.json naming a study no report layout knows
+        raise StoreError(f"{out / 'meta.json'}: {error}") from None
+    if missing and strict:
+        raise IncompleteResultsError(f"report written but incomplete ({report}): {meta['incomplete']}; re-run the "
+                                     "same command to complete the missing runs", report, missing)
+    return report
+
+
+def _describe_run(meta: dict, key: str) -> str:
+    planned = (meta.get("planned") or {}).get(key)
+    if not planned:
+        return f"run {key}"
+    return ", ".join(f"{name}={value}" for name, value in planned.items())
+
+
+def _check_record(record: Any, path: Path) -> None:
+    from .sweep import StoreError
+
+    if not isinstance(record, dict):
+        raise StoreError(f"{path} holds a record that is not a mapping ({type(record).__name__}); move the file "
+                         "away and re-run")
+    for name, value in record.items():
+        if name.endswith("accuracy") and value is not None and (
+                isinstance(value, bool) or not isinstance(value, numbers.Real)):
+            raise StoreError(f"{path}: record field {name!r} must be a number, got {value!r}; the file is corrupt: "
+                             "move it away and re-run")
+        if name.endswith("accuracy") and isinstance(value, numbers.Real) and math.isfinite(value) \
+                and not 0.0 <= value <= 1.0:
+            raise StoreError(f"{path}: record field {name!r} must be a fraction in [0, 1], got {value!r}; the file "
+                             "is corrupt: move it away and re-run")
