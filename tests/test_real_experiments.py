@@ -1,7 +1,6 @@
 """The real-model experiments (heads, deep, cnn) and their studies end to end on tiny data."""
 
 import csv
-import sys
 
 import numpy as np
 import pytest
@@ -127,8 +126,8 @@ def test_cnn_expands_only_the_head_and_keeps_the_budget(fashion_dir):
 
 
 @pytest.mark.parametrize("group, study", [(g, s) for g in ("heads", "deep", "cnn") for s in GROUPS[g]])
-def test_each_study_end_to_end(group, study, embedding_file, fashion_dir, tmp_path, monkeypatch):
-    from torchfpe import cli
+def test_each_study_end_to_end(group, study, embedding_file, fashion_dir, tmp_path):
+    from torchfpe import api
 
     chosen = GROUPS[group][study]
     overrides = dict(warmup_epochs=1, epochs_after=1)
@@ -139,11 +138,7 @@ def test_each_study_end_to_end(group, study, embedding_file, fashion_dir, tmp_pa
         for axis, values in chosen.axes.items():
             overrides[axis] = {"neurons": [2, 4], "alpha": [2], "classes": [3, 6]}[axis]
     configs = study_configs(chosen, 2, overrides)
-    meta = {"study": study, "axes": list(chosen.axes), "seeds": 2, "base": cli._base_config(chosen.experiment, configs[0]),
-            "overrides": overrides, "description": chosen.description, "group": group, **chosen.meta}
-    monkeypatch.setattr(sys, "argv", ["torchfpe", "reproduce", group, "--study", study])
-    report = cli.run_study_into(tmp_path, meta, chosen.experiment, configs, backend="local", workers=None,
-                                address=None, quiet=True)
+    report = api.run_study(group, study, seeds=2, overrides=overrides, out=tmp_path, backend="local", quiet=True)
     text = report.read_text()
     dataset = "Fashion-MNIST images" if group == "cnn" else NAME
     captions = [line for line in text.splitlines() if line.startswith("**Table")]

@@ -21,7 +21,7 @@ from .figures import _color, _errorbar, _pyplot, _save, _use_log_x
 from .markdown import _figure_md, _Tables
 from .sections import trend_sentences
 from .stats import (_axis_key, _column, _constant, _ok, fmt_ci, fmt_p, fmt_pct, fmt_pm, fmt_value,
-                    ordered_variants, paired_test, pairing_columns, study_axes, summarize)
+                    ordered_variants, paired_test, pairing_columns, study_axes, summarize, summarize_accuracy)
 
 WIDE = re.compile(r"^wide(\d+(?:\.\d+)?)$")
 
@@ -73,7 +73,7 @@ def accuracy_table(frame: pd.DataFrame, meta: dict, axes: list[str], tables: _Ta
     for cell, sub_cell in _cells(frame, axes):
         for v in ordered_variants(sub_cell["variant"]):
             sub = sub_cell[sub_cell["variant"] == v]
-            test = summarize(_column(sub, "test_accuracy"))
+            test = summarize_accuracy(_column(sub, "test_accuracy"))
             gain = summarize(_column(sub, "relative_gain"))
             paired = _paired_vs_dense(sub_cell, meta, v) if v != "dense" else None
             rows.append([fmt_value(x) for x in cell] + [
@@ -151,10 +151,10 @@ def match_section(frame: pd.DataFrame, meta: dict, axes: list[str], tables: _Tab
     for cell, sub in _cells(frame, axes):
         dense_nz = _column(sub[sub["variant"] == "dense"], "nonzero_parameters").mean()
         for split in fpe:
-            target = summarize(_column(sub[sub["variant"] == split], "test_accuracy"))
+            target = summarize_accuracy(_column(sub[sub["variant"] == split], "test_accuracy"))
             reached = None
             for wide in wides:
-                acc = summarize(_column(sub[sub["variant"] == wide], "test_accuracy"))
+                acc = summarize_accuracy(_column(sub[sub["variant"] == wide], "test_accuracy"))
                 nz = _column(sub[sub["variant"] == wide], "nonzero_parameters").mean()
                 rows.append([fmt_value(x) for x in cell] + [
                     split, fmt_pm(target), wide, f"{nz / dense_nz:.2f}" if _ok(dense_nz) and dense_nz else DASH,
@@ -211,7 +211,8 @@ def plot_cells(frame: pd.DataFrame, meta: dict, axes: list[str], out_dir: Path) 
                 sub = sub_cell[sub_cell["variant"] == variant]
                 xs, sums = [], []
                 for x, v in zip(x_all, values):
-                    s = summarize(_column(sub[sub[axis] == v], key))
+                    summary = summarize_accuracy if key == "test_accuracy" else summarize
+                    s = summary(_column(sub[sub[axis] == v], key))
                     if s.n:
                         xs.append(x)
                         sums.append(s)

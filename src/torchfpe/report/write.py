@@ -45,8 +45,8 @@ def resolve_meta(meta: dict, records: list[dict]) -> dict:
     study = meta.get("study")
     layout = meta.get("layout") or LEGACY_LAYOUTS.get(study)
     if layout not in LAYOUTS:
-        raise ValueError(f"study {study!r} has no known report layout (meta['layout'] = {meta.get('layout')!r}); "
-                         f"layouts: {sorted(LAYOUTS)}")
+        raise ValueError(f"unknown study {study!r}: no report layout for it (meta['layout'] = {meta.get('layout')!r}; "
+                         f"layouts: {', '.join(sorted(LAYOUTS))})")
     if "layout" not in meta:  # a meta.json from before studies carried their own description
         if layout == "headline":
             meta.setdefault("paper", LEGACY_PAPER)
