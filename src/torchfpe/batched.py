@@ -151,6 +151,11 @@ def stacked_binary_loss(logits: Tensor, targets: Tensor) -> Tensor:
     return per_example.mean(dim=1).sum()
 
 
+def stacked_multiclass_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """Sum over models of each model's mean cross-entropy; logits (B, C, N), labels (B, N)."""
+    return F.cross_entropy(logits, targets, reduction="none").mean(dim=1).sum()
+
+
 def fit_stacked(
     stack: StackedMLP,
     x: Tensor,
@@ -160,8 +165,12 @@ def fit_stacked(
     *,
     optimizer: torch.optim.Optimizer | None = None,
     generators: Sequence[torch.Generator] | None = None,
+    loss_fn=stacked_binary_loss,
 ) -> torch.optim.Optimizer:
-    """Train all models of ``stack`` on their own data ``x`` (B, N, in), ``y`` (B, N)."""
+    """Train all models of ``stack`` on their own data ``x`` (B, N, in), ``y`` (B, N).
+
+    ``loss_fn(logits (B, out, N), targets (B, N))`` must sum the models' own mean losses
+    (:data:`STACKED_LOSSES`)."""
     if x.shape[0] != stack.count or y.shape[0] != stack.count:
         raise ValueError(f"x and y need a leading axis of {stack.count} models, got {tuple(x.shape)} and {tuple(y.shape)}")
     optimizer = optimizer or make_optimizer([p for p in stack.parameters() if p.requires_grad], settings)
@@ -177,7 +186,7 @@ def fit_stacked(
             index = torch.stack(indices)
             xb_t, yb = x[models, index].transpose(1, 2), y[models, index]
         optimizer.zero_grad(set_to_none=True)
-        stacked_binary_loss(stack.forward_transposed(xb_t), yb).backward()
+        loss_fn(stack.forward_transposed(xb_t), yb).backward()
         optimizer.step()
     return optimizer
 
@@ -189,3 +198,17 @@ def stacked_binary_accuracy(stack: StackedMLP, x: Tensor, y: Tensor) -> Tensor:
     logits = stack.forward_transposed(x.transpose(1, 2)).reshape(y.shape)
     stack.train()
     return ((logits > 0).to(y.dtype) == y).float().mean(dim=1)
+
+
+@torch.no_grad()
+def stacked_multiclass_accuracy(stack: StackedMLP, x: Tensor, y: Tensor) -> Tensor:
+    """Arg-max accuracy of each model on integer labels ``y`` (B, N), shape (B,)."""
+    stack.eval()
+    logits = stack.forward_transposed(x.transpose(1, 2))  # (B, C, N)
+    stack.train()
+    return (logits.argmax(dim=1) == y).float().mean(dim=1)
+
+
+#: Stacked loss and accuracy per task kind (see :data:`torchfpe.train.LOSSES`).
+STACKED_LOSSES = {"binary": stacked_binary_loss, "multiclass": stacked_multiclass_loss}
+STACKED_ACCURACIES = {"binary": stacked_binary_accuracy, "multiclass": stacked_multiclass_accuracy}

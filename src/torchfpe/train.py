@@ -50,6 +50,11 @@ def binary_loss(logits: Tensor, targets: Tensor) -> Tensor:
     return F.binary_cross_entropy_with_logits(logits.reshape(targets.shape), targets)
 
 
+def multiclass_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean cross-entropy of logits (N, C) against integer class labels (N,)."""
+    return F.cross_entropy(logits, targets)
+
+
 def batch_order(examples: int, epochs: int, batch_size: int | None, generator: torch.Generator | None):
     """Index batches for ``epochs`` epochs: full batch (None) or a fresh permutation per epoch."""
     for _ in range(epochs):
@@ -84,8 +89,29 @@ def fit(
 
 
 @torch.no_grad()
-def binary_accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
+def _logits(model: nn.Module, x: Tensor, eval_batch: int | None) -> Tensor:
+    """The model's outputs in eval mode, in chunks of ``eval_batch`` examples (None: one pass)."""
     model.eval()
-    logits = model(x).reshape(y.shape)
+    if eval_batch is None or eval_batch >= len(x):
+        logits = model(x)
+    else:
+        logits = torch.cat([model(x[i:i + eval_batch]) for i in range(0, len(x), eval_batch)])
     model.train()
+    return logits
+
+
+def binary_accuracy(model: nn.Module, x: Tensor, y: Tensor, eval_batch: int | None = None) -> float:
+    """Fraction of 0/1 targets matched by the sign of the single logit."""
+    logits = _logits(model, x, eval_batch).reshape(y.shape)
     return float(((logits > 0).to(y.dtype) == y).float().mean())
+
+
+def multiclass_accuracy(model: nn.Module, x: Tensor, y: Tensor, eval_batch: int | None = None) -> float:
+    """Fraction of integer labels matched by the arg-max logit."""
+    return float((_logits(model, x, eval_batch).argmax(dim=1) == y).float().mean())
+
+
+#: Loss and accuracy of one model per task kind: ``binary`` (one logit, 0/1 targets, BCE) and
+#: ``multiclass`` (C logits, integer labels, cross-entropy).
+LOSSES = {"binary": binary_loss, "multiclass": multiclass_loss}
+ACCURACIES = {"binary": binary_accuracy, "multiclass": multiclass_accuracy}

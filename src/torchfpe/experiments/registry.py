@@ -12,6 +12,9 @@ import importlib
 EXPERIMENTS: dict[str, str] = {
     "boolean": "torchfpe.experiments.boolean",
     "theory": "torchfpe.experiments.collisions",
+    "heads": "torchfpe.experiments.heads",
+    "deep": "torchfpe.experiments.deep",
+    "cnn": "torchfpe.experiments.cnn",
 }
 
 

@@ -1,4 +1,15 @@
-"""The paper's Boolean studies as grids of configs (see docs/reproduction.md)."""
+"""The paper's studies as grids of configs, by command group (see docs/reproduction.md).
+
+A :class:`Study` names its experiment, the swept fields (``axes``), the fixed fields (``base``) and
+``meta``: how its report is laid out and what it compares against, copied into ``meta.json``:
+
+- ``layout``: ``headline`` | ``sweep`` | ``grid`` | ``theory`` | ``cells`` | ``match`` (see
+  :data:`torchfpe.report.constants.LAYOUTS`);
+- ``dataset``: the data's name where records carry no ``dataset`` field (Boolean);
+- ``dataset_note``: one sentence on where the data come from;
+- ``paper``: the paper's numbers and the data set they belong to (shown only where it matches);
+- ``show_train``: sweeps also plot train accuracy and the train − test gap.
+"""
 
 from __future__ import annotations
 
@@ -19,33 +30,104 @@ class Study:
     base: Mapping[str, object] = field(default_factory=dict)
     default_seeds: int = 10
     group: str = "boolean"  # the `torchfpe reproduce <group>` command that runs it
+    meta: Mapping[str, object] = field(default_factory=dict)  # report layout, data name, paper numbers
 
 
 CONTROLS = "dense+random+clause+dropconnect+static_sparse"
+BOOLEAN_DATA = "synthetic Boolean DNF formulas"
+BOOLEAN_PAPER = {"dataset": "synthetic Boolean DNF", "accuracy": {"dense": 78.7, "random": 88.7, "clause": 99.4},
+                 "config": {"clauses": 8, "neurons": 8, "alpha": 2},
+                 "source": "arXiv 2510.04500 (8 clauses, 8 neurons, α = 2)"}
+
+
+def _boolean(layout: str, **extra) -> dict:
+    return {"layout": layout, "dataset": "synthetic Boolean DNF", "dataset_note": DATASET_NOTE, **extra}
+
 
 STUDIES: dict[str, Study] = {
     study.name: study
     for study in [
         Study("headline", "boolean", "m = 8 clauses, h = 8 neurons, alpha = 2: dense vs FPE random vs FPE clause",
-              default_seeds=20),
-        Study("neurons", "boolean", "hidden neurons swept at 8 clauses", {"neurons": (8, 10, 12, 16)}),
+              default_seeds=20, meta=_boolean("headline", paper=BOOLEAN_PAPER)),
+        Study("neurons", "boolean", "hidden neurons swept at 8 clauses", {"neurons": (8, 10, 12, 16)},
+              meta=_boolean("sweep")),
         Study("clauses", "boolean",
               "clauses swept at 8 neurons; balanced positives, 16000 examples, n_vars = max(48, 2 * clauses * k)",
-              {"clauses": (4, 8, 12, 16, 24, 32)}, {"n_vars": None, "sampling": "balanced", "train_size": 16000}),
+              {"clauses": (4, 8, 12, 16, 24, 32)}, {"n_vars": None, "sampling": "balanced", "train_size": 16000},
+              meta=_boolean("sweep")),
         Study("alpha", "boolean", "expansion factor swept at the headline", {"alpha": (2, 3, 4, 6, 8)},
-              default_seeds=20),
+              default_seeds=20, meta=_boolean("sweep")),
         Study("metrics", "boolean", "interference metrics' fold change against accuracy gain over a grid",
-              {"neurons": (8, 12, 16), "clauses": (4, 8, 16)}, default_seeds=5),
+              {"neurons": (8, 12, 16), "clauses": (4, 8, 16)}, default_seeds=5, meta=_boolean("grid")),
         Study("data", "boolean", "training-set size with the DropConnect and static-sparse controls",
-              {"train_size": (1000, 4000, 16000)}, {"variants": CONTROLS}, default_seeds=5),
+              {"train_size": (1000, 4000, 16000)}, {"variants": CONTROLS}, default_seeds=5,
+              meta=_boolean("sweep", show_train=True)),
         Study("theory", "theory", "Monte-Carlo check of the collision formula of the random split",
-              {"k": (2, 3, 4), "alpha": (2, 4, 8)}, default_seeds=1),
+              {"k": (2, 3, 4), "alpha": (2, 4, 8)}, default_seeds=1, meta=_boolean("theory")),
     ]
 }
 
 
+# ------------------------------------------------------------------------------ real-model studies
+#: The paper's relative gains (%) of FPE over dense for heads over frozen CLIP embeddings. Shown only
+#: beside a data set that is no stand-in and whose name contains the encoder ("CLIP") and the data
+#: set's name (case, spaces and dashes ignored), e.g. "CLIP ViT-B/32 embeddings of CIFAR-100".
+CLIP_PAPER = {
+    "source": "arXiv 2510.04500 (one hidden layer over CLIP embeddings; 5 layers for ImageNet-1k)",
+    "encoder": "CLIP",
+    "relative_gain": {
+        "Fashion-MNIST": {"feature": {"2": 1.1, "4": 1.3}, "random": {"2": 1.0, "4": 1.2}},
+        "CIFAR-100": {"feature": {"2": 100.2, "4": 114.3}, "random": {"2": 97.4, "4": 108.9}},
+        "ImageNet-100": {"feature": {"2": 9.0, "4": 10.3}, "random": {"2": 8.8, "4": 10.5}},
+        "ImageNet-1k": {"feature": {"2": 2.5, "4": 2.9}, "random": {"2": 2.4, "4": 3.0}},
+    },
+}
+HEADS_CONTROLS = "dense+random+feature+overlap+dropconnect+static_sparse"
+EMBEDDING_NOTE = ("embeddings from torchfpe.data (a file or a built-in set); the data set's name in every "
+                  "table says which, and whether it is a stand-in for the paper's CLIP embeddings")
+
+
+def _real(layout: str, note: str = EMBEDDING_NOTE) -> dict:
+    return {"layout": layout, "dataset_note": note, "paper": CLIP_PAPER}
+
+
+HEADS: dict[str, Study] = {
+    study.name: study
+    for study in [
+        Study("width", "heads", "one hidden layer over embeddings: widths × alpha, FPE (random, feature) vs "
+              "dense at the same non-zero count, with the overlap, DropConnect and static-sparse controls",
+              {"neurons": (2, 4, 8, 16, 32), "alpha": (2, 4)}, {"variants": HEADS_CONTROLS}, default_seeds=3,
+              group="heads", meta=_real("cells")),
+        Study("classes", "heads", "class subsets × width on the synthetic 100-class set: does the gain grow "
+              "with classes per neuron?", {"classes": (10, 25, 50, 100), "neurons": (4, 8, 16)},
+              {"embeddings": "synthetic-100", "variants": "dense+random", "alpha": 4, "batch_size": 256,
+               "warmup_epochs": 20, "epochs_after": 20}, default_seeds=3,
+              group="heads", meta=_real("cells")),
+        Study("match", "heads", "how much wider must dense be to match FPE: dense at 1×, 1.25×, 1.5×, 2×, 3× "
+              "the non-zero count vs FPE (alpha = 4)", {"neurons": (4, 8, 16)},
+              {"alpha": 4, "variants": "dense+random+feature+wide1.25+wide1.5+wide2+wide3"}, default_seeds=3,
+              group="heads", meta=_real("match")),
+        Study("splits", "heads", "beyond the paper: the data-driven correlation split (inputs clustered by their "
+              "correlation over the training set) against the random and feature splits",
+              {"neurons": (2, 8, 32), "alpha": (2, 4)}, {"variants": "dense+random+feature+correlation"},
+              default_seeds=3, group="heads", meta=_real("cells")),
+    ]
+}
+DEEP: dict[str, Study] = {
+    "width": Study("width", "deep", "5-layer MLP (4 hidden layers, every one expanded) over embeddings: "
+                   "widths × alpha", {"neurons": (4, 8, 16), "alpha": (2, 4)},
+                   {"variants": "dense+random+feature"}, default_seeds=3, group="deep", meta=_real("cells")),
+}
+CNN: dict[str, Study] = {
+    "width": Study("width", "cnn", "small CNN on Fashion-MNIST, classifier head 256 → width → 10 expanded and "
+                   "trained jointly with the backbone", {"neurons": (4, 8, 16, 32)}, {"variants": "dense+random"},
+                   default_seeds=2, group="cnn",
+                   meta=_real("cells", "Fashion-MNIST images (Debian package dataset-fashion-mnist or --data DIR); "
+                                       "the training set is subsampled as the data set's name says")),
+}
+
 #: Studies by command group (``torchfpe reproduce <group> --study <name>``); a new group adds its dict here.
-GROUPS: dict[str, dict[str, Study]] = {"boolean": STUDIES}
+GROUPS: dict[str, dict[str, Study]] = {"boolean": STUDIES, "heads": HEADS, "deep": DEEP, "cnn": CNN}
 
 
 def studies_for(group: str) -> dict[str, Study]:

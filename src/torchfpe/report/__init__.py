@@ -1,8 +1,13 @@
-"""Write the results of a Boolean-DNF study as ``records.csv``, ``report.md`` and PNG figures.
+"""Write the results of a study as ``records.csv``, ``report.md`` and PNG figures.
 
 One public function, :func:`write_report`, takes the study's metadata and its flat records
 (one per ``(config, variant, seed)``, or one per ``(k, alpha, seed)`` for the theory study)
-and writes into ``out_dir``:
+and writes into ``out_dir``. The metadata (the study's ``meta``, copied into ``meta.json``) picks
+the layout (``headline``, ``sweep``, ``grid``, ``theory``, ``cells``, ``match``), the paper's
+numbers (shown only beside the data set they belong to) and the data's name where records carry
+no ``dataset`` field; a meta.json without ``layout`` gets the one its Boolean study name implies.
+Runs pair for paired tests by their config without the seed, and by seed, never across data sets.
+The Boolean layouts:
 
 * ``records.csv`` -- every record key except ``hidden_weight``, sorted by the swept axis,
   the variant order of :data:`VARIANT_ORDER`, then seed;
@@ -25,9 +30,11 @@ Anything that cannot be computed (one seed, a missing dense run, NaN metrics) is
 The package is split into :mod:`.constants`, :mod:`.stats` (statistics, formatting, value
 helpers), :mod:`.markdown` (table and header building blocks), :mod:`.figures` (matplotlib,
 imported lazily), :mod:`.sections` (per-study parts of ``report.md``) and :mod:`.write`
-(:func:`records_frame`, :func:`write_report`). Every public name is re-exported here.
+(:func:`records_frame`, :func:`write_report`), :mod:`.cells` (the real-model layouts). Every
+public name is re-exported here.
 """
 
+from .cells import cells_section, match_section, paper_key
 from .constants import (CONFIG_FIELDS, DASH, DATA_NAME, DPI, EXCLUDED_CSV_KEYS, FOLD_METRICS, FPE_VARIANTS,
                         HEATMAP_VARIANTS, INTERFERENCE_METRICS, PAPER_ACCURACY, PAPER_CONFIG, RESULT_FIELDS,
                         STUDIES, SWEEP_STUDIES, THEORY_FIELDS, VARIANT_ORDER)
@@ -35,9 +42,10 @@ from .figures import plot_collisions, plot_fold_vs_gain, plot_headline_accuracy,
 from .markdown import md_table
 from .sections import (cell_table, fold_fits, headline_section, metrics_section, sweep_section, theory_section,
                        trend_sentences)
-from .stats import (PairedTest, Summary, fmt_ci, fmt_fixed, fmt_num, fmt_p, fmt_pct, fmt_pm, fmt_value,
-                    ordered_variants, paired_test, study_axes, summarize, variant_rank)
-from .write import records_frame, write_report
+from .stats import (PairedTest, Summary, data_name, fmt_ci, fmt_fixed, fmt_num, fmt_p, fmt_pct, fmt_pm, fmt_value,
+                    ordered_variants, paired_test, pairing_columns, paper_numbers, study_axes, summarize,
+                    variant_rank)
+from .write import records_frame, resolve_meta, write_report
 
 __all__ = [
     "CONFIG_FIELDS",
@@ -59,6 +67,13 @@ __all__ = [
     "PairedTest",
     "Summary",
     "cell_table",
+    "cells_section",
+    "data_name",
+    "match_section",
+    "pairing_columns",
+    "paper_key",
+    "paper_numbers",
+    "resolve_meta",
     "fmt_ci",
     "fmt_fixed",
     "fmt_num",

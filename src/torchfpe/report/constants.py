@@ -7,14 +7,19 @@ VARIANT_ORDER: tuple[str, ...] = (
     "dense",
     "random",
     "clause",
+    "clause_shared",
     "feature",
+    "correlation",
     "contiguous",
+    "shared",
+    "grouped",
     "overlap",
     "dropconnect",
     "static_sparse",
 )
 #: Variants that are FPE splits (disjoint children); the others are controls.
-FPE_VARIANTS: frozenset[str] = frozenset({"random", "clause", "feature", "contiguous"})
+FPE_VARIANTS: frozenset[str] = frozenset({"random", "clause", "clause_shared", "feature", "correlation", "contiguous", "shared",
+                                         "grouped"})
 #: The paper's headline test accuracies (%), Boolean DNF with 8 clauses, 8 neurons, alpha = 2.
 PAPER_ACCURACY: dict[str, float] = {"dense": 78.7, "random": 88.7, "clause": 99.4}
 #: The config in which the paper reports :data:`PAPER_ACCURACY`.
@@ -55,6 +60,17 @@ FOLD_METRICS: tuple[tuple[str, str], ...] = (
 #: Studies that sweep one config field.
 SWEEP_STUDIES: frozenset[str] = frozenset({"neurons", "clauses", "alpha", "data"})
 STUDIES: frozenset[str] = SWEEP_STUDIES | {"headline", "metrics", "theory"}
+#: Report layouts a study's ``meta["layout"]`` can name: ``headline`` (variant table, paired tests,
+#: interference metrics, heat maps), ``sweep`` (one swept field), ``grid`` (fold change vs gain over a
+#: grid), ``theory`` (collision check), ``cells`` (real-model grids: accuracy and gain per cell with
+#: spreads, CIs and paired tests), ``match`` (``cells`` plus how much wider dense must be to match FPE).
+LAYOUTS: frozenset[str] = frozenset({"headline", "sweep", "grid", "theory", "cells", "match"})
+#: Layout of a meta.json written before studies carried ``layout`` (Boolean study names).
+LEGACY_LAYOUTS: dict[str, str] = {**{s: "sweep" for s in SWEEP_STUDIES}, "headline": "headline",
+                                  "metrics": "grid", "theory": "theory"}
+#: The paper numbers of a legacy headline meta.json (Boolean studies now carry them in ``meta["paper"]``).
+LEGACY_PAPER: dict = {"dataset": DATA_NAME, "accuracy": PAPER_ACCURACY, "config": PAPER_CONFIG,
+                      "source": "arXiv 2510.04500 (8 clauses, 8 neurons, α = 2)"}
 #: Variants whose first hidden layer is drawn in ``gram.png`` / ``weights.png``.
 HEATMAP_VARIANTS: tuple[str, ...] = ("dense", "random", "clause")
 DPI = 120

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .constants import DATA_NAME, DPI, FOLD_METRICS, HEATMAP_VARIANTS, PAPER_ACCURACY
+from .constants import DATA_NAME, DPI, FOLD_METRICS, HEATMAP_VARIANTS
 from .stats import (
     Summary,
     _axis_key,
@@ -17,8 +17,10 @@ from .stats import (
     _finite,
     _ok,
     _theory_table,
+    data_phrase,
     fmt_value,
     ordered_variants,
+    paper_numbers,
     summarize,
     summarize_accuracy,
     variant_rank,
@@ -56,7 +58,7 @@ def _data_caption(meta: dict, extra: str = "") -> str:
     base = meta.get("base") or {}
     parts = [f"{k}={fmt_value(base[k])}" for k in ("n_vars", "clauses", "literals", "neurons", "alpha")
              if k in base]
-    text = f"Data: {DATA_NAME} formulas"
+    text = f"Data: {data_phrase(meta)}"
     if parts:
         text += f" (base: {', '.join(parts)})"
     if meta.get("seeds") is not None:
@@ -88,7 +90,8 @@ def plot_headline_accuracy(frame: pd.DataFrame, meta: dict, path: Path) -> None:
     half = np.array([s.half_width for s in sums]) * 100
     ax.bar(x, np.nan_to_num(means), yerr=np.where(np.isfinite(half), half, 0.0), capsize=4,
            color=[_color(v) for v in variants], alpha=0.85, label="this run (mean, 95 % CI)")
-    paper = [(i, PAPER_ACCURACY[v]) for i, v in enumerate(variants) if v in PAPER_ACCURACY]
+    accuracy = paper_numbers(meta).get("accuracy") or {}
+    paper = [(i, accuracy[v]) for i, v in enumerate(variants) if v in accuracy]
     if paper:
         ax.scatter([i for i, _ in paper], [p for _, p in paper], marker="D", color="black",
                    zorder=3, label="paper")
@@ -157,7 +160,7 @@ def plot_sweep(frame: pd.DataFrame, meta: dict, axis: str, out_dir: Path) -> lis
     values = sorted(frame[axis].dropna().unique().tolist(), key=_axis_key)
     x_all = [float(v) if _ok(v) else i for i, v in enumerate(values)]
     variants = ordered_variants(frame["variant"])
-    show_train = meta.get("study") == "data"
+    show_train = bool(meta.get("show_train"))
     figures = []
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))

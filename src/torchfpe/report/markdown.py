@@ -9,10 +9,10 @@ from .constants import DASH, DATA_NAME
 from .stats import fmt_value, study_axes
 
 
-def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]], caption: str) -> str:
+def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]], caption: str, data: str = DATA_NAME) -> str:
     """A Markdown table preceded by a caption line that names the data."""
-    if DATA_NAME not in caption:
-        caption = f"{caption} Data: {DATA_NAME}."
+    if data not in caption:
+        caption = f"{caption} Data: {data}."
     lines = [caption, "", _md_row(header), "|" + "---|" * len(header)]
     lines += [_md_row(row) for row in rows]
     return "\n".join(lines) + "\n"
@@ -26,24 +26,26 @@ def _md_row(cells: Sequence[Any]) -> str:
 class _Tables:
     """Numbers the tables of one report."""
 
-    def __init__(self) -> None:
+    def __init__(self, data: str = DATA_NAME) -> None:
         self.count = 0
+        self.data = data  # every caption names it
 
     def __call__(self, header: Sequence[str], rows: Sequence[Sequence[Any]], text: str) -> str:
         self.count += 1
-        return md_table(header, rows, f"**Table {self.count}.** {text}")
+        return md_table(header, rows, f"**Table {self.count}.** {text}", self.data)
 
 
 def _header(meta: dict) -> list[str]:
     """Title, command, date, data note and base config."""
     study = meta.get("study", "?")
-    out = [f"# torchfpe report: {study} study ({DATA_NAME})", ""]
+    data = meta.get("data_name") or DATA_NAME
+    out = [f"# torchfpe report: {study} study ({data})", ""]
     if meta.get("incomplete"):
         out += [f"**INCOMPLETE REPORT:** {meta['incomplete']}. The tables below cover only the runs present; "
                 "re-run the command to complete the missing ones.", ""]
     out += ["Command:", "", "```bash", str(meta.get("command", "")), "```", ""]
     out += [f"- Date: {meta.get('date', DASH)}",
-            f"- Data: {meta.get('dataset_note') or DATA_NAME}",
+            f"- Data: {meta.get('dataset_note') or data}",
             f"- Seeds: {meta.get('seeds', DASH)}"]
     axes = study_axes(meta)
     if axes:

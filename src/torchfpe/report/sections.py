@@ -10,14 +10,11 @@ import numpy as np
 import pandas as pd
 
 from .constants import (
-    CONFIG_FIELDS,
     DASH,
     DATA_NAME,
     FOLD_METRICS,
     FPE_VARIANTS,
     INTERFERENCE_METRICS,
-    PAPER_ACCURACY,
-    PAPER_CONFIG,
 )
 from .figures import (
     _data_caption,
@@ -35,6 +32,7 @@ from .stats import (
     _constant,
     _ok,
     _theory_table,
+    data_phrase,
     fmt_ci,
     fmt_fixed,
     fmt_num,
@@ -44,6 +42,8 @@ from .stats import (
     fmt_value,
     ordered_variants,
     paired_test,
+    pairing_columns,
+    paper_numbers,
     study_axes,
     summarize,
     summarize_accuracy,
@@ -55,12 +55,14 @@ def headline_section(frame: pd.DataFrame, meta: dict, records: list[dict], out_d
     """Variant table, paired tests, interference metrics and the three headline figures."""
     out = ["## Headline: accuracy per variant", ""]
     variants = ordered_variants(frame["variant"])
+    paper_numbers_ = paper_numbers(meta)
+    paper_accuracy = paper_numbers_.get("accuracy") or {}
     rows = []
     for v in variants:
         sub = frame[frame["variant"] == v]
         test = summarize_accuracy(_column(sub, "test_accuracy"))
         gain = summarize(_column(sub, "relative_gain"))
-        paper = f"{PAPER_ACCURACY[v]:.1f}" if v in PAPER_ACCURACY else DASH
+        paper = f"{paper_accuracy[v]:.1f}" if v in paper_accuracy else DASH
         rows.append([v, test.n, fmt_pm(test), fmt_ci(test.ci_low, test.ci_high),
                      fmt_pct(summarize_accuracy(_column(sub, "train_accuracy")).mean),
                      _constant(_column(sub, "nonzero_parameters")), _constant(_column(sub, "hidden_units")),
@@ -68,11 +70,12 @@ def headline_section(frame: pd.DataFrame, meta: dict, records: list[dict], out_d
     out.append(tables(
         ["variant", "n seeds", "test acc % (mean ± std)", "test acc 95 % CI", "train acc %",
          "non-zero params", "hidden units", "rel. gain vs dense %", "rel. gain 95 % CI", "paper test acc %"],
-        rows, f"Test accuracy per variant on {DATA_NAME} formulas, at an equal non-zero parameter budget; "
-              "paper numbers from arXiv 2510.04500 (8 clauses, 8 neurons, α = 2)."))
+        rows, f"Test accuracy per variant on {data_phrase(meta)}, at an equal non-zero parameter budget; "
+              + (f"paper numbers from {paper_numbers_.get('source', 'the paper')}." if paper_accuracy
+                 else "no paper numbers for this data set.")))
     out += _paper_config_note(meta)
-    out += _paired_section(frame, variants, tables)
-    out += _interference_section(frame, variants, tables)
+    out += _paired_section(frame, meta, variants, tables)
+    out += _interference_section(frame, meta, variants, tables)
 
     out += ["### Figures", ""]
     plot_headline_accuracy(frame, meta, out_dir / "accuracy.png")
@@ -95,7 +98,8 @@ def headline_section(frame: pd.DataFrame, meta: dict, records: list[dict], out_d
 def _paper_config_note(meta: dict) -> list[str]:
     """A warning when the base config differs from the paper's headline setting."""
     base = meta.get("base") or {}
-    diffs = [f"{k} = {fmt_value(base[k])} (paper {v})" for k, v in PAPER_CONFIG.items()
+    paper_config = paper_numbers(meta).get("config") or {}
+    diffs = [f"{k} = {fmt_value(base[k])} (paper {v})" for k, v in paper_config.items()
              if k in base and _ok(base[k]) and float(base[k]) != v]
     if not diffs:
         return []
@@ -103,9 +107,9 @@ def _paper_config_note(meta: dict) -> list[str]:
             "The paper's numbers are shown for orientation only.", ""]
 
 
-def _paired_values(frame: pd.DataFrame, a: str, b: str) -> tuple[list[float], list[float]]:
-    """Test accuracies of variants ``a`` and ``b`` matched by (config, seed)."""
-    keys = [c for c in CONFIG_FIELDS if c in frame.columns and c != "variants"]
+def _paired_values(frame: pd.DataFrame, meta: dict, a: str, b: str) -> tuple[list[float], list[float]]:
+    """Test accuracies of variants ``a`` and ``b`` matched by config without the seed, data set and seed."""
+    keys = pairing_columns(frame, meta)
 
     def by_key(variant: str) -> dict[tuple, float]:
         sub = frame[frame["variant"] == variant]
@@ -117,7 +121,7 @@ def _paired_values(frame: pd.DataFrame, a: str, b: str) -> tuple[list[float], li
     return [xa[k] for k in common], [xb[k] for k in common]
 
 
-def _paired_section(frame: pd.DataFrame, variants: list[str], tables: _Tables) -> list[str]:
+def _paired_section(frame: pd.DataFrame, meta: dict, variants: list[str], tables: _Tables) -> list[str]:
     """Paired t-tests over seeds: each variant vs dense, and clause vs random."""
     pairs = [(v, "dense") for v in variants if v != "dense" and "dense" in variants]
     if "clause" in variants and "random" in variants:
@@ -126,16 +130,16 @@ def _paired_section(frame: pd.DataFrame, variants: list[str], tables: _Tables) -
         return []
     rows = []
     for a, b in pairs:
-        xa, xb = _paired_values(frame, a, b)
+        xa, xb = _paired_values(frame, meta, a, b)
         res = paired_test(xa, xb)
         rows.append([f"{a} − {b}", res.n, fmt_pct(res.mean_diff, signed=True),
                      fmt_ci(res.ci_low, res.ci_high, signed=True), fmt_num(res.t), fmt_p(res.p)])
     return ["### Paired tests over seeds", "", tables(
         ["comparison", "n pairs", "mean diff (pct points)", "95 % CI of diff", "t", "p"], rows,
-        f"Paired t-tests (scipy.stats.ttest_rel) of test accuracy over seeds on {DATA_NAME} formulas."), ""]
+        f"Paired t-tests (scipy.stats.ttest_rel) of test accuracy over seeds on {data_phrase(meta)}."), ""]
 
 
-def _interference_section(frame: pd.DataFrame, variants: list[str], tables: _Tables) -> list[str]:
+def _interference_section(frame: pd.DataFrame, meta: dict, variants: list[str], tables: _Tables) -> list[str]:
     """Feature capacity and cosine similarity per variant (mean ± std over seeds)."""
     rows = []
     for v in variants:
@@ -148,7 +152,7 @@ def _interference_section(frame: pd.DataFrame, variants: list[str], tables: _Tab
     return ["### Interference metrics (first hidden layer)", "", tables(
         ["variant"] + [label for _, label in INTERFERENCE_METRICS], rows,
         f"Feature capacity (higher = less superposition) and mean pairwise cosine similarity of hidden "
-        f"units' incoming weights (lower = less entangled), mean ± std over seeds, {DATA_NAME} formulas."), ""]
+        f"units' incoming weights (lower = less entangled), mean ± std over seeds, {data_phrase(meta)}."), ""]
 
 
 def cell_table(frame: pd.DataFrame, axes: list[str], tables: _Tables, caption: str,
@@ -225,9 +229,9 @@ def sweep_section(frame: pd.DataFrame, meta: dict, out_dir: Path, tables: _Table
     if axis not in frame.columns:
         return out + [f"No record has the field `{axis}`; nothing to report.", ""]
     out.append(cell_table(frame, [axis], tables,
-                          f"Accuracy and relative gain over dense per `{axis}` and variant on {DATA_NAME} "
-                          "formulas (gain: (acc − acc_dense)/acc_dense, paired by seed).",
-                          show_gap=meta.get("study") == "data"))
+                          f"Accuracy and relative gain over dense per `{axis}` and variant on {data_phrase(meta)} "
+                          "(gain: (acc − acc_dense)/acc_dense, paired by seed).",
+                          show_gap=bool(meta.get("show_train"))))
     sentences = trend_sentences(frame, axis)
     if sentences:
         out += [f"Trend of the relative gain along `{axis}`:", ""] + [f"- {s}" for s in sentences] + [""]
@@ -281,12 +285,12 @@ def metrics_section(frame: pd.DataFrame, meta: dict, out_dir: Path, tables: _Tab
         ["variant", "metric", "slope", "intercept", "R²", "n runs"], rows,
         f"Least-squares fit fold change = slope × relative gain + intercept over all runs "
         f"(fold change = variant / dense of the same config and seed; relative gain as a fraction), "
-        f"{DATA_NAME} formulas."))
+        f"{data_phrase(meta)}."))
     out.append("")
     cell_axes = [a for a in axes if a in frame.columns]
     out.append(cell_table(frame, cell_axes, tables,
                           f"Accuracy and relative gain per cell ({', '.join(cell_axes) or 'no axis'}) "
-                          f"and variant on {DATA_NAME} formulas."))
+                          f"and variant on {data_phrase(meta)}."))
     out += ["### Figures", ""]
     plot_fold_vs_gain(frame, meta, fits, out_dir / "fold_vs_gain.png")
     out.append(_figure_md("fold_vs_gain.png", _data_caption(meta, "metric fold change vs relative gain, "

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .constants import DASH, THEORY_FIELDS, VARIANT_ORDER
+from .constants import CONFIG_FIELDS, DASH, DATA_NAME, THEORY_FIELDS, VARIANT_ORDER
 
 
 # --------------------------------------------------------------------------------- statistics
@@ -206,3 +206,40 @@ def _theory_table(frame: pd.DataFrame) -> pd.DataFrame:
     if "trials" in num.columns:
         agg["trials"] = "sum"
     return num.groupby(["k", "alpha"], as_index=False).agg(agg)
+
+
+# ------------------------------------------------------------------------------- study metadata
+
+
+def data_name(records: Iterable[dict], meta: dict) -> str:
+    """The data set's display name: the records' ``dataset`` values, else ``meta["dataset"]``."""
+    names = list(dict.fromkeys(str(r["dataset"]) for r in records if r.get("dataset") is not None))
+    if names:
+        return " / ".join(names)
+    return str(meta.get("dataset") or DATA_NAME)
+
+
+def data_phrase(meta: dict) -> str:
+    """How captions name the data (the Boolean name reads "synthetic Boolean DNF formulas")."""
+    name = meta.get("data_name") or DATA_NAME
+    return f"{name} formulas" if name == DATA_NAME else name
+
+
+def paper_numbers(meta: dict, dataset: str | None = None) -> dict:
+    """``meta["paper"]`` when its ``dataset`` is the data reported here (case-insensitive), else {}."""
+    paper = meta.get("paper") or {}
+    name = dataset if dataset is not None else meta.get("data_name") or DATA_NAME
+    if paper and str(paper.get("dataset", "")).lower() == str(name).lower():
+        return paper
+    return {}
+
+
+def pairing_columns(frame: pd.DataFrame, meta: dict) -> list[str]:
+    """Columns that pair runs of two variants: the config without ``variants``, the data set, the seed.
+
+    The config fields are those of ``meta["base"]`` (the study's config), so runs pair by their
+    config without the seed and by seed, never across data sets.
+    """
+    fields = list((meta.get("base") or {}).keys()) or list(CONFIG_FIELDS)
+    cols = [c for c in fields if c in frame.columns and c not in ("variants", "seed")]
+    return cols + [c for c in ("dataset", "seed") if c in frame.columns and c not in cols]

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from .constants import CONFIG_FIELDS, EXCLUDED_CSV_KEYS, RESULT_FIELDS, STUDIES, SWEEP_STUDIES, THEORY_FIELDS
+from .cells import cells_section
+from .constants import CONFIG_FIELDS, EXCLUDED_CSV_KEYS, LAYOUTS, LEGACY_LAYOUTS, LEGACY_PAPER, RESULT_FIELDS, THEORY_FIELDS
 from .markdown import _base_table, _header, _Tables
 from .sections import headline_section, metrics_section, sweep_section, theory_section
-from .stats import _axis_key, study_axes, variant_rank
+from .stats import _axis_key, data_name, study_axes, variant_rank
 
 
 def records_frame(records: list[dict], meta: dict) -> pd.DataFrame:
@@ -18,12 +19,14 @@ def records_frame(records: list[dict], meta: dict) -> pd.DataFrame:
     keys: list[str] = []
     for row in rows:
         keys += [k for k in row if k not in keys]
-    preferred = THEORY_FIELDS if meta.get("study") == "theory" else CONFIG_FIELDS + RESULT_FIELDS
+    theory = (meta.get("layout") or LEGACY_LAYOUTS.get(meta.get("study"))) == "theory"
+    config_fields = tuple((meta.get("base") or {}).keys()) or CONFIG_FIELDS
+    preferred = THEORY_FIELDS if theory else config_fields + ("dataset",) + RESULT_FIELDS
     columns = [k for k in preferred if k in keys] + [k for k in keys if k not in preferred]
     frame = pd.DataFrame(rows, columns=columns)
     if frame.empty:
         return frame
-    sort_cols = ["k", "alpha"] if meta.get("study") == "theory" else study_axes(meta)
+    sort_cols = ["k", "alpha"] if theory else study_axes(meta)
     sort_cols = [c for c in sort_cols if c in frame.columns]
     keys_fn = []
     for c in sort_cols:
@@ -36,46 +39,69 @@ def records_frame(records: list[dict], meta: dict) -> pd.DataFrame:
     return frame.iloc[order].reset_index(drop=True)
 
 
+def resolve_meta(meta: dict, records: list[dict]) -> dict:
+    """``meta`` with ``layout`` (from a legacy study name where missing) and ``data_name`` filled in."""
+    meta = dict(meta)
+    study = meta.get("study")
+    layout = meta.get("layout") or LEGACY_LAYOUTS.get(study)
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown study {study!r}: no report layout for it (meta['layout'] = {meta.get('layout')!r}; "
+                         f"layouts: {', '.join(sorted(LAYOUTS))})")
+    if "layout" not in meta:  # a meta.json from before studies carried their own description
+        if layout == "headline":
+            meta.setdefault("paper", LEGACY_PAPER)
+        if study == "data":
+            meta.setdefault("show_train", True)
+    meta["layout"] = layout
+    meta["data_name"] = data_name(records, meta)
+    return meta
+
+
 def write_report(out_dir: str | Path, meta: dict, records: list[dict]) -> Path:
     """Write ``records.csv``, ``report.md`` and the study's figures into ``out_dir``.
 
     Args:
         out_dir: output folder (created if needed).
-        meta: ``study`` (headline / neurons / clauses / alpha / metrics / data / theory),
-            ``axis`` (swept field, a list for metrics, None for headline/theory), ``seeds``,
-            ``command``, ``base`` (base config dict), ``date``, ``dataset_note``.
+        meta: ``study`` (its name), ``layout`` (see :data:`~.constants.LAYOUTS`; a Boolean study name
+            implies one), ``axis`` (swept field, a list for grids, None for headline/theory),
+            ``seeds``, ``command``, ``base`` (base config dict), ``date``, ``dataset_note``, and
+            optionally ``dataset`` (the data's name where records carry none), ``paper`` (the
+            paper's numbers with the ``dataset`` they belong to; shown only where it matches),
+            ``show_train`` (sweep: plot train accuracy and the train − test gap).
         records: flat training records (one per config, variant, seed; ``hidden_weight`` is
-            used for figures only) or theory records for ``study == "theory"``.
+            used for figures only; ``dataset`` names the data) or theory records.
 
     Returns:
         The path of ``report.md``.
 
     Raises:
-        ValueError: for an unknown study, or a sweep study without an axis.
+        ValueError: for an unknown layout, or a sweep/grid layout without an axis.
     """
-    study = meta.get("study")
-    if study not in STUDIES:
-        raise ValueError(f"unknown study {study!r}; expected one of {sorted(STUDIES)}")
-    if (study in SWEEP_STUDIES or study == "metrics") and not study_axes(meta):
-        raise ValueError(f"study {study!r} needs meta['axis']")
+    records = list(records)
+    meta = resolve_meta(meta, records)
+    layout = meta["layout"]
+    if layout in ("sweep", "grid") and not study_axes(meta):
+        raise ValueError(f"study {meta.get('study')!r} needs meta['axis']")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     frame = records_frame(list(records), meta)
     frame.to_csv(out / "records.csv", index=False)
 
-    tables = _Tables()
+    tables = _Tables(meta["data_name"])
     lines = _header(meta)
     lines += [_base_table(meta, tables), ""]
     if frame.empty:
         lines += ["No records were given; nothing to report.", ""]
-    elif study == "theory":
+    elif layout == "theory":
         lines += theory_section(frame, meta, out, tables)
     elif "variant" not in frame.columns:
         lines += ["Records have no `variant` field; nothing to report.", ""]
-    elif study == "headline":
-        lines += headline_section(frame, meta, list(records), out, tables)
-    elif study == "metrics":
+    elif layout == "headline":
+        lines += headline_section(frame, meta, records, out, tables)
+    elif layout == "grid":
         lines += metrics_section(frame, meta, out, tables)
+    elif layout in ("cells", "match"):
+        lines += cells_section(frame, meta, out, tables)
     else:
         lines += sweep_section(frame, meta, out, tables)
     lines += ["", "Raw per-run results: [records.csv](records.csv).", ""]

@@ -1,0 +1,157 @@
+"""A small CNN on Fashion-MNIST whose classifier head is expanded and trained jointly with the backbone.
+
+Model (plain ``torch.nn``): backbone ``conv 1→16 (3×3) → ReLU → max-pool 2 → conv 16→32 (3×3) →
+ReLU → max-pool 2 → flatten → linear 1568→256 → ReLU`` (feature size 256), head
+``linear 256→neurons → ReLU → linear neurons→10``. The protocol is the paper's: the whole network
+trains dense for T1 epochs, the head's hidden layer is expanded (``expand(layers=["head.0"])``,
+backbone untouched), then the whole network trains on for T2 epochs. The dense baseline trains
+T1 + T2 epochs. Budgets count every non-zero of the network; only head layers are pruned.
+
+Defaults, chosen to fit 2 CPU cores (each a config field):
+
+- ``train_size=10000``: a fixed random subset of the 60000 training images (the same subset for
+  every seed; drawn with seed 0); ``train_size=None`` uses all. The test set is the full 10000.
+- Adam, lr 1e-3, minibatches of 128, 3 + 3 epochs; pixels scaled to [0, 1].
+
+Data: Fashion-MNIST from the Debian package ``dataset-fashion-mnist`` or ``data_dir`` holding the
+IDX files (:func:`torchfpe.data.load_fashion_mnist`).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .. import metrics
+from . import protocol
+from .heads import DTYPES, _make
+
+VARIANTS = tuple(v for v in protocol.VARIANTS if v not in ("clause", "clause_shared", "correlation"))
+FEATURES = 256
+CLASSES = 10
+
+
+@dataclass(frozen=True)
+class CNNConfig(protocol.ConfigMethods):
+    # data
+    data_dir: str | None = None  # folder with the Fashion-MNIST IDX files; None: the Debian package
+    train_size: int | None = 10000  # training subset (seed 0); None: all 60000
+    # model
+    neurons: int = 8  # the head's hidden width (the parent)
+    alpha: int = 2
+    bias: str = "copy"
+    budget: str = "global"
+    dropconnect_p: float | None = None
+    # training
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int | None = 128
+    warmup_epochs: int = 3
+    epochs_after: int = 3
+    dtype: str = "float32"
+    variants: tuple[str, ...] = ("dense", "random", "feature")
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.variants, str):
+            object.__setattr__(self, "variants", tuple(v for v in self.variants.split("+") if v))
+        protocol.check_variants(self.variants, VARIANTS)
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
+        for name, minimum in (("neurons", 1), ("warmup_epochs", 0), ("epochs_after", 0), ("alpha", 2)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+        if self.train_size is not None and (isinstance(self.train_size, bool) or not isinstance(self.train_size, int)
+                                            or self.train_size < 10):
+            raise ValueError(f"train_size must be an int >= 10 or None (all), got {self.train_size!r}")
+        self.settings()  # validates the optimizer fields
+
+
+def make_config(**overrides) -> CNNConfig:
+    return _make(CNNConfig, "cnn", overrides)
+
+
+def load_images(data_dir: str | None):
+    """Fashion-MNIST as uint8 images and int64 labels (:func:`torchfpe.data.load_fashion_mnist`)."""
+    from ..data import load_fashion_mnist
+
+    return load_fashion_mnist(data_dir)
+
+
+@functools.lru_cache(maxsize=2)
+def prepared_data(data_dir: str | None, train_size: int | None, dtype: str) -> protocol.Data:
+    images = load_images(data_dir)
+    x_train, y_train = torch.as_tensor(images.x_train), torch.as_tensor(images.y_train).long()
+    x_test, y_test = torch.as_tensor(images.x_test), torch.as_tensor(images.y_test).long()
+    total = len(x_train)
+    if train_size is not None and train_size < total:
+        keep = torch.randperm(total, generator=torch.Generator().manual_seed(0))[:train_size]
+        x_train, y_train = x_train[keep], y_train[keep]
+    to = DTYPES[dtype]
+
+    def scale(x):
+        return (x.to(to) / 255.0).unsqueeze(1)  # (N, 1, 28, 28)
+
+    used = len(x_train)
+    name = "Fashion-MNIST images" + (f" ({used}-example training subset)" if used < total else "")
+    return protocol.Data(scale(x_train), y_train, scale(x_test), y_test, {"name": name, "train_examples": used})
+
+
+def cnn(neurons: int, seed: int, dtype: str) -> nn.Sequential:
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    backbone = nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(32 * 7 * 7, FEATURES), nn.ReLU(),
+    )
+    head = nn.Sequential(nn.Linear(FEATURES, neurons), nn.ReLU(), nn.Linear(neurons, CLASSES))
+    model = nn.Sequential()
+    model.add_module("backbone", backbone)
+    model.add_module("head", head)
+    torch.random.set_rng_state(state)
+    return model.to(DTYPES[dtype])
+
+
+class CNNTask(protocol.Task):
+    kind = "multiclass"
+    fold_keys = ("capacity_mean", "cosine_abs_mean")
+    eval_batch = 2000  # evaluate 10000 test images in chunks: bounded memory
+
+    def data(self, config: CNNConfig) -> protocol.Data:
+        return prepared_data(config.data_dir, config.train_size, config.dtype)
+
+    def parent(self, config: CNNConfig) -> nn.Module:
+        return cnn(config.neurons, config.seed, config.dtype)
+
+    def expand_kwargs(self, config: CNNConfig, variant: str, data: protocol.Data) -> dict:
+        return {"layers": ["head.0"]}
+
+    def record_extras(self, config: CNNConfig, variant: str, model: nn.Module, data: protocol.Data) -> dict:
+        weight = dict(metrics.hidden_weights(model))["head.0"]
+        return {"neurons": config.neurons, "hidden_units": int(weight.shape[0]), "dataset": data.info["name"],
+                "standin": False, "train_examples": data.info["train_examples"], "feature_size": FEATURES,
+                **metrics.interference_metrics(weight)}
+
+
+TASK = CNNTask()
+
+
+def check_config(config: CNNConfig) -> None:
+    """Load Fashion-MNIST before any run (missing or corrupt IDX files: ValueError naming the folder)."""
+    TASK.data(config)
+
+
+def run_batch(configs: Sequence[CNNConfig]) -> list[dict]:
+    """Seeds one at a time (a CNN is not stacked); one record per (variant, seed)."""
+    return protocol.run_batch(TASK, configs)
+
+
+def run_single(config: CNNConfig) -> list[dict]:
+    return protocol.run_single(TASK, config)

@@ -1,0 +1,45 @@
+"""A deep MLP over frozen embeddings with every hidden layer expanded (the paper's 5-layer network).
+
+``d → neurons → neurons → neurons → neurons → C`` (``depth = 4`` hidden layers, 5 linear layers),
+ReLU between them, trained with the two-phase protocol. ``expand`` treats every pair of consecutive
+linear layers as a (incoming, outgoing) pair, so each hidden layer is split alpha-fold and the
+layer after it gets alpha copies of each column; the budget prunes globally back to the parent's
+non-zero count. One alpha fits every layer as long as ``alpha <= neurons`` (the smallest fan-in),
+so no per-layer alpha is needed for the default grid.
+
+Everything else (data, defaults, controls, records) is as in :mod:`torchfpe.experiments.heads`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from . import protocol
+from .heads import TASK, HeadsConfig, _make, check_config  # noqa: F401 - check_config re-exported
+
+
+@dataclass(frozen=True)
+class DeepConfig(HeadsConfig):
+    depth: int = 4  # hidden layers
+
+    def _int_fields(self) -> list[tuple[str, int]]:
+        return super()._int_fields() + [("depth", 1)]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.alpha > self.neurons and self.depth > 1:
+            raise ValueError(f"alpha={self.alpha} exceeds neurons={self.neurons}, the fan-in of the deeper "
+                             "hidden layers; use alpha <= neurons")
+
+
+def make_config(**overrides) -> DeepConfig:
+    return _make(DeepConfig, "deep", overrides)
+
+
+def run_batch(configs: Sequence[DeepConfig]) -> list[dict]:
+    return protocol.run_batch(TASK, configs)
+
+
+def run_single(config: DeepConfig) -> list[dict]:
+    return protocol.run_single(TASK, config)

@@ -1,0 +1,294 @@
+"""The paper's two-phase FPE protocol, written once for every experiment.
+
+One *run* is one seed of one config. Every variant of a run shares the data and the dense warm-up:
+
+- ``dense``: T1 + T2 epochs with one optimizer (the warm-up's optimizer keeps going).
+- FPE splits (``random``, ``clause``, ``feature``, ``contiguous``) and the ``overlap`` and
+  ``dropconnect`` controls: the dense model after T1 epochs, ``expand``-ed, then T2 epochs with a
+  new optimizer of the same settings.
+- ``static_sparse``: the width alpha·h under a random fixed mask drawn at initialisation
+  (Golubeva et al. 2021), trained from scratch for T1 + T2 epochs.
+- ``wide<scale>`` (e.g. ``wide1.5``): a dense model with about ``scale`` times the parent's non-zero
+  count, trained from scratch for T1 + T2 epochs (for "how much wider must dense be to match FPE").
+
+What an experiment provides is a :class:`Task` (the contract):
+
+- ``kind``: ``"binary"`` (one logit, 0/1 targets) or ``"multiclass"`` (C logits, integer labels);
+  picks the loss (BCE / cross-entropy) and the accuracy.
+- ``data(config) -> Data``: train and test tensors of one seed (and any ``info`` the task needs).
+- ``parent(config) -> nn.Module``: the dense parent, initialised from ``config.seed`` without
+  touching torch's global generator.
+- ``expand_kwargs(config, variant, data) -> dict``: extra arguments of ``expand`` (``clauses=``,
+  ``layers=``, or ``split=`` for a split of the task's own such as ``correlation``).
+- ``record_extras(config, variant, model, data) -> dict``: fields added to each record.
+- ``fold_keys``: record fields whose variant / dense ratio is recorded as ``<key>_fold``.
+- ``wide_parent(config, scale)``: a wider dense model, only for ``wide<scale>`` variants.
+- ``eval_batch``: evaluate in chunks of this many examples (None: one pass).
+
+A config is a frozen dataclass with ``seed, alpha, bias, budget, dropconnect_p, warmup_epochs,
+epochs_after, variants``, ``settings() -> TrainSettings``, ``to_dict()`` and ``without_seed()``
+(:class:`ConfigMethods` provides the last three).
+
+:func:`run_batch` trains the seeds of one config as stacks (:mod:`torchfpe.batched`) where the
+models are plain MLPs, else one model at a time; :func:`run_single` is the one-model reference path
+that the stacks must agree with. Both return one flat record per (variant, seed).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .. import metrics
+from ..batched import STACKED_ACCURACIES, STACKED_LOSSES, StackedMLP, _signature, can_stack, fit_stacked
+from ..core import expand, nonzero_parameters
+from ..train import ACCURACIES, LOSSES, TrainSettings, fit
+
+#: Variants that start from the warmed-up dense model and are expanded with ``expand(split=variant)``
+#: (``correlation`` is a task's own split: the task passes ``split=`` through ``expand_kwargs``).
+AFTER_WARMUP = ("random", "clause", "clause_shared", "feature", "contiguous", "shared", "grouped", "correlation",
+                "overlap", "dropconnect")
+VARIANTS = ("dense", *AFTER_WARMUP, "static_sparse")
+WIDE = re.compile(r"^wide(\d+(?:\.\d+)?)$")
+KINDS = ("binary", "multiclass")
+
+
+def is_variant(name: str) -> bool:
+    """A known variant name: one of :data:`VARIANTS` or ``wide<scale>`` with scale > 0."""
+    match = WIDE.match(name)
+    return name in VARIANTS or (match is not None and float(match.group(1)) > 0)
+
+
+def check_variants(variants: Sequence[str], allowed: Sequence[str] = VARIANTS) -> None:
+    """Raise ValueError unless ``variants`` is a non-empty subset of ``allowed`` ("wide": any wide<scale>)."""
+    def known(variant: str) -> bool:
+        return variant in allowed or ("wide" in allowed and WIDE.match(variant) is not None and is_variant(variant))
+
+    if not variants or not all(known(v) for v in variants):
+        shown = tuple(a for a in allowed if a != "wide") + (("wide<scale>",) if "wide" in allowed else ())
+        raise ValueError(f"variants must be a non-empty subset of {shown}, got {tuple(variants)!r}")
+
+
+class ConfigMethods:
+    """What the protocol and the runners call on a frozen config dataclass with the protocol's fields."""
+
+    def settings(self) -> TrainSettings:
+        return TrainSettings(optimizer=self.optimizer, lr=self.lr, weight_decay=self.weight_decay,
+                             batch_size=self.batch_size)
+
+    def to_dict(self) -> dict:
+        values = dataclasses.asdict(self)
+        values["variants"] = "+".join(self.variants)
+        return values
+
+    def without_seed(self) -> tuple:
+        """Configs equal here differ only in their seed and can be trained as one stack."""
+        values = self.to_dict()
+        values.pop("seed")
+        return tuple(sorted(values.items()))
+
+
+@dataclass
+class Data:
+    """One seed's data; ``info`` is whatever the task needs later (e.g. the clause map)."""
+
+    x_train: Tensor
+    y_train: Tensor
+    x_test: Tensor
+    y_test: Tensor
+    info: Any = None
+
+
+class Task:
+    """Base class with the optional hooks' defaults; see the module docstring for the contract."""
+
+    kind: str = "binary"
+    fold_keys: tuple[str, ...] = ()
+    eval_batch: int | None = None  # evaluate in chunks of this many examples (None: one pass)
+
+    def data(self, config) -> Data:
+        raise NotImplementedError
+
+    def parent(self, config) -> nn.Module:
+        raise NotImplementedError
+
+    def wide_parent(self, config, scale: float) -> nn.Module:
+        raise ValueError(f"{type(self).__name__} has no wide<scale> variants")
+
+    def expand_kwargs(self, config, variant: str, data: Data) -> dict:
+        return {}
+
+    def record_extras(self, config, variant: str, model: nn.Module, data: Data) -> dict:
+        return {}
+
+
+# ------------------------------------------------------------------------------ the protocol's rules
+def phase(variant: str) -> int:
+    """0: the dense run; 2: built at init and trained T1 + T2 epochs (static_sparse, wide<scale>);
+    1: every other variant, a split applied to the warmed-up model (so a new split needs no edit here)."""
+    if variant == "dense":
+        return 0
+    return 2 if variant == "static_sparse" or WIDE.match(variant) else 1
+
+
+def epochs(config, phase_: int) -> int:
+    """Epochs after the model is built: T2 after the warm-up, T1 + T2 from scratch."""
+    return config.epochs_after if phase_ == 1 else config.warmup_epochs + config.epochs_after
+
+
+def batch_generator(config, phase_: int) -> torch.Generator:
+    """Minibatch order of one seed and phase (the dense run keeps its phase-0 generator)."""
+    return torch.Generator().manual_seed(config.seed * 7919 + phase_)
+
+
+def build_variant(task: Task, config, variant: str, warm: nn.Module, data: Data) -> nn.Module:
+    """The model a variant trains: an expansion of the warm model or of a fresh init, or a wider dense."""
+    wide = WIDE.match(variant)
+    if wide:
+        return task.wide_parent(config, float(wide.group(1)))
+    source = warm if phase(variant) == 1 else task.parent(config)
+    kwargs = {"split": variant, **task.expand_kwargs(config, variant, data)}
+    return expand(
+        source, config.alpha, seed=config.seed, bias=config.bias, budget=config.budget,
+        dropconnect_p=config.dropconnect_p if variant == "dropconnect" else None, **kwargs,
+    )
+
+
+def make_record(task: Task, config, variant: str, model: nn.Module, train_acc: float, test_acc: float,
+                data: Data) -> dict:
+    record = config.to_dict()
+    record.update(variant=variant, test_accuracy=test_acc, train_accuracy=train_acc,
+                  nonzero_parameters=nonzero_parameters(model),
+                  **task.record_extras(config, variant, model, data))
+    return record
+
+
+def add_relative(records: list[dict], fold_keys: Sequence[str] = ()) -> list[dict]:
+    """Relative gain (and fold changes of ``fold_keys``) of each variant against its seed's dense run."""
+    dense = {r["seed"]: r for r in records if r["variant"] == "dense"}
+    for record in records:
+        base = dense.get(record["seed"])
+        if base is None:
+            continue
+        record["relative_gain"] = metrics.relative_gain(record["test_accuracy"], base["test_accuracy"])
+        for key in fold_keys:
+            try:
+                record[f"{key}_fold"] = metrics.fold_change(record[key], base[key])
+            except ValueError:
+                record[f"{key}_fold"] = float("nan")
+    return records
+
+
+def _sorted(records: list[dict], variants: Sequence[str]) -> list[dict]:
+    order = {v: k for k, v in enumerate(variants)}
+    records.sort(key=lambda r: (order[r["variant"]], r["seed"]))
+    return records
+
+
+# -------------------------------------------------------------------------------- one model at a time
+def run_single(task: Task, config) -> list[dict]:
+    """The reference path: every variant of one run trained one model at a time."""
+    data = task.data(config)
+    settings = config.settings()
+    loss_fn, accuracy = LOSSES[task.kind], ACCURACIES[task.kind]
+    records = []
+
+    def train(model, epochs_, generator, optimizer=None):
+        return fit(model, data.x_train, data.y_train, epochs_, settings, optimizer=optimizer,
+                   generator=generator, loss_fn=loss_fn)
+
+    def finish(variant, model):
+        records.append(make_record(
+            task, config, variant, model, accuracy(model, data.x_train, data.y_train, task.eval_batch),
+            accuracy(model, data.x_test, data.y_test, task.eval_batch), data))
+
+    torch.manual_seed(config.seed)  # DropConnect's masks come from the global generator
+    dense = task.parent(config)
+    generator = batch_generator(config, 0)
+    optimizer = train(dense, config.warmup_epochs, generator)  # phase 1: dense warm-up (T1 epochs)
+    warm = copy.deepcopy(dense)
+    if "dense" in config.variants:  # the baseline keeps its optimizer for T2 more epochs
+        train(dense, config.epochs_after, generator, optimizer)
+        finish("dense", dense)
+    for variant in config.variants:  # phase 2: expand (or build the control), train on
+        if variant == "dense":
+            continue
+        model = build_variant(task, config, variant, warm, data)
+        train(model, epochs(config, phase(variant)), batch_generator(config, phase(variant)))
+        finish(variant, model)
+    return add_relative(records, task.fold_keys)
+
+
+# ---------------------------------------------------------------------------------------- batched
+def run_batch(task: Task, configs: Sequence) -> list[dict]:
+    """Train the runs of ``configs`` (equal but for the seed) as stacks; same records as ``run_single``.
+
+    Models that :class:`~torchfpe.batched.StackedMLP` cannot stack (e.g. a CNN) run one seed at a
+    time through :func:`run_single`.
+    """
+    configs = list(configs)
+    if not configs:
+        return []
+    if len({c.without_seed() for c in configs}) != 1:
+        raise ValueError("run_batch needs configs that differ only in their seed; group them first")
+    first = configs[0]
+    if not can_stack([task.parent(first)]):
+        return _sorted([r for c in configs for r in run_single(task, c)], first.variants)
+    settings = first.settings()
+    loss_fn, accuracy = STACKED_LOSSES[task.kind], STACKED_ACCURACIES[task.kind]
+    datas = [task.data(c) for c in configs]
+    x_train, y_train, x_test, y_test = (
+        _stack([getattr(d, name) for d in datas]) for name in ("x_train", "y_train", "x_test", "y_test"))
+    records: list[dict] = []
+
+    def train(stack, index, epochs_, generators, optimizer=None):
+        return fit_stacked(stack, x_train[index], y_train[index], epochs_, settings, optimizer=optimizer,
+                           generators=generators, loss_fn=loss_fn)
+
+    def finish(stack: StackedMLP, owners: list[tuple[Any, str, int]]):
+        index = torch.tensor([i for _, _, i in owners])
+        train_acc = accuracy(stack, x_train[index], y_train[index])
+        test_acc = accuracy(stack, x_test[index], y_test[index])
+        for model, (config, variant, i), a, b in zip(stack.unstack(), owners, train_acc, test_acc):
+            records.append(make_record(task, config, variant, model, float(a), float(b), datas[i]))
+
+    everyone = torch.arange(len(configs))
+    torch.manual_seed(first.seed)  # DropConnect's masks come from the global generator
+    dense = StackedMLP([task.parent(c) for c in configs])
+    generators = [batch_generator(c, 0) for c in configs]
+    optimizer = train(dense, everyone, first.warmup_epochs, generators)  # phase 1: dense warm-up
+    warm = dense.unstack()
+    if "dense" in first.variants:  # the baseline keeps its optimizer for T2 more epochs
+        train(dense, everyone, first.epochs_after, generators, optimizer)
+        finish(dense, [(c, "dense", i) for i, c in enumerate(configs)])
+
+    # Phase 2. Variants of one shape are trained together: a bigger stack, fewer kernel launches.
+    groups: dict[str, list[tuple[nn.Module, tuple[Any, str, int]]]] = {}
+    for variant in first.variants:
+        if variant == "dense":
+            continue
+        for i, config in enumerate(configs):
+            model = build_variant(task, config, variant, warm[i], datas[i])
+            groups.setdefault(repr((_signature(model), phase(variant))), []).append((model, (config, variant, i)))
+    for members in groups.values():
+        owners = [owner for _, owner in members]
+        phase_ = phase(owners[0][1])
+        stack = StackedMLP([model for model, _ in members])
+        train(stack, torch.tensor([i for _, _, i in owners]), epochs(first, phase_),
+              [batch_generator(c, phase_) for c, _, _ in owners])
+        finish(stack, owners)
+    return add_relative(_sorted(records, first.variants), task.fold_keys)
+
+
+def _stack(tensors: list[Tensor]) -> Tensor:
+    """(B, ...) from B tensors; one shared tensor becomes a view, not B copies."""
+    if all(t is tensors[0] for t in tensors):
+        return tensors[0].unsqueeze(0).expand(len(tensors), *tensors[0].shape)
+    return torch.stack(tensors)

@@ -1,0 +1,45 @@
+"""`torchfpe reproduce heads|deep|cnn` end to end on tiny data, and bad input."""
+
+import csv
+import json
+
+from typer.testing import CliRunner
+
+from test_real_experiments import NAME, embedding_file, fashion_dir  # noqa: F401 - fixtures
+from torchfpe.cli import app
+
+TINY = ["--set", "warmup_epochs=1", "--set", "epochs_after=1", "--backend", "local", "--quiet", "--seeds", "2"]
+
+
+def run(*args):
+    return CliRunner().invoke(app, [*args])
+
+
+def test_reproduce_heads_on_a_users_embedding_file(tmp_path, embedding_file):  # noqa: F811
+    out = tmp_path / "heads"
+    result = run("reproduce", "heads", "--study", "width", "--embeddings", embedding_file, "--out", str(out),
+                 "--set", "neurons=[2,4]", "--set", "alpha=[2]", "--set", "batch_size=64", *TINY)
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader((out / "records.csv").open()))
+    assert len(rows) == 2 * 2 * 6 and {r["dataset"] for r in rows} == {NAME}
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["group"] == "heads" and meta["layout"] == "cells"
+    report = (out / "report.md").read_text()
+    assert all(NAME in line for line in report.splitlines() if line.startswith("**Table"))
+
+
+def test_reproduce_cnn_reads_the_data_folder(tmp_path, fashion_dir):  # noqa: F811
+    out = tmp_path / "cnn"
+    result = run("reproduce", "cnn", "--data", fashion_dir, "--out", str(out), "--set", "neurons=[4]",
+                 "--set", "train_size=None", "--set", "batch_size=32", *TINY)
+    assert result.exit_code == 0, result.output
+    assert "Fashion-MNIST images" in (out / "report.md").read_text()
+
+
+def test_a_bad_embedding_file_fails_before_anything_is_written(tmp_path):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not an npz")
+    out = tmp_path / "never"
+    result = run("reproduce", "heads", "--embeddings", str(bad), "--out", str(out), *TINY)
+    assert result.exit_code in (1, 2) and "bad.npz" in result.output and "Traceback" not in result.output
+    assert not out.exists() or not any(out.iterdir())
