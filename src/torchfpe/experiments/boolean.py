@@ -28,7 +28,6 @@ from torch import nn
 
 from .. import metrics
 from ..tasks import DNFConfig, make_dnf
-from ..train import TrainSettings
 from . import protocol
 
 VARIANTS = tuple(v for v in protocol.VARIANTS if v != "correlation")  # correlation: embedding heads only
@@ -38,7 +37,7 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 @dataclass(frozen=True)
-class BooleanConfig:
+class BooleanConfig(protocol.ConfigMethods):
     """Everything that defines one run. Defaults: see docs/reproduction.md for why."""
 
     # task (see torchfpe.tasks.DNFConfig); n_vars=None means max(48, 2 * clauses * literals)
@@ -109,20 +108,6 @@ class BooleanConfig:
             train_size=self.train_size, test_size=self.test_size, seed=self.seed,
         )
 
-    def settings(self) -> TrainSettings:
-        return TrainSettings(optimizer=self.optimizer, lr=self.lr, weight_decay=self.weight_decay,
-                             batch_size=self.batch_size)
-
-    def to_dict(self) -> dict:
-        values = dataclasses.asdict(self)
-        values["variants"] = "+".join(self.variants)
-        return values
-
-    def without_seed(self) -> tuple:
-        """Configs equal here differ only in their seed and can be trained as one stack."""
-        values = self.to_dict()
-        values.pop("seed")
-        return tuple(sorted(values.items()))
 
 
 def config_fields() -> dict[str, type]:

@@ -58,19 +58,13 @@ class CNNConfig(protocol.ConfigMethods):
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if isinstance(self.variants, str):
-            object.__setattr__(self, "variants", tuple(v for v in self.variants.split("+") if v))
-        protocol.check_variants(self.variants, VARIANTS)
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
-        for name, minimum in (("neurons", 1), ("warmup_epochs", 0), ("epochs_after", 0), ("alpha", 2)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-        if self.train_size is not None and (isinstance(self.train_size, bool) or not isinstance(self.train_size, int)
-                                            or self.train_size < 10):
-            raise ValueError(f"train_size must be an int >= 10 or None (all), got {self.train_size!r}")
-        self.settings()  # validates the optimizer fields
+        from ..core.validation import Interval, validate_dataclass
+
+        protocol.split_variants(self)
+        validate_dataclass(self, {  # every field's constraint, declared once; checked before any work
+            "data_dir": [str, None], "train_size": [Interval(int, 10), None],
+            **protocol.protocol_constraints(VARIANTS, tuple(DTYPES)),
+        }, "CNNConfig")
 
 
 def make_config(**overrides) -> CNNConfig:

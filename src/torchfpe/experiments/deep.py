@@ -23,14 +23,13 @@ from .heads import TASK, HeadsConfig, _make, check_config  # noqa: F401 - check_
 class DeepConfig(HeadsConfig):
     depth: int = 4  # hidden layers
 
-    def _int_fields(self) -> list[tuple[str, int]]:
-        return super()._int_fields() + [("depth", 1)]
+    def _constraints(self) -> dict:
+        from ..core.validation import Interval
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.alpha > self.neurons and self.depth > 1:
-            raise ValueError(f"alpha={self.alpha} exceeds neurons={self.neurons}, the fan-in of the deeper "
-                             "hidden layers; use alpha <= neurons")
+        return {**super()._constraints(), "depth": [Interval(int, 1)]}
+
+    def _deep(self) -> bool:
+        return self.depth > 1
 
 
 def make_config(**overrides) -> DeepConfig:

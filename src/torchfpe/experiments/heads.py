@@ -68,26 +68,23 @@ class HeadsConfig(protocol.ConfigMethods):
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if isinstance(self.variants, str):
-            object.__setattr__(self, "variants", tuple(v for v in self.variants.split("+") if v))
-        protocol.check_variants(self.variants, VARIANTS)
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
-        if not isinstance(self.embeddings, str) or not self.embeddings:
-            raise ValueError(f"embeddings must be a file path or a built-in name, got {self.embeddings!r}")
-        for name, minimum in self._int_fields():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-        if self.classes is not None and (isinstance(self.classes, bool) or not isinstance(self.classes, int)
-                                         or self.classes < 2):
-            raise ValueError(f"classes must be an int >= 2 or None (all), got {self.classes!r}")
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, int) or self.alpha < 2:
-            raise ValueError(f"alpha must be an int >= 2, got {self.alpha!r}")
-        self.settings()  # validates the optimizer fields
+        from ..core.validation import Interval, Predicate, invalid, validate_dataclass
 
-    def _int_fields(self) -> list[tuple[str, int]]:
-        return [("neurons", 1), ("warmup_epochs", 0), ("epochs_after", 0)]
+        protocol.split_variants(self)
+        source = Predicate(lambda v: isinstance(v, str) and bool(v), "a file path or a built-in name")
+        validate_dataclass(self, {  # every field's constraint, declared once; checked before any work
+            "embeddings": [source], "data_dir": [str, None], "classes": [Interval(int, 2), None],
+            **self._constraints(),
+        }, type(self).__name__)
+        if self.alpha > self.neurons and self._deep():
+            raise invalid("alpha", type(self).__name__,
+                          f"an int in [2, neurons={self.neurons}] (the fan-in of the deeper hidden layers)", self.alpha)
+
+    def _constraints(self) -> dict:
+        return protocol.protocol_constraints(VARIANTS, tuple(DTYPES))
+
+    def _deep(self) -> bool:
+        return False
 
 
 def make_config(**overrides) -> HeadsConfig:

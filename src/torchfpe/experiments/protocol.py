@@ -76,6 +76,41 @@ def check_variants(variants: Sequence[str], allowed: Sequence[str] = VARIANTS) -
         raise ValueError(f"variants must be a non-empty subset of {shown}, got {tuple(variants)!r}")
 
 
+def protocol_constraints(variants: Sequence[str], dtypes: Sequence[str]) -> dict:
+    """Constraints of the fields every protocol config has, declared once (torchfpe.core.validation)."""
+    from ..core import BIAS_POLICIES, BUDGETS
+    from ..core.validation import Interval, Options, Predicate
+    from ..train import OPTIMIZERS
+
+    count = Interval(int, 1)
+    shown = ", ".join(a for a in variants if a != "wide") + (", wide<scale>" if "wide" in variants else "")
+
+    def known_variants(value) -> bool:
+        if not isinstance(value, tuple) or not value:
+            return False
+        check_variants(value, variants)
+        return True
+
+    return {
+        "neurons": [count], "alpha": [Interval(int, 2)], "bias": [Options(BIAS_POLICIES)],
+        "budget": [Options(BUDGETS)], "dropconnect_p": [Interval(float, 0.0, 1.0, closed="left"), None],
+        "optimizer": [Options(OPTIMIZERS)], "lr": [Interval(float, 0.0, None, closed="neither")],
+        "weight_decay": [Interval(float, 0.0)], "batch_size": [count, None],
+        "warmup_epochs": [Interval(int, 0)], "epochs_after": [Interval(int, 0)],
+        "dtype": [Options(tuple(dtypes))],
+        "variants": [Predicate(known_variants, f"a non-empty '+'-joined list of variants from {shown}")],
+        "seed": [Interval(int, 0, 2**32 - 1)],
+    }
+
+
+def split_variants(config) -> None:
+    """Accept ``variants`` as "dense+random" or a list; store it as a tuple (frozen dataclass)."""
+    if isinstance(config.variants, str):
+        object.__setattr__(config, "variants", tuple(v for v in config.variants.split("+") if v))
+    elif isinstance(config.variants, list):
+        object.__setattr__(config, "variants", tuple(config.variants))
+
+
 class ConfigMethods:
     """What the protocol and the runners call on a frozen config dataclass with the protocol's fields."""
 
