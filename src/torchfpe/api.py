@@ -373,15 +373,17 @@ def _make_jobs(experiment: str, config_dicts: list[dict]):
 
     try:
         jobs = make_jobs(experiment, config_dicts)
-        check = getattr(experiment_module(experiment), "check_config", None)
-        if check is not None:
-            for config in {job.config.without_seed(): job.config for job in jobs}.values():
-                check(config)
-        return jobs
     except InvalidParameterError:
         raise
     except (TypeError, ValueError) as error:  # an experiment's own check that is not yet on the validator
         raise InvalidParameterError(str(error)) from None
+    check = getattr(experiment_module(experiment), "check_config", None)
+    if check is not None:
+        # Missing or corrupt data (torchfpe.data.DataError) is a runtime error, not a usage error: it
+        # propagates as it is (exit 1 on the command line), still before anything is written.
+        for config in {job.config.without_seed(): job.config for job in jobs}.values():
+            check(config)
+    return jobs
 
 
 def _python_call(function: str, *args, **kwargs) -> str:
