@@ -381,8 +381,15 @@ def _make_jobs(experiment: str, config_dicts: list[dict]):
     if check is not None:
         # Missing or corrupt data (torchfpe.data.DataError) is a runtime error, not a usage error: it
         # propagates as it is (exit 1 on the command line), still before anything is written.
+        from .data.embeddings import DataError
+
         for config in {job.config.without_seed(): job.config for job in jobs}.values():
-            check(config)
+            try:
+                check(config)
+            except (InvalidParameterError, DataError):
+                raise
+            except (TypeError, ValueError) as error:  # a check's own word on a config value: a usage error
+                raise InvalidParameterError(str(error)) from None
     return jobs
 
 
