@@ -161,6 +161,9 @@ def test_training_follows_the_masked_model_and_keeps_pruned_entries_zero(optimiz
     assert nonzero_parameters(packed) <= count
 
 
+# bias="zero" with the layerwise budget may end below the parent's count; expand says so, and packing
+# must be exact all the same.
+@pytest.mark.filterwarnings("ignore:expand ends")
 @settings(max_examples=25, deadline=None)
 @given(d=st.integers(4, 14), h=st.integers(1, 6), c=st.integers(1, 3), alpha=st.integers(2, 4),
        split=st.sampled_from(SPLITS[:-2] + ["overlap"]), seed=st.integers(0, 1000),
