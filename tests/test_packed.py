@@ -304,3 +304,12 @@ def test_shared_and_grouped_splits_partition_and_pack_into_few_groups():
         packed = pack(masked, "block")  # auto would want 8 parents per group; these layers have 12 parents
         assert isinstance(packed[0], BlockLinear) and packed[0].blocks == 3 * groups, split
         assert packed[0].values.numel() == 24 * 12  # the parent's weights, no padding
+
+
+def test_expanding_a_packed_model_asks_to_unpack_first():
+    parent = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2))
+    packed = torchfpe.pack(torchfpe.expand(parent, 2, "contiguous", seed=0))
+    with pytest.raises(torchfpe.InvalidParameterError, match="unpack"):
+        torchfpe.expand(packed, 2, seed=0)
+    again = torchfpe.expand(torchfpe.unpack(packed), 2, seed=0)  # unpacked, it expands as usual
+    assert torchfpe.nonzero_parameters(again) == torchfpe.nonzero_parameters(parent)

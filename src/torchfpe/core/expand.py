@@ -376,6 +376,11 @@ def expand(
                   dropconnect_p=dropconnect_p, return_report=return_report)
     for name, allowed in EXPAND_PARAMETERS.items():
         check_param(name, params[name], allowed, "expand")
+    packed = [name for name, module in model.named_modules()
+              if isinstance(module, ExpandedLayer) and not isinstance(module, MaskedLinear)]
+    if packed:
+        raise InvalidParameterError(f"layer {packed[0]!r} is in a packed layout; call torchfpe.unpack(model) "
+                                    "before expanding it again")
     pairs, companions = _resolve_pairs(model, pairs, layers)
     incoming_names = [incoming for incoming, _ in pairs]
     specs = _resolve_splits(split, incoming_names)
