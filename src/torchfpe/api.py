@@ -235,7 +235,7 @@ def run_study(
     base = jobs[0].config.to_dict()
     out_path = resolve_out(out if out is not None else Path("runs") / f"{group}-{study}")
     meta = {"study": study, "group": group, "axes": list(chosen.axes), "seeds": seeds, "base": base,
-            "overrides": overrides, "description": chosen.description, **dict(getattr(chosen, "meta", {}) or {})}
+            "overrides": overrides, "description": chosen.description, **chosen.meta}
     command = command or _python_call("run_study", group, study, seeds=seeds, overrides=overrides or None, out=out)
     return _run_into(out_path, meta, experiment, jobs, backend=backend, workers=workers, address=address,
                      quiet=quiet, command=command)
@@ -318,7 +318,7 @@ def run_sweep_file(
     out_path = resolve_out(out if out is not None else Path("runs") / path.stem)
     meta = {"study": study, "group": group, "axes": names, "seeds": len(seed_list), "base": dict(base),
             "grid": dict(grid), "name": spec.get("name", path.stem),
-            **dict(getattr(studies[study][1], "meta", {}) or {})}
+            **studies[study][1].meta}
     command = command or _python_call("run_sweep_file", str(path), out=out)
     return _run_into(out_path, meta, experiment, jobs, backend=backend, workers=workers, address=address,
                      quiet=quiet, command=command)

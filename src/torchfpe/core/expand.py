@@ -20,11 +20,12 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedParameter
 
 from .budget import BUDGETS, nonzero_parameters, prune_smallest_
-from .layers import LAYOUTS, ExpandedLayer, effective_parameters, layout_of
+from .layers import LAYOUTS, ExpandedLayer, effective_parameters, expanded_layers, layout_of
 from .masked import DropConnectLinear, MaskedLinear
 from .splits import CLAUSE_SPLITS, SPLITS, SplitContext, child_masks
 from .targets import as_linear, features, is_conv1d, is_expandable
-from .validation import SEED, Interval, InvalidParameterError, Options, Sequences, check_param, invalid
+from .validation import (SEED, Interval, InvalidParameterError, Options, Sequences, invalid,
+                         validate_params)
 
 BIAS_POLICIES = ("copy", "divide", "zero")
 
@@ -113,15 +114,16 @@ def _sequential_leaves(module: nn.Module, prefix: str = "") -> list[tuple[str, n
     return leaves
 
 
-def find_hidden_pairs(model: nn.Sequential) -> list[tuple[str, str]]:
+def find_hidden_pairs(model: nn.Sequential, layer_types: tuple[type, ...] = (nn.Linear,)) -> list[tuple[str, str]]:
     """(incoming, outgoing) pairs of an ``nn.Sequential``: Linears joined by element-wise modules only.
 
     Nested ``nn.Sequential`` containers are read in order; the last Linear is never an incoming layer.
+    ``layer_types`` are the modules that count as layers (``pack`` adds its packed layouts).
     """
     pairs = []
     pending: str | None = None
     for path, module in _sequential_leaves(model):
-        if isinstance(module, nn.Linear):
+        if isinstance(module, layer_types):
             if pending is not None:
                 pairs.append((pending, path))
             pending = path
@@ -374,10 +376,8 @@ def expand(
     """
     params = dict(model=model, alpha=alpha, seed=seed, layers=layers, bias=bias, budget=budget,
                   dropconnect_p=dropconnect_p, return_report=return_report)
-    for name, allowed in EXPAND_PARAMETERS.items():
-        check_param(name, params[name], allowed, "expand")
-    packed = [name for name, module in model.named_modules()
-              if isinstance(module, ExpandedLayer) and not isinstance(module, MaskedLinear)]
+    validate_params(params, EXPAND_PARAMETERS, "expand")
+    packed = [name for name, module in expanded_layers(model) if not isinstance(module, MaskedLinear)]
     if packed:
         raise InvalidParameterError(f"layer {packed[0]!r} is in a packed layout; call torchfpe.unpack(model) "
                                     "before expanding it again")

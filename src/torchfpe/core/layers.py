@@ -94,10 +94,6 @@ class ExpandedLayer:
         self.parent_features = None if parent is None else (int(parent[0]), int(parent[1]))
 
 
-def is_expanded(module: nn.Module) -> bool:
-    return isinstance(module, ExpandedLayer)
-
-
 def expanded_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """``(path, layer)`` of every expanded layer in ``model`` (any layout), in ``named_modules`` order."""
     return [(name, module) for name, module in model.named_modules() if isinstance(module, ExpandedLayer)]

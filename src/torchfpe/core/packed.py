@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .expand import ELEMENTWISE_MODULES, _sequential_leaves
-from .layers import ExpandedLayer, register_layout
+from .expand import _set_submodule, find_hidden_pairs
+from .layers import ExpandedLayer, expanded_layers, register_layout
 from .masked import DropConnectLinear, MaskedLinear
 
 
@@ -199,18 +199,12 @@ class PackedLinear(ExpandedLayer, nn.Module):
 
     def to_masked(self) -> MaskedLinear:
         with torch.no_grad():
-            layer = MaskedLinear.from_tensors(self.effective_weight().detach(), self.effective_bias_detached(),
+            bias = self.effective_bias()
+            layer = MaskedLinear.from_tensors(self.effective_weight().detach(), None if bias is None else bias.detach(),
                                               self.dense_weight_mask(), self.dense_bias_mask())
         layer.parent_features = self.parent_features
         layer.train(self.training)
         return layer
-
-    def effective_bias_detached(self) -> Tensor | None:
-        bias = self.effective_bias()
-        return None if bias is None else bias.detach()
-
-    def stored_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.state_dict().values() if isinstance(t, Tensor))
 
 
 # --------------------------------------------------------------------------------------- block layout
@@ -714,39 +708,21 @@ def pack_layer(layer: nn.Module, layout: str = "auto", *, name: str = "layer", m
         return _to_ell(masked)
 
 
-def _chain(model: nn.Module) -> list[tuple[str, str]]:
-    """Consecutive (producer, consumer) layers of an nn.Sequential joined by element-wise modules."""
-    if not isinstance(model, nn.Sequential):
-        return []
-    pairs, pending = [], None
-    for path, module in _sequential_leaves(model):
-        if isinstance(module, (nn.Linear, ExpandedLayer)):
-            if pending is not None:
-                pairs.append((pending, path))
-            pending = path
-        elif not isinstance(module, ELEMENTWISE_MODULES):
-            pending = None
-    return pairs
-
-
 def _renumber_inputs(layer: PackedLinear, natural_of_position: Tensor) -> None:
     """Make ``layer`` read its inputs in the producer's output order (``natural_of_position``)."""
     device = layer.values.device
     natural_of_position = natural_of_position.to(device)
     position_of_natural = torch.empty_like(natural_of_position)
     position_of_natural[natural_of_position] = torch.arange(len(natural_of_position), device=device)
+    if isinstance(layer, BlockLinear) and layer.in_index is None:
+        layer.register_buffer("in_index", torch.arange(layer.in_features, dtype=torch.int32,
+                                                       device=device).view(layer.blocks, layer.chunk))
+    index = layer.in_index.long()
+    renumbered = torch.where(index < layer.in_features,
+                             position_of_natural[index.clamp(max=layer.in_features - 1)], index)
     if isinstance(layer, BlockLinear):
-        if layer.in_index is None:
-            layer.register_buffer("in_index", torch.arange(layer.in_features, dtype=torch.int32,
-                                                           device=device).view(layer.blocks, layer.chunk))
-        index = layer.in_index.long()
-        renumbered = torch.where(index < layer.in_features,
-                                 position_of_natural[index.clamp(max=layer.in_features - 1)], index)
         layer.in_index = _compact(renumbered, layer.in_features + 1)
     else:  # ELL rows must stay ascending: reorder each row's slots (and values) by the new numbers
-        index = layer.in_index.long()
-        renumbered = torch.where(index < layer.in_features,
-                                 position_of_natural[index.clamp(max=layer.in_features - 1)], index)
         renumbered, order = torch.sort(renumbered, dim=1, stable=True)
         with torch.no_grad():
             layer.values.copy_(torch.gather(layer.values, 1, order))
@@ -773,7 +749,7 @@ def pack(model: nn.Module, layout: str | Mapping[str, str] = "auto", *, max_grou
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if isinstance(max_groups, bool) or not isinstance(max_groups, int) or max_groups < 1:
         raise ValueError(f"max_groups must be an int >= 1, got {max_groups!r}")
-    names = [name for name, module in model.named_modules() if isinstance(module, ExpandedLayer)]
+    names = [name for name, _ in expanded_layers(model)]
     if not names:
         raise ValueError("pack: the model has no expanded layer (torchfpe.expand it first)")
     if isinstance(layout, Mapping):
@@ -792,19 +768,24 @@ def pack(model: nn.Module, layout: str | Mapping[str, str] = "auto", *, max_grou
     for name, layer in packed_layers.items():
         old = packed.get_submodule(name)
         layer.train(old.training)
-        if name:
-            parent_path, _, attr = name.rpartition(".")
-            setattr(packed.get_submodule(parent_path) if parent_path else packed, attr, layer)
-        else:
-            packed = layer
+        packed = _replaced(packed, name, layer)
     # In a Sequential chain, a block layer may emit block order when its consumer is packed too.
-    for producer, consumer in _chain(packed):
+    for producer, consumer in (find_hidden_pairs(packed, (nn.Linear, ExpandedLayer))
+                               if isinstance(packed, nn.Sequential) else []):
         a, b = packed_layers.get(producer), packed_layers.get(consumer)
         if isinstance(a, BlockLinear) and b is not None and a.restore is not None and bool((a.out_index >= 0).all()):
             a.restore_order = False
             a._refresh()
             _renumber_inputs(b, a.out_index.long())
     return packed
+
+
+def _replaced(root: nn.Module, path: str, layer: nn.Module) -> nn.Module:
+    """``root`` with the submodule at ``path`` replaced (the root itself when ``path`` is empty)."""
+    if not path:
+        return layer
+    _set_submodule(root, path, layer)
+    return root
 
 
 def unpack(model: nn.Module) -> nn.Module:
@@ -816,12 +797,7 @@ def unpack(model: nn.Module) -> nn.Module:
         raise ValueError("unpack: the model has no packed layer (torchfpe.pack returns packed models)")
     unpacked = copy.deepcopy(model)
     for name in names:
-        layer = unpacked.get_submodule(name).to_masked()
-        if name:
-            parent_path, _, attr = name.rpartition(".")
-            setattr(unpacked.get_submodule(parent_path) if parent_path else unpacked, attr, layer)
-        else:
-            unpacked = layer
+        unpacked = _replaced(unpacked, name, unpacked.get_submodule(name).to_masked())
     return unpacked
 
 

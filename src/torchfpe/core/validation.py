@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -200,11 +200,6 @@ def invalid(name: str, owner: str, expected: str, value: Any) -> InvalidParamete
 def validate_dataclass(instance: Any, constraints: Mapping[str, Sequence[Constraint]], owner: str) -> None:
     """Check the fields of a (config) dataclass instance against their declared constraints."""
     validate_params({name: getattr(instance, name) for name in constraints}, constraints, owner)
-
-
-def describe(constraints: Iterable[Constraint]) -> str:
-    """The human description of a list of constraints (for help texts)."""
-    return _describe_all(list(constraints))
 
 
 #: Seeds accepted everywhere: what ``torch.Generator.manual_seed`` takes without wrapping.
