@@ -33,7 +33,7 @@ from . import protocol
 VARIANTS = tuple(v for v in protocol.VARIANTS if v != "correlation")  # correlation: embedding heads only
 #: Splits that read the formula's clause map.
 CLAUSE_VARIANTS = ("clause", "clause_shared")
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+DTYPES = protocol.DTYPES
 
 
 @dataclass(frozen=True)
@@ -76,10 +76,7 @@ class BooleanConfig(protocol.ConfigMethods):
         if self.n_vars is None and all(type(getattr(self, f)) is int for f in ("clauses", "literals")):
             # room for disjoint clauses plus as many distractor inputs
             object.__setattr__(self, "n_vars", max(48, 2 * self.clauses * self.literals))
-        if isinstance(self.variants, str):
-            object.__setattr__(self, "variants", tuple(v for v in self.variants.split("+") if v))
-        elif isinstance(self.variants, list):
-            object.__setattr__(self, "variants", tuple(self.variants))
+        protocol.split_variants(self)
         count, positive, share = Interval(int, 1), Interval(float, 0.0, None, closed="neither"), Interval(float, 0.0, 1.0)
         validate_dataclass(self, {  # every field's constraint, declared once; checked before any work
             "n_vars": [count], "clauses": [count], "literals": [count], "negation_prob": [share],

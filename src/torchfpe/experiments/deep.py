@@ -28,9 +28,6 @@ class DeepConfig(HeadsConfig):
 
         return {**super()._constraints(), "depth": [Interval(int, 1)]}
 
-    def _deep(self) -> bool:
-        return self.depth > 1
-
 
 def make_config(**overrides) -> DeepConfig:
     return _make(DeepConfig, "deep", overrides)

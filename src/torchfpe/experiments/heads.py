@@ -36,7 +36,7 @@ from torch import nn
 from .. import metrics
 from . import protocol
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+DTYPES = protocol.DTYPES
 #: Variants of a heads run: the protocol's (but clause, which needs a clause map) and wide<scale>;
 #: ``correlation`` is this module's data-driven split (:func:`correlation_assignment`).
 VARIANTS = tuple(v for v in protocol.VARIANTS if v not in ("clause", "clause_shared")) + ("wide",)
@@ -76,15 +76,12 @@ class HeadsConfig(protocol.ConfigMethods):
             "embeddings": [source], "data_dir": [str, None], "classes": [Interval(int, 2), None],
             **self._constraints(),
         }, type(self).__name__)
-        if self.alpha > self.neurons and self._deep():
+        if self.alpha > self.neurons and getattr(self, "depth", 1) > 1:  # deep models: the deeper layers' fan-in
             raise invalid("alpha", type(self).__name__,
                           f"an int in [2, neurons={self.neurons}] (the fan-in of the deeper hidden layers)", self.alpha)
 
     def _constraints(self) -> dict:
         return protocol.protocol_constraints(VARIANTS, tuple(DTYPES))
-
-    def _deep(self) -> bool:
-        return False
 
 
 def make_config(**overrides) -> HeadsConfig:

@@ -57,19 +57,14 @@ AFTER_WARMUP = ("random", "clause", "clause_shared", "feature", "contiguous", "s
                 "overlap", "dropconnect")
 VARIANTS = ("dense", *AFTER_WARMUP, "static_sparse")
 WIDE = re.compile(r"^wide(\d+(?:\.\d+)?)$")
-KINDS = ("binary", "multiclass")
-
-
-def is_variant(name: str) -> bool:
-    """A known variant name: one of :data:`VARIANTS` or ``wide<scale>`` with scale > 0."""
-    match = WIDE.match(name)
-    return name in VARIANTS or (match is not None and float(match.group(1)) > 0)
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def check_variants(variants: Sequence[str], allowed: Sequence[str] = VARIANTS) -> None:
-    """Raise ValueError unless ``variants`` is a non-empty subset of ``allowed`` ("wide": any wide<scale>)."""
+    """Raise ValueError unless ``variants`` is a non-empty subset of ``allowed`` ("wide": any wide<scale> > 0)."""
     def known(variant: str) -> bool:
-        return variant in allowed or ("wide" in allowed and WIDE.match(variant) is not None and is_variant(variant))
+        wide = WIDE.match(variant) if "wide" in allowed else None
+        return variant in allowed or (wide is not None and float(wide.group(1)) > 0)
 
     if not variants or not all(known(v) for v in variants):
         shown = tuple(a for a in allowed if a != "wide") + (("wide<scale>",) if "wide" in allowed else ())
@@ -274,7 +269,8 @@ def run_batch(task: Task, configs: Sequence) -> list[dict]:
     if len({c.without_seed() for c in configs}) != 1:
         raise ValueError("run_batch needs configs that differ only in their seed; group them first")
     first = configs[0]
-    if not can_stack([task.parent(first)]):
+    parents = [task.parent(c) for c in configs]  # each parent is seeded by its config (global RNG untouched)
+    if not can_stack(parents[:1]):
         return _sorted([r for c in configs for r in run_single(task, c)], first.variants)
     settings = first.settings()
     loss_fn, accuracy = STACKED_LOSSES[task.kind], STACKED_ACCURACIES[task.kind]
@@ -296,7 +292,7 @@ def run_batch(task: Task, configs: Sequence) -> list[dict]:
 
     everyone = torch.arange(len(configs))
     torch.manual_seed(first.seed)  # DropConnect's masks come from the global generator
-    dense = StackedMLP([task.parent(c) for c in configs])
+    dense = StackedMLP(parents)
     generators = [batch_generator(c, 0) for c in configs]
     optimizer = train(dense, everyone, first.warmup_epochs, generators)  # phase 1: dense warm-up
     warm = dense.unstack()

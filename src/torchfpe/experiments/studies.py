@@ -34,14 +34,14 @@ class Study:
 
 
 CONTROLS = "dense+random+clause+dropconnect+static_sparse"
-BOOLEAN_DATA = "synthetic Boolean DNF formulas"
+# Written out here, not imported from report.constants (which loads pandas): studies stay light to import.
 BOOLEAN_PAPER = {"dataset": "synthetic Boolean DNF", "accuracy": {"dense": 78.7, "random": 88.7, "clause": 99.4},
                  "config": {"clauses": 8, "neurons": 8, "alpha": 2},
                  "source": "arXiv 2510.04500 (8 clauses, 8 neurons, α = 2)"}
 
 
 def _boolean(layout: str, **extra) -> dict:
-    return {"layout": layout, "dataset": "synthetic Boolean DNF", "dataset_note": DATASET_NOTE, **extra}
+    return {"layout": layout, "dataset": BOOLEAN_PAPER["dataset"], "dataset_note": DATASET_NOTE, **extra}
 
 
 STUDIES: dict[str, Study] = {
@@ -128,12 +128,6 @@ CNN: dict[str, Study] = {
 
 #: Studies by command group (``torchfpe reproduce <group> --study <name>``); a new group adds its dict here.
 GROUPS: dict[str, dict[str, Study]] = {"boolean": STUDIES, "heads": HEADS, "deep": DEEP, "cnn": CNN}
-
-
-def studies_for(group: str) -> dict[str, Study]:
-    if group not in GROUPS:
-        raise ValueError(f"unknown study group {group!r}; known: {', '.join(GROUPS)}")
-    return GROUPS[group]
 
 
 def grid_configs(axes: Mapping[str, Sequence], base: Mapping[str, object], seeds: Sequence[int]) -> list[dict]:

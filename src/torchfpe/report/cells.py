@@ -19,9 +19,9 @@ import pandas as pd
 from .constants import DASH, FPE_VARIANTS
 from .figures import _color, _errorbar, _pyplot, _save, _use_log_x
 from .markdown import _figure_md, _Tables
-from .sections import trend_sentences
+from .sections import _paired_values, trend_sentences
 from .stats import (_axis_key, _column, _constant, _ok, fmt_ci, fmt_p, fmt_pct, fmt_pm, fmt_value,
-                    ordered_variants, paired_test, pairing_columns, study_axes, summarize, summarize_accuracy)
+                    ordered_variants, paired_test, study_axes, summarize, summarize_accuracy)
 
 WIDE = re.compile(r"^wide(\d+(?:\.\d+)?)$")
 
@@ -42,16 +42,7 @@ def _cells(frame: pd.DataFrame, axes: list[str]) -> list[tuple[tuple, pd.DataFra
 
 
 def _paired_vs_dense(sub: pd.DataFrame, meta: dict, variant: str):
-    keys = pairing_columns(sub, meta)
-
-    def by_key(v: str) -> dict[tuple, float]:
-        rows = sub[sub["variant"] == v]
-        return {tuple(str(r[c]) for c in keys): float(r["test_accuracy"]) for _, r in rows.iterrows()
-                if _ok(r.get("test_accuracy"))}
-
-    a, b = by_key(variant), by_key("dense")
-    common = [k for k in a if k in b]
-    return paired_test([a[k] for k in common], [b[k] for k in common])
+    return paired_test(*_paired_values(sub, meta, variant, "dense"))
 
 
 def _label(variant: str) -> str:
