@@ -41,19 +41,9 @@ MAX_SEEDS = 100_000
 # ------------------------------------------------------------------------------- config field types
 def config_class(experiment: str) -> type:
     """The config dataclass of a registered experiment."""
-    import dataclasses
-
     from .experiments.registry import experiment_module
 
-    module = experiment_module(experiment)
-    try:
-        return type(module.make_config())
-    except Exception:  # a config without defaults for every field: find the dataclass by name
-        for value in vars(module).values():
-            if isinstance(value, type) and dataclasses.is_dataclass(value) and value.__name__.endswith("Config") \
-                    and value.__module__ == module.__name__:
-                return value
-        raise
+    return type(experiment_module(experiment).make_config())  # every registered config has all defaults
 
 
 def config_fields(experiment: str) -> dict[str, Any]:
@@ -297,8 +287,7 @@ def run_sweep_file(
                                         f"{name}: [a, b]")
         axes[name] = values
     names = list(axes)
-    studies = {name: (group, s) for group, members in GROUPS.items() for name, s in members.items()
-               if s.experiment == experiment}
+    studies = {name: s for members in GROUPS.values() for name, s in members.items() if s.experiment == experiment}
     if "study" in spec:
         study = spec["study"]
         if study not in studies:
@@ -313,12 +302,10 @@ def run_sweep_file(
         if study not in studies:
             raise InvalidParameterError(f"{path}: no report layout for this sweep; add 'study:' (one of "
                                         f"{', '.join(studies)})")
-    group = studies[study][0] if study in studies else "boolean"
     jobs = _make_jobs(experiment, grid_configs(axes, base, seed_list))
     out_path = resolve_out(out if out is not None else Path("runs") / path.stem)
-    meta = {"study": study, "group": group, "axes": names, "seeds": len(seed_list), "base": dict(base),
-            "grid": dict(grid), "name": spec.get("name", path.stem),
-            **studies[study][1].meta}
+    meta = {"study": study, "group": studies[study].group, "axes": names, "seeds": len(seed_list),
+            "base": dict(base), "grid": dict(grid), "name": spec.get("name", path.stem), **studies[study].meta}
     command = command or _python_call("run_sweep_file", str(path), out=out)
     return _run_into(out_path, meta, experiment, jobs, backend=backend, workers=workers, address=address,
                      quiet=quiet, command=command)
@@ -487,9 +474,6 @@ def _describe_run(meta: dict, key: str) -> str:
 def _check_record(record: Any, path: Path) -> None:
     from .sweep import StoreError
 
-    if not isinstance(record, dict):
-        raise StoreError(f"{path} holds a record that is not a mapping ({type(record).__name__}); move the file "
-                         "away and re-run")
     for name, value in record.items():
         if name.endswith("accuracy") and value is not None and (
                 isinstance(value, bool) or not isinstance(value, numbers.Real)):

@@ -218,9 +218,5 @@ def embed(
     _handled(debug, call)
 
 
-def main() -> None:  # pragma: no cover - the console script
-    app()
-
-
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    app()

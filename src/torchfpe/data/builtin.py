@@ -69,10 +69,6 @@ def mnist1d(seed: int = 0, *, cache_dir: str | os.PathLike | None = None) -> Emb
     return read_npz(path)
 
 
-SYNTHETIC_DEFAULTS = dict(dim=128, superclasses=20, per_superclass=5, superclass_scale=1.0, class_scale=0.25,
-                          noise_scale=1.0, train_per_class=100, test_per_class=50)
-
-
 def synthetic(seed: int = 0, *, dim: int = 128, superclasses: int = 20, per_superclass: int = 5,
               superclass_scale: float = 1.0, class_scale: float = 0.25, noise_scale: float = 1.0,
               train_per_class: int = 100, test_per_class: int = 50) -> EmbeddingSet:

@@ -19,7 +19,7 @@ from .store import ResultStore, config_key
 
 BACKENDS = ("local", "process", "ray")
 
-from ..experiments.registry import EXPERIMENTS, experiment_module  # noqa: F401 - re-exported
+from ..experiments.registry import experiment_module
 
 
 @dataclass(frozen=True)
