@@ -418,7 +418,7 @@ def expand(
     if all(isinstance(spec, str) and spec == "dropconnect" for spec in specs.values()):
         p = 1.0 - 1.0 / alpha if dropconnect_p is None else dropconnect_p
         for name in leader_of:
-            module = source.get_submodule(name)
+            module = source[name]
             weight, bias_t, weight_mask, bias_mask = _effective(module)
             layer = DropConnectLinear.from_tensors(weight, bias_t, weight_mask, bias_mask)
             layer.p = p
@@ -437,7 +437,7 @@ def expand(
     state: dict[str, dict] = {}
     drawn: dict[str, Tensor] = {}  # child masks per incoming layer; a gated companion reuses its leader's
     for name in touched:
-        module = source.get_submodule(name)
+        module = source[name]
         weight, bias_t, weight_mask, bias_mask = _effective(module)
         rows, cols = row_factor.get(name, 1), col_factor.get(name, 1)
         new_weight = weight.repeat_interleave(rows, 0).repeat_interleave(cols, 1)
@@ -510,15 +510,13 @@ def expand(
     return (expanded, report) if return_report else expanded
 
 
-def _linearised(model: nn.Module, names: Sequence[str]) -> nn.Module:
-    """``model``, or a copy in which the named GPT-2 ``Conv1D`` layers are equivalent ``nn.Linear`` layers."""
-    convs = [name for name in names if is_conv1d(model.get_submodule(name))]
-    if not convs:
-        return model
-    copied = copy.deepcopy(model)
-    for name in convs:
-        _set_submodule(copied, name, as_linear(copied.get_submodule(name)))
-    return copied
+def _linearised(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Module]:
+    """The named layers, each GPT-2 ``Conv1D`` read as an equivalent ``nn.Linear`` (weights transposed).
+
+    Only those layers are converted: the rest of the model is never copied for this.
+    """
+    layers = {name: model.get_submodule(name) for name in names}
+    return {name: as_linear(layer) if is_conv1d(layer) else layer for name, layer in layers.items()}
 
 
 def _keep_requires_grad(old: nn.Module, new: nn.Module) -> bool:
