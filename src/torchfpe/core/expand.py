@@ -24,7 +24,7 @@ from .layers import LAYOUTS, ExpandedLayer, effective_parameters, expanded_layer
 from .masked import DropConnectLinear, MaskedLinear
 from .splits import CLAUSE_SPLITS, SPLITS, SplitContext, child_masks
 from .targets import as_linear, features, is_conv1d, is_expandable
-from .validation import (SEED, Interval, InvalidParameterError, Options, Sequences, invalid,
+from .validation import (SEED, Interval, InvalidParameterError, Options, Sequences, check_param, invalid,
                          validate_params)
 
 BIAS_POLICIES = ("copy", "divide", "zero")
@@ -558,10 +558,8 @@ def load_expanded(model: nn.Module, state_dict: Mapping[str, Tensor], *, strict:
     and no stored weight is non-zero outside its mask. ``model`` itself is never modified; the
     loaded copy is returned.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(state_dict, Mapping):
-        raise TypeError(f"state_dict must be a mapping of names to tensors, got {type(state_dict).__name__}")
+    check_param("model", model, [nn.Module], "load_expanded")
+    check_param("state_dict", state_dict, [Mapping], "load_expanded")
     state = dict(state_dict)
     extras: dict[str, dict] = {}
     for key, value in state_dict.items():
@@ -584,9 +582,9 @@ def load_expanded(model: nn.Module, state_dict: Mapping[str, Tensor], *, strict:
         try:
             old = loaded.get_submodule(path) if path else loaded
         except AttributeError:
-            raise ValueError(f"state_dict holds an expanded layer {path!r}, which is not a submodule of the model") from None
+            raise InvalidParameterError(f"state_dict holds an expanded layer {path!r}, which is not a submodule of the model") from None
         if not isinstance(old, (nn.Linear, ExpandedLayer)):
-            raise TypeError(f"state_dict holds an expanded layer for {path!r}, which is a {type(old).__name__}, "
+            raise InvalidParameterError(f"state_dict holds an expanded layer for {path!r}, which is a {type(old).__name__}, "
                             "not nn.Linear")
         saved = (int(extra["in_features"]), int(extra["out_features"]))
         here = (old.in_features, old.out_features)
@@ -600,7 +598,7 @@ def load_expanded(model: nn.Module, state_dict: Mapping[str, Tensor], *, strict:
         if not fits:
             expected = f"{parent[1]}x{parent[0]}" if parent is not None and not isinstance(old, ExpandedLayer) else \
                 f"{saved[1]}x{saved[0]}"
-            raise ValueError(
+            raise InvalidParameterError(
                 f"{where}: the model's layer has {here[0]} inputs and {here[1]} outputs but the state_dict was "
                 f"saved from an expansion of a {expected} (outputs x inputs) layer; load it into the parent "
                 "architecture it was expanded from"
@@ -610,7 +608,7 @@ def load_expanded(model: nn.Module, state_dict: Mapping[str, Tensor], *, strict:
                                                               if isinstance(getattr(old, "weight", None), Tensor)
                                                               else None)
         except (KeyError, ValueError, TypeError, RuntimeError) as error:
-            raise ValueError(f"{where}: the saved {extra['layout']!r} layer is inconsistent: {error}") from None
+            raise InvalidParameterError(f"{where}: the saved {extra['layout']!r} layer is inconsistent: {error}") from None
         layer.train(old.training)
         if path:
             _set_submodule(loaded, path, layer)
@@ -619,11 +617,11 @@ def load_expanded(model: nn.Module, state_dict: Mapping[str, Tensor], *, strict:
     try:
         loaded.load_state_dict(state, strict=strict)
     except RuntimeError as error:
-        raise ValueError(f"state_dict does not fit the model: {error}") from None
+        raise InvalidParameterError(f"state_dict does not fit the model: {error}") from None
     for path, _ in extras.items():
         layer = loaded.get_submodule(path) if path else loaded
         outside = layer.masked_out_nonzero()
         if outside:
-            raise ValueError(f"layer {path!r}: the state_dict holds {outside} non-zero weights outside the layer's "
+            raise InvalidParameterError(f"layer {path!r}: the state_dict holds {outside} non-zero weights outside the layer's "
                              "mask; an expanded layer keeps masked entries at exactly zero")
     return loaded

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from .expand import _set_submodule, find_hidden_pairs
 from .layers import ExpandedLayer, expanded_layers, register_layout
 from .masked import DropConnectLinear, MaskedLinear
+from .validation import Interval, InvalidParameterError, check_param, validate_params
 
 
 #: ``auto`` picks per layer; ``block`` and ``ell`` force one (``block`` refuses masks it cannot hold).
@@ -688,12 +689,12 @@ def _to_ell(layer: MaskedLinear) -> EllLinear:
 def pack_layer(layer: nn.Module, layout: str = "auto", *, name: str = "layer", max_groups: int = MAX_GROUPS) -> PackedLinear:
     """One expanded layer in a packed layout (``auto``: blocks where a few parent groups share partitions)."""
     if isinstance(layer, DropConnectLinear):
-        raise ValueError(f"layer {name!r} is a DropConnect control: its training-time drop needs the dense masked "
+        raise InvalidParameterError(f"layer {name!r} is a DropConnect control: its training-time drop needs the dense masked "
                          "weight, so it cannot be packed (it already has the parent's width)")
     if isinstance(layer, PackedLinear):
-        raise ValueError(f"layer {name!r} is already packed ({layer.layout!r}); unpack the model first")
+        raise InvalidParameterError(f"layer {name!r} is already packed ({layer.layout!r}); unpack the model first")
     if not isinstance(layer, ExpandedLayer):
-        raise TypeError(f"layer {name!r} is a {type(layer).__name__}, not an expanded layer")
+        raise InvalidParameterError(f"layer {name!r} is a {type(layer).__name__}, not an expanded layer")
     masked = layer if isinstance(layer, MaskedLinear) else layer.to_masked()
     alpha = _row_factor(masked)
     if layout == "ell" or (layout == "auto" and alpha == 1):
@@ -704,7 +705,7 @@ def pack_layer(layer: nn.Module, layout: str = "auto", *, name: str = "layer", m
         return _to_block(masked, max(alpha, 1), max_groups if layout == "auto" else masked.out_features)
     except LayoutError as error:
         if layout == "block":
-            raise ValueError(f"layer {name!r} cannot be packed in blocks: {error}") from None
+            raise InvalidParameterError(f"layer {name!r} cannot be packed in blocks: {error}") from None
         return _to_ell(masked)
 
 
@@ -731,6 +732,10 @@ def _renumber_inputs(layer: PackedLinear, natural_of_position: Tensor) -> None:
     layer._refresh()
 
 
+#: pack's parameters and their constraints, declared once (torchfpe.core.validation).
+PACK_PARAMETERS = {"model": [nn.Module], "max_groups": [Interval(int, 1)]}
+
+
 def pack(model: nn.Module, layout: str | Mapping[str, str] = "auto", *, max_groups: int = MAX_GROUPS) -> nn.Module:
     """A copy of ``model`` with every expanded layer in a packed layout; ``model`` is not modified.
 
@@ -745,23 +750,20 @@ def pack(model: nn.Module, layout: str | Mapping[str, str] = "auto", *, max_grou
     packed layer, or ``layout="block"`` where a layer's children do not partition shared inputs.
     The result is exact: outputs and gradients equal the masked model's up to float rounding.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if isinstance(max_groups, bool) or not isinstance(max_groups, int) or max_groups < 1:
-        raise ValueError(f"max_groups must be an int >= 1, got {max_groups!r}")
+    validate_params({"model": model, "max_groups": max_groups}, PACK_PARAMETERS, "pack")
     names = [name for name, _ in expanded_layers(model)]
     if not names:
-        raise ValueError("pack: the model has no expanded layer (torchfpe.expand it first)")
+        raise InvalidParameterError("pack: the model has no expanded layer (torchfpe.expand it first)")
     if isinstance(layout, Mapping):
         unknown = [name for name in layout if name not in names]
         if unknown:
-            raise ValueError(f"layout names {unknown}, which are not expanded layers; expanded layers: {names}")
+            raise InvalidParameterError(f"layout names {unknown}, which are not expanded layers; expanded layers: {names}")
         layouts = {name: layout.get(name, "auto") for name in names}
     else:
         layouts = {name: layout for name in names}
     for name, choice in layouts.items():
         if choice not in PACK_LAYOUTS:
-            raise ValueError(f"layout for layer {name!r} is {choice!r}; allowed: {', '.join(PACK_LAYOUTS)}")
+            raise InvalidParameterError(f"layout for layer {name!r} is {choice!r}; allowed: {', '.join(PACK_LAYOUTS)}")
     packed_layers = {name: pack_layer(model.get_submodule(name), layouts[name], name=name, max_groups=max_groups)
                      for name in names}  # every check runs before the copy is touched
     packed = copy.deepcopy(model)
@@ -790,11 +792,10 @@ def _replaced(root: nn.Module, path: str, layer: nn.Module) -> nn.Module:
 
 def unpack(model: nn.Module) -> nn.Module:
     """A copy of ``model`` with every packed layer back in the masked reference layout."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_param("model", model, [nn.Module], "unpack")
     names = [name for name, module in model.named_modules() if isinstance(module, PackedLinear)]
     if not names:
-        raise ValueError("unpack: the model has no packed layer (torchfpe.pack returns packed models)")
+        raise InvalidParameterError("unpack: the model has no packed layer (torchfpe.pack returns packed models)")
     unpacked = copy.deepcopy(model)
     for name in names:
         unpacked = _replaced(unpacked, name, unpacked.get_submodule(name).to_masked())
