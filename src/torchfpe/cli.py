@@ -59,38 +59,28 @@ def _fail(message: str, code: int) -> None:
 
 def _handled(debug: bool, call: Callable[[], None]) -> None:
     """Run ``call``; turn errors into one line and an exit code (a traceback only with ``--debug``)."""
-    from .sweep import StoreError
-
     try:
         call()
-    except (typer.Exit, click.exceptions.Exit, click.ClickException):
+    except (typer.Exit, click.exceptions.Exit, click.ClickException, SystemExit):
         raise
-    except InvalidParameterError as error:
+    except (Exception, KeyboardInterrupt) as error:  # noqa: BLE001 - one line; --debug for the traceback
         if debug:
             raise
-        _fail(str(error), 2)
-    except (StoreError, api.IncompleteResultsError) as error:
-        if debug:
-            raise
-        _fail(str(error), 1)
-    except ModuleNotFoundError as error:
-        if debug:
-            raise
+        _fail(*_error_line(error))
+
+
+def _error_line(error: BaseException) -> tuple[str, int]:
+    """The one line and exit code a user sees: 2 for a usage error, 130 for Ctrl-C, 1 for the rest."""
+    if isinstance(error, InvalidParameterError):
+        return str(error), 2
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted; finished runs are kept in the store: re-run the same command to complete the rest", 130
+    if isinstance(error, ModuleNotFoundError):
         top = (error.name or "").split(".")[0]
-        extra = EXTRA_OF.get(top, "experiments")
-        _fail(f"missing Python package {top!r}: pip install 'torchfpe[{extra}]'", 1)
-    except KeyboardInterrupt:
-        if debug:
-            raise
-        _fail("interrupted; finished runs are kept in the store: re-run the same command to complete the rest", 130)
-    except SystemExit:
-        raise
-    except Exception as error:  # noqa: BLE001 - one line; --debug for the traceback
-        if debug:
-            raise
-        if type(error).__module__.startswith("torchfpe."):  # our own errors are written for the user
-            _fail(str(error), 1)
-        _fail(f"{type(error).__name__}: {error} (re-run with --debug for the traceback)", 1)
+        return f"missing Python package {top!r}: pip install 'torchfpe[{EXTRA_OF.get(top, 'experiments')}]'", 1
+    if type(error).__module__.startswith("torchfpe."):  # our own errors (store, report, data) are written for the user
+        return str(error), 1
+    return f"{type(error).__name__}: {error} (re-run with --debug for the traceback)", 1
 
 
 # ------------------------------------------------------------------------------------------ reproduce
