@@ -12,6 +12,7 @@ Torch only (this module is part of the core).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
@@ -200,6 +201,15 @@ def invalid(name: str, owner: str, expected: str, value: Any) -> InvalidParamete
 def validate_dataclass(instance: Any, constraints: Mapping[str, Sequence[Constraint]], owner: str) -> None:
     """Check the fields of a (config) dataclass instance against their declared constraints."""
     validate_params({name: getattr(instance, name) for name in constraints}, constraints, owner)
+
+
+def build_config(cls: type, overrides: Mapping[str, Any], label: str) -> Any:
+    """``cls(**overrides)`` for a config dataclass; unknown field names are refused, listing the fields."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise InvalidParameterError(f"unknown {label} config field(s) {unknown}; fields: {sorted(fields)}")
+    return cls(**overrides)
 
 
 #: Seeds accepted everywhere: what ``torch.Generator.manual_seed`` takes without wrapping.

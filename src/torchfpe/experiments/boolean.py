@@ -112,11 +112,10 @@ def config_fields() -> dict[str, type]:
 
 
 def make_config(**overrides) -> BooleanConfig:
-    """A config from keyword overrides; unknown names raise ValueError listing the fields."""
-    unknown = sorted(set(overrides) - set(config_fields()))
-    if unknown:
-        raise ValueError(f"unknown Boolean config field(s) {unknown}; fields: {sorted(config_fields())}")
-    return BooleanConfig(**overrides)
+    """A config from keyword overrides; unknown names raise InvalidParameterError listing the fields."""
+    from ..core.validation import build_config
+
+    return build_config(BooleanConfig, overrides, "Boolean")
 
 
 # ------------------------------------------------------------------------------------------ the task

@@ -28,7 +28,8 @@ from torch import nn
 
 from .. import metrics
 from . import protocol
-from .heads import DTYPES, _make
+from ..core.validation import build_config
+from .heads import DTYPES
 
 VARIANTS = tuple(v for v in protocol.VARIANTS if v not in ("clause", "clause_shared", "correlation"))
 FEATURES = 256
@@ -68,7 +69,7 @@ class CNNConfig(protocol.ConfigMethods):
 
 
 def make_config(**overrides) -> CNNConfig:
-    return _make(CNNConfig, "cnn", overrides)
+    return build_config(CNNConfig, overrides, "cnn")
 
 
 def load_images(data_dir: str | None):

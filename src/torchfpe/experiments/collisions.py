@@ -69,10 +69,6 @@ def run_batch(configs: Sequence[TheoryConfig]) -> list[dict]:
 
 
 def make_config(**overrides) -> TheoryConfig:
-    fields = {f.name for f in dataclasses.fields(TheoryConfig)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        from ..core.validation import InvalidParameterError
+    from ..core.validation import build_config
 
-        raise InvalidParameterError(f"unknown theory config field(s) {unknown}; fields: {sorted(fields)}")
-    return TheoryConfig(**overrides)
+    return build_config(TheoryConfig, overrides, "theory")

@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from . import protocol
-from .heads import TASK, HeadsConfig, _make, check_config  # noqa: F401 - check_config re-exported
+from ..core.validation import build_config
+from .heads import TASK, HeadsConfig, check_config  # noqa: F401 - check_config re-exported
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class DeepConfig(HeadsConfig):
 
 
 def make_config(**overrides) -> DeepConfig:
-    return _make(DeepConfig, "deep", overrides)
+    return build_config(DeepConfig, overrides, "deep")
 
 
 def run_batch(configs: Sequence[DeepConfig]) -> list[dict]:

@@ -25,7 +25,6 @@ Defaults and why (each one a config field, overridable with ``--set``):
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ import torch
 from torch import nn
 
 from .. import metrics
+from ..core.validation import build_config
 from . import protocol
 
 DTYPES = protocol.DTYPES
@@ -85,16 +85,8 @@ class HeadsConfig(protocol.ConfigMethods):
 
 
 def make_config(**overrides) -> HeadsConfig:
-    """A config from keyword overrides; unknown names raise ValueError listing the fields."""
-    return _make(HeadsConfig, "heads", overrides)
-
-
-def _make(cls, label: str, overrides: dict):
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ValueError(f"unknown {label} config field(s) {unknown}; fields: {sorted(fields)}")
-    return cls(**overrides)
+    """A config from keyword overrides; unknown names raise InvalidParameterError listing the fields."""
+    return build_config(HeadsConfig, overrides, "heads")
 
 
 # ------------------------------------------------------------------------------------------ data
