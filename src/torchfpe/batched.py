@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .core.expand import ELEMENTWISE_MODULES, _sequential_leaves
+from .core.targets import ELEMENTWISE_MODULES, sequential_leaves
 from .core.layers import ExpandedLayer, effective_parameters
 from .train import TrainSettings, batch_order, make_optimizer
 
@@ -24,7 +24,7 @@ from .train import TrainSettings, batch_order, make_optimizer
 def _layout(model: nn.Module) -> list[tuple[str, nn.Module]]:
     if not isinstance(model, nn.Sequential):
         raise TypeError(f"StackedMLP stacks nn.Sequential MLPs, got {type(model).__name__}")
-    leaves = _sequential_leaves(model)
+    leaves = sequential_leaves(model)
     for path, module in leaves:
         if isinstance(module, ExpandedLayer) and not isinstance(module, nn.Linear):
             raise TypeError(f"StackedMLP stacks the masked layout; layer {path!r} is {module.layout!r}: "

@@ -1,11 +1,11 @@
 """The FPE operator: ``expand``, split strategies, masked layers and the non-zero budget (torch only)."""
 
 from .budget import BUDGETS, nonzero_parameters
-from .expand import BIAS_POLICIES, ELEMENTWISE_MODULES, ExpansionReport, LayerChange, expand, find_hidden_pairs, load_expanded
+from .expand import BIAS_POLICIES, ExpansionReport, LayerChange, expand, load_expanded
 from .layers import ExpandedLayer, expanded_layers
 from .masked import DropConnectLinear, MaskedLinear, apply_masks_
 from .packed import BlockLinear, EllLinear, pack, stored_bytes, unpack
-from .targets import FFN_PATTERNS, find_ffn_pairs
+from .targets import ELEMENTWISE_MODULES, FFN_PATTERNS, find_ffn_pairs, find_hidden_pairs
 from .validation import InvalidParameterError
 from .splits import CONTROL_SPLITS, PARTITION_SPLITS, SPLITS, SplitContext
 

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .expand import _set_submodule, find_hidden_pairs
+from .targets import find_hidden_pairs, set_submodule
 from .layers import ExpandedLayer, expanded_layers, register_layout
 from .masked import DropConnectLinear, MaskedLinear
 from .validation import Interval, InvalidParameterError, check_param, validate_params
@@ -786,7 +786,7 @@ def _replaced(root: nn.Module, path: str, layer: nn.Module) -> nn.Module:
     """``root`` with the submodule at ``path`` replaced (the root itself when ``path`` is empty)."""
     if not path:
         return layer
-    _set_submodule(root, path, layer)
+    set_submodule(root, path, layer)
     return root
 
 

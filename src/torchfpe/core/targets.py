@@ -22,6 +22,19 @@ import re
 from collections.abc import Sequence
 
 from torch import nn
+from torch.nn.modules.lazy import LazyModuleMixin
+from torch.nn.parameter import UninitializedParameter
+
+from .validation import InvalidParameterError
+
+#: Modules that act on each unit separately, so a Linear followed by them still feeds the next
+#: Linear unit by unit. Norms that mix units (LayerNorm) or carry per-unit parameters (BatchNorm)
+#: end the chain: name such pairs explicitly with ``pairs=`` only if the norm is handled by you.
+ELEMENTWISE_MODULES: tuple[type[nn.Module], ...] = (
+    nn.Identity, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+    nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Softsign, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid,
+    nn.LogSigmoid, nn.Tanhshrink, nn.Softshrink, nn.Hardshrink, nn.Threshold, nn.Dropout, nn.AlphaDropout,
+)
 
 #: FFN shapes by child module names: (incoming layers, outgoing layer), relative to the block.
 FFN_PATTERNS: tuple[tuple[tuple[str, ...], str], ...] = (
@@ -104,3 +117,151 @@ def find_ffn_pairs(
             used.update(paths)
             found.append(paths)
     return found
+
+
+# ------------------------------------------------------------------------ nn.Sequential discovery
+def sequential_leaves(module: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
+    leaves = []
+    for name, child in module.named_children():
+        path = f"{prefix}{name}"
+        if isinstance(child, nn.Sequential):
+            leaves.extend(sequential_leaves(child, path + "."))
+        else:
+            leaves.append((path, child))
+    return leaves
+
+
+def find_hidden_pairs(model: nn.Sequential, layer_types: tuple[type, ...] = (nn.Linear,)) -> list[tuple[str, str]]:
+    """(incoming, outgoing) pairs of an ``nn.Sequential``: Linears joined by element-wise modules only.
+
+    Nested ``nn.Sequential`` containers are read in order; the last Linear is never an incoming layer.
+    ``layer_types`` are the modules that count as layers (``pack`` adds its packed layouts).
+    """
+    pairs = []
+    pending: str | None = None
+    for path, module in sequential_leaves(model):
+        if isinstance(module, layer_types):
+            if pending is not None:
+                pairs.append((pending, path))
+            pending = path
+        elif not isinstance(module, ELEMENTWISE_MODULES) or (isinstance(module, nn.PReLU) and module.num_parameters > 1):
+            pending = None
+    return pairs
+
+
+def set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
+    parent_path, _, name = path.rpartition(".")
+    setattr(root.get_submodule(parent_path) if parent_path else root, name, module)
+
+
+# -------------------------------------------------------------------------------- pair resolution
+def resolve_pairs(model: nn.Module, pairs, layers) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """(incoming, outgoing) pairs and the gated companions ``{up: gate}`` split like their leader."""
+    companions: dict[str, str] = {}
+    if pairs is None:
+        if not isinstance(model, nn.Sequential):
+            raise InvalidParameterError(
+                f"expand() finds hidden layers itself only in nn.Sequential; for {type(model).__name__} pass "
+                "pairs=[('incoming.module.path', 'outgoing.module.path'), ...] "
+                "(torchfpe.find_ffn_pairs(model) finds transformer FFN blocks)"
+            )
+        pairs = find_hidden_pairs(model)
+        if layers is not None:
+            known = [incoming for incoming, _ in pairs]
+            unknown = [name for name in layers if name not in known]
+            if unknown:
+                raise InvalidParameterError(f"layers={unknown!r} are not hidden layers of this model; hidden layers: {known}")
+            pairs = [pair for pair in pairs if pair[0] in set(layers)]
+    else:
+        if layers is not None:
+            raise InvalidParameterError("pass either pairs= or layers=, not both (pairs already selects the layers)")
+        if isinstance(pairs, (str, bytes)) or not isinstance(pairs, Sequence):
+            raise InvalidParameterError("the 'pairs' parameter of expand must be a list of (incoming, outgoing) "
+                                        f"or (gate, up, down) module-path tuples; got {pairs!r}")
+        entries = list(pairs)
+        pairs = []
+        for entry in entries:
+            if not (isinstance(entry, (tuple, list)) and len(entry) in (2, 3) and all(isinstance(p, str) for p in entry)):
+                raise InvalidParameterError(
+                    f"each entry of pairs must be an (incoming, outgoing) or (gate, up, down) tuple of module "
+                    f"paths, got {entry!r}")
+            if len(entry) == 3:
+                gate, up, down = entry
+                if up == gate:
+                    raise InvalidParameterError(f"gated entry {tuple(entry)!r} names one layer twice")
+                companions[up] = gate
+                pairs.append((gate, down))
+            else:
+                pairs.append(tuple(entry))
+    if not pairs:
+        raise InvalidParameterError("the model has no hidden layer to expand: no nn.Linear feeds another nn.Linear "
+                                    "through element-wise modules only (pass pairs=... to name them)")
+    incoming_seen, outgoing_seen = set(), set()
+
+    def layer(name: str) -> nn.Module:
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            raise InvalidParameterError(f"pairs names {name!r}, which is not a submodule of the model") from None
+        if not is_expandable(module):
+            raise InvalidParameterError(f"pairs names {name!r}, a {type(module).__name__}; only nn.Linear layers "
+                                        "(and GPT-2 Conv1D) can be expanded")
+        check_materialised(name, module)
+        return module
+
+    for incoming, outgoing in pairs:
+        modules = [layer(incoming), layer(outgoing)]
+        if incoming == outgoing:
+            raise InvalidParameterError(f"pair ({incoming!r}, {outgoing!r}) names one layer twice")
+        if features(modules[0])[1] != features(modules[1])[0]:
+            raise InvalidParameterError(
+                f"pair ({incoming!r}, {outgoing!r}) does not chain: {incoming} has {features(modules[0])[1]} "
+                f"outputs but {outgoing} has {features(modules[1])[0]} inputs"
+            )
+        if incoming in incoming_seen or outgoing in outgoing_seen:
+            raise InvalidParameterError(f"pair ({incoming!r}, {outgoing!r}) reuses a layer already in another pair's same role")
+        incoming_seen.add(incoming)
+        outgoing_seen.add(outgoing)
+    for up, gate in companions.items():
+        if features(layer(up)) != features(model.get_submodule(gate)):
+            raise InvalidParameterError(
+                f"gated layers {gate!r} and {up!r} must have the same shape to be split together; got "
+                f"{features(model.get_submodule(gate))} and {features(layer(up))} (in, out) features")
+        if up in incoming_seen or up in outgoing_seen:
+            raise InvalidParameterError(f"layer {up!r} is both a gated companion and in another pair")
+    return pairs, companions
+
+
+def check_materialised(name: str, module: nn.Module) -> None:
+    """Refuse layers whose weights do not exist yet (LazyLinear) or hold no data (meta device)."""
+    if isinstance(module, LazyModuleMixin) or any(isinstance(p, UninitializedParameter) for p in module.parameters()):
+        raise InvalidParameterError(f"layer {name!r} is an uninitialised lazy layer ({type(module).__name__}); "
+                                    "run one forward pass (or load its weights) before expand")
+    if any(p.is_meta for p in module.parameters(recurse=False)):
+        raise InvalidParameterError(f"layer {name!r} is on the meta device (no weight values); load or "
+                                    "materialise its weights (e.g. model.to_empty(...) and load_state_dict) before expand")
+
+
+def check_not_shared(model: nn.Module, touched: Sequence[str]) -> None:
+    """A layer used at two places (tied) would be split at one and not the other: refuse it."""
+    paths: dict[int, list[str]] = {}
+    for path, module in model.named_modules(remove_duplicate=False):
+        paths.setdefault(id(module), []).append(path)
+    owners: dict[int, list[str]] = {}
+    for path, module in model.named_modules(remove_duplicate=False):
+        for pname, param in module.named_parameters(recurse=False, remove_duplicate=False):
+            owners.setdefault(id(param), []).append(f"{path}.{pname}" if path else pname)
+    for name in touched:
+        module = model.get_submodule(name)
+        others = [p for p in paths[id(module)] if p != name]
+        if others:
+            raise InvalidParameterError(
+                f"layer {name!r} is shared: the same module is also used as {others[0]!r}; expand cannot "
+                "split a layer used at two places (give each place its own copy first)")
+        for pname, param in module.named_parameters(recurse=False):
+            here = f"{name}.{pname}"
+            others = [p for p in owners[id(param)] if p != here and not p.startswith(f"{name}.")]
+            if others:
+                raise InvalidParameterError(
+                    f"layer {name!r} shares its {pname} with {others[0]!r} (tied weights); expand cannot split "
+                    "tied layers (untie them first)")
