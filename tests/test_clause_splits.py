@@ -7,16 +7,15 @@ import torch
 from torch import nn
 
 from torchfpe.core import expand
-from torchfpe.core.splits import SplitContext, child_masks, deal_clauses
+from torchfpe.core.splits import SPLITS, deal_clauses
 
 CLAUSES = [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11], [12, 13, 14], [15, 16, 17]]
 INPUTS = 24  # 18 clause inputs + 6 distractors
 
 
 def masks(split: str, alpha: int, parents: int = 8, seed: int = 0, clauses=CLAUSES) -> torch.Tensor:
-    ctx = SplitContext(layer="0", weight=torch.ones(parents, INPUTS), alpha=alpha,
-                       generator=torch.Generator().manual_seed(seed), clauses=clauses)
-    return child_masks(split, ctx)
+    return SPLITS[split].child_masks("0", torch.ones(parents, INPUTS), alpha, torch.Generator().manual_seed(seed),
+                                     clauses=clauses)
 
 
 @pytest.mark.parametrize("split", ["clause", "clause_shared"])

@@ -19,6 +19,7 @@ from .core import (
     InvalidParameterError,
     load_expanded,
     nonzero_parameters,
+    register_split,
 )
 from .core import ExpandedLayer, pack, unpack
 
@@ -27,5 +28,5 @@ __version__ = "0.1.0"
 __all__ = [
     "BIAS_POLICIES", "BUDGETS", "SPLITS", "DropConnectLinear", "ExpansionReport", "MaskedLinear",
     "InvalidParameterError", "apply_masks_", "expand", "find_ffn_pairs", "find_hidden_pairs", "load_expanded",
-    "nonzero_parameters", "__version__", "ExpandedLayer", "pack", "unpack",
+    "nonzero_parameters", "__version__", "ExpandedLayer", "pack", "unpack", "register_split",
 ]

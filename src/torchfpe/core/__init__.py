@@ -7,12 +7,12 @@ from .masked import DropConnectLinear, MaskedLinear, apply_masks_
 from .packed import BlockLinear, EllLinear, pack, stored_bytes, unpack
 from .targets import ELEMENTWISE_MODULES, FFN_PATTERNS, find_ffn_pairs, find_hidden_pairs
 from .validation import InvalidParameterError
-from .splits import CONTROL_SPLITS, PARTITION_SPLITS, SPLITS, SplitContext
+from .splits import SPLITS, Split, get_split, register_split
 
 __all__ = [
-    "BIAS_POLICIES", "BUDGETS", "CONTROL_SPLITS", "ELEMENTWISE_MODULES", "PARTITION_SPLITS", "SPLITS",
+    "BIAS_POLICIES", "BUDGETS", "ELEMENTWISE_MODULES", "SPLITS", "Split", "get_split", "register_split",
     "FFN_PATTERNS", "DropConnectLinear", "ExpansionReport", "InvalidParameterError", "LayerChange", "MaskedLinear",
-    "SplitContext", "apply_masks_", "expand", "find_ffn_pairs", "find_hidden_pairs", "load_expanded",
+    "apply_masks_", "expand", "find_ffn_pairs", "find_hidden_pairs", "load_expanded",
     "nonzero_parameters", "BlockLinear", "EllLinear", "ExpandedLayer", "expanded_layers", "pack", "stored_bytes",
     "unpack",
 ]

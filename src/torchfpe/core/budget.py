@@ -10,8 +10,11 @@ from torch import Tensor, nn
 #: ``global``: smallest magnitudes across all expanded layers' weights (the paper's default).
 #: ``outgoing``: only the copied outgoing weights are pruned.
 #: ``layerwise``: each expanded layer returns to its own parent's count.
+#: ``structured``: each copy of a parent's outgoing column keeps a disjoint 1/alpha share of the layer's
+#: rows (one seeded balanced partition of the rows per layer), so every layer keeps its parent's count by
+#: construction and packs as dense blocks; copied biases are then pruned within their own layer.
 #: ``none``: no pruning; the report shows the excess.
-BUDGETS = ("global", "outgoing", "layerwise", "none")
+BUDGETS = ("global", "outgoing", "layerwise", "structured", "none")
 
 
 def nonzero_parameters(model: nn.Module) -> int:

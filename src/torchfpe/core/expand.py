@@ -19,8 +19,8 @@ from torch import Tensor, nn
 
 from .budget import BUDGETS, nonzero_parameters, prune_smallest_
 from .layers import LAYOUTS, ExpandedLayer, effective_parameters, expanded_layers, layout_of
-from .masked import DropConnectLinear, MaskedLinear
-from .splits import CLAUSE_SPLITS, SPLITS, SplitContext, child_masks
+from .masked import MaskedLinear
+from .splits import SPLITS, Split, get_split, user_split
 from .targets import as_linear, check_not_shared, features, is_conv1d, resolve_pairs, set_submodule
 from .validation import (SEED, Interval, InvalidParameterError, Options, Sequences, check_param, invalid,
                          validate_params)
@@ -91,7 +91,28 @@ class ExpansionReport:
         return "\n".join([title, line(header), line(["-" * w for w in widths]), *map(line, body)])
 
 
-# ------------------------------------------------------------------------------------ validation
+# ------------------------------------------------------------------------------------------ the plan
+@dataclass
+class LayerPlan:
+    """What ``expand`` does to one layer; the phases fill it in (see :func:`expand`)."""
+
+    name: str
+    parent: nn.Module  # the parent layer (a GPT-2 Conv1D read as nn.Linear)
+    role: str  # "in" (its units split), "out" (its columns copied) or "in+out"
+    rows: int  # children per unit: alpha where its units are split, else 1
+    cols: int  # copies per input column: alpha where it reads an expanded layer's children, else 1
+    split: Split | None  # how its units split; None for an outgoing-only layer
+    leader: str | None = None  # a gated companion takes the child masks drawn for this layer
+    # filled by the copy phase
+    weight: Tensor | None = None
+    mask: Tensor | None = None
+    bias: Tensor | None = None
+    bias_mask: Tensor | None = None
+    nonzero_before: int = 0  # weights and bias of the parent
+    weight_before: int = 0  # weights only
+    nonzero_split: int = 0  # after splitting and copying, before the budget
+
+
 #: Each parameter of ``expand`` and its constraint, declared once (see :mod:`torchfpe.core.validation`).
 EXPAND_PARAMETERS = {
     "model": [nn.Module],
@@ -105,30 +126,301 @@ EXPAND_PARAMETERS = {
 }
 
 
-def _resolve_splits(split, incoming_names: list[str]) -> dict[str, SplitSpec]:
-    def check(spec, where: str):
+def _resolve_splits(split, incoming_names: list[str]) -> dict[str, Split]:
+    """The :class:`Split` of every incoming layer (a name, child ids, a callable, or a dict of these)."""
+    def resolve(spec, where: str) -> Split:
         if isinstance(spec, str):
-            if spec not in SPLITS:
-                raise InvalidParameterError(f"{where}: unknown split {spec!r}; allowed: {', '.join(SPLITS)}, "
-                                 "a tensor of child ids, or a callable")
-        elif not (isinstance(spec, Tensor) or callable(spec)):
-            raise InvalidParameterError(f"{where}: split must be a name, a tensor of child ids or a callable, got {type(spec).__name__}")
-        return spec
+            return get_split(spec, where)
+        if isinstance(spec, Tensor) or callable(spec):
+            return user_split(spec)
+        raise InvalidParameterError(f"{where}: split must be a registered name ({', '.join(SPLITS)}), a tensor of "
+                                    f"child ids or a callable; got {type(spec).__name__}")
 
     if isinstance(split, Mapping):
         missing = [name for name in incoming_names if name not in split]
         extra = [name for name in split if name not in incoming_names]
         if missing or extra:
             raise InvalidParameterError(f"split mapping must name exactly the expanded layers {incoming_names}; "
-                             f"missing {missing}, unknown {extra}")
-        specs = {name: check(split[name], f"split[{name!r}]") for name in incoming_names}
+                                        f"missing {missing}, unknown {extra}")
+        splits = {name: resolve(split[name], f"split[{name!r}]") for name in incoming_names}
     else:
-        specs = {name: check(split, "split") for name in incoming_names}
-    for control in ("dropconnect", "static_sparse"):
-        uses = [isinstance(spec, str) and spec == control for spec in specs.values()]
-        if any(uses) and not all(uses):
-            raise InvalidParameterError(f"split={control!r} applies to the whole model; it cannot be mixed with other splits")
-    return specs
+        one = resolve(split, "split")
+        splits = {name: one for name in incoming_names}
+    for whole in {s.name: s for s in splits.values() if s.whole_model}.values():
+        if any(s is not whole for s in splits.values()):
+            raise InvalidParameterError(f"split={whole.name!r} applies to the whole model; it cannot be mixed with "
+                                        "other splits")
+    return splits
+
+
+def _plan(model: nn.Module, alpha: int, splits: Mapping[str, Split], pairs: Sequence[tuple[str, str]],
+          companions: Mapping[str, str]) -> list[LayerPlan]:
+    """One plan per touched layer, in the order of the pairs (incoming, its gated companions, outgoing)."""
+    widens = all(s.widens for s in splits.values())
+    order: list[str] = []
+    for incoming, outgoing in pairs:
+        group = [incoming, *[up for up, gate in companions.items() if gate == incoming]]
+        order.extend(name for name in [*group, *([outgoing] if widens else [])] if name not in order)
+    incoming_names = {incoming for incoming, _ in pairs}
+    outgoing_names = {outgoing for _, outgoing in pairs} if widens else set()
+    source = _linearised(model, order)  # GPT-2 Conv1D read as nn.Linear (weights transposed)
+    plans = []
+    for name in order:
+        leader = companions.get(name)
+        split_in = name in incoming_names or leader is not None
+        reads_children = name in outgoing_names
+        role = "in+out" if split_in and reads_children else ("in" if split_in else "out")
+        plans.append(LayerPlan(
+            name=name, parent=source[name], role=role, rows=alpha if split_in and widens else 1,
+            cols=alpha if reads_children else 1, split=splits[leader or name] if split_in else None,
+            leader=leader))
+    return plans
+
+
+def _check_data(data, plans: Sequence[LayerPlan]) -> Tensor | None:
+    users = [p for p in plans if p.split is not None and "data" in p.split.needs and p.leader is None]
+    if data is None:
+        if users:
+            raise InvalidParameterError(f"split={users[0].split.name!r} needs data=<examples of layer "
+                                        f"{users[0].name!r}'s inputs, (examples, inputs)>")
+        return None
+    if not users:
+        raise InvalidParameterError("the 'data' parameter of expand is only read by splits that need data "
+                                    f"({', '.join(SPLITS.where(needs=('data',))) or 'none registered'}); this "
+                                    "expansion uses none, so pass data=None")
+    if not isinstance(data, Tensor) or data.dim() != 2 or not data.is_floating_point() or len(data) < 2:
+        raise invalid("data", "expand", "a float tensor (examples, inputs) with at least 2 examples", data)
+    if not bool(torch.isfinite(data).all()):
+        raise InvalidParameterError("the 'data' parameter of expand holds NaN or inf")
+    for plan in users:
+        width = features(plan.parent)[0] * plan.cols
+        if data.shape[1] != width:
+            raise InvalidParameterError(f"data has {data.shape[1]} input features but layer {plan.name!r} "
+                                        f"(split {plan.split.name!r}) has {width} inputs")
+    return data.detach().cpu()
+
+
+def _check_options(plans: Sequence[LayerPlan], clauses, dropconnect_p) -> None:
+    """Refuse arguments that no split of this expansion reads (they would be silently ignored)."""
+    used = {p.split.name: p.split for p in plans if p.split is not None}.values()
+    if clauses is not None and not any("clauses" in s.needs for s in used):
+        readers = ", ".join(SPLITS.where(needs=("clauses",)))
+        raise InvalidParameterError(f"the 'clauses' parameter of expand is only read by splits that need clauses "
+                                    f"({readers}); split {_split_label(plans)!r} does not, so pass clauses=None")
+    if dropconnect_p is not None and not any("dropconnect_p" in s.options for s in used):
+        raise InvalidParameterError(f"the 'dropconnect_p' parameter of expand is only read by split='dropconnect'; "
+                                    f"split {_split_label(plans)!r} does not, so pass dropconnect_p=None")
+
+
+def _check_budget(plans: Sequence[LayerPlan], budget: str) -> None:
+    if budget != "structured":
+        return
+    for plan in plans:
+        if plan.split is not None and not (plan.split.partition and plan.split.widens and not plan.split.whole_model):
+            raise InvalidParameterError(
+                f"budget='structured' keeps each layer at its parent's count by giving every child a disjoint share "
+                f"of its parent's weights; split {plan.split.name!r} (layer {plan.name!r}) is not a partition, so "
+                "use budget='global' with it")
+
+
+# ------------------------------------------------------------------------------------------ expand
+def expand(
+    model: nn.Module,
+    alpha: int,
+    split: SplitSpec | Mapping[str, SplitSpec] = "random",
+    *,
+    seed: int | None = None,
+    pairs: Sequence[tuple[str, ...]] | None = None,
+    clauses: Sequence[Sequence[int]] | None = None,
+    data: Tensor | None = None,
+    layers: Sequence[str] | None = None,
+    bias: str = "copy",
+    budget: str = "global",
+    dropconnect_p: float | None = None,
+    return_report: bool = False,
+) -> nn.Module | tuple[nn.Module, ExpansionReport]:
+    """Return an expanded copy of ``model``; ``model`` itself is never modified.
+
+    Args:
+        model: any module. An ``nn.Sequential`` MLP has its hidden layers found automatically.
+        alpha: children per parent unit, an int from 2 to the smallest fan-in being split.
+        split: a registered split's name (``torchfpe.SPLITS`` lists them with their traits):
+            ``"random"`` (balanced, independent per parent; the default), ``"clause"`` (whole clauses
+            per child, shuffled per parent; needs ``clauses``), ``"clause_shared"`` (one clause-to-child
+            map for every parent; needs ``clauses``), ``"feature"`` (balanced clusters of the Gram matrix
+            WᵀW), ``"correlation"`` (balanced clusters of the inputs' correlation; needs ``data``),
+            ``"contiguous"`` (index-order chunks), ``"shared"``/``"grouped"`` (one / a few random
+            partitions shared by the parents); or a tensor of child ids ``(parents, inputs)`` or
+            ``(inputs,)``; or a callable ``fn(weight, alpha, generator)``; or a dict naming one of these
+            per incoming layer. Controls that are not FPE: ``"overlap"`` (children draw overlapping
+            inputs), ``"static_sparse"`` (width alpha·h under one random fixed mask per layer with the
+            parent's count), ``"dropconnect"`` (parent width, DropConnect on incoming weights).
+            :func:`torchfpe.register_split` adds one.
+        seed: seeds every random choice; ``None`` draws one from torch's global generator (the
+            report records it).
+        pairs: (incoming, outgoing) or gated (gate, up, down) module paths to expand; required for
+            models that are not ``nn.Sequential``. Consecutive pairs may share a layer.
+        clauses: input indices of each clause, for splits that need clauses.
+        data: examples of the layer's inputs ``(examples, inputs)``, for splits that need data.
+        layers: for ``nn.Sequential``, the incoming-layer paths to expand (default: all hidden).
+        bias: children's biases: ``"copy"`` the parent's, ``"divide"`` it by alpha, or ``"zero"``
+            (children carry no bias: fixed at 0 by the mask).
+        budget: ``"global"`` (prune smallest magnitudes across expanded layers' weights),
+            ``"outgoing"`` (prune only copied outgoing weights), ``"layerwise"`` (each layer back
+            to its own count), ``"structured"`` (each copy of a parent's outgoing column keeps a
+            disjoint 1/alpha share of its rows, so every layer keeps its parent's count by
+            construction; copied biases are then pruned within their layer), or ``"none"``.
+        dropconnect_p: drop probability for ``split="dropconnect"`` (default ``1 - 1/alpha``).
+        return_report: also return an :class:`ExpansionReport`.
+    """
+    # ---------------------------------------------------------------- prepare: every check first
+    params = dict(model=model, alpha=alpha, seed=seed, layers=layers, bias=bias, budget=budget,
+                  dropconnect_p=dropconnect_p, return_report=return_report)
+    validate_params(params, EXPAND_PARAMETERS, "expand")
+    packed = [name for name, module in expanded_layers(model) if not isinstance(module, MaskedLinear)]
+    if packed:
+        raise InvalidParameterError(f"layer {packed[0]!r} is in a packed layout; call torchfpe.unpack(model) "
+                                    "before expanding it again")
+    pairs, companions = resolve_pairs(model, pairs, layers)
+    incoming_names = [incoming for incoming, _ in pairs]
+    splits = _resolve_splits(split, incoming_names)
+    fan_in = {name: features(model.get_submodule(name))[0] for name in incoming_names}
+    smallest = min(fan_in.values())
+    if alpha > smallest:
+        layer = min(fan_in, key=fan_in.get)
+        raise invalid("alpha", "expand", f"an int in [2, {smallest}] (at most the fan-in {smallest} of layer "
+                      f"{layer!r})", alpha)
+    plans = _plan(model, alpha, splits, pairs, companions)
+    check_not_shared(model, [plan.name for plan in plans])
+    for plan in plans:
+        for pname, param in model.get_submodule(plan.name).named_parameters(recurse=False):
+            if not torch.isfinite(param.detach()).all():
+                raise InvalidParameterError(f"layer {plan.name!r} has NaN or inf in its {pname}; expand needs "
+                                            "finite weights")
+    _check_options(plans, clauses, dropconnect_p)
+    _check_budget(plans, budget)
+    clause_layers = {p.name: fan_in[p.name] for p in plans
+                     if p.split is not None and "clauses" in p.split.needs and p.leader is None}
+    checked_clauses = _check_clauses(clauses, clause_layers) if clause_layers else None
+    checked_data = _check_data(data, plans)
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, (1,)))
+    generator = torch.Generator().manual_seed(seed)
+    options = {"alpha": alpha, "dropconnect_p": dropconnect_p}
+
+    # ---------------------------------------------------------------- split: child masks per layer
+    for plan in plans:
+        plan.weight, plan.bias, plan.mask, plan.bias_mask = _effective(plan.parent)
+    structured = budget == "structured"
+    drawn: dict[str, Tensor] = {}  # child masks per incoming layer; a gated companion reuses its leader's
+    for plan in plans:
+        if plan.rows > 1 and plan.leader is None:
+            space = 1 if structured else plan.cols  # structured: split the parent's own inputs, one copy each
+            needs = {}
+            if "clauses" in plan.split.needs:
+                needs["clauses"] = [[j * space + c for j in clause for c in range(space)] for clause in checked_clauses]
+            if "data" in plan.split.needs:
+                needs["data"] = checked_data
+            weight = plan.weight.repeat_interleave(space, 1).cpu()
+            drawn[plan.name] = plan.split.child_masks(plan.name, weight, alpha, generator, **needs)
+    shares = {plan.name: _one_deal(plan.weight.shape[0] * plan.rows, alpha, generator)
+              for plan in plans if structured and plan.cols > 1}
+
+    # ---------------------------------------------------------------- copy: rows split, columns copied
+    for plan in plans:
+        _copy(plan, alpha, bias, drawn.get(plan.leader or plan.name), shares.get(plan.name))
+    whole = next((s for s in splits.values() if s.whole_model), None)
+    if whole is not None:
+        whole.refine_(plans, generator)
+    for plan in plans:
+        plan.weight = plan.weight * plan.mask
+        if plan.bias is not None:
+            plan.bias = plan.bias * plan.bias_mask
+        plan.nonzero_split = _layer_nonzero(plan.weight, plan.bias)
+
+    # ---------------------------------------------------------------- budget
+    _apply_budget(plans, budget)
+
+    # ---------------------------------------------------------------- build layers, report
+    report = ExpansionReport(alpha=alpha, split=_split_label(plans), budget=budget, bias=bias, seed=seed)
+    report.model_nonzero_before = nonzero_parameters(model)
+    expanded = copy.deepcopy(model)
+    for plan in plans:
+        layer = (plan.split or _OUTGOING).build_layer(plan, options)
+        parent = plan.parent
+        layer.parent_features = getattr(parent, "parent_features", None) or (parent.in_features, parent.out_features)
+        layer.train(parent.training)
+        frozen = _keep_requires_grad(parent, layer)
+        set_submodule(expanded, plan.name, layer)
+        report.layers.append(LayerChange(
+            name=plan.name, role=plan.role, shape_before=tuple(parent.weight.shape),
+            shape_after=tuple(plan.weight.shape), nonzero_before=plan.nonzero_before,
+            nonzero_split=plan.nonzero_split, nonzero_after=_layer_nonzero(plan.weight, plan.bias), frozen=frozen))
+    report.model_nonzero_after = nonzero_parameters(expanded)
+    if budget != "none" and report.excess < 0:
+        warnings.warn(
+            f"expand ends {-report.excess} non-zero parameters below the parent's {report.model_nonzero_before} "
+            f"(bias={bias!r}, budget={budget!r} removes more than the copies add); the budget cannot add "
+            "weights back, so the expanded model is smaller than its parent", UserWarning, stacklevel=2)
+    return (expanded, report) if return_report else expanded
+
+
+#: Builds the layers whose units are not split (outgoing-only layers): the masked reference layout.
+_OUTGOING = Split("outgoing", lambda weight, alpha, generator: None)
+
+
+def _copy(plan: LayerPlan, alpha: int, bias: str, masks: Tensor | None, share: Tensor | None) -> None:
+    """Rows repeated per child under the child masks, columns copied per child of the inputs, biases by policy.
+
+    ``share`` (budget='structured'): output row r keeps only copy ``share[r]`` of each input column.
+    """
+    weight, bias_t, weight_mask, bias_mask = plan.weight, plan.bias, plan.mask, plan.bias_mask
+    plan.nonzero_before = _layer_nonzero(weight, bias_t)
+    plan.weight_before = int(torch.count_nonzero(weight))
+    rows, cols = plan.rows, plan.cols
+    plan.weight = weight.repeat_interleave(rows, 0).repeat_interleave(cols, 1)
+    plan.mask = weight_mask.repeat_interleave(rows, 0).repeat_interleave(cols, 1)
+    plan.bias = None if bias_t is None else bias_t.repeat_interleave(rows)
+    plan.bias_mask = None if bias_mask is None else bias_mask.repeat_interleave(rows)
+    if rows > 1 and plan.bias is not None:
+        if bias == "divide":
+            plan.bias = plan.bias / alpha
+        elif bias == "zero":
+            plan.bias_mask = torch.zeros_like(plan.bias_mask)
+    if masks is not None:
+        children = masks.reshape(weight.shape[0] * alpha, -1)
+        if children.shape[1] != plan.mask.shape[1]:  # structured: children of the parent's own inputs
+            children = children.repeat_interleave(cols, 1)
+        plan.mask &= children.to(plan.mask.device)
+    if share is not None:
+        copy_of_column = torch.arange(plan.mask.shape[1]) % cols
+        plan.mask &= (share.view(-1, 1) == copy_of_column.view(1, -1)).to(plan.mask.device)
+
+
+def _one_deal(items: int, alpha: int, generator: torch.Generator) -> Tensor:
+    """A balanced random assignment of ``items`` positions to ``alpha`` groups."""
+    order = torch.argsort(torch.rand(items, generator=generator))
+    assignment = torch.empty(items, dtype=torch.long)
+    assignment[order] = torch.arange(items) % alpha
+    return assignment
+
+
+def _split_label(plans: Sequence[LayerPlan]) -> str:
+    labels = {plan.split.name for plan in plans if plan.split is not None}
+    return labels.pop() if len(labels) == 1 else "mixed"
+
+
+def _apply_budget(plans: Sequence[LayerPlan], budget: str) -> None:
+    """Prune the smallest-magnitude weights until the model is back at its parent's non-zero count."""
+    if budget == "none":
+        return
+    if budget in ("layerwise", "structured"):  # structured: only the copied biases are left over
+        for plan in plans:
+            prune_smallest_({plan.name: plan.weight}, {plan.name: plan.mask}, plan.nonzero_split - plan.nonzero_before)
+        return
+    prunable = plans if budget == "global" else [plan for plan in plans if plan.cols > 1]
+    excess = sum(plan.nonzero_split for plan in plans) - sum(plan.nonzero_before for plan in plans)
+    prune_smallest_({p.name: p.weight for p in prunable}, {p.name: p.mask for p in prunable}, excess)
 
 
 def _check_clauses(clauses, fan_ins: dict[str, int]) -> list[list[int]]:
@@ -174,184 +466,6 @@ def _layer_nonzero(weight: Tensor, bias: Tensor | None) -> int:
     return int(torch.count_nonzero(weight)) + (0 if bias is None else int(torch.count_nonzero(bias)))
 
 
-# ------------------------------------------------------------------------------------------ expand
-def expand(
-    model: nn.Module,
-    alpha: int,
-    split: SplitSpec | Mapping[str, SplitSpec] = "random",
-    *,
-    seed: int | None = None,
-    pairs: Sequence[tuple[str, str]] | None = None,
-    clauses: Sequence[Sequence[int]] | None = None,
-    layers: Sequence[str] | None = None,
-    bias: str = "copy",
-    budget: str = "global",
-    dropconnect_p: float | None = None,
-    return_report: bool = False,
-) -> nn.Module | tuple[nn.Module, ExpansionReport]:
-    """Return an expanded copy of ``model``; ``model`` itself is never modified.
-
-    Args:
-        model: any module. An ``nn.Sequential`` MLP has its hidden layers found automatically.
-        alpha: children per parent unit, an int from 2 to the smallest fan-in being split.
-        split: ``"random"`` (balanced, independent per parent), ``"clause"`` (whole clauses per
-            child, shuffled per parent; needs ``clauses``), ``"clause_shared"`` (one clause-to-child map for
-            every parent; needs ``clauses``), ``"feature"`` (balanced clusters of the Gram matrix WᵀW),
-            ``"contiguous"`` (index-order chunks), a tensor of child ids ``(parents, inputs)`` or
-            ``(inputs,)``, a callable ``fn(weight, alpha, generator)``, or a dict naming one of these
-            per incoming layer. Controls that are not FPE: ``"overlap"`` (children draw overlapping
-            inputs), ``"static_sparse"`` (width alpha·h under one random fixed mask per layer with the
-            parent's count), ``"dropconnect"`` (parent width, DropConnect on incoming weights).
-        seed: seeds every random choice; ``None`` draws one from torch's global generator (the
-            report records it).
-        pairs: (incoming, outgoing) module paths to expand; required for models that are not
-            ``nn.Sequential``. Consecutive pairs may share a layer.
-        clauses: input indices of each clause, for ``split="clause"``.
-        layers: for ``nn.Sequential``, the incoming-layer paths to expand (default: all hidden).
-        bias: children's biases: ``"copy"`` the parent's, ``"divide"`` it by alpha, or ``"zero"``
-            (children carry no bias: fixed at 0 by the mask).
-        budget: ``"global"`` (prune smallest magnitudes across expanded layers' weights),
-            ``"outgoing"`` (prune only copied outgoing weights), ``"layerwise"`` (each layer back
-            to its own count), or ``"none"``.
-        dropconnect_p: drop probability for ``split="dropconnect"`` (default ``1 - 1/alpha``).
-        return_report: also return an :class:`ExpansionReport`.
-    """
-    params = dict(model=model, alpha=alpha, seed=seed, layers=layers, bias=bias, budget=budget,
-                  dropconnect_p=dropconnect_p, return_report=return_report)
-    validate_params(params, EXPAND_PARAMETERS, "expand")
-    packed = [name for name, module in expanded_layers(model) if not isinstance(module, MaskedLinear)]
-    if packed:
-        raise InvalidParameterError(f"layer {packed[0]!r} is in a packed layout; call torchfpe.unpack(model) "
-                                    "before expanding it again")
-    pairs, companions = resolve_pairs(model, pairs, layers)
-    incoming_names = [incoming for incoming, _ in pairs]
-    specs = _resolve_splits(split, incoming_names)
-    leader_of = {**{name: name for name in incoming_names}, **companions}
-
-    fan_in = {name: features(model.get_submodule(name))[0] for name in incoming_names}
-    smallest = min(fan_in.values())
-    if alpha > smallest:
-        layer = min(fan_in, key=fan_in.get)
-        raise invalid("alpha", "expand", f"an int in [2, {smallest}] (at most the fan-in {smallest} of layer "
-                      f"{layer!r})", alpha)
-
-    touched: list[str] = []
-    for incoming, outgoing in pairs:
-        group = [incoming, *[up for up, gate in companions.items() if gate == incoming], outgoing]
-        touched.extend(name for name in group if name not in touched)
-    check_not_shared(model, touched)
-    for name in touched:
-        for pname, param in model.get_submodule(name).named_parameters(recurse=False):
-            if not torch.isfinite(param.detach()).all():
-                raise InvalidParameterError(f"layer {name!r} has NaN or inf in its {pname}; expand needs finite weights")
-
-    clause_layers = {name: fan_in[name] for name, spec in specs.items() if isinstance(spec, str) and spec in CLAUSE_SPLITS}
-    checked_clauses = _check_clauses(clauses, clause_layers) if clause_layers else None
-
-    if seed is None:
-        seed = int(torch.randint(0, 2**62, (1,)))
-    generator = torch.Generator().manual_seed(seed)
-    split_label = _split_label(specs)
-    report = ExpansionReport(alpha=alpha, split=split_label, budget=budget, bias=bias, seed=seed)
-    report.model_nonzero_before = nonzero_parameters(model)
-    expanded = copy.deepcopy(model)
-    source = _linearised(model, touched)  # GPT-2 Conv1D read as nn.Linear (weights transposed)
-
-    if all(isinstance(spec, str) and spec == "dropconnect" for spec in specs.values()):
-        p = 1.0 - 1.0 / alpha if dropconnect_p is None else dropconnect_p
-        for name in leader_of:
-            module = source[name]
-            weight, bias_t, weight_mask, bias_mask = _effective(module)
-            layer = DropConnectLinear.from_tensors(weight, bias_t, weight_mask, bias_mask)
-            layer.p = p
-            layer.parent_features = (module.in_features, module.out_features)
-            layer.train(module.training)
-            frozen = _keep_requires_grad(module, layer)
-            set_submodule(expanded, name, layer)
-            count = _layer_nonzero(weight, bias_t)
-            shape = tuple(weight.shape)
-            report.layers.append(LayerChange(name, "in", shape, shape, count, count, count, frozen=frozen))
-        report.model_nonzero_after = nonzero_parameters(expanded)
-        return (expanded, report) if return_report else expanded
-
-    row_factor = {name: alpha for name in leader_of}
-    col_factor = {outgoing: alpha for _, outgoing in pairs}
-    state: dict[str, dict] = {}
-    drawn: dict[str, Tensor] = {}  # child masks per incoming layer; a gated companion reuses its leader's
-    for name in touched:
-        module = source[name]
-        weight, bias_t, weight_mask, bias_mask = _effective(module)
-        rows, cols = row_factor.get(name, 1), col_factor.get(name, 1)
-        new_weight = weight.repeat_interleave(rows, 0).repeat_interleave(cols, 1)
-        new_mask = weight_mask.repeat_interleave(rows, 0).repeat_interleave(cols, 1)
-        new_bias = None if bias_t is None else bias_t.repeat_interleave(rows)
-        new_bias_mask = None if bias_mask is None else bias_mask.repeat_interleave(rows)
-        if rows > 1 and new_bias is not None:
-            if bias == "divide":
-                new_bias = new_bias / alpha
-            elif bias == "zero":
-                new_bias_mask = torch.zeros_like(new_bias_mask)
-        spec = specs.get(leader_of.get(name, name))
-        if rows > 1 and not (isinstance(spec, str) and spec == "static_sparse"):
-            if name in companions:
-                masks = drawn[companions[name]]
-            else:
-                lifted = None
-                if checked_clauses is not None and isinstance(spec, str) and spec in CLAUSE_SPLITS:
-                    lifted = [[j * cols + c for j in clause for c in range(cols)] for clause in checked_clauses]
-                context = SplitContext(
-                    layer=name, weight=weight.repeat_interleave(cols, 1).cpu(), alpha=alpha,
-                    generator=generator, clauses=lifted,
-                )
-                masks = drawn[name] = child_masks(spec, context)
-            new_mask &= masks.reshape(weight.shape[0] * alpha, -1).to(new_mask.device)
-        state[name] = {
-            "module": module, "role": "in+out" if rows > 1 and cols > 1 else ("in" if rows > 1 else "out"),
-            "weight": new_weight, "mask": new_mask, "bias": new_bias, "bias_mask": new_bias_mask,
-            "before": _layer_nonzero(weight, bias_t), "weight_before": int(torch.count_nonzero(weight)),
-            "shape_before": tuple(weight.shape),
-        }
-
-    if any(isinstance(s, str) and s == "static_sparse" for s in specs.values()):
-        for name in touched:
-            entry = state[name]
-            keep = entry["weight_before"]
-            live = torch.nonzero(entry["mask"].reshape(-1).cpu()).squeeze(1)
-            chosen = live[torch.randperm(live.numel(), generator=generator)[:keep]]
-            mask = torch.zeros(entry["mask"].numel(), dtype=torch.bool)
-            mask[chosen] = True
-            entry["mask"] = mask.reshape(entry["mask"].shape).to(entry["mask"].device)
-
-    for entry in state.values():
-        entry["weight"] = entry["weight"] * entry["mask"]
-        if entry["bias"] is not None:
-            entry["bias"] = entry["bias"] * entry["bias_mask"]
-        entry["split"] = _layer_nonzero(entry["weight"], entry["bias"])
-
-    _apply_budget(state, budget)
-
-    for name, entry in state.items():
-        layer = MaskedLinear.from_tensors(entry["weight"], entry["bias"], entry["mask"], entry["bias_mask"])
-        parent = entry["module"]
-        layer.parent_features = getattr(parent, "parent_features", None) or (parent.in_features, parent.out_features)
-        layer.train(parent.training)
-        entry["frozen"] = _keep_requires_grad(parent, layer)
-        set_submodule(expanded, name, layer)
-        report.layers.append(LayerChange(
-            name=name, role=entry["role"], shape_before=entry["shape_before"],
-            shape_after=tuple(entry["weight"].shape), nonzero_before=entry["before"],
-            nonzero_split=entry["split"], nonzero_after=_layer_nonzero(entry["weight"], entry["bias"]),
-            frozen=entry["frozen"],
-        ))
-    report.model_nonzero_after = nonzero_parameters(expanded)
-    if budget != "none" and report.excess < 0:
-        warnings.warn(
-            f"expand ends {-report.excess} non-zero parameters below the parent's {report.model_nonzero_before} "
-            f"(bias={bias!r}, budget={budget!r} removes more than the copies add); the budget cannot add "
-            "weights back, so the expanded model is smaller than its parent", UserWarning, stacklevel=2)
-    return (expanded, report) if return_report else expanded
-
-
 def _linearised(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Module]:
     """The named layers, each GPT-2 ``Conv1D`` read as an equivalent ``nn.Linear`` (weights transposed).
 
@@ -368,24 +482,6 @@ def _keep_requires_grad(old: nn.Module, new: nn.Module) -> bool:
         if isinstance(before, nn.Parameter) and isinstance(after, nn.Parameter):
             after.requires_grad_(before.requires_grad)
     return not any(p.requires_grad for p in old.parameters(recurse=False))
-
-
-def _split_label(specs: Mapping[str, SplitSpec]) -> str:
-    labels = {spec if isinstance(spec, str) else ("assignment" if isinstance(spec, Tensor) else "callable")
-              for spec in specs.values()}
-    return labels.pop() if len(labels) == 1 else "mixed"
-
-
-def _apply_budget(state: dict[str, dict], budget: str) -> None:
-    if budget == "none":
-        return
-    if budget == "layerwise":
-        for name, entry in state.items():
-            prune_smallest_({name: entry["weight"]}, {name: entry["mask"]}, entry["split"] - entry["before"])
-        return
-    names = list(state) if budget == "global" else [n for n, e in state.items() if e["role"] != "in"]
-    excess = sum(e["split"] for e in state.values()) - sum(e["before"] for e in state.values())
-    prune_smallest_({n: state[n]["weight"] for n in names}, {n: state[n]["mask"] for n in names}, excess)
 
 
 def load_expanded(model: nn.Module, state_dict: Mapping[str, Tensor], *, strict: bool = True) -> nn.Module:
