@@ -6,7 +6,7 @@ from torch import nn
 
 from torchfpe import expand
 from torchfpe.batched import StackedMLP, can_stack, fit_stacked
-from torchfpe.experiments.boolean import make_config, run_batch, run_single
+from torchfpe.experiments.boolean import EXPERIMENT as BOOLEAN
 from torchfpe.train import TrainSettings, fit
 
 
@@ -49,10 +49,10 @@ def test_unstack_round_trip_and_stackability():
 
 
 def test_boolean_batched_records_equal_single_path():
-    configs = [make_config(warmup_epochs=40, epochs_after=40, train_size=200, test_size=200, dtype="float64",
+    configs = [BOOLEAN.make_config(warmup_epochs=40, epochs_after=40, train_size=200, test_size=200, dtype="float64",
                            variants="dense+random+clause+static_sparse", seed=s) for s in (0, 1, 2)]
-    single = {(r["variant"], r["seed"]): r for c in configs for r in run_single(c)}
-    batched = {(r["variant"], r["seed"]): r for r in run_batch(configs)}
+    single = {(r["variant"], r["seed"]): r for c in configs for r in BOOLEAN.run_single(c)}
+    batched = {(r["variant"], r["seed"]): r for r in BOOLEAN.run_batch(configs)}
     assert single.keys() == batched.keys()
     for key, a in single.items():
         b = batched[key]

@@ -3,14 +3,18 @@
 import pytest
 import torch
 
-from torchfpe.experiments.boolean import VARIANTS, init_model, make_config, run
-from torchfpe.experiments.studies import STUDIES, study_configs
+from torchfpe.experiments.boolean import EXPERIMENT as BOOLEAN, TASK, init_model
+from torchfpe.experiments.protocol import task_variants
+from torchfpe.experiments.studies import groups, study_configs
+
+VARIANTS = task_variants(TASK)
+STUDIES = groups()["boolean"]
 
 TINY = dict(warmup_epochs=20, epochs_after=20, train_size=128, test_size=128)
 
 
 def test_every_variant_runs_at_the_parent_budget():
-    records = run(make_config(**TINY, variants="+".join(VARIANTS), seed=3))
+    records = BOOLEAN.run_batch([BOOLEAN.make_config(**TINY, variants="+".join(VARIANTS), seed=3)])
     assert [r["variant"] for r in records] == list(VARIANTS)
     budget = records[0]["nonzero_parameters"]
     assert budget == 48 * 8 + 8 + 8 + 1
@@ -28,17 +32,17 @@ def test_every_variant_runs_at_the_parent_budget():
 
 
 def test_variants_share_the_warm_up_and_the_data():
-    a = run(make_config(**TINY, variants="dense+random", seed=1))
-    b = run(make_config(**TINY, variants="random", seed=1))
+    a = BOOLEAN.run_batch([BOOLEAN.make_config(**TINY, variants="dense+random", seed=1)])
+    b = BOOLEAN.run_batch([BOOLEAN.make_config(**TINY, variants="random", seed=1)])
     assert a[1]["test_accuracy"] == b[0]["test_accuracy"]
     assert a[1]["capacity_mean"] == pytest.approx(b[0]["capacity_mean"])
 
 
 def test_seed_fixes_initial_weights_without_touching_global_rng():
     state = torch.random.get_rng_state()
-    first = init_model(make_config(seed=4))
+    first = init_model(BOOLEAN.make_config(seed=4))
     assert torch.equal(torch.random.get_rng_state(), state)
-    assert torch.equal(first[0].weight, init_model(make_config(seed=4))[0].weight)
+    assert torch.equal(first[0].weight, init_model(BOOLEAN.make_config(seed=4))[0].weight)
 
 
 @pytest.mark.parametrize("overrides, words", [
@@ -51,7 +55,7 @@ def test_seed_fixes_initial_weights_without_touching_global_rng():
 ])
 def test_bad_configs_raise(overrides, words):
     with pytest.raises(ValueError, match=words):
-        make_config(**overrides)
+        BOOLEAN.make_config(**overrides)
 
 
 def test_study_grid_and_overrides():

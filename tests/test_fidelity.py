@@ -89,10 +89,10 @@ def test_fidelity_driver_on_a_tiny_store(tmp_path, capsys):
     store = ResultStore(tmp_path / "tiny")
     store.write_meta({"study": "headline", "experiment": "boolean"})
     for seed in range(3):
-        config = boolean.make_config(n_vars=12, clauses=3, literals=2, neurons=3, train_size=64, test_size=64,
+        config = boolean.EXPERIMENT.make_config(n_vars=12, clauses=3, literals=2, neurons=3, train_size=64, test_size=64,
                                      warmup_epochs=3, epochs_after=3, variants="dense+random+clause_shared", seed=seed)
         records = [{k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in r.items()}
-                   for r in boolean.run(config)]
+                   for r in boolean.EXPERIMENT.run_batch([config])]
         store.put(config_key("headline", config.to_dict()), config.to_dict(), records)
     assert fidelity.main([str(tmp_path / "tiny"), "--out", str(tmp_path / "f.md"), "--csv", str(tmp_path / "f.csv")]) == 0
     text = (tmp_path / "f.md").read_text()

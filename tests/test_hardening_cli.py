@@ -269,7 +269,7 @@ def test_an_experiments_check_config_runs_before_anything_is_written(tmp_path, m
     def check_config(config):
         raise ValueError(f"data for clauses={config.clauses} not found")
 
-    monkeypatch.setattr(boolean, "check_config", check_config, raising=False)
+    monkeypatch.setattr(boolean.TASK, "check", check_config)
     out = tmp_path / "o"
     assert_one_line_error(cli("reproduce", "boolean", "--out", out, *TINY), 2, "data for clauses=8 not found")
     assert not out.exists()

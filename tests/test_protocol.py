@@ -29,7 +29,7 @@ def test_boolean_records_match_the_pre_refactor_code(case):
     """Records of the code before the protocol moved out of boolean.py (tests/fixtures)."""
     torch.set_num_threads(1)
     spec = FIXTURE[case]
-    records = boolean.run_batch([boolean.make_config(**spec["config"], seed=s) for s in spec["seeds"]])
+    records = boolean.EXPERIMENT.run_batch([boolean.EXPERIMENT.make_config(**spec["config"], seed=s) for s in spec["seeds"]])
     assert len(records) == len(spec["records"])
     for got, want in zip(map(_comparable, records), spec["records"]):
         assert set(got) == set(want)

@@ -10,7 +10,9 @@ from torchfpe.core.masked import MaskedLinear
 from torchfpe.data import write_embeddings, write_idx
 from torchfpe.data.idx import FASHION_MNIST_FILES
 from torchfpe.experiments import cnn, deep, heads, protocol
-from torchfpe.experiments.studies import GROUPS, study_configs
+from torchfpe.experiments.studies import groups, study_configs
+
+GROUPS = groups()
 
 NAME = "tiny clusters (test stand-in)"
 
@@ -53,7 +55,7 @@ TINY = dict(warmup_epochs=3, epochs_after=3, batch_size=64)
 
 def test_heads_records_budget_and_controls(embedding_file):
     variants = "dense+random+feature+overlap+dropconnect+static_sparse+wide2"
-    records = heads.run_batch([heads.make_config(embeddings=embedding_file, neurons=4, alpha=2, variants=variants,
+    records = heads.EXPERIMENT.run_batch([heads.EXPERIMENT.make_config(embeddings=embedding_file, neurons=4, alpha=2, variants=variants,
                                                  seed=s, **TINY) for s in range(2)])
     assert [r["variant"] for r in records[::2]] == variants.split("+")
     parent = 4 * (12 + 1) + 6 * (4 + 1)
@@ -77,8 +79,8 @@ def test_heads_records_budget_and_controls(embedding_file):
 def test_heads_stacks_agree_with_one_model_at_a_time(embedding_file):
     fields = dict(embeddings=embedding_file, neurons=3, alpha=3, variants="dense+random+feature+wide1.5",
                   dtype="float64", **TINY)
-    batch = heads.run_batch([heads.make_config(**fields, seed=s) for s in (0, 1)])
-    single = heads.run_single(heads.make_config(**fields, seed=1))
+    batch = heads.EXPERIMENT.run_batch([heads.EXPERIMENT.make_config(**fields, seed=s) for s in (0, 1)])
+    single = heads.EXPERIMENT.run_single(heads.EXPERIMENT.make_config(**fields, seed=1))
     batch = [r for r in batch if r["seed"] == 1]
     assert [r["variant"] for r in batch] == [r["variant"] for r in single]
     for a, b in zip(batch, single):
@@ -87,20 +89,20 @@ def test_heads_stacks_agree_with_one_model_at_a_time(embedding_file):
 
 
 def test_heads_class_subset_and_bad_configs(embedding_file):
-    records = heads.run_batch([heads.make_config(embeddings=embedding_file, classes=3, variants="dense+random",
+    records = heads.EXPERIMENT.run_batch([heads.EXPERIMENT.make_config(embeddings=embedding_file, classes=3, variants="dense+random",
                                                  **TINY)])
     assert all(r["n_classes"] == 3 for r in records)
     with pytest.raises(ValueError, match="classes=9"):
-        heads.run_batch([heads.make_config(embeddings=embedding_file, classes=9, **TINY)])
+        heads.EXPERIMENT.run_batch([heads.EXPERIMENT.make_config(embeddings=embedding_file, classes=9, **TINY)])
     for bad, word in (({"variants": "dense+clause"}, "variants"), ({"alpha": 1}, "alpha"),
                       ({"neurons": 0}, "neurons"), ({"bogus": 1}, "unknown")):
         with pytest.raises(ValueError, match=word):
-            heads.make_config(**bad)
+            heads.EXPERIMENT.make_config(**bad)
 
 
 def test_deep_expands_every_hidden_layer(embedding_file):
-    config = deep.make_config(embeddings=embedding_file, neurons=4, alpha=2, variants="dense+random", **TINY)
-    records = deep.run_batch([config])
+    config = deep.EXPERIMENT.make_config(embeddings=embedding_file, neurons=4, alpha=2, variants="dense+random", **TINY)
+    records = deep.EXPERIMENT.run_batch([config])
     assert [r["depth"] for r in records] == [4, 4]
     assert records[0]["nonzero_parameters"] == records[1]["nonzero_parameters"]
     model = protocol.build_variant(heads.TASK, config, "random", heads.TASK.parent(config),
@@ -108,13 +110,13 @@ def test_deep_expands_every_hidden_layer(embedding_file):
     masked = [m for m in model.modules() if isinstance(m, MaskedLinear)]
     assert [m.out_features for m in masked] == [8, 8, 8, 8, 6]
     with pytest.raises(ValueError, match="alpha"):
-        deep.make_config(neurons=2, alpha=4)
+        deep.EXPERIMENT.make_config(neurons=2, alpha=4)
 
 
 def test_cnn_expands_only_the_head_and_keeps_the_budget(fashion_dir):
-    config = cnn.make_config(data_dir=fashion_dir, train_size=None, neurons=4, alpha=2, warmup_epochs=1,
+    config = cnn.EXPERIMENT.make_config(data_dir=fashion_dir, train_size=None, neurons=4, alpha=2, warmup_epochs=1,
                              epochs_after=1, batch_size=32, variants="dense+random+static_sparse")
-    records = cnn.run_batch([config])
+    records = cnn.EXPERIMENT.run_batch([config])
     assert [r["variant"] for r in records] == ["dense", "random", "static_sparse"]
     assert len({r["nonzero_parameters"] for r in records}) == 1
     assert [r["hidden_units"] for r in records] == [4, 8, 8]
@@ -154,14 +156,13 @@ def test_each_study_end_to_end(group, study, embedding_file, fashion_dir, tmp_pa
 
 
 def test_real_model_studies_have_layouts_and_fit_the_registry():
-    from torchfpe.experiments.registry import experiment_module
+    from torchfpe.experiments.registry import experiment
     from torchfpe.report.constants import LAYOUTS
 
     for group in ("heads", "deep", "cnn"):
         for study in GROUPS[group].values():
             assert study.group == group and study.meta["layout"] in LAYOUTS
-            module = experiment_module(study.experiment)
-            module.make_config(**study_configs(study, 1)[0])  # every default grid point is a valid config
+            experiment(study.experiment).make_config(**study_configs(study, 1)[0])  # every default grid point is a valid config
 
 
 def _records(dataset, standin, gains=(0.10, 0.20, 0.30)):
@@ -178,7 +179,7 @@ def _records(dataset, standin, gains=(0.10, 0.20, 0.30)):
 
 
 def test_report_shows_paper_numbers_only_for_the_papers_data_set(tmp_path):
-    from torchfpe.experiments.studies import HEADS
+    HEADS = GROUPS["heads"]
     from torchfpe.report import write_report
 
     meta = {"study": "width", "axis": ["neurons", "alpha"], "seeds": 3, "base": {"embeddings": "x", "neurons": 4,
@@ -193,7 +194,7 @@ def test_report_shows_paper_numbers_only_for_the_papers_data_set(tmp_path):
 
 
 def test_runs_pair_within_a_data_set_only(tmp_path):
-    from torchfpe.experiments.studies import HEADS
+    HEADS = GROUPS["heads"]
     from torchfpe.report import write_report
 
     meta = {"study": "width", "axis": ["neurons"], "seeds": 3, "base": {"embeddings": "x", "neurons": 4, "alpha": 2,
@@ -213,18 +214,19 @@ def test_correlation_split_groups_correlated_inputs():
     sources = torch.randn(500, 2, generator=g)
     # inputs 0, 2, 4 follow source 0 and inputs 1, 3, 5 source 1 (plus a little noise)
     x = sources[:, [0, 1, 0, 1, 0, 1]] + 0.05 * torch.randn(500, 6, generator=g)
-    ids = heads.correlation_assignment(x, 2, torch.Generator().manual_seed(1))
+    from torchfpe.core.splits import correlation_split
+
+    ids = correlation_split(torch.zeros(3, 6), 2, torch.Generator().manual_seed(1), data=x)
     assert ids[0] == ids[2] == ids[4] and ids[1] == ids[3] == ids[5] and ids[0] != ids[1]
     parent = torch.nn.Sequential(torch.nn.Linear(6, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
-    model = expand(parent, 2, split=lambda w, a, gen: heads.correlation_assignment(x, a, gen), seed=0,
-                   budget="none")
+    model = expand(parent, 2, split="correlation", data=x, seed=0, budget="none")
     masks = model[0].weight_mask.reshape(3, 2, 6)
     assert torch.equal(masks.sum(dim=1), torch.ones(3, 6, dtype=masks.dtype))  # disjoint and covering
 
 
 def test_correlation_variant_runs_in_heads_and_deep(embedding_file):
     for module, extra in ((heads, {}), (deep, {"depth": 2})):
-        records = module.run_batch([module.make_config(embeddings=embedding_file, neurons=4, alpha=2,
+        records = module.EXPERIMENT.run_batch([module.EXPERIMENT.make_config(embeddings=embedding_file, neurons=4, alpha=2,
                                                        variants="dense+correlation", **TINY, **extra)])
         assert [r["variant"] for r in records] == ["dense", "correlation"]
         assert records[0]["nonzero_parameters"] == records[1]["nonzero_parameters"]
@@ -235,8 +237,8 @@ def test_check_config_fails_on_bad_data_before_any_run(tmp_path, embedding_file)
     from torchfpe.data import DataError
 
     with pytest.raises(DataError, match="missing.npz"):
-        heads.check_config(heads.make_config(embeddings=str(tmp_path / "missing.npz")))
+        heads.EXPERIMENT.check_config(heads.EXPERIMENT.make_config(embeddings=str(tmp_path / "missing.npz")))
     with pytest.raises(ValueError, match="classes=9"):
-        deep.check_config(deep.make_config(embeddings=embedding_file, classes=9))
+        deep.EXPERIMENT.check_config(deep.EXPERIMENT.make_config(embeddings=embedding_file, classes=9))
     with pytest.raises(DataError, match="Fashion-MNIST"):
-        cnn.check_config(cnn.make_config(data_dir=str(tmp_path / "nowhere")))
+        cnn.EXPERIMENT.check_config(cnn.EXPERIMENT.make_config(data_dir=str(tmp_path / "nowhere")))

@@ -8,7 +8,10 @@ import pytest
 from scipy import stats
 
 from test_report import ACC, _headline_records, _meta
-from torchfpe.experiments.studies import GROUPS, STUDIES
+from torchfpe.experiments.studies import groups
+
+GROUPS = groups()
+STUDIES = GROUPS["boolean"]
 from torchfpe.report import write_report
 from torchfpe.report.stats import pairing_columns
 from torchfpe.report.write import resolve_meta

@@ -3,13 +3,13 @@
 import pytest
 from scipy import stats
 
-from torchfpe.experiments.boolean import make_config, run_batch
+from torchfpe.experiments.boolean import EXPERIMENT as BOOLEAN
 
 pytestmark = pytest.mark.slow
 
 
 def test_headline_reproduces_the_papers_ordering():
-    records = run_batch([make_config(seed=seed) for seed in range(10)])
+    records = BOOLEAN.run_batch([BOOLEAN.make_config(seed=seed) for seed in range(10)])
     accuracy = {v: [r["test_accuracy"] for r in sorted(records, key=lambda r: r["seed"]) if r["variant"] == v]
                 for v in ("dense", "random", "clause")}
     mean = {v: sum(a) / len(a) for v, a in accuracy.items()}

@@ -3,7 +3,7 @@
 import pytest
 
 from torchfpe.data.idx import FASHION_MNIST_DIR
-from torchfpe.experiments.heads import make_config, run_batch
+from torchfpe.experiments.heads import EXPERIMENT as HEADS
 
 pytestmark = pytest.mark.slow
 
@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 @pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="needs the Debian package dataset-fashion-mnist")
 def test_random_split_beats_dense_at_four_neurons():
     # docs/reproduction.md, heads width study: +2.3 % [+1.5, +3.0] at 4 neurons, alpha = 2, 3 seeds
-    records = run_batch([make_config(neurons=4, alpha=2, variants="dense+random", seed=s) for s in range(3)])
+    records = HEADS.run_batch([HEADS.make_config(neurons=4, alpha=2, variants="dense+random", seed=s) for s in range(3)])
     gains = [r["relative_gain"] for r in records if r["variant"] == "random"]
     assert len(gains) == 3 and all(g > 0.005 for g in gains), gains
     assert len({r["nonzero_parameters"] for r in records}) == 1

@@ -41,9 +41,9 @@ MAX_SEEDS = 100_000
 # ------------------------------------------------------------------------------- config field types
 def config_class(experiment: str) -> type:
     """The config dataclass of a registered experiment."""
-    from .experiments.registry import experiment_module
+    from .experiments.registry import experiment as registered
 
-    return type(experiment_module(experiment).make_config())  # every registered config has all defaults
+    return registered(experiment).config
 
 
 def config_fields(experiment: str) -> dict[str, Any]:
@@ -192,10 +192,11 @@ def run_study(
     The default ``out`` is ``runs/<group>-<study>``; re-running with the same folder completes only
     the missing runs. ``command`` is recorded in the report (default: this Python call).
     """
-    from .experiments.studies import GROUPS, study_configs
+    from .experiments.studies import groups, study_configs
 
-    check_param("group", group, [Options(tuple(GROUPS))], "run_study")
-    studies = GROUPS[group]
+    known = groups()
+    check_param("group", group, [Options(tuple(known))], "run_study")
+    studies = known[group]
     check_param("study", study, [Options(tuple(studies))], f"run_study (group {group!r})")
     chosen = studies[study]
     check_param("seeds", seeds, [Interval(int, 1, MAX_SEEDS), None], "run_study")
@@ -242,8 +243,8 @@ def run_sweep_file(
     command: str | None = None,
 ) -> Path:
     """Run a sweep file (YAML: ``experiment``, ``study``, ``grid``, ``base``, ``seeds``, ``name``); returns report.md's path."""
-    from .experiments.registry import EXPERIMENTS
-    from .experiments.studies import GROUPS, grid_configs
+    from .experiments.registry import experiments
+    from .experiments.studies import grid_configs
 
     _check_runner(backend, workers, address, quiet, "run_sweep_file")
     path = Path(path)
@@ -252,8 +253,9 @@ def run_sweep_file(
     if unknown:
         raise InvalidParameterError(f"{path}: unknown key(s) {unknown}; allowed: {', '.join(SWEEP_KEYS)}")
     experiment = spec.get("experiment", "boolean")
-    if experiment not in EXPERIMENTS:
-        raise InvalidParameterError(f"{path}: unknown experiment {experiment!r}; known: {', '.join(EXPERIMENTS)}")
+    known = experiments()
+    if experiment not in known:
+        raise InvalidParameterError(f"{path}: unknown experiment {experiment!r}; known: {', '.join(known)}")
     grid, base = spec.get("grid") or {}, spec.get("base") or {}
     if not isinstance(grid, Mapping):
         raise InvalidParameterError(f"{path}: 'grid' must be a mapping of field -> list of values; got {grid!r}")
@@ -287,7 +289,7 @@ def run_sweep_file(
                                         f"{name}: [a, b]")
         axes[name] = values
     names = list(axes)
-    studies = {name: s for members in GROUPS.values() for name, s in members.items() if s.experiment == experiment}
+    studies = {s.name: s for s in known[experiment].studies}
     if "study" in spec:
         study = spec["study"]
         if study not in studies:
@@ -351,11 +353,11 @@ def _option_hint(name: str) -> str:
 def _make_jobs(experiment: str, config_dicts: list[dict]):
     """Every config of the grid built (and so validated) before any work or write.
 
-    An experiment module may also provide ``check_config(config)`` for checks that need the file
-    system (a data folder or an embedding file exists and reads); it runs here, once per config
-    without the seed, so a wrong path fails before ``meta.json`` is written.
+    An experiment may also declare ``check(config)`` for checks that need the file system (a data
+    folder or an embedding file exists and reads); it runs here, once per config without the seed,
+    so a wrong path fails before ``meta.json`` is written.
     """
-    from .experiments.registry import experiment_module
+    from .experiments.registry import experiment as registered
     from .sweep import make_jobs
 
     try:
@@ -364,7 +366,7 @@ def _make_jobs(experiment: str, config_dicts: list[dict]):
         raise
     except (TypeError, ValueError) as error:  # an experiment's own check that is not yet on the validator
         raise InvalidParameterError(str(error)) from None
-    check = getattr(experiment_module(experiment), "check_config", None)
+    check = registered(experiment).check
     if check is not None:
         # Missing or corrupt data (torchfpe.data.DataError) is a runtime error, not a usage error: it
         # propagates as it is (exit 1 on the command line), still before anything is written.

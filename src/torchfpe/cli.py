@@ -14,7 +14,7 @@ import typer
 
 from . import api
 from .core.validation import InvalidParameterError
-from .experiments.studies import GROUPS
+from .experiments.studies import groups
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Fixed Parameter Expansion: reproduce the paper's experiments, run sweeps, build reports.")
@@ -128,7 +128,7 @@ def _make_reproduce(group: str, studies: dict) -> Callable:
     return reproduce
 
 
-for _group, _studies in GROUPS.items():
+for _group, _studies in groups().items():
     reproduce_app.command(_group)(_make_reproduce(_group, _studies))
 
 

@@ -20,56 +20,20 @@ IDX files (:func:`torchfpe.data.load_fashion_mnist`).
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from .. import metrics
+from ..core.validation import Interval
 from . import protocol
-from ..core.validation import build_config
 from .heads import DTYPES
+from .studies import Study, real_meta
 
-VARIANTS = tuple(v for v in protocol.VARIANTS if v not in ("clause", "clause_shared", "correlation"))
 FEATURES = 256
 CLASSES = 10
-
-
-@dataclass(frozen=True)
-class CNNConfig(protocol.ConfigMethods):
-    # data
-    data_dir: str | None = None  # folder with the Fashion-MNIST IDX files; None: the Debian package
-    train_size: int | None = 10000  # training subset (seed 0); None: all 60000
-    # model
-    neurons: int = 8  # the head's hidden width (the parent)
-    alpha: int = 2
-    bias: str = "copy"
-    budget: str = "global"
-    dropconnect_p: float | None = None
-    # training
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    batch_size: int | None = 128
-    warmup_epochs: int = 3
-    epochs_after: int = 3
-    dtype: str = "float32"
-    variants: tuple[str, ...] = ("dense", "random", "feature")
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        from ..core.validation import Interval, validate_dataclass
-
-        protocol.split_variants(self)
-        validate_dataclass(self, {  # every field's constraint, declared once; checked before any work
-            "data_dir": [str, None], "train_size": [Interval(int, 10), None],
-            **protocol.protocol_constraints(VARIANTS, tuple(DTYPES)),
-        }, "CNNConfig")
-
-
-def make_config(**overrides) -> CNNConfig:
-    return build_config(CNNConfig, overrides, "cnn")
 
 
 def load_images(data_dir: str | None):
@@ -119,16 +83,20 @@ class CNNTask(protocol.Task):
     fold_keys = ("capacity_mean", "cosine_abs_mean")
     eval_batch = 2000  # evaluate 10000 test images in chunks: bounded memory
 
-    def data(self, config: CNNConfig) -> protocol.Data:
+    def data(self, config: "CNNConfig") -> protocol.Data:
         return prepared_data(config.data_dir, config.train_size, config.dtype)
 
-    def parent(self, config: CNNConfig) -> nn.Module:
+    def check(self, config: "CNNConfig") -> None:
+        """Load Fashion-MNIST before any run (missing or corrupt IDX files: ValueError naming the folder)."""
+        self.data(config)
+
+    def parent(self, config: "CNNConfig") -> nn.Module:
         return cnn(config.neurons, config.seed, config.dtype)
 
-    def expand_kwargs(self, config: CNNConfig, variant: str, data: protocol.Data) -> dict:
+    def expand_kwargs(self, config: "CNNConfig", variant: str, data: protocol.Data) -> dict:
         return {"layers": ["head.0"]}
 
-    def record_extras(self, config: CNNConfig, variant: str, model: nn.Module, data: protocol.Data) -> dict:
+    def record_extras(self, config: "CNNConfig", variant: str, model: nn.Module, data: protocol.Data) -> dict:
         weight = dict(metrics.hidden_weights(model))["head.0"]
         return {"neurons": config.neurons, "hidden_units": int(weight.shape[0]), "dataset": data.info["name"],
                 "standin": False, "train_examples": data.info["train_examples"], "feature_size": FEATURES,
@@ -138,15 +106,30 @@ class CNNTask(protocol.Task):
 TASK = CNNTask()
 
 
-def check_config(config: CNNConfig) -> None:
-    """Load Fashion-MNIST before any run (missing or corrupt IDX files: ValueError naming the folder)."""
-    TASK.data(config)
+@dataclass(frozen=True)
+class CNNConfig(protocol.ProtocolConfig):
+    # data
+    data_dir: str | None = None  # folder with the Fashion-MNIST IDX files; None: the Debian package
+    train_size: int | None = 10000  # training subset (seed 0); None: all 60000
+    # training: whole network, Adam at lr 1e-3 in minibatches of 128, 3 + 3 epochs (fits 2 CPU cores)
+    lr: float = 1e-3
+    batch_size: int | None = 128
+    warmup_epochs: int = 3
+    epochs_after: int = 3
+    variants: tuple[str, ...] = ("dense", "random", "feature")
+
+    task: ClassVar[protocol.Task] = TASK
+
+    def constraints(self) -> dict:
+        return {"data_dir": [str, None], "train_size": [Interval(int, 10), None], **super().constraints()}
 
 
-def run_batch(configs: Sequence[CNNConfig]) -> list[dict]:
-    """Seeds one at a time (a CNN is not stacked); one record per (variant, seed)."""
-    return protocol.run_batch(TASK, configs)
+STUDIES = (
+    Study("width", "cnn", "small CNN on Fashion-MNIST, classifier head 256 → width → 10 expanded and trained "
+          "jointly with the backbone", {"neurons": (4, 8, 16, 32)}, {"variants": "dense+random"},
+          default_seeds=2, group="cnn",
+          meta=real_meta("cells", "Fashion-MNIST images (Debian package dataset-fashion-mnist or --data DIR); "
+                                  "the training set is subsampled as the data set's name says")),
+)
 
-
-def run_single(config: CNNConfig) -> list[dict]:
-    return protocol.run_single(TASK, config)
+EXPERIMENT = protocol.register("cnn", CNNConfig, STUDIES)

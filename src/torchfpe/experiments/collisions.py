@@ -14,6 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .. import metrics
+from .boolean import boolean_meta
+from .registry import register_experiment
+from .studies import Study
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,9 @@ def run_batch(configs: Sequence[TheoryConfig]) -> list[dict]:
     return [record for config in configs for record in run(config)]
 
 
-def make_config(**overrides) -> TheoryConfig:
-    from ..core.validation import build_config
+STUDIES = (
+    Study("theory", "theory", "Monte-Carlo check of the collision formula of the random split",
+          {"k": (2, 3, 4), "alpha": (2, 4, 8)}, default_seeds=1, meta=boolean_meta("theory")),
+)
 
-    return build_config(TheoryConfig, overrides, "theory")
+EXPERIMENT = register_experiment("theory", TheoryConfig, run_batch, studies=STUDIES)

@@ -12,31 +12,32 @@ Everything else (data, defaults, controls, records) is as in :mod:`torchfpe.expe
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..core.validation import Interval, invalid
 from . import protocol
-from ..core.validation import build_config
-from .heads import TASK, HeadsConfig, check_config  # noqa: F401 - check_config re-exported
+from .heads import HeadsConfig
+from .studies import Study, real_meta
 
 
 @dataclass(frozen=True)
 class DeepConfig(HeadsConfig):
     depth: int = 4  # hidden layers
 
-    def _constraints(self) -> dict:
-        from ..core.validation import Interval
+    def constraints(self) -> dict:
+        return {**super().constraints(), "depth": [Interval(int, 1)]}
 
-        return {**super()._constraints(), "depth": [Interval(int, 1)]}
-
-
-def make_config(**overrides) -> DeepConfig:
-    return build_config(DeepConfig, overrides, "deep")
-
-
-def run_batch(configs: Sequence[DeepConfig]) -> list[dict]:
-    return protocol.run_batch(TASK, configs)
+    def check(self) -> None:
+        super().check()
+        if self.alpha > self.neurons and self.depth > 1:
+            raise invalid("alpha", type(self).__name__,
+                          f"an int in [2, neurons={self.neurons}] (the fan-in of the deeper hidden layers)", self.alpha)
 
 
-def run_single(config: DeepConfig) -> list[dict]:
-    return protocol.run_single(TASK, config)
+STUDIES = (
+    Study("width", "deep", "5-layer MLP (4 hidden layers, every one expanded) over embeddings: widths × alpha",
+          {"neurons": (4, 8, 16), "alpha": (2, 4)}, {"variants": "dense+random+feature"}, default_seeds=3,
+          group="deep", meta=real_meta("cells")),
+)
+
+EXPERIMENT = protocol.register("deep", DeepConfig, STUDIES)

@@ -35,7 +35,7 @@ import torch
 
 from .. import metrics
 from ..tasks import make_formula
-from .boolean import make_config
+from .boolean import EXPERIMENT as BOOLEAN
 from .collisions import balanced_same_child_probability
 
 #: (column, label) of the metric readings regressed against the gain.
@@ -94,7 +94,7 @@ def load_records(stores: Sequence[str | Path]) -> list[dict]:
 
 
 def _readings(store: str, config: Mapping, run_records: Iterable[Mapping]) -> list[dict]:
-    boolean = make_config(**config)
+    boolean = BOOLEAN.make_config(**config)
     formula = make_formula(boolean.task_config())
     cell = json.dumps({k: v for k, v in sorted(config.items()) if k not in _NOT_CELL}, default=str)
     out = []

@@ -14,10 +14,10 @@ Defaults and why (each one a config field, overridable with ``--set``):
   splits and the minibatch order). Features are standardised with the training set's mean and
   standard deviation.
 - ``classes=None``: every class; an int keeps the first ``classes`` classes (class-subset sweeps).
-- ``correlation`` variant (beyond the paper, its "future work"): children partition the inputs by
-  their correlation over the training set (balanced k-means on the rows of the absolute correlation
-  matrix), so each child sees a group of inputs that co-vary in the data; the same partition for
-  every parent. Deep models split their first layer this way and deeper layers at random.
+- ``correlation`` variant (beyond the paper, its "future work"; a registered split that needs
+  ``data``, which this task provides as the training features): children partition the inputs by
+  their correlation over the training set, so each child sees a group of inputs that co-vary in the
+  data. Deep models split their first layer this way and deeper layers at random.
 - training: Adam, lr 1e-2, minibatches of 2048, 10 + 10 epochs (the paper: 25 + 25; ours keeps
   every default study within 15 minutes on 2 CPU cores; ``--set warmup_epochs=25 epochs_after=25``
   runs the paper's preset).
@@ -28,65 +28,18 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from .. import metrics
-from ..core.validation import build_config
+from ..core import SPLITS
+from ..core.validation import Interval, Predicate
 from . import protocol
+from .studies import Study, real_meta
 
 DTYPES = protocol.DTYPES
-#: Variants of a heads run: the protocol's (but clause, which needs a clause map) and wide<scale>;
-#: ``correlation`` is this module's data-driven split (:func:`correlation_assignment`).
-VARIANTS = tuple(v for v in protocol.VARIANTS if v not in ("clause", "clause_shared")) + ("wide",)
-
-
-@dataclass(frozen=True)
-class HeadsConfig(protocol.ConfigMethods):
-    """One run of a classifier head. Defaults: see the module docstring for why."""
-
-    # data
-    embeddings: str = "fashion-mnist-ae"  # an embedding file (.npz / .parquet) or a built-in name
-    data_dir: str | None = None  # where built-in sets find their raw files (e.g. Fashion-MNIST IDX)
-    classes: int | None = None  # keep the first `classes` classes; None: all
-    # model
-    neurons: int = 8
-    alpha: int = 2
-    bias: str = "copy"
-    budget: str = "global"
-    dropconnect_p: float | None = None  # the dropconnect variant's drop rate; None: 1 - 1/alpha
-    # training
-    optimizer: str = "adam"
-    lr: float = 1e-2
-    weight_decay: float = 0.0
-    batch_size: int | None = 2048
-    warmup_epochs: int = 10
-    epochs_after: int = 10
-    dtype: str = "float32"
-    variants: tuple[str, ...] = ("dense", "random", "feature")
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        from ..core.validation import Interval, Predicate, invalid, validate_dataclass
-
-        protocol.split_variants(self)
-        source = Predicate(lambda v: isinstance(v, str) and bool(v), "a file path or a built-in name")
-        validate_dataclass(self, {  # every field's constraint, declared once; checked before any work
-            "embeddings": [source], "data_dir": [str, None], "classes": [Interval(int, 2), None],
-            **self._constraints(),
-        }, type(self).__name__)
-        if self.alpha > self.neurons and getattr(self, "depth", 1) > 1:  # deep models: the deeper layers' fan-in
-            raise invalid("alpha", type(self).__name__,
-                          f"an int in [2, neurons={self.neurons}] (the fan-in of the deeper hidden layers)", self.alpha)
-
-    def _constraints(self) -> dict:
-        return protocol.protocol_constraints(VARIANTS, tuple(DTYPES))
-
-
-def make_config(**overrides) -> HeadsConfig:
-    """A config from keyword overrides; unknown names raise InvalidParameterError listing the fields."""
-    return build_config(HeadsConfig, overrides, "heads")
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -143,26 +96,20 @@ def wide_width(scale: float, neurons: int, features: int, classes: int, depth: i
     return min(range(1, 64 * neurons + 2), key=lambda h: (abs(count(h) - target), h))
 
 
-def correlation_assignment(x_train: torch.Tensor, alpha: int, generator: torch.Generator) -> torch.Tensor:
-    """Child ids ``(inputs,)``: balanced clusters of the inputs' absolute correlation over ``x_train``."""
-    from ..core.splits import balanced_cluster_assignment
-
-    x = x_train.double()
-    x = (x - x.mean(dim=0)) / x.std(dim=0).clamp_min(1e-12)
-    correlation = (x.T @ x / max(1, len(x) - 1)).abs()
-    points = correlation / correlation.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    return balanced_cluster_assignment(points, alpha, generator)
-
-
 # ------------------------------------------------------------------------------------------ the task
 class HeadsTask(protocol.Task):
     """Multi-class head over fixed features; the hidden layers are ``depth`` layers of ``neurons``."""
 
     kind = "multiclass"
+    provides = ("data",)  # the training features, for splits that read data (correlation)
     fold_keys = ("capacity_mean", "cosine_abs_mean")
 
     def data(self, config) -> protocol.Data:
         return prepared_data(config.embeddings, config.data_dir, config.classes, config.dtype)
+
+    def check(self, config) -> None:
+        """Load the config's data before any run (a missing or bad file, too many classes: ValueError)."""
+        self.data(config)
 
     def _depth(self, config) -> int:
         return getattr(config, "depth", 1)
@@ -178,16 +125,11 @@ class HeadsTask(protocol.Task):
         return mlp(info["features"], [width] * self._depth(config), info["classes"], config.seed, config.dtype)
 
     def expand_kwargs(self, config, variant: str, data: protocol.Data) -> dict:
-        if variant != "correlation":
+        if "data" not in SPLITS[variant].needs or self._depth(config) == 1:
             return {}
-
-        def split(weight, alpha, generator):
-            return correlation_assignment(data.x_train, alpha, generator)
-
-        if self._depth(config) == 1:
-            return {"split": split}
+        # the data are the first layer's inputs: deeper layers of a deep model split at random
         first, *deeper = [f"{2 * i}" for i in range(self._depth(config))]  # incoming Linears of the MLP
-        return {"split": {first: split, **{name: "random" for name in deeper}}}
+        return {"split": {first: variant, **{name: "random" for name in deeper}}}
 
     def record_extras(self, config, variant: str, model: nn.Module, data: protocol.Data) -> dict:
         weight = metrics.hidden_weights(model)[0][1]
@@ -202,15 +144,47 @@ class HeadsTask(protocol.Task):
 TASK = HeadsTask()
 
 
-def check_config(config: HeadsConfig) -> None:
-    """Load the config's data before any run (a missing or bad file, too many classes: ValueError)."""
-    TASK.data(config)
+# ------------------------------------------------------------------------------------------ the config
+@dataclass(frozen=True)
+class HeadsConfig(protocol.ProtocolConfig):
+    """One run of a classifier head. Defaults: see the module docstring for why."""
+
+    # data
+    embeddings: str = "fashion-mnist-ae"  # an embedding file (.npz / .parquet) or a built-in name
+    data_dir: str | None = None  # where built-in sets find their raw files (e.g. Fashion-MNIST IDX)
+    classes: int | None = None  # keep the first `classes` classes; None: all
+    # training: minibatches of 2048, 10 + 10 epochs (the protocol's default epochs)
+    batch_size: int | None = 2048
+    variants: tuple[str, ...] = ("dense", "random", "feature")
+
+    task: ClassVar[protocol.Task] = TASK
+
+    def constraints(self) -> dict:
+        source = Predicate(lambda v: isinstance(v, str) and bool(v), "a file path or a built-in name")
+        return {"embeddings": [source], "data_dir": [str, None], "classes": [Interval(int, 2), None],
+                **super().constraints()}
 
 
-def run_batch(configs: Sequence[HeadsConfig]) -> list[dict]:
-    """Train the seeds of one config as stacks; one record per (variant, seed)."""
-    return protocol.run_batch(TASK, configs)
+# ------------------------------------------------------------------------------------------ studies
+HEADS_CONTROLS = "dense+random+feature+overlap+dropconnect+static_sparse"
+STUDIES = (
+    Study("width", "heads", "one hidden layer over embeddings: widths × alpha, FPE (random, feature) vs "
+          "dense at the same non-zero count, with the overlap, DropConnect and static-sparse controls",
+          {"neurons": (2, 4, 8, 16, 32), "alpha": (2, 4)}, {"variants": HEADS_CONTROLS}, default_seeds=3,
+          group="heads", meta=real_meta("cells")),
+    Study("classes", "heads", "class subsets × width on the synthetic 100-class set: does the gain grow "
+          "with classes per neuron?", {"classes": (10, 25, 50, 100), "neurons": (4, 8, 16)},
+          {"embeddings": "synthetic-100", "variants": "dense+random", "alpha": 4, "batch_size": 256,
+           "warmup_epochs": 20, "epochs_after": 20}, default_seeds=3,
+          group="heads", meta=real_meta("cells")),
+    Study("match", "heads", "how much wider must dense be to match FPE: dense at 1×, 1.25×, 1.5×, 2×, 3× "
+          "the non-zero count vs FPE (alpha = 4)", {"neurons": (4, 8, 16)},
+          {"alpha": 4, "variants": "dense+random+feature+wide1.25+wide1.5+wide2+wide3"}, default_seeds=3,
+          group="heads", meta=real_meta("match")),
+    Study("splits", "heads", "beyond the paper: the data-driven correlation split (inputs clustered by their "
+          "correlation over the training set) against the random and feature splits",
+          {"neurons": (2, 8, 32), "alpha": (2, 4)}, {"variants": "dense+random+feature+correlation"},
+          default_seeds=3, group="heads", meta=real_meta("cells")),
+)
 
-
-def run_single(config: HeadsConfig) -> list[dict]:
-    return protocol.run_single(TASK, config)
+EXPERIMENT = protocol.register("heads", HeadsConfig, STUDIES)

@@ -3,31 +3,35 @@
 One *run* is one seed of one config. Every variant of a run shares the data and the dense warm-up:
 
 - ``dense``: T1 + T2 epochs with one optimizer (the warm-up's optimizer keeps going).
-- FPE splits (``random``, ``clause``, ``feature``, ``contiguous``) and the ``overlap`` and
-  ``dropconnect`` controls: the dense model after T1 epochs, ``expand``-ed, then T2 epochs with a
-  new optimizer of the same settings.
-- ``static_sparse``: the width alpha·h under a random fixed mask drawn at initialisation
-  (Golubeva et al. 2021), trained from scratch for T1 + T2 epochs.
-- ``wide<scale>`` (e.g. ``wide1.5``): a dense model with about ``scale`` times the parent's non-zero
-  count, trained from scratch for T1 + T2 epochs (for "how much wider must dense be to match FPE").
+- every registered split (:data:`torchfpe.core.splits.SPLITS`) that the task can feed (its ``needs``
+  are in ``Task.provides``): the dense model after T1 epochs, ``expand``-ed with that split, then T2
+  epochs with a new optimizer of the same settings; a split drawn at initialisation (``at_init``:
+  ``static_sparse``, Golubeva et al. 2021) expands a fresh init and trains T1 + T2 epochs instead.
+- ``wide<scale>`` (e.g. ``wide1.5``), for tasks with ``wide_parent``: a dense model with about
+  ``scale`` times the parent's non-zero count, trained from scratch for T1 + T2 epochs (for "how much
+  wider must dense be to match FPE").
 
 What an experiment provides is a :class:`Task` (the contract):
 
 - ``kind``: ``"binary"`` (one logit, 0/1 targets) or ``"multiclass"`` (C logits, integer labels);
   picks the loss (BCE / cross-entropy) and the accuracy.
+- ``provides``: what its splits may ask for (``"clauses"``, ``"data"``), given by
+  ``split_inputs(config, data) -> dict``; the variants a config may name follow from it.
 - ``data(config) -> Data``: train and test tensors of one seed (and any ``info`` the task needs).
 - ``parent(config) -> nn.Module``: the dense parent, initialised from ``config.seed`` without
   touching torch's global generator.
-- ``expand_kwargs(config, variant, data) -> dict``: extra arguments of ``expand`` (``clauses=``,
-  ``layers=``, or ``split=`` for a split of the task's own such as ``correlation``).
+- ``expand_kwargs(config, variant, data) -> dict``: extra arguments of ``expand`` (``layers=``, or a
+  per-layer ``split=`` mapping).
 - ``record_extras(config, variant, model, data) -> dict``: fields added to each record.
+- ``check(config)``: checks that need files, run before any work (default: none).
 - ``fold_keys``: record fields whose variant / dense ratio is recorded as ``<key>_fold``.
 - ``wide_parent(config, scale)``: a wider dense model, only for ``wide<scale>`` variants.
 - ``eval_batch``: evaluate in chunks of this many examples (None: one pass).
 
-A config is a frozen dataclass with ``seed, alpha, bias, budget, dropconnect_p, warmup_epochs,
-epochs_after, variants``, ``settings() -> TrainSettings``, ``to_dict()`` and ``without_seed()``
-(:class:`ConfigMethods` provides the last three).
+A config is a frozen dataclass derived from :class:`ProtocolConfig`, which declares the protocol's
+fields and their constraints once; the subclass adds its own fields (with ``constraints()`` and
+``check()`` for its own rules) and names its task (``task: ClassVar``). :func:`register` makes it an
+experiment of the registry (one call per experiment module).
 
 :func:`run_batch` trains the seeds of one config as stacks (:mod:`torchfpe.batched`) where the
 models are plain MLPs, else one model at a time; :func:`run_single` is the one-model reference path
@@ -38,29 +42,33 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from .. import metrics
 from ..batched import STACKED_ACCURACIES, STACKED_LOSSES, StackedMLP, _signature, can_stack, fit_stacked
-from ..core import expand, nonzero_parameters
-from ..train import ACCURACIES, LOSSES, TrainSettings, fit
+from ..core import BIAS_POLICIES, BUDGETS, SPLITS, expand, nonzero_parameters
+from ..core.validation import Interval, Options, Predicate, validate_dataclass
+from ..train import ACCURACIES, LOSSES, OPTIMIZERS, TrainSettings, fit
 
-#: Variants that start from the warmed-up dense model and are expanded with ``expand(split=variant)``
-#: (``correlation`` is a task's own split: the task passes ``split=`` through ``expand_kwargs``).
-AFTER_WARMUP = ("random", "clause", "clause_shared", "feature", "contiguous", "shared", "grouped", "correlation",
-                "overlap", "dropconnect")
-VARIANTS = ("dense", *AFTER_WARMUP, "static_sparse")
 WIDE = re.compile(r"^wide(\d+(?:\.\d+)?)$")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
-def check_variants(variants: Sequence[str], allowed: Sequence[str] = VARIANTS) -> None:
+def task_variants(task: "Task") -> tuple[str, ...]:
+    """The variants a task's configs may name: dense, every split whose needs it provides, and "wide"
+    (any ``wide<scale>``) where it has a wider parent."""
+    splits = [name for name, split in SPLITS.items() if set(split.needs) <= set(task.provides)]
+    return ("dense", *splits, *(("wide",) if task.has_wide() else ()))
+
+
+def check_variants(variants: Sequence[str], allowed: Sequence[str]) -> None:
     """Raise ValueError unless ``variants`` is a non-empty subset of ``allowed`` ("wide": any wide<scale> > 0)."""
     def known(variant: str) -> bool:
         wide = WIDE.match(variant) if "wide" in allowed else None
@@ -69,60 +77,6 @@ def check_variants(variants: Sequence[str], allowed: Sequence[str] = VARIANTS) -
     if not variants or not all(known(v) for v in variants):
         shown = tuple(a for a in allowed if a != "wide") + (("wide<scale>",) if "wide" in allowed else ())
         raise ValueError(f"variants must be a non-empty subset of {shown}, got {tuple(variants)!r}")
-
-
-def protocol_constraints(variants: Sequence[str], dtypes: Sequence[str]) -> dict:
-    """Constraints of the fields every protocol config has, declared once (torchfpe.core.validation)."""
-    from ..core import BIAS_POLICIES, BUDGETS
-    from ..core.validation import Interval, Options, Predicate
-    from ..train import OPTIMIZERS
-
-    count = Interval(int, 1)
-    shown = ", ".join(a for a in variants if a != "wide") + (", wide<scale>" if "wide" in variants else "")
-
-    def known_variants(value) -> bool:
-        if not isinstance(value, tuple) or not value:
-            return False
-        check_variants(value, variants)
-        return True
-
-    return {
-        "neurons": [count], "alpha": [Interval(int, 2)], "bias": [Options(BIAS_POLICIES)],
-        "budget": [Options(BUDGETS)], "dropconnect_p": [Interval(float, 0.0, 1.0, closed="left"), None],
-        "optimizer": [Options(OPTIMIZERS)], "lr": [Interval(float, 0.0, None, closed="neither")],
-        "weight_decay": [Interval(float, 0.0)], "batch_size": [count, None],
-        "warmup_epochs": [Interval(int, 0)], "epochs_after": [Interval(int, 0)],
-        "dtype": [Options(tuple(dtypes))],
-        "variants": [Predicate(known_variants, f"a non-empty '+'-joined list of variants from {shown}")],
-        "seed": [Interval(int, 0, 2**32 - 1)],
-    }
-
-
-def split_variants(config) -> None:
-    """Accept ``variants`` as "dense+random" or a list; store it as a tuple (frozen dataclass)."""
-    if isinstance(config.variants, str):
-        object.__setattr__(config, "variants", tuple(v for v in config.variants.split("+") if v))
-    elif isinstance(config.variants, list):
-        object.__setattr__(config, "variants", tuple(config.variants))
-
-
-class ConfigMethods:
-    """What the protocol and the runners call on a frozen config dataclass with the protocol's fields."""
-
-    def settings(self) -> TrainSettings:
-        return TrainSettings(optimizer=self.optimizer, lr=self.lr, weight_decay=self.weight_decay,
-                             batch_size=self.batch_size)
-
-    def to_dict(self) -> dict:
-        values = dataclasses.asdict(self)
-        values["variants"] = "+".join(self.variants)
-        return values
-
-    def without_seed(self) -> tuple:
-        """Configs equal here differ only in their seed and can be trained as one stack."""
-        values = self.to_dict()
-        values.pop("seed")
-        return tuple(sorted(values.items()))
 
 
 @dataclass
@@ -140,11 +94,22 @@ class Task:
     """Base class with the optional hooks' defaults; see the module docstring for the contract."""
 
     kind: str = "binary"
+    provides: tuple[str, ...] = ()  # what its splits may ask for: "clauses", "data"
     fold_keys: tuple[str, ...] = ()
     eval_batch: int | None = None  # evaluate in chunks of this many examples (None: one pass)
 
     def data(self, config) -> Data:
         raise NotImplementedError
+
+    def split_inputs(self, config, data: Data) -> dict:
+        """The inputs of :attr:`provides` for one seed's data (``{"clauses": ..., "data": ...}``)."""
+        return {"data": data.x_train} if "data" in self.provides else {}
+
+    def check(self, config) -> None:
+        """Checks that need files (a missing or corrupt data file), before any run or write."""
+
+    def has_wide(self) -> bool:
+        return type(self).wide_parent is not Task.wide_parent
 
     def parent(self, config) -> nn.Module:
         raise NotImplementedError
@@ -159,13 +124,112 @@ class Task:
         return {}
 
 
+# ------------------------------------------------------------------------------------- the config
+@dataclass(frozen=True)
+class ProtocolConfig:
+    """The fields every protocol experiment has; a subclass adds its own and names its ``task``.
+
+    Defaults are generic; a subclass redeclares a field to change its default (with its reason).
+    Checked when built (``__post_init__``): every field against :meth:`constraints`, then :meth:`check`.
+    """
+
+    # model
+    neurons: int = 8  # hidden width of the parent
+    alpha: int = 2  # children per parent unit
+    bias: str = "copy"
+    budget: str = "global"
+    dropconnect_p: float | None = None  # the dropconnect variant's drop rate; None: 1 - 1/alpha
+    # training (both phases)
+    optimizer: str = "adam"
+    lr: float = 1e-2
+    weight_decay: float = 0.0
+    batch_size: int | None = None  # None: full batch
+    warmup_epochs: int = 10  # T1: dense epochs before the split
+    epochs_after: int = 10  # T2: epochs after it
+    dtype: str = "float32"
+    variants: tuple[str, ...] = ("dense", "random")  # also accepted as "dense+random" or a list
+    seed: int = 0
+
+    task: ClassVar[Task]
+
+    def __post_init__(self) -> None:
+        self.normalise()
+        validate_dataclass(self, self.constraints(), type(self).__name__)
+        self.check()
+
+    def normalise(self) -> None:
+        """Turn accepted spellings into the stored form before validation (frozen: object.__setattr__)."""
+        if isinstance(self.variants, str):
+            object.__setattr__(self, "variants", tuple(v for v in self.variants.split("+") if v))
+        elif isinstance(self.variants, list):
+            object.__setattr__(self, "variants", tuple(self.variants))
+
+    def constraints(self) -> dict:
+        """Each field's constraint (:mod:`torchfpe.core.validation`); a subclass adds its own fields'."""
+        count = Interval(int, 1)
+        allowed = task_variants(self.task)
+        shown = ", ".join(a for a in allowed if a != "wide") + (", wide<scale>" if "wide" in allowed else "")
+
+        def known_variants(value) -> bool:
+            if not isinstance(value, tuple) or not value:
+                return False
+            check_variants(value, allowed)
+            return True
+
+        return {
+            "neurons": [count], "alpha": [Interval(int, 2)], "bias": [Options(BIAS_POLICIES)],
+            "budget": [Options(BUDGETS)], "dropconnect_p": [Interval(float, 0.0, 1.0, closed="left"), None],
+            "optimizer": [Options(OPTIMIZERS)], "lr": [Interval(float, 0.0, None, closed="neither")],
+            "weight_decay": [Interval(float, 0.0)], "batch_size": [count, None],
+            "warmup_epochs": [Interval(int, 0)], "epochs_after": [Interval(int, 0)],
+            "dtype": [Options(tuple(DTYPES))],
+            "variants": [Predicate(known_variants, f"a non-empty '+'-joined list of variants from {shown}")],
+            "seed": [Interval(int, 0, 2**32 - 1)],
+        }
+
+    def check(self) -> None:
+        """Rules across fields, after each field is valid (a subclass adds its own)."""
+
+    def settings(self) -> TrainSettings:
+        return TrainSettings(optimizer=self.optimizer, lr=self.lr, weight_decay=self.weight_decay,
+                             batch_size=self.batch_size)
+
+    def to_dict(self) -> dict:
+        """Field -> value, the subclass's own fields first (the order of records.csv's columns)."""
+        values = dataclasses.asdict(self)
+        values["variants"] = "+".join(self.variants)
+        protocol = {f.name for f in dataclasses.fields(ProtocolConfig)}
+        return {**{k: v for k, v in values.items() if k not in protocol},
+                **{k: v for k, v in values.items() if k in protocol}}
+
+    def without_seed(self) -> tuple:
+        """Configs equal here differ only in their seed and can be trained as one stack."""
+        values = self.to_dict()
+        values.pop("seed")
+        return tuple(sorted(values.items()))
+
+
+def register(name: str, config: type[ProtocolConfig], studies: Sequence = ()):
+    """Make ``config`` (a :class:`ProtocolConfig` subclass naming its ``task``) the experiment ``name``."""
+    from .registry import register_experiment
+
+    task = config.task
+    return register_experiment(name, config, functools.partial(run_batch, task),
+                               run_single=functools.partial(run_single, task), check=functools.partial(_check, task),
+                               studies=studies)
+
+
+def _check(task: Task, config) -> None:
+    task.check(config)  # looked up at call time: a task's check can be replaced (tests do)
+
+
 # ------------------------------------------------------------------------------ the protocol's rules
 def phase(variant: str) -> int:
-    """0: the dense run; 2: built at init and trained T1 + T2 epochs (static_sparse, wide<scale>);
+    """0: the dense run; 2: built at init and trained T1 + T2 epochs (splits drawn at init, wide<scale>);
     1: every other variant, a split applied to the warmed-up model (so a new split needs no edit here)."""
     if variant == "dense":
         return 0
-    return 2 if variant == "static_sparse" or WIDE.match(variant) else 1
+    return 2 if WIDE.match(variant) or SPLITS[variant].at_init else 1
 
 
 def epochs(config, phase_: int) -> int:
@@ -184,11 +248,12 @@ def build_variant(task: Task, config, variant: str, warm: nn.Module, data: Data)
     if wide:
         return task.wide_parent(config, float(wide.group(1)))
     source = warm if phase(variant) == 1 else task.parent(config)
-    kwargs = {"split": variant, **task.expand_kwargs(config, variant, data)}
-    return expand(
-        source, config.alpha, seed=config.seed, bias=config.bias, budget=config.budget,
-        dropconnect_p=config.dropconnect_p if variant == "dropconnect" else None, **kwargs,
-    )
+    split = SPLITS[variant]
+    inputs = task.split_inputs(config, data)
+    kwargs = {"split": variant, **{need: inputs[need] for need in split.needs},
+              **({"dropconnect_p": config.dropconnect_p} if "dropconnect_p" in split.options else {}),
+              **task.expand_kwargs(config, variant, data)}
+    return expand(source, config.alpha, seed=config.seed, bias=config.bias, budget=config.budget, **kwargs)
 
 
 def make_record(task: Task, config, variant: str, model: nn.Module, train_acc: float, test_acc: float,

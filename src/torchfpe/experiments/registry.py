@@ -1,24 +1,97 @@
-"""Registry of experiments: name -> module path.
+"""Registry of experiments: one :func:`register_experiment` call per experiment module.
 
-Each module provides ``make_config(**fields)`` (a frozen dataclass with ``to_dict`` and
-``without_seed``) and ``run_batch(configs) -> list[dict]`` (records; configs equal but for the seed).
-A new experiment registers here; the runners, the store and the CLI find it by name.
+An experiment is:
+
+- ``config``: a frozen dataclass whose fields all have defaults, with ``to_dict()`` and
+  ``without_seed()``; building it validates every field (``make_config`` refuses unknown names);
+- ``run_batch(configs) -> list[dict]``: one flat record per (variant, seed) for configs equal but
+  for their seed (what every runner calls: in-process, a process pool, Ray);
+- ``check(config)``: optional checks that need files (missing or corrupt data), run before any work;
+- ``studies``: its :class:`~torchfpe.experiments.studies.Study` grids, each in a command group
+  (``torchfpe reproduce <group> --study <name>``).
+
+Experiments of the protocol register through :func:`torchfpe.experiments.protocol.register`. A new
+experiment is one module in this package that calls it: the modules here are imported on the first
+lookup, so the runners, the store, the CLI and the report find it by name without any other edit.
+An experiment registered from outside the package works in-process.
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
-EXPERIMENTS: dict[str, str] = {
-    "boolean": "torchfpe.experiments.boolean",
-    "theory": "torchfpe.experiments.collisions",
-    "heads": "torchfpe.experiments.heads",
-    "deep": "torchfpe.experiments.deep",
-    "cnn": "torchfpe.experiments.cnn",
-}
+from ..core.validation import InvalidParameterError, build_config
 
 
-def experiment_module(name: str):
-    if name not in EXPERIMENTS:
-        raise ValueError(f"unknown experiment {name!r}; known: {', '.join(EXPERIMENTS)}")
-    return importlib.import_module(EXPERIMENTS[name])
+@dataclass(frozen=True)
+class Experiment:
+    """A registered experiment (see the module docstring)."""
+
+    name: str
+    config: type
+    run_batch: Callable[[Sequence[Any]], list[dict]]
+    run_single: Callable[[Any], list[dict]] | None = None
+    check: Callable[[Any], None] | None = None
+    studies: tuple = ()
+
+    def make_config(self, **fields) -> Any:
+        """A config from keyword overrides; unknown names raise InvalidParameterError listing the fields."""
+        return build_config(self.config, fields, self.name)
+
+    def check_config(self, config: Any) -> None:
+        """The experiment's own checks that need files (before any run or write)."""
+        if self.check is not None:
+            self.check(config)
+
+
+_EXPERIMENTS: dict[str, Experiment] = {}
+_discovered = False
+
+
+def register_experiment(name: str, config: type, run_batch: Callable, *, run_single: Callable | None = None,
+                        check: Callable | None = None, studies: Sequence = ()) -> Experiment:
+    """Register an experiment (see the module docstring); returns it. Studies must name this experiment."""
+    wrong = [s.name for s in studies if s.experiment != name]
+    if wrong:
+        raise InvalidParameterError(f"studies {wrong} of experiment {name!r} name another experiment")
+    experiment = Experiment(name, config, run_batch, run_single, check, tuple(studies))
+    _EXPERIMENTS[name] = experiment
+    return experiment
+
+
+def _discover() -> None:
+    """Import every module of this package once, so each registers itself."""
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    package = importlib.import_module(__package__)
+    for module in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{__package__}.{module.name}")
+
+
+def experiments() -> dict[str, Experiment]:
+    """Every registered experiment by name, in registration order."""
+    _discover()
+    return dict(_EXPERIMENTS)
+
+
+def experiment(name: str) -> Experiment:
+    """The experiment ``name``; an unknown name is an error listing the registered ones."""
+    known = experiments()
+    if name not in known:
+        raise InvalidParameterError(f"unknown experiment {name!r}; known: {', '.join(known)}")
+    return known[name]
+
+
+def groups() -> dict[str, dict[str, Any]]:
+    """Studies by command group (``torchfpe reproduce <group> --study <name>``), in registration order."""
+    found: dict[str, dict[str, Any]] = {}
+    for registered in experiments().values():
+        for study in registered.studies:
+            found.setdefault(study.group, {})[study.name] = study
+    return found

@@ -10,7 +10,7 @@ Runs pair for paired tests by their config without the seed, and by seed, never 
 The Boolean layouts:
 
 * ``records.csv`` -- every record key except ``hidden_weight``, sorted by the swept axis,
-  the variant order of :data:`VARIANT_ORDER`, then seed;
+  the variant order of :func:`variant_order` (the split registry's), then seed;
 * ``report.md`` -- the command, date, data note, base config and the study's tables;
 * figures (matplotlib, Agg backend), linked from ``report.md`` with relative paths:
 
@@ -35,9 +35,9 @@ public name is re-exported here.
 """
 
 from .cells import cells_section, match_section, paper_key
-from .constants import (CONFIG_FIELDS, DASH, DATA_NAME, DPI, EXCLUDED_CSV_KEYS, FOLD_METRICS, FPE_VARIANTS,
-                        HEATMAP_VARIANTS, INTERFERENCE_METRICS, PAPER_ACCURACY, PAPER_CONFIG, RESULT_FIELDS,
-                        STUDIES, SWEEP_STUDIES, THEORY_FIELDS, VARIANT_ORDER)
+from .constants import (CONFIG_FIELDS, DASH, DATA_NAME, DPI, EXCLUDED_CSV_KEYS, FOLD_METRICS, HEATMAP_VARIANTS,
+                        INTERFERENCE_METRICS, PAPER_ACCURACY, PAPER_CONFIG, RESULT_FIELDS, STUDIES, SWEEP_STUDIES,
+                        THEORY_FIELDS, is_fpe, variant_order)
 from .figures import plot_collisions, plot_fold_vs_gain, plot_headline_accuracy, plot_heatmaps, plot_sweep
 from .markdown import md_table
 from .sections import (cell_table, fold_fits, headline_section, metrics_section, sweep_section, theory_section,
@@ -54,7 +54,6 @@ __all__ = [
     "DPI",
     "EXCLUDED_CSV_KEYS",
     "FOLD_METRICS",
-    "FPE_VARIANTS",
     "HEATMAP_VARIANTS",
     "INTERFERENCE_METRICS",
     "PAPER_ACCURACY",
@@ -63,7 +62,8 @@ __all__ = [
     "STUDIES",
     "SWEEP_STUDIES",
     "THEORY_FIELDS",
-    "VARIANT_ORDER",
+    "is_fpe",
+    "variant_order",
     "PairedTest",
     "Summary",
     "cell_table",

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .constants import DASH, FPE_VARIANTS
+from .constants import DASH, is_fpe
 from .figures import _color, _errorbar, _pyplot, _save, _use_log_x
 from .markdown import _figure_md, _Tables
 from .sections import _paired_values, trend_sentences
@@ -46,7 +46,7 @@ def _paired_vs_dense(sub: pd.DataFrame, meta: dict, variant: str):
 
 
 def _label(variant: str) -> str:
-    if variant in FPE_VARIANTS or variant == "dense":
+    if is_fpe(variant) or variant == "dense":
         return variant
     wide = WIDE.match(variant)
     return f"dense ×{wide.group(1)} non-zeros" if wide else f"{variant} (control)"
@@ -134,7 +134,7 @@ def paper_section(frame: pd.DataFrame, meta: dict, tables: _Tables) -> list[str]
 def match_section(frame: pd.DataFrame, meta: dict, axes: list[str], tables: _Tables) -> list[str]:
     """How many non-zeros a dense model needs to reach FPE: wide<scale> runs against each FPE split."""
     wides = sorted({v for v in frame["variant"].unique() if WIDE.match(str(v))}, key=lambda v: float(WIDE.match(v).group(1)))
-    fpe = [v for v in ordered_variants(frame["variant"]) if v in FPE_VARIANTS]
+    fpe = [v for v in ordered_variants(frame["variant"]) if is_fpe(v)]
     if not wides or not fpe:
         return []
     out = ["### How much larger must dense be to match FPE?", ""]

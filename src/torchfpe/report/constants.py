@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-#: Display and sort order of the variants; unknown variants sort after these, alphabetically.
-VARIANT_ORDER: tuple[str, ...] = (
-    "dense",
-    "random",
-    "clause",
-    "clause_shared",
-    "feature",
-    "correlation",
-    "contiguous",
-    "shared",
-    "grouped",
-    "overlap",
-    "dropconnect",
-    "static_sparse",
-)
-#: Variants that are FPE splits (disjoint children); the others are controls.
-FPE_VARIANTS: frozenset[str] = frozenset({"random", "clause", "clause_shared", "feature", "correlation", "contiguous", "shared",
-                                         "grouped"})
+def variant_order() -> tuple[str, ...]:
+    """Display and sort order of the variants: dense, then the registered splits in registration order
+    (:data:`torchfpe.core.splits.SPLITS`); other variants (``wide<scale>``) sort after, alphabetically."""
+    from ..core.splits import SPLITS
+
+    return ("dense", *SPLITS)
+
+
+def is_fpe(variant: str) -> bool:
+    """Whether a variant is an FPE split (disjoint children), not dense, a control or a wider dense model."""
+    from ..core.splits import SPLITS
+
+    return variant in SPLITS and not SPLITS[variant].control
+
+
 #: The paper's headline test accuracies (%), Boolean DNF with 8 clauses, 8 neurons, alpha = 2.
 PAPER_ACCURACY: dict[str, float] = {"dense": 78.7, "random": 88.7, "clause": 99.4}
 #: The config in which the paper reports :data:`PAPER_ACCURACY`.
@@ -71,7 +68,8 @@ LEGACY_LAYOUTS: dict[str, str] = {**{s: "sweep" for s in SWEEP_STUDIES}, "headli
 #: The paper numbers of a legacy headline meta.json (Boolean studies now carry them in ``meta["paper"]``).
 LEGACY_PAPER: dict = {"dataset": DATA_NAME, "accuracy": PAPER_ACCURACY, "config": PAPER_CONFIG,
                       "source": "arXiv 2510.04500 (8 clauses, 8 neurons, α = 2)"}
-#: Variants whose first hidden layer is drawn in ``gram.png`` / ``weights.png``.
+#: Variants whose first hidden layer is drawn in ``gram.png`` / ``weights.png`` when the study's meta names
+#: none (``meta["heatmaps"]``; meta.json files written before studies carried it).
 HEATMAP_VARIANTS: tuple[str, ...] = ("dense", "random", "clause")
 DPI = 120
 DASH = "—"

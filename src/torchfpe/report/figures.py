@@ -105,12 +105,13 @@ def plot_headline_accuracy(frame: pd.DataFrame, meta: dict, path: Path) -> None:
     _save(fig, path, _data_caption(meta, "bars: mean with 95 % t-CI over seeds"))
 
 
-def _heatmap_records(frame: pd.DataFrame, records: list[dict]) -> list[tuple[str, Any, np.ndarray]]:
-    """(variant, seed, W) for each of :data:`HEATMAP_VARIANTS` with a stored ``hidden_weight``."""
+def _heatmap_records(frame: pd.DataFrame, records: list[dict], meta: dict | None = None) -> list[tuple[str, Any, np.ndarray]]:
+    """(variant, seed, W) for each variant of ``meta["heatmaps"]`` (default :data:`HEATMAP_VARIANTS`) with
+    a stored ``hidden_weight``."""
     seeds = _finite(_column(frame, "seed"))
     smallest = float(seeds.min()) if seeds.size else None
     out = []
-    for variant in HEATMAP_VARIANTS:
+    for variant in (meta or {}).get("heatmaps") or HEATMAP_VARIANTS:
         cands = [r for r in records if r.get("variant") == variant and r.get("hidden_weight") is not None]
         if not cands:
             continue

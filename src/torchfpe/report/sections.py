@@ -13,8 +13,9 @@ from .constants import (
     DASH,
     DATA_NAME,
     FOLD_METRICS,
-    FPE_VARIANTS,
+    HEATMAP_VARIANTS,
     INTERFERENCE_METRICS,
+    is_fpe,
 )
 from .figures import (
     _data_caption,
@@ -81,7 +82,7 @@ def headline_section(frame: pd.DataFrame, meta: dict, records: list[dict], out_d
     plot_headline_accuracy(frame, meta, out_dir / "accuracy.png")
     out.append(_figure_md("accuracy.png", _data_caption(meta, "test accuracy per variant, 95 % CI; "
                                                               "diamonds: paper")))
-    items = _heatmap_records(frame, records)
+    items = _heatmap_records(frame, records, meta)
     if items:
         plot_heatmaps(items, meta, out_dir / "gram.png", gram=True)
         plot_heatmaps(items, meta, out_dir / "weights.png", gram=False)
@@ -90,7 +91,8 @@ def headline_section(frame: pd.DataFrame, meta: dict, records: list[dict], out_d
         out.append(_figure_md("weights.png", _data_caption(meta, f"first hidden layer W, rows = hidden "
                                                                  f"units ({names})")))
     else:
-        out.append("No `hidden_weight` was recorded for dense/random/clause runs; `gram.png` and "
+        shown = "/".join(meta.get("heatmaps") or HEATMAP_VARIANTS)
+        out.append(f"No `hidden_weight` was recorded for {shown} runs; `gram.png` and "
                    "`weights.png` were not drawn.\n")
     return out
 
@@ -203,7 +205,7 @@ def trend_sentences(frame: pd.DataFrame, axis: str, key: str = "relative_gain") 
         pts = [(v, m) for v, m in pts if _ok(m)]
         if not pts:
             continue
-        label = variant if variant in FPE_VARIANTS or variant == "dense" else f"{variant} (control)"
+        label = variant if is_fpe(variant) or variant == "dense" else f"{variant} (control)"
         listing = ", ".join(f"{fmt_pct(m, True)} % at {fmt_value(v)}" for v, m in pts)
         if len(pts) == 1:
             out.append(f"{label}: gain {listing} (one value only).")

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .constants import CONFIG_FIELDS, DASH, DATA_NAME, THEORY_FIELDS, VARIANT_ORDER
+from .constants import CONFIG_FIELDS, DASH, DATA_NAME, THEORY_FIELDS, variant_order
 
 
 # --------------------------------------------------------------------------------- statistics
@@ -153,9 +153,9 @@ def _ok(value: Any) -> bool:
 
 
 def variant_rank(variant: Any) -> tuple[int, str]:
-    """Sort key for variants: :data:`VARIANT_ORDER` first, then alphabetical."""
-    name = str(variant)
-    return (VARIANT_ORDER.index(name), name) if name in VARIANT_ORDER else (len(VARIANT_ORDER), name)
+    """Sort key for variants: :func:`~.constants.variant_order` first, then alphabetical."""
+    name, order = str(variant), variant_order()
+    return (order.index(name), name) if name in order else (len(order), name)
 
 
 def ordered_variants(variants: Iterable[Any]) -> list[str]:

@@ -19,7 +19,7 @@ from .store import ResultStore, config_key
 
 BACKENDS = ("local", "process", "ray")
 
-from ..experiments.registry import experiment_module
+from ..experiments.registry import experiment as registered_experiment
 
 
 @dataclass(frozen=True)
@@ -35,8 +35,8 @@ class Job:
 
 
 def make_jobs(experiment: str, config_dicts: Iterable[dict]) -> list[Job]:
-    module = experiment_module(experiment)
-    return [Job(experiment, module.make_config(**d)) for d in config_dicts]
+    registered = registered_experiment(experiment)
+    return [Job(registered.name, registered.make_config(**d)) for d in config_dicts]
 
 
 def plan_units(jobs: Sequence[Job], workers: int, max_batch: int = 64) -> list[list[Job]]:
@@ -58,10 +58,10 @@ def run_unit(experiment: str, config_dicts: list[dict], threads: int | None = No
 
     if threads:
         torch.set_num_threads(threads)
-    module = experiment_module(experiment)
-    configs = [module.make_config(**d) for d in config_dicts]
+    registered = registered_experiment(experiment)
+    configs = [registered.make_config(**d) for d in config_dicts]
     started = time.perf_counter()
-    records = module.run_batch(configs)
+    records = registered.run_batch(configs)
     seconds = (time.perf_counter() - started) / max(1, len(configs))
     results = []
     for config in configs:
