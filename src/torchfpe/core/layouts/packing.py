@@ -142,11 +142,11 @@ def pack(model: nn.Module, layout: str | Mapping[str, str] = "auto", *, max_grou
 def unpack(model: nn.Module) -> nn.Module:
     """A copy of ``model`` with every packed layer back in the masked reference layout."""
     check_param("model", model, [nn.Module], "unpack")
-    packed = {name: module for name, module in expanded_layers(model) if module.packable}
+    packed = [module for _, module in expanded_layers(model) if module.packable]
     if not packed:
         raise InvalidParameterError("unpack: the model has no packed layer (torchfpe.pack returns packed models)")
     masked = {}
-    for name, module in packed.items():
+    for module in packed:
         layer = module.to_masked()
         layer.freeze_like(module)
         layer.train(module.training)
