@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 import torchfpe
-from torchfpe.core.packed import stored_bytes
+from torchfpe.core.layouts import stored_bytes
 
 FULL = dict(widths=[512, 1024, 2048, 4096], alphas=[2, 4, 8], depths=[1, 3],
             splits=["contiguous", "shared", "grouped", "feature", "random", "clause", "overlap", "static_sparse"],

@@ -10,7 +10,7 @@ from torch import nn
 
 import torchfpe
 from torchfpe import DropConnectLinear, MaskedLinear, expand, load_expanded, nonzero_parameters
-from torchfpe.core.layers import ExpandedLayer, effective_parameters, expanded_layers
+from torchfpe.core.layouts import ExpandedLayer, effective_parameters, expanded_layers
 from torchfpe.metrics import hidden_weights
 
 

@@ -16,7 +16,7 @@ from torch import nn
 import torchfpe
 from torchfpe import expand, nonzero_parameters, pack, unpack
 from torchfpe.core import BlockLinear, EllLinear, MaskedLinear, expanded_layers, load_expanded
-from torchfpe.core.packed import stored_bytes
+from torchfpe.core.layouts import stored_bytes
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -80,7 +80,7 @@ EllLinear.effective_bias_grad = _bias_grad
 @pytest.fixture(autouse=True)
 def every_ell_path_on_small_layers(monkeypatch):
     """The tests' layers are tiny; let them take the sparse paths that large layers take."""
-    monkeypatch.setattr(torchfpe.core.packed, "ELL_SPARSE_MIN_SIZE", 0)
+    monkeypatch.setattr(torchfpe.core.layouts.ell, "ELL_SPARSE_MIN_SIZE", 0)
 
 
 SPLITS = ["random", "contiguous", "feature", "clause", "overlap", "static_sparse"]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from torchfpe.core.masked import MaskedLinear
+from torchfpe.core.layouts import MaskedLinear
 from torchfpe.data import write_embeddings, write_idx
 from torchfpe.data.idx import FASHION_MNIST_FILES
 from torchfpe.experiments import cnn, deep, heads, protocol

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .core.targets import ELEMENTWISE_MODULES, sequential_leaves
-from .core.layers import ExpandedLayer, effective_parameters
+from .core.layouts import ExpandedLayer, effective_parameters
 from .train import TrainSettings, batch_order, make_optimizer
 
 

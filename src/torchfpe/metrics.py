@@ -34,7 +34,7 @@ from typing import Union
 import torch
 from torch import Tensor, nn
 
-from .core.layers import ExpandedLayer
+from .core.layouts import ExpandedLayer
 
 __all__ = [
     "accuracy",
@@ -372,7 +372,7 @@ def hidden_weights(model: nn.Module) -> list[tuple[str, Tensor]]:
     depth-first order); the final one is treated as the read-out and
     dropped, since interference metrics concern hidden representations.
 
-    An expanded layer of any layout (:class:`torchfpe.core.layers.ExpandedLayer`)
+    An expanded layer of any layout (:class:`torchfpe.core.layouts.ExpandedLayer`)
     gives its ``effective_weight()``.  Otherwise a module counts as a linear
     layer if it is an ``nn.Linear`` (subclasses included), or if it has a 2-D ``weight`` tensor *and* a ``weight_mask``
     buffer (our masked layers).  The effective weight is

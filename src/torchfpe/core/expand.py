@@ -18,8 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from .budget import BUDGETS, nonzero_parameters, prune_smallest_
-from .layers import LAYOUTS, ExpandedLayer, effective_parameters, expanded_layers, layout_of
-from .masked import MaskedLinear
+from .layouts.base import LAYOUTS, ExpandedLayer, effective_parameters, expanded_layers, layout_of
+from .layouts.masked import MaskedLinear
 from .splits import SPLITS, Split, get_split, user_split
 from .targets import as_linear, check_not_shared, features, is_conv1d, resolve_pairs, set_submodule
 from .validation import (SEED, Interval, InvalidParameterError, Options, Sequences, check_param, invalid,

@@ -86,7 +86,7 @@ class Split:
 
     def build_layer(self, plan, options: Mapping):
         """The expanded layer of one plan (default: the masked reference layout)."""
-        from .masked import MaskedLinear
+        from .layouts.masked import MaskedLinear
 
         return MaskedLinear.from_tensors(plan.weight, plan.bias, plan.mask, plan.bias_mask)
 
@@ -443,7 +443,7 @@ class DropConnectSplit(Split):
         raise AssertionError("dropconnect draws no children")  # widens=False: expand never asks
 
     def build_layer(self, plan, options):
-        from .masked import DropConnectLinear
+        from .layouts.masked import DropConnectLinear
 
         layer = DropConnectLinear.from_tensors(plan.weight, plan.bias, plan.mask, plan.bias_mask)
         p = options.get("dropconnect_p")

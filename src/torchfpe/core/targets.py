@@ -6,7 +6,7 @@ Three block shapes are supported:
   OPT ``fc1 → fc2``, T5 ``wi → wo``): a pair ``("in", "out")``;
 - **GPT-2's** ``Conv1D`` (``transformers.pytorch_utils.Conv1D``): a linear layer whose weight is
   stored transposed, ``(in, out)``. It is found by duck typing (no import of transformers), read as
-  a linear layer and replaced by a :class:`~torchfpe.core.masked.MaskedLinear` after expansion;
+  a linear layer and replaced by a :class:`~torchfpe.core.layouts.MaskedLinear` after expansion;
 - **gated** MLPs (LLaMA, Mistral, Qwen: ``down(act(gate(x)) * up(x))``): a triple
   ``("gate", "up", "down")``. Both incoming layers are split together: child ``k`` of unit ``i`` gets
   the same input subset in ``gate`` and in ``up`` (one child structure, drawn from the first

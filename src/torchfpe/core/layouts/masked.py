@@ -1,4 +1,4 @@
-"""Masked linear layers: an ordinary ``nn.Linear`` with fixed binary masks kept as buffers.
+"""The reference layouts ``masked`` and ``dropconnect``: an ``nn.Linear`` with fixed boolean masks as buffers.
 
 Like ``torch.nn.utils.prune``, the mask is a buffer beside an ordinary weight, so the module saves and
 loads through ``state_dict``. Unlike it, the stored weight itself is kept at exactly 0.0 where the mask
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import ExpandedLayer, register_layout
+from .base import ExpandedLayer, register_layout
 
 
 @register_layout
@@ -95,6 +95,7 @@ class MaskedLinear(ExpandedLayer, nn.Linear):
                                           self.weight_mask, self.bias_mask)
         layer.parent_features = self.parent_features
         layer.train(self.training)
+        layer.freeze_like(self)
         return layer
 
     def masked_out_nonzero(self) -> int:
@@ -113,8 +114,7 @@ class MaskedLinear(ExpandedLayer, nn.Linear):
             raise ValueError(f"weight {tuple(weight.shape)} or weight_mask {tuple(tensors['weight_mask'].shape)} "
                              f"is not {shape}")
         layer = cls(shape[1], shape[0], bias="bias" in tensors, device=device or weight.device, dtype=weight.dtype)
-        layer.set_extra_state(extra)
-        return layer
+        return layer.restored_from(extra)
 
     @torch.no_grad()
     def apply_mask_(self) -> None:
@@ -149,6 +149,10 @@ class DropConnectLinear(MaskedLinear):
 
     def layout_state(self) -> dict:
         return {**super().layout_state(), "p": self.p}
+
+    def refuses_packing(self) -> str:
+        return ("is a DropConnect control: its training-time drop needs the dense masked weight, so it cannot "
+                "be packed (it already has the parent's width)")
 
     def set_extra_state(self, state: dict) -> None:
         super().set_extra_state(state)

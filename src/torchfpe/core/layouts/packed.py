@@ -1,0 +1,206 @@
+"""What the packed layouts share: the base class :class:`PackedLinear` and its helpers.
+
+A packed layout stores only what the parent stored (values, bias, compact indices), so its time and
+bytes follow the parent's non-zero count; see :mod:`torchfpe.core.layouts` for the layouts and how to
+add one. Besides the contract of :class:`~torchfpe.core.layouts.base.ExpandedLayer`, a packed layout
+provides the classmethod ``from_masked`` and checks its saved index tensors before loading them
+(``check_saved``), so a tampered ``state_dict`` is refused with the key named.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Mapping
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..validation import InvalidParameterError
+from .base import ExpandedLayer
+from .masked import MaskedLinear
+
+
+class _MaskGrad(torch.autograd.Function):
+    """Identity in the forward pass; multiplies the gradient by a fixed mask in the backward pass."""
+
+    @staticmethod
+    def forward(ctx, tensor: Tensor, mask: Tensor) -> Tensor:  # noqa: D102
+        ctx.save_for_backward(mask)
+        return tensor.view_as(tensor)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # noqa: D102
+        (mask,) = ctx.saved_tensors
+        return grad * mask, None
+
+
+def pack_bits(mask: Tensor) -> Tensor:
+    """A boolean tensor as bytes, 8 entries a byte (the first entry in the lowest bit)."""
+    flat = mask.reshape(-1).to(torch.uint8)
+    flat = F.pad(flat, (0, (-flat.numel()) % 8))
+    weights = (2 ** torch.arange(8, device=flat.device)).to(torch.uint8)
+    return (flat.view(-1, 8) * weights).sum(dim=1).to(torch.uint8)
+
+
+def unpack_bits(bits: Tensor, count: int) -> Tensor:
+    shifts = torch.arange(8, device=bits.device)
+    return ((bits.unsqueeze(1).long() >> shifts) & 1).bool().reshape(-1)[:count]
+
+
+def compact(index: Tensor, limit: int) -> Tensor:
+    """Indices in the smallest integer type that holds ``limit`` (int16 or int32)."""
+    return index.to(torch.int16 if limit < 2**15 else torch.int32)
+
+
+def stored_bias(layer: MaskedLinear) -> tuple[Tensor | None, Tensor | None]:
+    if layer.bias is None:
+        return None, None
+    return layer.bias.detach() * layer.bias_mask, layer.bias_mask.clone()
+
+
+def row_factor(out_features: int, parent_features) -> int:
+    """Children per parent unit of a layer: its outputs over the parent's (1 when unknown)."""
+    if parent_features is None or out_features % int(parent_features[1]):
+        return 1
+    return out_features // int(parent_features[1])
+
+
+def positions_of(natural_of_position: Tensor) -> Tensor:
+    """The inverse permutation: the position of each natural unit."""
+    inverse = torch.empty_like(natural_of_position)
+    inverse[natural_of_position] = torch.arange(len(natural_of_position), device=natural_of_position.device)
+    return inverse
+
+
+class SavedTensors:
+    """The tensors one packed layer is about to load, read for checks; errors name the full key."""
+
+    def __init__(self, state_dict: Mapping, prefix: str, layer: nn.Module) -> None:
+        self.state_dict, self.prefix, self.layer = state_dict, prefix, layer
+        self.where = f"layer {prefix[:-1]!r}" if prefix else "the model's top-level layer"
+
+    def error(self, name: str, message: str) -> InvalidParameterError:
+        return InvalidParameterError(f"{self.where}: state_dict key {self.prefix + name!r} {message}")
+
+    def extra(self) -> Mapping:
+        """The saved extra state when it is there (it is applied after the tensors), else the layer's."""
+        saved = self.state_dict.get(self.prefix + "_extra_state")
+        return saved if isinstance(saved, Mapping) else self.layer.layout_state()
+
+    def raw(self, name: str) -> Tensor | None:
+        value = self.state_dict.get(self.prefix + name)
+        return value if isinstance(value, Tensor) and getattr(self.layer, name, None) is not None else None
+
+    def indices(self, name: str) -> Tensor | None:
+        """The saved index tensor ``name`` as int64 on the CPU, when the layer has it and the shape fits
+        (a wrong shape is left to ``load_state_dict``'s own size check)."""
+        value = self.raw(name)
+        if value is None or value.shape != getattr(self.layer, name).shape:
+            return None
+        if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
+            raise self.error(name, f"holds {value.dtype} values; indices are integers")
+        return value.detach().cpu().long()
+
+    def check_permutation(self, name: str) -> None:
+        natural = self.indices(name)
+        if natural is None:
+            return
+        size = natural.numel()
+        outside = natural[(natural < 0) | (natural >= size)]
+        if outside.numel():
+            raise self.error(name, f"is not a permutation of 0..{size - 1}: it holds {int(outside[0])}")
+        counts = torch.bincount(natural, minlength=size)
+        if (counts != 1).any():
+            raise self.error(name, f"is not a permutation of 0..{size - 1}: it holds "
+                                   f"{int(torch.nonzero(counts > 1)[0])} twice")
+
+
+def _refresh_after_load(module: nn.Module, incompatible_keys) -> None:
+    module._refresh()
+
+
+class PackedLinear(ExpandedLayer, nn.Module):
+    """Shared parts of the packed layouts: bias handling, checks and refresh around loading.
+
+    A subclass stores a ``values`` parameter, an optional ``bias`` and index buffers, and provides
+    (besides the :class:`ExpandedLayer` contract) ``from_masked``, ``_value_live`` (which stored values
+    are real), ``_refresh`` (rebuild derived tensors after loading) and ``check_saved``.
+    """
+
+    packable: ClassVar[bool] = True
+    weight_parameter: ClassVar[str] = "values"
+    #: ``from_masked`` accepts ``input_order`` (the producer emits its own order; see ``output_order``).
+    reads_input_order: ClassVar[bool] = False
+    #: how refusals of ``pack(layout=...)`` name the layout: "layer 'x' cannot be packed <in_words>: ..."
+    in_words: ClassVar[str] = ""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_load_state_dict_post_hook(_refresh_after_load)
+
+    @classmethod
+    @abstractmethod
+    def from_masked(cls, layer: MaskedLinear, alpha: int, **options) -> PackedLinear:
+        """The masked ``layer`` (``alpha`` children per parent) in this layout; raises :class:`LayoutError`
+        when its masks do not fit. Options ``pack`` passes (a layout ignores those it has no use for):
+
+        - ``auto`` (bool): ``pack`` is choosing; refuse (``LayoutError``) masks the layout can hold but
+          would run slower than the next layout in ``auto``'s order;
+        - ``max_groups`` (int): ``pack``'s ``max_groups``;
+        - ``input_order`` (Tensor or None): the natural input unit at each input position, when the
+          previous layer emits another order (passed only to layouts with ``reads_input_order``);
+        - ``natural_output`` (bool): False when the next layer reads any order: the layer may emit its
+          own (reported by ``output_order()``) to save a copy.
+        """
+
+    @abstractmethod
+    def _refresh(self) -> None:
+        """Rebuild the derived (non-saved) tensors from the saved ones."""
+
+    @abstractmethod
+    def _value_live(self) -> Tensor:
+        """Boolean, shape of ``values``: the stored values that are real weights (not holes or padding)."""
+
+    @abstractmethod
+    def check_saved(self, saved: SavedTensors) -> None:
+        """Refuse (``raise saved.error(name, ...)``) saved index tensors that do not describe a layer."""
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        self.check_saved(SavedTensors(state_dict, prefix, self))  # before any tensor of this layer is copied
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    def _masked_bias(self) -> Tensor | None:
+        if self.bias is None or self.bias_live is None or not (torch.is_grad_enabled() and self.bias.requires_grad):
+            return self.bias
+        return _MaskGrad.apply(self.bias, self.bias_live)
+
+    def apply_mask_(self) -> None:
+        with torch.no_grad():
+            self.values.mul_(self._value_live())
+            if self.bias is not None and self.bias_live is not None:
+                self.bias.mul_(self.bias_live)
+
+    def masked_out_nonzero(self) -> int:
+        count = int(torch.count_nonzero(self.values.detach()[~self._value_live()]))
+        if self.bias is not None and self.bias_live is not None:
+            count += int(torch.count_nonzero(self.bias.detach()[~self.bias_live]))
+        return count
+
+    def nonzero_count(self) -> int:
+        count = int(torch.count_nonzero(self.values.detach() * self._value_live()))
+        bias = self.effective_bias()
+        return count + (0 if bias is None else int(torch.count_nonzero(bias.detach())))
+
+    def to_masked(self) -> MaskedLinear:
+        with torch.no_grad():
+            bias = self.effective_bias()
+            layer = MaskedLinear.from_tensors(self.effective_weight().detach(), None if bias is None else bias.detach(),
+                                              self.dense_weight_mask(), self.dense_bias_mask())
+        layer.parent_features = self.parent_features
+        layer.train(self.training)
+        layer.freeze_like(self)
+        return layer
