@@ -6,6 +6,7 @@ side by side in one invocation, on the same seeds, and their ratios reported; th
 three ways are compared too (same seeds must give the same accuracies up to float rounding).
 
     .venv/bin/python bench/boolean_throughput.py --seeds 10 --out bench/results/boolean_throughput.json
+    .venv/bin/python bench/boolean_throughput.py --smoke --out /tmp/smoke.json   # seconds: tiny configs, 1 worker
 """
 
 from __future__ import annotations
@@ -21,8 +22,12 @@ from pathlib import Path
 
 import torch
 
-from torchfpe.experiments.boolean import make_config, run_batch, run_single
+from torchfpe.experiments.boolean import EXPERIMENT as BOOLEAN
 from torchfpe.sweep import ResultStore, execute, make_jobs
+
+
+#: --smoke: a config small enough that the three ways take about a second (checks the script, not speed).
+SMOKE = dict(n_vars=12, clauses=3, literals=2, train_size=64, test_size=64, warmup_epochs=5, epochs_after=5)
 
 
 def main() -> None:
@@ -31,24 +36,31 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field (e.g. epochs for a quick check)")
-    parser.add_argument("--out", type=Path, default=Path("bench/results/boolean_throughput.json"))
+    parser.add_argument("--smoke", action="store_true",
+                        help="a tiny run (2 seeds of a tiny config, 1 worker) to check the script; needs --out")
+    parser.add_argument("--out", type=Path, help="JSON result file (default bench/results/boolean_throughput.json)")
     args = parser.parse_args()
-    overrides = {}
+    if args.smoke and args.out is None:
+        parser.error("--smoke needs --out, so that a smoke run never replaces a result in bench/results/")
+    args.out = args.out or Path("bench/results/boolean_throughput.json")
+    overrides = dict(SMOKE) if args.smoke else {}
+    if args.smoke:
+        args.seeds, args.workers = 2, 1
     for item in args.set:
         key, _, value = item.partition("=")
         overrides[key] = json.loads(value) if value[:1] in "-0123456789[{tn" else value
-    configs = [make_config(**overrides, seed=seed) for seed in range(args.seeds)]
+    configs = [BOOLEAN.make_config(**overrides, seed=seed) for seed in range(args.seeds)]
 
     torch.set_num_threads(1)
     results = {}
 
     started = time.perf_counter()
-    single = [r for config in configs for r in run_single(config)]
+    single = [r for config in configs for r in BOOLEAN.run_single(config)]
     results["one_model_at_a_time"] = time.perf_counter() - started
     print(f"one model at a time      {results['one_model_at_a_time']:7.1f} s", flush=True)
 
     started = time.perf_counter()
-    batched = run_batch(configs)
+    batched = BOOLEAN.run_batch(configs)
     results["batched"] = time.perf_counter() - started
     print(f"batched (1 process)      {results['batched']:7.1f} s", flush=True)
 
@@ -75,6 +87,7 @@ def main() -> None:
                     "cpus": os.cpu_count(), "torch": torch.__version__, "threads_per_process": 1},
         "config": configs[0].to_dict() | {"seed": f"0..{args.seeds - 1}"},
         "runs": args.seeds,
+        "smoke": args.smoke,
         "seconds": results,
         "runs_per_hour": {name: 3600 * args.seeds / seconds for name, seconds in results.items()},
         "speedup_vs_one_model": {name: results["one_model_at_a_time"] / s for name, s in results.items()},

@@ -11,6 +11,7 @@ seconds. Ratios are to the dense parent measured in the same run.
     .venv/bin/python bench/packed.py --quick --out bench/results/packed_quick.json
     .venv/bin/python bench/packed.py --out bench/results/packed.json   # the full grid: hours, 20+ GiB
     .venv/bin/python bench/packed.py --headline --out bench/results/packed_headline.json
+    .venv/bin/python bench/packed.py --smoke --out /tmp/smoke.json   # seconds: width 32, two splits, one round
 
 ``--headline`` instead times one training step (forward + backward, full batch of 4000) of the
 Boolean headline's shapes (48 inputs, 8 units, 1 output, alpha 2), the experiments' training shape.
@@ -38,6 +39,7 @@ FULL = dict(widths=[512, 1024, 2048, 4096], alphas=[2, 4, 8], depths=[1, 3],
             batches=[1, 256])
 QUICK = dict(widths=[512, 1024], alphas=[2, 4, 8], depths=[1, 3], splits=["contiguous", "shared", "grouped", "random"],
              batches=[1, 256])
+SMOKE = dict(widths=[32], alphas=[2], depths=[1, 3], splits=["contiguous", "random"], batches=[1, 8])
 
 
 def mlp(width: int, depth: int, seed: int = 0) -> nn.Sequential:
@@ -170,16 +172,23 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-width-deep", type=int, default=1024,
                         help="skip 3-hidden-layer models wider than this (memory and time of the masked model)")
-    parser.add_argument("--out", type=Path, default=Path("bench/results/packed.json"))
+    parser.add_argument("--smoke", action="store_true", help="a tiny grid, one short round, to check the script; "
+                        "needs --out")
+    parser.add_argument("--out", type=Path, help="JSON result file (default bench/results/packed.json)")
     parser.add_argument("--headline", action="store_true", help="time the Boolean headline's training shapes")
     parser.add_argument("--table", type=Path, help="print the markdown table of a result file and exit")
     args = parser.parse_args()
+    if args.smoke and args.out is None:
+        parser.error("--smoke needs --out, so that a smoke run never replaces a result in bench/results/")
+    if args.smoke:
+        args.repeats, args.round = 1, 0.01
+    args.out = args.out or Path("bench/results/packed.json")
     if args.table:
         return table(args.table)
     if args.headline:
         torch.set_num_threads(args.threads)
         return headline(args)
-    grid = dict(QUICK if args.quick else FULL)
+    grid = dict(SMOKE if args.smoke else QUICK if args.quick else FULL)
     for key in grid:
         if getattr(args, key) is not None:
             grid[key] = getattr(args, key)
@@ -224,7 +233,8 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
             "machine": platform.machine(), "processor": platform.processor(), "threads": args.threads,
-            "cpu_count": __import__("os").cpu_count(), "grid": grid, "repeats": args.repeats, "round": args.round}
+            "cpu_count": __import__("os").cpu_count(), "grid": grid, "repeats": args.repeats, "round": args.round,
+            "smoke": args.smoke}
     args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     print(f"wrote {args.out}")
 

@@ -13,6 +13,7 @@ Two tasks, the same seeds for every split, FPE protocol (dense warm-up, expand, 
   alpha 2 and 4.
 
     .venv/bin/python bench/shared_split_accuracy.py --seeds 10 --out bench/results/shared_split_accuracy.json
+    .venv/bin/python bench/shared_split_accuracy.py --smoke --out /tmp/smoke.json   # a few seconds, tiny configs
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from torch import nn
 
 from torchfpe import expand
 from torchfpe.batched import StackedMLP, fit_stacked, stacked_binary_accuracy
-from torchfpe.experiments.boolean import BooleanConfig, _batch_generator, init_model
+from torchfpe.experiments.boolean import EXPERIMENT as BOOLEAN, init_model
+from torchfpe.experiments.protocol import batch_generator
 from torchfpe.tasks import make_dnf
 
 
@@ -54,8 +56,8 @@ def _split(name: str):
     return grouped(int(name[len("groups"):])) if name.startswith("groups") else name
 
 
-def boolean(seeds: list[int], splits: list[str]) -> dict[str, list[float]]:
-    configs = [BooleanConfig(seed=s) for s in seeds]
+def boolean(seeds: list[int], splits: list[str], overrides: dict | None = None) -> dict[str, list[float]]:
+    configs = [BOOLEAN.make_config(**(overrides or {}), seed=s) for s in seeds]
     first = configs[0]
     settings = first.settings()
     tasks = [make_dnf(c.task_config()) for c in configs]
@@ -65,17 +67,17 @@ def boolean(seeds: list[int], splits: list[str]) -> dict[str, list[float]]:
     y_test = torch.stack([t.y_test for t in tasks]).float()
     dense = StackedMLP([init_model(c) for c in configs])
     optimizer = fit_stacked(dense, x_train, y_train, first.warmup_epochs, settings,
-                            generators=[_batch_generator(c, 0) for c in configs])
+                            generators=[batch_generator(c, 0) for c in configs])
     warm = dense.unstack()
     fit_stacked(dense, x_train, y_train, first.epochs_after, settings, optimizer=optimizer,
-                generators=[_batch_generator(c, 0) for c in configs])
+                generators=[batch_generator(c, 0) for c in configs])
     results = {"dense": stacked_binary_accuracy(dense, x_test, y_test).tolist()}
     for split in splits:
         models = [expand(m, c.alpha, _split(split), seed=c.seed, clauses=t.clauses if split == "clause" else None)
                   for m, c, t in zip(warm, configs, tasks)]
         stack = StackedMLP(models)
         fit_stacked(stack, x_train, y_train, first.epochs_after, settings,
-                    generators=[_batch_generator(c, 1) for c in configs])
+                    generators=[batch_generator(c, 1) for c in configs])
         results[split] = stacked_binary_accuracy(stack, x_test, y_test).tolist()
     return results
 
@@ -141,18 +143,30 @@ def summary(results: dict[str, list[float]]) -> dict[str, dict]:
     return out
 
 
+#: --smoke: 2 seeds of tiny Boolean configs and 5 digits epochs, a few seconds (checks the script, not accuracy).
+SMOKE_BOOLEAN = dict(n_vars=12, clauses=3, literals=2, train_size=64, test_size=64, warmup_epochs=5, epochs_after=5)
+SMOKE_DIGITS_EPOCHS = 5
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=10)
-    parser.add_argument("--out", type=Path, default=Path("bench/results/shared_split_accuracy.json"))
+    parser.add_argument("--smoke", action="store_true",
+                        help="a tiny run of a few seconds (2 seeds, tiny configs) to check the script; needs --out")
+    parser.add_argument("--out", type=Path, help="JSON result file (default bench/results/shared_split_accuracy.json)")
     args = parser.parse_args()
+    if args.smoke and args.out is None:
+        parser.error("--smoke needs --out, so that a smoke run never replaces a result in bench/results/")
+    args.out = args.out or Path("bench/results/shared_split_accuracy.json")
     torch.set_num_threads(1)
-    seeds = list(range(args.seeds))
+    seeds = list(range(2 if args.smoke else args.seeds))
     result = {
         "meta": {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "seeds": seeds,
-                 "torch": torch.__version__},
-        "boolean_headline": summary(boolean(seeds, ["random", "shared", "groups2", "groups4", "clause"])),
-        "digits_mlp_64_16_10": summary(digits(seeds, ["random", "shared", "groups4"], [2, 4])),
+                 "torch": torch.__version__, "smoke": args.smoke},
+        "boolean_headline": summary(boolean(seeds, ["random", "shared", "groups2", "groups4", "clause"],
+                                            SMOKE_BOOLEAN if args.smoke else None)),
+        "digits_mlp_64_16_10": summary(digits(seeds, ["random", "shared", "groups4"], [2, 4],
+                                              **({"epochs": SMOKE_DIGITS_EPOCHS} if args.smoke else {}))),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))

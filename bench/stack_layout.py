@@ -6,6 +6,7 @@ their GFLOP/s, the time of one full stacked step, and the share of that step spe
 products (torch.profiler).
 
     .venv/bin/python bench/stack_layout.py --out bench/results/stack_layout.json
+    .venv/bin/python bench/stack_layout.py --smoke --out /tmp/smoke.json   # a second: 2 tiny models
 """
 
 from __future__ import annotations
@@ -42,8 +43,15 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=4000)
     parser.add_argument("--inputs", type=int, default=48)
     parser.add_argument("--units", type=int, default=8)
-    parser.add_argument("--out", type=Path, default=Path("bench/results/stack_layout.json"))
+    parser.add_argument("--smoke", action="store_true",
+                        help="a tiny run (2 models, 64 examples, 8 inputs, 4 units) to check the script; needs --out")
+    parser.add_argument("--out", type=Path, help="JSON result file (default bench/results/stack_layout.json)")
     args = parser.parse_args()
+    if args.smoke and args.out is None:
+        parser.error("--smoke needs --out, so that a smoke run never replaces a result in bench/results/")
+    if args.smoke:
+        args.models, args.examples, args.inputs, args.units = 2, 64, 8, 4
+    args.out = args.out or Path("bench/results/stack_layout.json")
     torch.set_num_threads(1)
     torch.manual_seed(0)
     b, n, d, h = args.models, args.examples, args.inputs, args.units
@@ -72,6 +80,7 @@ def main() -> None:
         "benchmark": "stack_layout",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": 1},
+        "smoke": args.smoke,
         "shape": {"models": b, "examples": n, "inputs": d, "units": h},
         "first_layer_ms": {"examples_by_units": 1e3 * examples_by_units, "units_by_examples": 1e3 * units_by_examples},
         "first_layer_gflops": {"examples_by_units": flops / examples_by_units / 1e9,

@@ -82,11 +82,14 @@ def test_bad_arguments_raise(call):
         call()
 
 
-def test_fidelity_driver_on_a_tiny_store(tmp_path, capsys):
-    from torchfpe.experiments import boolean, fidelity
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory):
+    """A stored Boolean study of 3 seeds (dense, random, clause_shared), as `torchfpe reproduce boolean` writes."""
+    from torchfpe.experiments import boolean
     from torchfpe.sweep.store import ResultStore, config_key
 
-    store = ResultStore(tmp_path / "tiny")
+    path = tmp_path_factory.mktemp("fidelity") / "tiny"
+    store = ResultStore(path)
     store.write_meta({"study": "headline", "experiment": "boolean"})
     for seed in range(3):
         config = boolean.EXPERIMENT.make_config(n_vars=12, clauses=3, literals=2, neurons=3, train_size=64, test_size=64,
@@ -94,8 +97,22 @@ def test_fidelity_driver_on_a_tiny_store(tmp_path, capsys):
         records = [{k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in r.items()}
                    for r in boolean.EXPERIMENT.run_batch([config])]
         store.put(config_key("headline", config.to_dict()), config.to_dict(), records)
-    assert fidelity.main([str(tmp_path / "tiny"), "--out", str(tmp_path / "f.md"), "--csv", str(tmp_path / "f.csv")]) == 0
+    return path
+
+
+def fidelity_cli(*args):
+    from typer.testing import CliRunner
+
+    from torchfpe.cli import app
+
+    return CliRunner().invoke(app, ["fidelity", *map(str, args)])
+
+
+def test_fidelity_driver_on_a_tiny_store(tiny_store, tmp_path):
+    result = fidelity_cli(tiny_store, "--out", tmp_path / "f.md", "--csv", tmp_path / "f.csv")
+    assert result.exit_code == 0, result.output
     text = (tmp_path / "f.md").read_text()
+    assert text in result.output  # printed and written
     assert "| base | clause_shared | 3 |" in text and "clause capacity" in text
     assert "| base | clause_shared |" in text.split("Whole-clause cover")[1]
     cover = text.split("Whole-clause cover")[1]
@@ -103,5 +120,68 @@ def test_fidelity_driver_on_a_tiny_store(tmp_path, capsys):
     assert shared_row.split("|")[5].strip() == "1.000"  # every clause kept whole by some child
     random_row = next(line for line in cover.splitlines() if line.startswith("| base | random |"))
     assert "(" in random_row  # measured (theory)
-    assert fidelity.main([str(tmp_path / "missing")]) == 2
-    assert "no meta.json" in capsys.readouterr().err
+    # the report's table builder: numbered captions naming the data
+    assert "**Table 1.** Test accuracy" in text and "**Table 5.**" in text and "**Table 6.**" not in text
+    assert "Data: synthetic Boolean DNF" in text
+    csv = (tmp_path / "f.csv").read_text().splitlines()
+    assert len(csv) == 1 + 3 * 3 and "clause_capacity_mean" in csv[0] and "hidden_weight" not in csv[0]
+    missing = fidelity_cli(tmp_path / "missing")
+    assert missing.exit_code == 2 and "no such directory" in missing.output  # a usage error, as `torchfpe report`
+    (tmp_path / "empty").mkdir()
+    empty = fidelity_cli(tmp_path / "empty")
+    assert empty.exit_code == 1 and "no meta.json" in empty.output
+
+
+def test_fidelity_api_sections_and_usage_errors(tiny_store, tmp_path):
+    from torchfpe import api
+    from torchfpe.core.validation import InvalidParameterError
+
+    text = api.fidelity([tiny_store], sections="levels,regression")
+    assert "## Metric levels" in text and "## Metric fold change" in text
+    assert "## Accuracy" not in text and "## Whole-clause cover" not in text
+    assert api.fidelity(tiny_store, sections=["coverage"]).count("**Table") == 1
+    for kwargs in ({"sections": "bogus"}, {"sections": ","}, {"out": tmp_path / "no" / "f.md"},
+                   {"out": tmp_path / "f.md", "csv": tmp_path / "f.md"}):
+        with pytest.raises(InvalidParameterError):
+            api.fidelity([tiny_store], **kwargs)
+    with pytest.raises(InvalidParameterError):
+        api.fidelity([])
+    assert not (tmp_path / "f.md").exists()  # refused before anything was written
+    for args, code in ((["--sections", "accuracy,bogus", tiny_store], 2), ([], 2)):
+        result = fidelity_cli(*args)
+        assert result.exit_code == code, result.output
+    assert "Traceback" not in fidelity_cli(tiny_store, "--sections", "bogus").output
+
+
+def test_fidelity_names_a_corrupt_run_file_and_exits_1(tiny_store, tmp_path):
+    import json
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_store, broken)
+    run_file = sorted((broken / "runs").glob("*.run.json"))[0]
+    payload = json.loads(run_file.read_text())
+    for record in payload["records"]:
+        del record["hidden_weight"]
+    run_file.write_text(json.dumps(payload))
+    result = fidelity_cli(broken)
+    assert result.exit_code == 1 and run_file.name in result.output and "hidden_weight" in result.output
+    payload["config"]["alpha"] = 1  # a stored config the Boolean experiment refuses: the file, not the user, is wrong
+    run_file.write_text(json.dumps(payload))
+    assert fidelity_cli(broken).exit_code == 1
+    run_file.write_text("{not json")
+    result = fidelity_cli(broken)
+    assert result.exit_code == 1 and "corrupt" in result.output
+
+
+def test_fidelity_runs_as_a_module(tiny_store):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torchfpe.report.fidelity", str(tiny_store), "--sections", "coverage"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "| base | clause_shared |" in done.stdout

@@ -29,7 +29,7 @@ from typing import Any
 from .core.validation import Interval, InvalidParameterError, Options, check_param, invalid
 
 __all__ = [
-    "build_report", "config_fields", "parse_override", "parse_overrides", "run_study", "run_sweep_file",
+    "build_report", "config_fields", "fidelity", "parse_override", "parse_overrides", "run_study", "run_sweep_file",
     "IncompleteResultsError",
 ]
 
@@ -485,3 +485,51 @@ def _check_record(record: Any, path: Path) -> None:
                 and not 0.0 <= value <= 1.0:
             raise StoreError(f"{path}: record field {name!r} must be a fraction in [0, 1], got {value!r}; the file "
                              "is corrupt: move it away and re-run")
+
+
+# ---------------------------------------------------------------------------------------- fidelity
+def fidelity(
+    stores: str | os.PathLike | Sequence[str | os.PathLike],
+    *,
+    out: str | os.PathLike | None = None,
+    csv: str | os.PathLike | None = None,
+    sections: str | Sequence[str] | None = None,
+) -> str:
+    """The Boolean fidelity analysis of result folders (``torchfpe fidelity``); returns its markdown.
+
+    ``stores``: folders written by ``torchfpe reproduce boolean`` (pooled in the regression section);
+    ``sections``: a subset of :data:`torchfpe.report.fidelity.SECTIONS` (a list or a comma-separated
+    string; default all); ``out`` also writes the markdown to that file, ``csv`` the per-record
+    readings. Every argument is checked before anything is read or written; a folder that cannot be
+    read raises :class:`~torchfpe.report.fidelity.FidelityError` (a StoreError).
+    """
+    from .report.fidelity import SECTIONS, analyse, write_csv
+
+    owner = "fidelity"
+    stores = [stores] if isinstance(stores, (str, os.PathLike)) else stores
+    if not isinstance(stores, Sequence) or not stores:
+        raise invalid("stores", owner, "one or more result folders", stores)
+    for store in stores:
+        check_param("stores", store, [str, os.PathLike], owner)
+        if not Path(store).is_dir():
+            raise InvalidParameterError(f"{str(store)!r} is not a result folder (no such directory)")
+    chosen = SECTIONS if sections is None else (
+        [s.strip() for s in sections.split(",") if s.strip()] if isinstance(sections, str) else sections)
+    if not isinstance(chosen, Sequence) or not chosen or not all(s in SECTIONS for s in chosen):
+        raise invalid("sections", owner, f"a non-empty comma-separated subset of {','.join(SECTIONS)}", sections)
+    targets = {name: Path(check_param(name, value, [str, os.PathLike], owner))
+               for name, value in (("out", out), ("csv", csv)) if value is not None}
+    for name, target in targets.items():
+        if target.is_dir():
+            raise InvalidParameterError(f"the {name!r} file {str(target)!r} of {owner} is a folder; name a file")
+        if not target.parent.is_dir():
+            raise InvalidParameterError(f"the {name!r} file {str(target)!r} of {owner} cannot be written: folder "
+                                        f"{str(target.parent)!r} does not exist")
+    if len(targets) == 2 and targets["out"].resolve() == targets["csv"].resolve():
+        raise InvalidParameterError(f"the 'out' and 'csv' files of {owner} are the same file {str(targets['out'])!r}")
+    text, records = analyse(list(stores), tuple(chosen))
+    if "out" in targets:
+        targets["out"].write_text(text, encoding="utf-8")
+    if "csv" in targets:
+        write_csv(records, targets["csv"])
+    return text

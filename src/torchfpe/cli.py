@@ -178,6 +178,27 @@ def report(
     _handled(debug, call)
 
 
+# ----------------------------------------------------------------------------------------- fidelity
+@app.command()
+def fidelity(
+    stores: list[Path] = typer.Argument(..., metavar="STORE",
+                                        help="result folders written by `torchfpe reproduce boolean`"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write the markdown tables to this file too"),
+    csv: Optional[Path] = typer.Option(None, "--csv", help="write the per-record readings to this CSV file"),
+    sections: Optional[str] = typer.Option(None, "--sections", help="comma-separated subset of accuracy, "
+                                           "coverage, levels, regression (default: all)"),
+    debug: bool = debug_option(),
+) -> None:
+    """Boolean fidelity analysis of stored runs: accuracy tests, whole-clause cover, metric levels, fits.
+
+    Reads each variant's first-layer weights and regenerates each run's formula from its config.
+    """
+    def call() -> None:
+        typer.echo(api.fidelity(stores, out=out, csv=csv, sections=sections), nl=False)
+
+    _handled(debug, call)
+
+
 # -------------------------------------------------------------------------------------------- embed
 @app.command()
 def embed(

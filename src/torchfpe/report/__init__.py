@@ -31,7 +31,9 @@ The package is split into :mod:`.constants`, :mod:`.stats` (statistics, formatti
 helpers), :mod:`.markdown` (table and header building blocks), :mod:`.figures` (matplotlib,
 imported lazily), :mod:`.sections` (per-study parts of ``report.md``) and :mod:`.write`
 (:func:`records_frame`, :func:`write_report`), :mod:`.cells` (the real-model layouts). Every
-public name is re-exported here.
+public name is re-exported here, except those of :mod:`.fidelity` (the Boolean fidelity analysis of
+stored runs, ``torchfpe fidelity``), which stays a submodule so that ``python -m
+torchfpe.report.fidelity`` runs without a second copy of it.
 """
 
 from .cells import cells_section, match_section, paper_key

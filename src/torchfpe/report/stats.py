@@ -129,9 +129,11 @@ def fmt_num(value: float, digits: int = 3) -> str:
     return f"{value:.{digits}g}" if _ok(value) else DASH
 
 
-def fmt_fixed(value: float, decimals: int = 3) -> str:
-    """A float with a fixed number of decimals, or "—"."""
-    return f"{value:.{decimals}f}" if _ok(value) else DASH
+def fmt_fixed(value: float, decimals: int = 3, signed: bool = False) -> str:
+    """A float with a fixed number of decimals (a sign always with ``signed``), or "—"."""
+    if not _ok(value):
+        return DASH
+    return f"{value:+.{decimals}f}" if signed else f"{value:.{decimals}f}"
 
 
 def fmt_value(value: Any) -> str:

@@ -2,7 +2,7 @@
 
 Reads one or more result stores written by ``torchfpe reproduce boolean`` (each run keeps its config
 and every variant's first-layer ``hidden_weight``), regenerates each run's formula from its config
-with :func:`torchfpe.tasks.make_formula` and prints (or writes) four kinds of tables:
+with :func:`torchfpe.tasks.make_formula` and builds numbered tables (:class:`.markdown._Tables`):
 
 1. **accuracy**: per config and variant, test accuracy (mean ± std, 95 % CI) and paired t-tests of
    every FPE variant against dense and of ``clause_shared`` against ``clause``;
@@ -15,45 +15,52 @@ with :func:`torchfpe.tasks.make_formula` and prints (or writes) four kinds of ta
    and |cosine|), per run and per config mean, for each store and for all stores pooled;
 5. **records**: the per-record readings (``--csv``).
 
-Usage::
-
-    python -m torchfpe.experiments.fidelity STORE [STORE ...] [--out FILE.md] [--csv FILE.csv]
-        [--sections accuracy,coverage,levels,regression]
+The command is ``torchfpe fidelity STORE [STORE ...] [--out FILE.md] [--csv FILE.csv]
+[--sections accuracy,coverage,levels,regression]`` (also ``python -m torchfpe.report.fidelity``);
+from Python, :func:`torchfpe.api.fidelity`. A store that cannot be read (no ``meta.json``, a corrupt
+run file, runs that are not Boolean) raises :class:`FidelityError`, a
+:class:`~torchfpe.sweep.StoreError` naming the file.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
+import numbers
 import sys
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from .. import metrics
+from ..experiments.boolean import EXPERIMENT as BOOLEAN
+from ..experiments.collisions import balanced_same_child_probability
+from ..sweep.store import ResultStore, StoreError
 from ..tasks import make_formula
-from .boolean import EXPERIMENT as BOOLEAN
-from .collisions import balanced_same_child_probability
+from .markdown import _Tables
+from .stats import fmt_ci, fmt_fixed, fmt_num, fmt_p, fmt_pct, fmt_pm, ordered_variants, paired_test, summarize
 
 #: (column, label) of the metric readings regressed against the gain.
 READINGS = (
     ("capacity_mean", "input capacity"),
-    ("cosine_abs_mean", "input \\|cosine\\|"),
+    ("cosine_abs_mean", "input |cosine|"),
     ("relevant_capacity_mean", "relevant-input capacity"),
-    ("relevant_cosine_abs_mean", "relevant-input \\|cosine\\|"),
+    ("relevant_cosine_abs_mean", "relevant-input |cosine|"),
     ("clause_capacity_mean", "clause capacity"),
-    ("clause_cosine_abs_mean", "clause \\|cosine\\|"),
+    ("clause_cosine_abs_mean", "clause |cosine|"),
 )
 SECTIONS = ("accuracy", "coverage", "levels", "regression")
 #: Config fields that do not define a config cell (they vary within one cell or label the run).
 _NOT_CELL = ("seed", "variants")
+#: Record fields every Boolean record must carry for the analysis.
+_NEEDED = ("variant", "seed", "test_accuracy", "hidden_weight")
 
 
-class FidelityError(ValueError):
-    """A store that cannot be analysed; the message names it."""
+class FidelityError(StoreError):
+    """A store that cannot be analysed; the message names it (a runtime error: exit 1 on the command line)."""
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -65,8 +72,6 @@ def load_records(stores: Sequence[str | Path]) -> list[dict]:
     ``*_fold`` for every reading of :data:`READINGS` against the dense record of the same run.
     Runs whose config appears in an earlier store are skipped (pooling counts each run once).
     """
-    from ..sweep.store import ResultStore, StoreError
-
     paths = [Path(s) for s in stores]
     for path in paths:
         if not (path / "meta.json").is_file():
@@ -79,15 +84,22 @@ def load_records(stores: Sequence[str | Path]) -> list[dict]:
             meta, runs = store.read_meta(), store.all_runs()
         except StoreError as error:
             raise FidelityError(str(error)) from None
-        if meta.get("experiment", "boolean") != "boolean":
-            raise FidelityError(f"{path} holds {meta.get('experiment')!r} runs; fidelity reads Boolean runs only")
+        if not isinstance(meta, dict) or meta.get("experiment", "boolean") != "boolean":
+            shown = meta.get("experiment") if isinstance(meta, dict) else meta
+            raise FidelityError(f"{path} holds {shown!r} runs; fidelity reads Boolean runs only")
         for run in runs:
-            config = dict(run["config"])
-            identity = json.dumps(config, sort_keys=True, default=str)
-            if identity in seen:
-                continue
-            seen.add(identity)
-            records.extend(_readings(path.name, config, run["records"]))
+            try:
+                config = dict(run["config"])
+                identity = json.dumps(config, sort_keys=True, default=str)
+                if identity in seen:
+                    continue
+                seen.add(identity)
+                records.extend(_readings(path.name, config, run["records"]))
+            except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as error:
+                # a config BOOLEAN.make_config refuses is a corrupt file here, not the caller's usage error
+                cause = f"missing field {error.args[0]}" if isinstance(error, KeyError) else str(error)
+                raise FidelityError(f"{store.path(run['key'])}: not a readable Boolean run ({cause}); move it away "
+                                    "and re-run `torchfpe reproduce boolean` with the same --out") from error
     if not records:
         raise FidelityError(f"no runs found in {', '.join(map(str, paths))}")
     return records
@@ -99,6 +111,12 @@ def _readings(store: str, config: Mapping, run_records: Iterable[Mapping]) -> li
     cell = json.dumps({k: v for k, v in sorted(config.items()) if k not in _NOT_CELL}, default=str)
     out = []
     for record in run_records:
+        missing = [k for k in _NEEDED if k not in record]
+        if missing:
+            raise KeyError(", ".join(map(repr, missing)))
+        accuracy = record["test_accuracy"]
+        if isinstance(accuracy, bool) or not isinstance(accuracy, numbers.Real):
+            raise ValueError(f"record field 'test_accuracy' must be a number, got {accuracy!r}")
         weight = torch.tensor(record["hidden_weight"], dtype=torch.float64)
         row = {k: v for k, v in record.items() if k not in ("hidden_weight", "input_order")}
         row.update(store=store, cell=cell)
@@ -133,32 +151,28 @@ def _cells(records: Sequence[Mapping]) -> list[str]:
 
     def key(cell: str) -> tuple:
         values = json.loads(cell)
-        return tuple((0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v)) for v in (values.get(k) for k in varying))
+        return tuple((0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v))
+                     for v in (values.get(k) for k in varying))
 
     return sorted(dict.fromkeys(r["cell"] for r in records), key=key)
 
 
 def _variants(records: Sequence[Mapping]) -> list[str]:
-    from ..report.stats import ordered_variants
-
     return ordered_variants({r["variant"] for r in records})
 
 
-def _pct(value: float, signed: bool = False) -> str:
-    return "—" if not math.isfinite(value) else (f"{value:+.1f}" if signed else f"{value:.1f}")
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
 
 
-def accuracy_table(records: Sequence[Mapping]) -> str:
+def accuracy_table(records: Sequence[Mapping], tables: _Tables | None = None) -> str:
     """Per cell and variant: test accuracy and paired tests (variant − dense, clause_shared − clause)."""
-    from ..report.stats import paired_test, summarize
-
+    tables = tables or _Tables()
     varying = _varying_fields(records)
-    lines = ["| config | variant | seeds | test acc % (mean ± std) | 95 % CI | vs | diff (points) [95 % CI] | p |",
-             "|---|---|---|---|---|---|---|---|"]
+    rows = []
     for cell in _cells(records):
-        rows = [r for r in records if r["cell"] == cell]
-        by_variant = {v: {r["seed"]: 100 * r["test_accuracy"] for r in rows if r["variant"] == v}
-                      for v in _variants(rows)}
+        mine = [r for r in records if r["cell"] == cell]
+        by_variant = {v: {r["seed"]: r["test_accuracy"] for r in mine if r["variant"] == v} for v in _variants(mine)}
         for variant, values in by_variant.items():
             s = summarize(list(values.values()))
             other = "clause" if variant == "clause_shared" and "clause" in by_variant else "dense"
@@ -166,11 +180,11 @@ def accuracy_table(records: Sequence[Mapping]) -> str:
             if variant != "dense" and other in by_variant:
                 seeds = sorted(set(values) & set(by_variant[other]))
                 t = paired_test([values[k] for k in seeds], [by_variant[other][k] for k in seeds])
-                test_cells = [other, f"{_pct(t.mean_diff, True)} [{_pct(t.ci_low, True)}, {_pct(t.ci_high, True)}]",
-                              "—" if not math.isfinite(t.p) else f"{t.p:.2g}"]
-            lines.append(f"| {_cell_label(cell, varying)} | {variant} | {s.n} | {_pct(s.mean)} ± {_pct(s.std)} | "
-                         f"[{_pct(s.ci_low)}, {_pct(s.ci_high)}] | " + " | ".join(test_cells) + " |")
-    return "\n".join(lines)
+                test_cells = [other, f"{fmt_pct(t.mean_diff, True)} {fmt_ci(t.ci_low, t.ci_high, True)}", fmt_p(t.p)]
+            rows.append([_cell_label(cell, varying), variant, s.n, fmt_pm(s), fmt_ci(s.ci_low, s.ci_high), *test_cells])
+    header = ["config", "variant", "seeds", "test acc % (mean ± std)", "95 % CI", "vs", "diff (points) [95 % CI]", "p"]
+    return tables(header, rows, "Test accuracy per config and variant (mean ± sample std over seeds, 95 % t-interval) "
+                  "and the paired difference over matched seeds to the variant named under \"vs\" (paired t-test).")
 
 
 def random_split_clause_theory(n_vars: int, alpha: int, literals: int, neurons: int, clauses: int) -> dict[str, float]:
@@ -187,49 +201,50 @@ def random_split_clause_theory(n_vars: int, alpha: int, literals: int, neurons: 
             "held": 1.0 - (1.0 - per_parent) ** neurons}
 
 
-def coverage_table(records: Sequence[Mapping]) -> str:
+def coverage_table(records: Sequence[Mapping], tables: _Tables | None = None) -> str:
     """Per cell and variant: gain, whole-clause cover measured on the trained weights, and theory.
 
     Measured cells read ``measured (theory)``; the theory is that of the random split.
     """
-    from ..report.stats import summarize
-
+    tables = tables or _Tables()
     varying = _varying_fields(records)
-    lines = ["| config | variant | rel. gain % [95 % CI] | children holding a whole clause | clauses held by some "
-             "child | (child, clause) pairs held |",
-             "|---|---|---|---|---|---|"]
+    rows = []
     for cell in _cells(records):
-        rows = [r for r in records if r["cell"] == cell]
+        mine = [r for r in records if r["cell"] == cell]
         config = json.loads(cell)
         theory = random_split_clause_theory(config["n_vars"], config["alpha"], config["literals"], config["neurons"],
                                             config["clauses"])
-        for variant in _variants(rows):
-            chosen = [r for r in rows if r["variant"] == variant]
-            gain = summarize([100 * r.get("relative_gain", math.nan) for r in chosen])
-            mean = {k: sum(r[k] for r in chosen) / len(chosen) for k in ("units_whole", "clauses_held", "pairs_held")}
-            cells = [f"{mean[k]:.3f}" + (f" ({theory[t]:.3f})" if variant == "random" else "")
+        for variant in _variants(mine):
+            chosen = [r for r in mine if r["variant"] == variant]
+            gain = summarize([r.get("relative_gain", math.nan) for r in chosen])
+            cover = [fmt_fixed(_mean([r[k] for r in chosen]))
+                     + (f" ({fmt_fixed(theory[t])})" if variant == "random" else "")
                      for k, t in (("units_whole", "units"), ("clauses_held", "held"), ("pairs_held", "pairs"))]
-            gain_cell = "" if variant == "dense" else (f"{_pct(gain.mean, True)} [{_pct(gain.ci_low, True)}, "
-                                                       f"{_pct(gain.ci_high, True)}]")
-            lines.append(f"| {_cell_label(cell, varying)} | {variant} | {gain_cell} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+            gain_cell = "" if variant == "dense" else (
+                f"{fmt_pct(gain.mean, True)} {fmt_ci(gain.ci_low, gain.ci_high, True)}")
+            rows.append([_cell_label(cell, varying), variant, gain_cell, *cover])
+    header = ["config", "variant", "rel. gain % [95 % CI]", "children holding a whole clause",
+              "clauses held by some child", "(child, clause) pairs held"]
+    return tables(header, rows, "Clauses kept whole by the trained first layer, mean over seeds: a child holds a "
+                  "clause when its weights on all the clause's inputs are non-zero; for `random`, the balanced "
+                  "random partition's theory (before the budget prunes) in brackets.")
 
 
-def levels_table(records: Sequence[Mapping]) -> str:
+def levels_table(records: Sequence[Mapping], tables: _Tables | None = None) -> str:
     """Per cell and variant: mean ± std over seeds of each reading of :data:`READINGS`."""
-    from ..report.stats import summarize
-
+    tables = tables or _Tables()
     varying = _varying_fields(records)
-    lines = ["| config | variant | " + " | ".join(label for _, label in READINGS) + " |",
-             "|---|---|" + "---|" * len(READINGS)]
+    rows = []
     for cell in _cells(records):
-        rows = [r for r in records if r["cell"] == cell]
-        for variant in _variants(rows):
-            chosen = [r for r in rows if r["variant"] == variant]
+        mine = [r for r in records if r["cell"] == cell]
+        for variant in _variants(mine):
+            chosen = [r for r in mine if r["variant"] == variant]
             values = [summarize([r[key] for r in chosen]) for key, _ in READINGS]
-            lines.append(f"| {_cell_label(cell, varying)} | {variant} | "
-                         + " | ".join(f"{v.mean:.3f} ± {v.std:.3f}" for v in values) + " |")
-    return "\n".join(lines)
+            rows.append([_cell_label(cell, varying), variant,
+                         *(f"{fmt_fixed(v.mean)} ± {fmt_fixed(v.std)}" for v in values)])
+    header = ["config", "variant", *(label for _, label in READINGS)]
+    return tables(header, rows, "Interference readings of the first hidden layer per config and variant, mean ± "
+                  "sample std over seeds (inputs, clause-relevant inputs, clauses as the features).")
 
 
 def regression_rows(records: Sequence[Mapping], scope: str) -> list[dict]:
@@ -270,83 +285,54 @@ def _fit_row(scope: str, variant: str, label: str, aggregation: str, xy: Sequenc
     return row
 
 
-def regression_table(rows: Sequence[Mapping]) -> str:
-    def num(value: float, spec: str) -> str:
-        return "—" if not math.isfinite(value) else format(value, spec)
-
-    lines = ["| data | split | metric | aggregation | n | slope | R² | Pearson r | Spearman ρ |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['scope']} | {r['split']} | {r['metric']} | {r['aggregation']} | {r['n']} | "
-                     f"{num(r['slope'], '.3g')} | {num(r['r2'], '.3f')} | {num(r['pearson'], '+.2f')} | "
-                     f"{num(r['spearman'], '+.2f')} |")
-    return "\n".join(lines)
+def regression_table(rows: Sequence[Mapping], caption: str, tables: _Tables | None = None) -> str:
+    """The fits of :func:`regression_rows` or :func:`dense_level_rows` as one table."""
+    tables = tables or _Tables()
+    body = [[r["scope"], r["split"], r["metric"], r["aggregation"], r["n"], fmt_num(r["slope"], 3),
+             fmt_fixed(r["r2"], 3), fmt_fixed(r["pearson"], 2, signed=True), fmt_fixed(r["spearman"], 2, signed=True)]
+            for r in rows]
+    header = ["data", "split", "metric", "aggregation", "n", "slope", "R²", "Pearson r", "Spearman ρ"]
+    return tables(header, body, caption)
 
 
 def analyse(stores: Sequence[str | Path], sections: Sequence[str] = SECTIONS) -> tuple[str, list[dict]]:
     """The markdown report of ``sections`` over ``stores`` and the per-record readings."""
     records = load_records(stores)
+    tables = _Tables()
     names = list(dict.fromkeys(r["store"] for r in records))
     parts = [f"# Boolean fidelity analysis of {', '.join(names)}",
-             "Data: synthetic Boolean DNF formulas generated by torchfpe.tasks.dnf (no external data)."]
+             "Data: synthetic Boolean DNF formulas generated by torchfpe.tasks.dnf (no external data). Accuracies "
+             "and gains in %; CIs are two-sided 95 % t-intervals; \"—\" marks a value that cannot be computed."]
     for name in names:
         mine = [r for r in records if r["store"] == name]
         if "accuracy" in sections:
-            parts += [f"## Accuracy: {name}", accuracy_table(mine)]
+            parts += [f"## Accuracy: {name}", accuracy_table(mine, tables)]
         if "coverage" in sections:
-            parts += [f"## Whole-clause cover: {name}", coverage_table(mine)]
+            parts += [f"## Whole-clause cover: {name}", coverage_table(mine, tables)]
         if "levels" in sections:
-            parts += [f"## Metric levels (first hidden layer): {name}", levels_table(mine)]
+            parts += [f"## Metric levels (first hidden layer): {name}", levels_table(mine, tables)]
     if "regression" in sections:
         scopes = [(name, [r for r in records if r["store"] == name]) for name in names]
         if len(names) > 1:
             scopes.append(("pooled: " + " + ".join(names), records))
         rows = [row for scope, chosen in scopes for row in regression_rows(chosen, scope)]
-        parts += ["## Metric fold change against relative gain", regression_table(rows)]
+        parts += ["## Metric fold change against relative gain", regression_table(
+            rows, "Least-squares fit of each reading's fold change (variant / dense, same config and seed) against "
+            "the relative accuracy gain, per run and per config mean.", tables)]
         levels = [row for scope, chosen in scopes for row in dense_level_rows(chosen, scope)]
-        parts += ["## Dense runs: metric level against test accuracy", regression_table(levels)]
-    return "\n\n".join(parts) + "\n", records
+        parts += ["## Dense runs: metric level against test accuracy", regression_table(
+            levels, "The dense runs alone: each reading's level against test accuracy.", tables)]
+    return "\n\n".join(part.rstrip("\n") for part in parts) + "\n", records
 
 
-def write_csv(records: Sequence[Mapping], path: Path) -> None:
-    import csv
-
-    keys = list(dict.fromkeys(k for r in records for k in r))
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(records)
+def write_csv(records: Sequence[Mapping], path: str | Path) -> None:
+    """The per-record readings, one row per record, columns in the order they first appear."""
+    pd.DataFrame.from_records(list(records)).to_csv(path, index=False)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m torchfpe.experiments.fidelity", description=__doc__.split("\n")[0])
-    parser.add_argument("stores", nargs="+", help="result folders written by `torchfpe reproduce boolean`")
-    parser.add_argument("--out", type=Path, help="write the markdown tables to this file too")
-    parser.add_argument("--csv", type=Path, help="write the per-record readings to this CSV file")
-    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
-    args = parser.parse_args(argv)
-    sections = [s for s in args.sections.split(",") if s]
-    unknown = [s for s in sections if s not in SECTIONS]
-    if unknown or not sections:
-        print(f"error: --sections must be a comma-separated subset of {','.join(SECTIONS)}, got {args.sections!r}",
-              file=sys.stderr)
-        return 2
-    for target in (args.out, args.csv):
-        if target is not None and not target.parent.is_dir():
-            print(f"error: folder {target.parent} for {target} does not exist", file=sys.stderr)
-            return 2
-    try:
-        text, records = analyse(args.stores, sections)
-    except FidelityError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text)
-    if args.csv is not None:
-        write_csv(records, args.csv)
-    return 0
+if __name__ == "__main__":  # pragma: no cover - `python -m torchfpe.report.fidelity` is `torchfpe fidelity`
+    import typer
 
+    from ..cli import app
 
-if __name__ == "__main__":
-    sys.exit(main())
+    typer.main.get_command(app).commands["fidelity"].main(sys.argv[1:], prog_name="python -m torchfpe.report.fidelity")
