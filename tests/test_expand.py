@@ -191,7 +191,7 @@ def test_feature_split_groups_inputs_the_layer_uses_together():
 
 
 # ------------------------------------------------------------------------------------------ controls
-@pytest.mark.parametrize("split", ["overlap", "static_sparse", "dropconnect"])
+@pytest.mark.parametrize("split", torchfpe.SPLITS.where(control=True))
 def test_controls_match_parent_budget(split):
     parent = mlp([12, 5, 3])
     expanded = expand(parent, 2, split, seed=0)

@@ -33,8 +33,13 @@ def mlp(sizes, seed=0, dtype=torch.float64):
 
 def expanded(split, sizes=(12, 8, 3), alpha=2, seed=0, **kwargs):
     parent = mlp(list(sizes), seed=seed)
-    if split == "clause":
+    needs = torchfpe.SPLITS[split].needs if isinstance(split, str) else ()
+    if "clauses" in needs:
         kwargs.setdefault("clauses", [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9, 10, 11]])
+    if "data" in needs:
+        kwargs.setdefault("data", torch.randn(40, sizes[0], generator=torch.Generator().manual_seed(seed),
+                                              dtype=torch.float64))
+    if needs:  # what a split needs describes the first layer's inputs
         kwargs.setdefault("layers", ["0"])
     return expand(parent, alpha, split, seed=seed, **kwargs)
 
@@ -83,15 +88,14 @@ def every_ell_path_on_small_layers(monkeypatch):
     monkeypatch.setattr(torchfpe.core.layouts.ell, "ELL_SPARSE_MIN_SIZE", 0)
 
 
-SPLITS = ["random", "contiguous", "feature", "clause", "overlap", "static_sparse"]
+#: Every registered split that widens (dropconnect keeps the parent's width and is never packed).
+SPLITS = [name for name, split in torchfpe.SPLITS.items() if split.widens]
 
 
 @pytest.mark.parametrize("split", SPLITS)
 @pytest.mark.parametrize("sizes", [(12, 8, 3), (12, 8, 6, 8, 3)])
 @pytest.mark.parametrize("layout", ["auto", "ell"])
 def test_packed_equals_masked_outputs_and_gradients(split, sizes, layout):
-    if split == "clause" and len(sizes) > 3:
-        pytest.skip("the clause map addresses the first layer's inputs")
     masked = expanded(split, sizes)
     packed = pack(masked, layout)
     for batch in (1, 3, 100):  # with gradients: ELL gathers up to ELL_GATHER_MAX_BATCH, dense above
@@ -166,14 +170,19 @@ def test_training_follows_the_masked_model_and_keeps_pruned_entries_zero(optimiz
 @pytest.mark.filterwarnings("ignore:expand ends")
 @settings(max_examples=25, deadline=None)
 @given(d=st.integers(4, 14), h=st.integers(1, 6), c=st.integers(1, 3), alpha=st.integers(2, 4),
-       split=st.sampled_from(SPLITS[:-2] + ["overlap"]), seed=st.integers(0, 1000),
-       budget=st.sampled_from(["global", "outgoing", "layerwise"]), bias=st.sampled_from(["copy", "divide", "zero"]))
+       split=st.sampled_from([s for s in SPLITS if not torchfpe.SPLITS[s].at_init]), seed=st.integers(0, 1000),
+       budget=st.sampled_from(["global", "outgoing", "layerwise", "structured"]),
+       bias=st.sampled_from(["copy", "divide", "zero"]))
 def test_pack_is_exact_for_any_expansion(d, h, c, alpha, split, seed, budget, bias):
     alpha = min(alpha, d)
     parent = mlp([d, h, c], seed=seed)
-    clauses = [list(range(i, min(i + 3, d))) for i in range(0, d, 3)] if split == "clause" else None
+    needs = {}
+    if "clauses" in torchfpe.SPLITS[split].needs:
+        needs["clauses"] = [list(range(i, min(i + 3, d))) for i in range(0, d, 3)]
+    if "data" in torchfpe.SPLITS[split].needs:
+        needs["data"] = torch.randn(20, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     try:
-        masked = expand(parent, alpha, split, seed=seed, clauses=clauses, budget=budget, bias=bias)
+        masked = expand(parent, alpha, split, seed=seed, budget=budget, bias=bias, **needs)
     except ValueError as error:  # expand's own refusals (e.g. a budget that cannot be met) are not ours
         if "budget" not in str(error):
             raise

@@ -468,7 +468,7 @@ for _split in (
           description=f"{GROUPED_PARTITIONS} balanced random partitions shared by groups of parents"),
     Split("overlap", overlap_split, partition=False, control=True,
           description="control: children draw overlapping random inputs"),
-    DropConnectSplit("dropconnect", _every_input, control=True,
+    DropConnectSplit("dropconnect", _every_input, partition=False, control=True,
                      description="control: parent width, DropConnect on the incoming weights"),
     StaticSparseSplit("static_sparse", _every_input, partition=False, control=True, at_init=True,
                       description="control: the expanded width under one random fixed mask per layer, from init"),
