@@ -172,16 +172,3 @@ def test_fidelity_names_a_corrupt_run_file_and_exits_1(tiny_store, tmp_path):
     run_file.write_text("{not json")
     result = fidelity_cli(broken)
     assert result.exit_code == 1 and "corrupt" in result.output
-
-
-def test_fidelity_runs_as_a_module(tiny_store):
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "torchfpe.report.fidelity", str(tiny_store), "--sections", "coverage"],
-                          capture_output=True, text=True, env=env, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert "| base | clause_shared |" in done.stdout

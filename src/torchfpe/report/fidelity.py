@@ -16,7 +16,7 @@ with :func:`torchfpe.tasks.make_formula` and builds numbered tables (:class:`.ma
 5. **records**: the per-record readings (``--csv``).
 
 The command is ``torchfpe fidelity STORE [STORE ...] [--out FILE.md] [--csv FILE.csv]
-[--sections accuracy,coverage,levels,regression]`` (also ``python -m torchfpe.report.fidelity``);
+[--sections accuracy,coverage,levels,regression]``;
 from Python, :func:`torchfpe.api.fidelity`. A store that cannot be read (no ``meta.json``, a corrupt
 run file, runs that are not Boolean) raises :class:`FidelityError`, a
 :class:`~torchfpe.sweep.StoreError` naming the file.
@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import math
 import numbers
-import sys
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -328,11 +327,3 @@ def analyse(stores: Sequence[str | Path], sections: Sequence[str] = SECTIONS) ->
 def write_csv(records: Sequence[Mapping], path: str | Path) -> None:
     """The per-record readings, one row per record, columns in the order they first appear."""
     pd.DataFrame.from_records(list(records)).to_csv(path, index=False)
-
-
-if __name__ == "__main__":  # pragma: no cover - `python -m torchfpe.report.fidelity` is `torchfpe fidelity`
-    import typer
-
-    from ..cli import app
-
-    typer.main.get_command(app).commands["fidelity"].main(sys.argv[1:], prog_name="python -m torchfpe.report.fidelity")
