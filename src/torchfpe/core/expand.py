@@ -5,6 +5,12 @@ modules between them. Expanding a pair replaces each of the incoming layer's ``h
 ``alpha`` children at indices ``alpha * i + k``. Child k's incoming row is the parent's row under
 child k's mask; the parent's outgoing column is copied to every child. Then the budget step prunes
 the smallest-magnitude weights until the model's non-zero count equals its parent's.
+
+``expand`` runs in phases over one :class:`LayerPlan` per touched layer: *prepare* (every argument
+checked, targets resolved in :mod:`~torchfpe.core.targets`, the splits looked up in the registry of
+:mod:`~torchfpe.core.splits`), *split* (child masks per incoming layer), *copy* (rows per child,
+columns per input child, biases by policy), *budget*, and *build* (the layers and the report). What
+varies between splits lives with the split (its traits and hooks), not here.
 """
 
 from __future__ import annotations
@@ -186,7 +192,7 @@ def _check_data(data, plans: Sequence[LayerPlan]) -> Tensor | None:
         return None
     if not users:
         raise InvalidParameterError("the 'data' parameter of expand is only read by splits that need data "
-                                    f"({', '.join(SPLITS.where(needs=('data',))) or 'none registered'}); this "
+                                    f"({', '.join(n for n, s in SPLITS.items() if 'data' in s.needs) or 'none registered'}); this "
                                     "expansion uses none, so pass data=None")
     if not isinstance(data, Tensor) or data.dim() != 2 or not data.is_floating_point() or len(data) < 2:
         raise invalid("data", "expand", "a float tensor (examples, inputs) with at least 2 examples", data)
@@ -204,7 +210,7 @@ def _check_options(plans: Sequence[LayerPlan], clauses, dropconnect_p) -> None:
     """Refuse arguments that no split of this expansion reads (they would be silently ignored)."""
     used = {p.split.name: p.split for p in plans if p.split is not None}.values()
     if clauses is not None and not any("clauses" in s.needs for s in used):
-        readers = ", ".join(SPLITS.where(needs=("clauses",)))
+        readers = ", ".join(name for name, split in SPLITS.items() if "clauses" in split.needs)
         raise InvalidParameterError(f"the 'clauses' parameter of expand is only read by splits that need clauses "
                                     f"({readers}); split {_split_label(plans)!r} does not, so pass clauses=None")
     if dropconnect_p is not None and not any("dropconnect_p" in s.options for s in used):
