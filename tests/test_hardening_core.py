@@ -125,3 +125,30 @@ def test_seeds_beyond_64_bits_are_refused(seed):
     with pytest.raises(InvalidParameterError, match="'seed'"):
         expand(mlp(), 2, seed=seed)
     expand(mlp(), 2, seed=2**64 - 1)
+
+
+# ------------------------------------------------------------------ issue 13 B1: frozen and the budget
+def _frozen_first_layer():
+    model = mlp()
+    model[0].requires_grad_(False)
+    return model
+
+
+@pytest.mark.parametrize("budget", ["global", "outgoing", "layerwise", "structured"])
+def test_frozen_layers_stay_unpruned_and_the_trainable_count_holds(budget):
+    model = _frozen_first_layer()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the budget can be met among the trainable layers: no warning
+        wide, report = expand(model, 2, seed=0, budget=budget, return_report=True)
+    # the frozen split layer keeps every weight its children received (a partition: the parent's 48)
+    assert int(torch.count_nonzero(wide[0].weight)) == int(torch.count_nonzero(model[0].weight)) == 48
+    assert nonzero_parameters(wide) == nonzero_parameters(model)
+    assert report.excess == 0
+
+
+def test_a_budget_that_only_frozen_layers_could_meet_warns():
+    model = mlp()
+    model[4].requires_grad_(False)  # budget='outgoing' prunes only the copied columns: layer 4's are frozen
+    with pytest.warns(UserWarning, match="frozen"):
+        wide = expand(model, 2, seed=0, layers=["2"], budget="outgoing")
+    assert int(torch.count_nonzero(wide[4].weight)) == 2 * int(torch.count_nonzero(model[4].weight))
