@@ -152,3 +152,19 @@ def test_a_budget_that_only_frozen_layers_could_meet_warns():
     with pytest.warns(UserWarning, match="frozen"):
         wide = expand(model, 2, seed=0, layers=["2"], budget="outgoing")
     assert int(torch.count_nonzero(wide[4].weight)) == 2 * int(torch.count_nonzero(model[4].weight))
+
+
+# ------------------------------------------------------- issue 13 B3: load_expanded keeps the parent's dtype
+@pytest.mark.parametrize("packed", [False, True])
+def test_load_expanded_keeps_the_parents_dtype(packed):
+    import torchfpe
+
+    parent = mlp()
+    wide = expand(parent, 2, seed=0)
+    saved = (torchfpe.pack(wide) if packed else wide).state_dict()  # float32
+    loaded = torchfpe.load_expanded(mlp().double(), saved)
+    floats = {name: t.dtype for name, t in loaded.state_dict().items()
+              if isinstance(t, torch.Tensor) and t.is_floating_point()}
+    assert set(floats.values()) == {torch.float64}, floats
+    x = torch.randn(5, 8)
+    torch.testing.assert_close(loaded(x.double()), wide(x).double(), rtol=1e-5, atol=1e-6)

@@ -524,8 +524,9 @@ def load_expanded(model: nn.Module, state_dict: Mapping[str, Tensor], *, strict:
     whole state is loaded. A DropConnect layer gets its ``p`` back. Checked before anything is
     returned: each such layer exists in ``model`` as an ``nn.Linear`` (or expanded layer) whose
     shape fits the saved one (the parent's shape recorded at expansion, or the saved shape itself),
-    and no stored weight is non-zero outside its mask. ``model`` itself is never modified; the
-    loaded copy is returned.
+    and no stored weight is non-zero outside its mask. Floating tensors take ``model``'s dtype (as
+    ``load_state_dict`` does), so a float32 file loads into a float64 parent. ``model`` itself is never
+    modified; the loaded copy is returned.
     """
     check_param("model", model, [nn.Module], "load_expanded")
     check_param("state_dict", state_dict, [Mapping], "load_expanded")
@@ -578,6 +579,9 @@ def load_expanded(model: nn.Module, state_dict: Mapping[str, Tensor], *, strict:
                                                               else None)
         except (KeyError, ValueError, TypeError, RuntimeError) as error:
             raise InvalidParameterError(f"{where}: the saved {extra['layout']!r} layer is inconsistent: {error}") from None
+        dtype = next((t.dtype for t in old.parameters(recurse=False) if t.is_floating_point()), None)
+        if dtype is not None:  # as load_state_dict does: the model's dtype, the checkpoint's values
+            layer.to(dtype=dtype)
         layer.train(old.training)
         if path:
             set_submodule(loaded, path, layer)
