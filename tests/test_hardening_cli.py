@@ -273,3 +273,14 @@ def test_an_experiments_check_config_runs_before_anything_is_written(tmp_path, m
     out = tmp_path / "o"
     assert_one_line_error(cli("reproduce", "boolean", "--out", out, *TINY), 2, "data for clauses=8 not found")
     assert not out.exists()
+
+
+# ------------------------------------------------------------- issue 13 B8: numpy integers as seeds and values
+def test_numpy_seeds_and_overrides_give_the_same_runs(finished_store, tmp_path, capsys):
+    np = pytest.importorskip("numpy")
+    out = copy_of(finished_store, tmp_path)
+    overrides = {name: np.int64(value) for name, value in TINY_OVERRIDES.items()}
+    api.run_study("boolean", "headline", seeds=np.int64(2), overrides=overrides, out=out, backend="local")
+    assert "0 runs done, 2 already in" in capsys.readouterr().out  # the same keys as the int run
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["seeds"] == 2 and meta["overrides"] == TINY_OVERRIDES

@@ -158,6 +158,8 @@ def test_a_budget_that_only_frozen_layers_could_meet_warns():
 @pytest.mark.parametrize("packed", [False, True])
 def test_load_expanded_keeps_the_parents_dtype(packed):
     import torchfpe
+    import torchfpe.data
+    import torchfpe.metrics
 
     parent = mlp()
     wide = expand(parent, 2, seed=0)
@@ -168,3 +170,38 @@ def test_load_expanded_keeps_the_parents_dtype(packed):
     assert set(floats.values()) == {torch.float64}, floats
     x = torch.randn(5, 8)
     torch.testing.assert_close(loaded(x.double()), wide(x).double(), rtol=1e-5, atol=1e-6)
+
+
+# -------------------------------------------------------- issue 13 B8: numpy integers wherever seeds are taken
+def test_numpy_integer_seeds_are_accepted_everywhere_and_equal_python_ints():
+    np = pytest.importorskip("numpy")
+    import torchfpe
+    import torchfpe.data
+    import torchfpe.metrics
+    from torchfpe.experiments.boolean import BooleanConfig
+    from torchfpe.tasks.dnf import DNFConfig, make_dnf
+
+    model = mlp()
+
+    def same(a, b):
+        return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values())
+                   if isinstance(x, torch.Tensor))
+
+    assert same(expand(model, np.int64(2), seed=np.int64(3)), expand(model, 2, seed=3))
+    assert same(expand(model, 2, seed=np.uint32(3)), expand(model, 2, seed=3))
+    dnf = make_dnf(DNFConfig(seed=np.int64(3), train_size=np.int32(8), test_size=8))
+    assert torch.equal(dnf.x_train, make_dnf(DNFConfig(seed=3, train_size=8, test_size=8)).x_train)
+    config = BooleanConfig(seed=np.int64(3), neurons=np.int64(8))
+    assert type(config.seed) is int and type(config.neurons) is int and config == BooleanConfig(seed=3, neurons=8)
+    assert torchfpe.metrics.clause_coverage_mc(2, 2, trials=50, seed=np.int64(1)) == \
+        torchfpe.metrics.clause_coverage_mc(2, 2, trials=50, seed=1)
+    pytest.importorskip("sklearn")
+    digits = torchfpe.data.load_embeddings("digits", seed=np.int64(1))
+    assert torch.equal(digits.x_train, torchfpe.data.load_embeddings("digits", seed=1).x_train)
+    with pytest.raises(InvalidParameterError, match="seed"):
+        expand(model, 2, seed=np.float64(3))
+
+
+def test_nonzero_parameters_refuses_what_is_not_a_module():
+    with pytest.raises(InvalidParameterError, match="the 'model' parameter of nonzero_parameters must be a Module"):
+        nonzero_parameters(None)

@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .core.validation import Interval, InvalidParameterError, Options, check_param, invalid
+from .core.validation import Interval, InvalidParameterError, Options, check_param, invalid, plain_number
 
 __all__ = [
     "build_report", "config_fields", "fidelity", "parse_override", "parse_overrides", "run_study", "run_sweep_file",
@@ -200,10 +200,12 @@ def run_study(
     check_param("study", study, [Options(tuple(studies))], f"run_study (group {group!r})")
     chosen = studies[study]
     check_param("seeds", seeds, [Interval(int, 1, MAX_SEEDS), None], "run_study")
+    seeds = plain_number(seeds)
     _check_runner(backend, workers, address, quiet, "run_study")
     if overrides is not None and not isinstance(overrides, Mapping):
         raise invalid("overrides", "run_study", "a mapping of config field -> value, or None", overrides)
-    overrides = dict(overrides or {})
+    overrides = {name: [plain_number(v) for v in value] if isinstance(value, list) else plain_number(value)
+                 for name, value in (overrides or {}).items()}  # NumPy numbers as Python ones (meta.json is JSON)
     experiment = chosen.experiment
     fields = config_fields(experiment)
     for name, value in overrides.items():

@@ -23,7 +23,7 @@ from .layouts.masked import MaskedLinear
 from .splits import SPLITS, Split, get_split, user_split
 from .targets import as_linear, check_not_shared, features, is_conv1d, resolve_pairs, set_submodule
 from .validation import (SEED, Interval, InvalidParameterError, Options, Sequences, check_param, invalid,
-                         validate_params)
+                         plain_number, validate_params)
 
 BIAS_POLICIES = ("copy", "divide", "zero")
 
@@ -289,6 +289,7 @@ def expand(
     params = dict(model=model, alpha=alpha, seed=seed, layers=layers, bias=bias, budget=budget,
                   dropconnect_p=dropconnect_p, return_report=return_report)
     validate_params(params, EXPAND_PARAMETERS, "expand")
+    alpha, seed = plain_number(alpha), plain_number(seed)
     packed = [name for name, module in expanded_layers(model) if not isinstance(module, MaskedLinear)]
     if packed:
         raise InvalidParameterError(f"layer {packed[0]!r} is in a packed layout; call torchfpe.unpack(model) "

@@ -54,7 +54,7 @@ from torch import Tensor, nn
 from .. import metrics
 from ..batched import STACKED_ACCURACIES, STACKED_LOSSES, StackedMLP, _signature, can_stack, fit_stacked
 from ..core import BIAS_POLICIES, BUDGETS, SPLITS, expand, nonzero_parameters
-from ..core.validation import Interval, Options, Predicate, validate_dataclass
+from ..core.validation import Interval, Options, Predicate, plain_number, validate_dataclass
 from ..train import ACCURACIES, LOSSES, OPTIMIZERS, TrainSettings, fit
 
 WIDE = re.compile(r"^wide(\d+(?:\.\d+)?)$")
@@ -159,6 +159,10 @@ class ProtocolConfig:
 
     def normalise(self) -> None:
         """Turn accepted spellings into the stored form before validation (frozen: object.__setattr__)."""
+        for item in dataclasses.fields(self):  # np.int64(3) is accepted as 3 (and stored as the int)
+            value = getattr(self, item.name)
+            if plain_number(value) is not value:
+                object.__setattr__(self, item.name, plain_number(value))
         if isinstance(self.variants, str):
             object.__setattr__(self, "variants", tuple(v for v in self.variants.split("+") if v))
         elif isinstance(self.variants, list):
