@@ -205,3 +205,32 @@ def test_numpy_integer_seeds_are_accepted_everywhere_and_equal_python_ints():
 def test_nonzero_parameters_refuses_what_is_not_a_module():
     with pytest.raises(InvalidParameterError, match="the 'model' parameter of nonzero_parameters must be a Module"):
         nonzero_parameters(None)
+
+
+# ------------------------------------------------------------ issue 13 B8: a bad target_modules, one clear error
+class _Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 6)
+
+
+class _Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.mlp = _Block()
+
+
+@pytest.mark.parametrize("target_modules, words", [
+    ("(", "must be a valid regular expression on the full module path (missing ), unterminated subpattern"),
+    (3, "got 3"), ([3], "got [3]"), (["fc1", None], "got ['fc1', None]"), (b"fc", "got bytes b'fc'"),
+    ({"fc1": 1}, "got {'fc1': 1}"), ([["fc1"]], "got [['fc1']]"), ([], "got []"),
+])
+def test_a_bad_target_modules_is_one_clear_error(target_modules, words):
+    from torchfpe import find_ffn_pairs
+
+    with pytest.raises(InvalidParameterError, match="'target_modules' parameter of find_ffn_pairs") as error:
+        find_ffn_pairs(_Net(), target_modules)
+    assert words in str(error.value)
+    assert find_ffn_pairs(_Net(), ["fc1"]) == find_ffn_pairs(_Net(), r"mlp\.fc\d") == [("mlp.fc1", "mlp.fc2")]
+    with pytest.raises(InvalidParameterError, match="'model' parameter of find_ffn_pairs"):
+        find_ffn_pairs(None)
