@@ -43,3 +43,12 @@ def test_a_bad_embedding_file_fails_before_anything_is_written(tmp_path):
     result = run("reproduce", "heads", "--embeddings", str(bad), "--out", str(out), *TINY)
     assert result.exit_code == 1 and "bad.npz" in result.output and "Traceback" not in result.output
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_alpha_above_the_embedding_features_fails_before_anything_is_written(tmp_path, embedding_file):  # noqa: F811
+    out = tmp_path / "never"  # the tiny file has 12 features
+    result = run("reproduce", "heads", "--embeddings", embedding_file, "--out", str(out), "--set", "alpha=16",
+                 "--set", "neurons=[4]", *TINY)
+    assert result.exit_code == 2, result.output
+    assert "alpha" in result.output and "12 features" in result.output and "Traceback" not in result.output
+    assert not out.exists() or not any(out.iterdir())  # was: meta.json, .lock and an empty runs/ after the warm-up
