@@ -411,12 +411,38 @@ def _run_into(out: Path, meta: dict, experiment: str, jobs, *, backend: str, wor
     }
     store = ResultStore(out)
     with store.lock():
+        meta["data_files"] = _checked_data_files(store, experiment, jobs)
         store.write_meta(meta)
         summary = execute(jobs, store, backend=backend, workers=workers, address=address, quiet=quiet,
                           description=meta["study"])
         if not quiet:
             print(f"{summary['done']} runs done, {summary['skipped']} already in {out}")
         return build_report(out)
+
+
+def _checked_data_files(store, experiment: str, jobs) -> dict[str, str]:
+    """``{path: digest}`` of the data files the jobs name, merged with those the folder recorded before.
+
+    Run keys hold a file's path, not its content: a file replaced at the same path would have its
+    old runs reused as if they were its own. So each file's digest is recorded in meta.json, and a
+    folder holding runs is refused once a file it recorded has changed (before anything is written).
+    A folder from before digests were recorded has none to compare: the current files are recorded.
+    """
+    from .data.digest import file_digest
+    from .experiments.registry import experiment as registered
+    from .sweep import StoreError
+
+    files = registered(experiment).files
+    named = sorted({path for job in jobs for path in (files(job.config) if files else ())})
+    current = {path: file_digest(path) for path in named}
+    recorded = (store.read_meta().get("data_files") or {}) if (store.root / "meta.json").exists() else {}
+    changed = [path for path in current if path in recorded and recorded[path] != current[path]]
+    if changed and store.keys():
+        path = changed[0]
+        raise StoreError(f"{path} has changed since the runs in {store.root} were made from it ({recorded[path][:19]} "
+                         f"then, {current[path][:19]} now), so they would be reused as stale results; use a new "
+                         f"--out, or move {store.runs} away to redo them")
+    return {**recorded, **current}
 
 
 # ------------------------------------------------------------------------------------------ report

@@ -115,6 +115,15 @@ class HeadsTask(protocol.Task):
             raise invalid("alpha", type(config).__name__, f"an int in [2, {info['features']}] (the first hidden layer "
                           f"reads the {info['features']} features of {info['name']})", config.alpha)
 
+    def files(self, config) -> tuple[str, ...]:
+        from ..data import BUILTINS
+        from ..data.digest import fashion_mnist_paths
+
+        named = [] if config.embeddings in BUILTINS else [config.embeddings]
+        if config.data_dir is not None and config.embeddings == "fashion-mnist-ae":
+            named += [str(path) for path in fashion_mnist_paths(config.data_dir)]
+        return tuple(named)
+
     def _depth(self, config) -> int:
         return getattr(config, "depth", 1)
 

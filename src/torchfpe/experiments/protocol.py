@@ -108,6 +108,11 @@ class Task:
     def check(self, config) -> None:
         """Checks that need files (a missing or corrupt data file), before any run or write."""
 
+    def files(self, config) -> tuple[str, ...]:
+        """Data files the config names by path (not built-in sets). Run keys hold the path only, so the
+        store records each file's content digest and refuses to reuse runs once a file changed."""
+        return ()
+
     def has_wide(self) -> bool:
         return type(self).wide_parent is not Task.wide_parent
 
@@ -220,11 +225,15 @@ def register(name: str, config: type[ProtocolConfig], studies: Sequence = ()):
     task = config.task
     return register_experiment(name, config, functools.partial(run_batch, task),
                                run_single=functools.partial(run_single, task), check=functools.partial(_check, task),
-                               studies=studies)
+                               files=functools.partial(_files, task), studies=studies)
 
 
 def _check(task: Task, config) -> None:
     task.check(config)  # looked up at call time: a task's check can be replaced (tests do)
+
+
+def _files(task: Task, config) -> tuple[str, ...]:
+    return tuple(task.files(config))
 
 
 # ------------------------------------------------------------------------------ the protocol's rules
