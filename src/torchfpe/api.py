@@ -471,13 +471,15 @@ def build_report(out: str | os.PathLike, *, strict: bool = False) -> Path:
     store = ResultStore(out)
     meta = store.read_meta()
     planned_keys = list(meta.get("keys") or store.keys())
+    metric = meta.get("metric")
+    metric_key = metric.get("key", "test_accuracy") if isinstance(metric, Mapping) else "test_accuracy"
     present = set(store.keys())
     records = []
     for run in store.all_runs():
         if run["key"] not in planned_keys:
             continue
         for record in run["records"]:
-            _check_record(record, store.path(run["key"]))
+            _check_record(record, store.path(run["key"]), metric_key)
             records.append(record)
     missing_keys = [key for key in planned_keys if key not in present]
     missing = [_describe_run(meta, key) for key in missing_keys]
@@ -501,9 +503,13 @@ def _describe_run(meta: dict, key: str) -> str:
     return ", ".join(f"{name}={value}" for name, value in planned.items())
 
 
-def _check_record(record: Any, path: Path) -> None:
+def _check_record(record: Any, path: Path, metric_key: str = "test_accuracy") -> None:
     from .sweep import StoreError
 
+    value = record.get(metric_key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+        raise StoreError(f"{path}: record field {metric_key!r} must be a number, got {value!r}; the file is corrupt: "
+                         "move it away and re-run")
     for name, value in record.items():
         if name.endswith("accuracy") and value is not None and (
                 isinstance(value, bool) or not isinstance(value, numbers.Real)):

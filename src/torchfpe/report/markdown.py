@@ -50,7 +50,13 @@ def _header(meta: dict) -> list[str]:
     axes = study_axes(meta)
     if axes:
         out.append(f"- Swept: {', '.join(f'`{a}`' for a in axes)}")
-    out.append("- Accuracies in %; ± is the sample standard deviation over seeds; CIs are two-sided "
+    from .metric import metric_of
+
+    metric = metric_of(meta)
+    values = "Accuracies in %" if metric.is_accuracy else (
+        f"Metric: {metric.label} ({metric.direction}{'; in %' if metric.percent else ''}); relative gains in %, "
+        "signed so that positive is better than dense")
+    out.append(f"- {values}; ± is the sample standard deviation over seeds; CIs are two-sided "
                "95 % t-intervals; \"—\" marks a value that cannot be computed (e.g. one seed).")
     return out + [""]
 
