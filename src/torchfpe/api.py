@@ -412,12 +412,25 @@ def _run_into(out: Path, meta: dict, experiment: str, jobs, *, backend: str, wor
     store = ResultStore(out)
     with store.lock():
         meta["data_files"] = _checked_data_files(store, experiment, jobs)
+        meta.update(_provenance_fields(store, backend, address))
         store.write_meta(meta)
         summary = execute(jobs, store, backend=backend, workers=workers, address=address, quiet=quiet,
                           description=meta["study"])
         if not quiet:
             print(f"{summary['done']} runs done, {summary['skipped']} already in {out}")
         return build_report(out)
+
+
+def _provenance_fields(store, backend: str, address: str | None) -> dict:
+    """``provenance`` (what this run is made with) and ``provenance_earlier`` (what earlier runs into the
+    same folder were made with, where that differs: a resumed folder may hold runs of several versions)."""
+    from ._provenance import provenance
+
+    now = provenance(backend, address)
+    old = store.read_meta() if (store.root / "meta.json").exists() else {}
+    earlier = [p for p in [*(old.get("provenance_earlier") or []), old.get("provenance")] if p and p != now]
+    unique = [p for i, p in enumerate(earlier) if p not in earlier[:i]]
+    return {"provenance": now, **({"provenance_earlier": unique} if unique else {})}
 
 
 def _checked_data_files(store, experiment: str, jobs) -> dict[str, str]:
