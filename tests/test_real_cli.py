@@ -97,3 +97,16 @@ def test_a_store_written_before_data_files_were_recorded_stays_valid(tmp_path):
     assert run(*args).exit_code == 0
     assert {p.name: p.stat().st_mtime_ns for p in (out / "runs").iterdir()} == stored  # reused, not redone
     assert str(data) in json.loads((out / "meta.json").read_text())["data_files"]  # and checked from now on
+
+
+def test_data_preparation_shows_a_spinner_unless_quiet(embedding_file, capsys, monkeypatch):  # noqa: F811
+    """Issue 13 C1: the terminal was blank while the data were prepared (35 s for the stand-in)."""
+    from torchfpe import _status, api
+
+    monkeypatch.setattr(_status, "QUIET_BELOW_S", 0.0)  # the tiny file loads at once: say so anyway
+    configs = [dict(embeddings=embedding_file, neurons=4, seed=0)]
+    api._make_jobs("heads", configs, quiet=False)
+    shown = capsys.readouterr().out
+    assert "preparing the heads data (config 1/1: embeddings=" in shown and "done in" in shown
+    api._make_jobs("heads", configs, quiet=True)
+    assert capsys.readouterr().out == ""

@@ -224,7 +224,7 @@ def run_study(
                     "value, or run a sweep file (torchfpe sweep) to sweep it")
     seeds = seeds if seeds is not None else chosen.default_seeds
     config_dicts = study_configs(chosen, seeds, overrides)
-    jobs = _make_jobs(experiment, config_dicts)
+    jobs = _make_jobs(experiment, config_dicts, quiet)
     base = jobs[0].config.to_dict()
     out_path = resolve_out(out if out is not None else Path("runs") / f"{group}-{study}")
     meta = {"study": study, "group": group, "axes": list(chosen.axes), "seeds": seeds, "base": base,
@@ -306,7 +306,7 @@ def run_sweep_file(
         if study not in studies:
             raise InvalidParameterError(f"{path}: no report layout for this sweep; add 'study:' (one of "
                                         f"{', '.join(studies)})")
-    jobs = _make_jobs(experiment, grid_configs(axes, base, seed_list))
+    jobs = _make_jobs(experiment, grid_configs(axes, base, seed_list), quiet)
     out_path = resolve_out(out if out is not None else Path("runs") / path.stem)
     meta = {"study": study, "group": studies[study].group, "axes": names, "seeds": len(seed_list),
             "base": dict(base), "grid": dict(grid), "name": spec.get("name", path.stem), **studies[study].meta}
@@ -352,13 +352,16 @@ def _option_hint(name: str) -> str:
     return f" ({option} applies only to experiments that read such files)" if option else ""
 
 
-def _make_jobs(experiment: str, config_dicts: list[dict]):
+def _make_jobs(experiment: str, config_dicts: list[dict], quiet: bool = True):
     """Every config of the grid built (and so validated) before any work or write.
 
     An experiment may also declare ``check(config)`` for checks that need the file system (a data
     folder or an embedding file exists and reads); it runs here, once per config without the seed,
-    so a wrong path fails before ``meta.json`` is written.
+    so a wrong path fails before ``meta.json`` is written. Loading the data can take a while (a
+    built-in stand-in is built the first time it is asked for), so a spinner says so unless ``quiet``.
     """
+    from ._status import step
+
     from .experiments.registry import experiment as registered
     from .sweep import make_jobs
 
@@ -374,14 +377,24 @@ def _make_jobs(experiment: str, config_dicts: list[dict]):
         # propagates as it is (exit 1 on the command line), still before anything is written.
         from .data.embeddings import DataError
 
-        for config in {job.config.without_seed(): job.config for job in jobs}.values():
-            try:
-                check(config)
-            except (InvalidParameterError, DataError):
-                raise
-            except (TypeError, ValueError) as error:  # a check's own word on a config value: a usage error
-                raise InvalidParameterError(str(error)) from None
+        distinct = list({job.config.without_seed(): job.config for job in jobs}.values())
+        with step(f"preparing the {experiment} data", quiet) as say:
+            for index, config in enumerate(distinct, 1):
+                say(f"preparing the {experiment} data (config {index}/{len(distinct)}{_data_fields(config)})")
+                try:
+                    check(config)
+                except (InvalidParameterError, DataError):
+                    raise
+                except (TypeError, ValueError) as error:  # a check's own word on a config value: a usage error
+                    raise InvalidParameterError(str(error)) from None
     return jobs
+
+
+def _data_fields(config) -> str:
+    """``", embeddings=fashion-mnist-ae"``: the config fields that name its data, for the spinner."""
+    named = [(name, getattr(config, name, None)) for name in ("embeddings", "data_dir", "dataset", "corpus")]
+    return "".join(f": {name}={value}" if i == 0 else f", {name}={value}"
+                   for i, (name, value) in enumerate((n, v) for n, v in named if v is not None))
 
 
 def _python_call(function: str, *args, **kwargs) -> str:
@@ -418,7 +431,7 @@ def _run_into(out: Path, meta: dict, experiment: str, jobs, *, backend: str, wor
                           description=meta["study"])
         if not quiet:
             print(f"{summary['done']} runs done, {summary['skipped']} already in {out}")
-        return build_report(out)
+        return build_report(out, quiet=quiet)
 
 
 def _provenance_fields(store, backend: str, address: str | None) -> dict:
@@ -467,13 +480,13 @@ class IncompleteResultsError(RuntimeError):
         self.report, self.missing = report, missing
 
 
-def build_report(out: str | os.PathLike, *, strict: bool = False) -> Path:
+def build_report(out: str | os.PathLike, *, strict: bool = False, quiet: bool = True) -> Path:
     """Rebuild ``records.csv``, ``report.md`` and the figures of a result folder from its store alone.
 
     Runs the folder's ``meta.json`` planned but the store lacks are listed in the report's header,
     which marks it incomplete; with ``strict=True`` that also raises :class:`IncompleteResultsError`
     (after writing). A record whose accuracy is not a number is a :class:`~torchfpe.sweep.StoreError`
-    naming its file.
+    naming its file. ``quiet=False`` shows a spinner while the figures are drawn.
     """
     from .report import write_report
     from .sweep import ResultStore, StoreError
@@ -499,8 +512,11 @@ def build_report(out: str | os.PathLike, *, strict: bool = False) -> Path:
     if missing:
         meta = {**meta, "incomplete": f"{len(missing)} of {len(planned_keys)} planned runs are missing: "
                                       f"{'; '.join(missing[:20])}{' …' if len(missing) > 20 else ''}"}
+    from ._status import step
+
     try:
-        report = write_report(out, meta, records)
+        with step(f"writing {out / 'report.md'} and its figures", quiet):
+            report = write_report(out, meta, records)
     except ValueError as error:  # e.g. a meta.json naming a study no report layout knows
         raise StoreError(f"{out / 'meta.json'}: {error}") from None
     if missing and strict:
