@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 
 from .constants import DASH, is_fpe
-from .figures import (LINESTYLES, MARKERS, _ci_text, _color, _errorbar, _honest_ylim, _pyplot, _save, _seed_count,
-                      _seeds_text, _use_log_x, dodge)
+from .figures import (LINESTYLES, MARKERS, _ci_text, _color, _cut_text, _errorbar, _honest_ylim, _metric_ylim, _pyplot,
+                      _save, _seed_count, _seeds_text, _use_log_x, dodge)
 from .markdown import _figure_md, _Tables
 from .sections import _paired_values, trend_sentences
 from .metric import metric_of
@@ -215,8 +215,8 @@ def plot_cells(frame: pd.DataFrame, meta: dict, axes: list[str], out_dir: Path) 
              f"{metric.label.capitalize()} vs {axis}"),
             ("relative_gain", "relative gain vs dense (%)", f"gain_vs_{axis}.png",
              f"Relative gain over dense vs {axis}")):
-        fig, ax = plt.subplots(figsize=(7.2, 4.8))
-        drawn, variants_drawn = [], []
+        fig, ax = plt.subplots(figsize=(8.4, 4.8))
+        drawn, variants_drawn, seen, dense_once = [], [], set(), False
         for j, (cell, sub_cell) in enumerate(cells):
             for variant in ordered_variants(sub_cell["variant"]):
                 if key == "relative_gain" and variant == "dense":
@@ -229,6 +229,11 @@ def plot_cells(frame: pd.DataFrame, meta: dict, axes: list[str], out_dir: Path) 
                     if s.n:
                         xs.append(x)
                         sums.append(s)
+                series = (variant, tuple(xs), tuple(round(s.mean, 12) for s in sums))
+                if variant == "dense" and series in seen:
+                    dense_once = True
+                    continue  # dense ignores e.g. alpha: its runs of another alpha are the same line again
+                seen.add(series)
                 if xs:
                     drawn += sums
                     if variant not in variants_drawn:
@@ -251,12 +256,12 @@ def plot_cells(frame: pd.DataFrame, meta: dict, axes: list[str], out_dir: Path) 
         ax.set_ylabel(ylabel)
         ax.set_title(title)
         ax.grid(alpha=0.3)
-        if key == metric.key and metric.percent:
-            _honest_ylim(ax, percent=True, min_span=10.0, floor=0.0)
-        elif key == "relative_gain":
-            _honest_ylim(ax, percent=True, min_span=10.0)
+        cut = (_metric_ylim(ax, drawn, metric) if key == metric.key
+               else _honest_ylim(ax, drawn, scale=100.0, min_span=10.0, zero=True))
         # two legends: colour = variant, line style and marker = the other swept fields' values
-        colours = [Line2D([], [], color=_color(v), marker="o", linestyle="-", label=_label(v)) for v in variants_drawn]
+        colours = [Line2D([], [], color=_color(v), marker="o", linestyle="-",
+                          label=f"dense (the same for every {', '.join(others)})" if v == "dense" and dense_once
+                          else _label(v)) for v in variants_drawn]
         legend = ax.legend(handles=colours, title="variant", fontsize=7, title_fontsize=7, loc="upper left",
                            bbox_to_anchor=(1.01, 1.0))
         if others:
@@ -270,9 +275,9 @@ def plot_cells(frame: pd.DataFrame, meta: dict, axes: list[str], out_dir: Path) 
         seeds = _seed_count(frame)
         caption = (f"Data: {meta['data_name']}; {_seeds_text(seeds if seeds is not None else meta.get('seeds', DASH))}; "
                    f"{_ci_text(drawn)} vs {axis}" + (f"; line style and marker: {', '.join(others)}" if others else "")
-                   + "; points shifted sideways a little so that they do not hide each other"
+                   + "; points nudged sideways so that none hides another" + _cut_text(cut)
                    + ".")
-        _save(fig, out_dir / name, caption)
+        _save(fig, out_dir / name, caption, right=0.8)
         figures.append((name, caption))
     return figures
 

@@ -93,7 +93,7 @@ def headline_section(frame: pd.DataFrame, meta: dict, records: list[dict], out_d
         names = ", ".join(v for v, _, _ in items)
         shown = f"seed {', '.join(sorted({fmt_value(s) for _, s, _ in items}))}; one colour scale"
         out.append(_figure_md("gram.png", _data_caption(meta, f"|WᵀW| of the first hidden layer ({names}; "
-                                                              f"{shown})", frame)))
+                                                              f"{shown}, square root)", frame)))
         out.append(_figure_md("weights.png", _data_caption(meta, f"first hidden layer W, rows = hidden "
                                                                  f"units ({names}; {shown})", frame)))
     else:
