@@ -25,7 +25,6 @@ from .stats import (
     study_axes,
     summarize,
     summarize_accuracy,
-    variant_rank,
 )
 
 

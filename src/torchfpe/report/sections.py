@@ -18,7 +18,6 @@ from .constants import (
     is_fpe,
 )
 from .figures import (
-    _ci_text,
     _data_caption,
     _seed_count,
     _heatmap_records,
