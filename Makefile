@@ -8,16 +8,23 @@ TORCH_PIN ?= torch==2.13.0
 # extras: experiments (CLI, reports), embed, parquet, data, ray, test (see README)
 EXTRAS ?= test,ray,experiments,embed,parquet,data
 
-.PHONY: demo test install clean
+.PHONY: demo test install data clean
 
+# The data packages are tried once with the install (a failure is a warning: see .ci/install-data);
+# `make data` tries again.
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_PIN)"
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]" "$(TORCH_PIN)"
+	@.ci/install-data
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# the Debian data packages the default heads, deep and cnn studies read (dataset-fashion-mnist)
+data:
+	@.ci/install-data
 
 demo: $(STAMP)
 	$(VENV)/bin/torchfpe reproduce boolean --out runs/demo

@@ -95,6 +95,16 @@ def test_standin_tiny_budget_is_cached_deterministic_and_label_free(tmp_path, mo
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 2
 
 
+def test_standin_cache_follows_the_content_of_a_data_folder(tmp_path):
+    """Issue 13 B4: the cache was keyed by the folder's path, so new images at the same path gave the old vectors."""
+    write_fashion(tmp_path / "fm", train=40, test=10, seed=0)
+    before = fashion_mnist_ae(0, data_dir=tmp_path / "fm", cache_dir=tmp_path / "cache", config=TINY)
+    write_fashion(tmp_path / "fm", train=40, test=10, seed=5)  # other images, same folder
+    after = fashion_mnist_ae(0, data_dir=tmp_path / "fm", cache_dir=tmp_path / "cache", config=TINY)
+    assert not torch.allclose(after.x_train, before.x_train)
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2
+
+
 def test_standin_is_built_once_when_asked_for_at_the_same_time(tmp_path, monkeypatch):
     import threading
 

@@ -273,3 +273,44 @@ def test_an_experiments_check_config_runs_before_anything_is_written(tmp_path, m
     out = tmp_path / "o"
     assert_one_line_error(cli("reproduce", "boolean", "--out", out, *TINY), 2, "data for clauses=8 not found")
     assert not out.exists()
+
+
+# ------------------------------------------------------------- issue 13 B8: numpy integers as seeds and values
+def test_numpy_seeds_and_overrides_give_the_same_runs(finished_store, tmp_path, capsys):
+    np = pytest.importorskip("numpy")
+    out = copy_of(finished_store, tmp_path)
+    overrides = {name: np.int64(value) for name, value in TINY_OVERRIDES.items()}
+    api.run_study("boolean", "headline", seeds=np.int64(2), overrides=overrides, out=out, backend="local")
+    assert "0 runs done, 2 already in" in capsys.readouterr().out  # the same keys as the int run
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["seeds"] == 2 and meta["overrides"] == TINY_OVERRIDES
+
+
+# ---------------------------------------------------------------------- issue 13 C3: provenance
+def test_meta_and_report_record_versions_device_and_commit(finished_store, tmp_path):
+    import platform
+
+    import torch
+
+    import torchfpe
+
+    out = copy_of(finished_store, tmp_path)
+    meta = json.loads((out / "meta.json").read_text())
+    made = meta["provenance"]
+    assert (made["torchfpe"], made["torch"], made["python"]) == (torchfpe.__version__, torch.__version__,
+                                                                 platform.python_version())
+    assert "CPU" in made["device"] and "backend local" in made["device"]
+    head = subprocess.run(["git", "-C", str(Path(torchfpe.__file__).parent), "rev-parse", "HEAD"],
+                          capture_output=True, text=True)
+    if head.returncode == 0:  # a git checkout of torchfpe (as in CI and here)
+        assert made["git_commit"] == head.stdout.strip()
+    report = (out / "report.md").read_text()
+    line = next(line for line in report.splitlines() if line.startswith("- Made with: "))
+    assert f"torch {torch.__version__}" in line and f"Python {platform.python_version()}" in line
+    # a resumed folder keeps what its earlier runs were made with
+    meta["provenance"] = dict(made, torch="1.0.0")
+    (out / "meta.json").write_text(json.dumps(meta))
+    api.run_study("boolean", "headline", seeds=2, overrides=TINY_OVERRIDES, out=out, backend="local", quiet=True)
+    again = json.loads((out / "meta.json").read_text())
+    assert again["provenance"] == made and again["provenance_earlier"][0]["torch"] == "1.0.0"
+    assert "- Earlier runs in this folder made with: torchfpe" in (out / "report.md").read_text()

@@ -125,3 +125,112 @@ def test_seeds_beyond_64_bits_are_refused(seed):
     with pytest.raises(InvalidParameterError, match="'seed'"):
         expand(mlp(), 2, seed=seed)
     expand(mlp(), 2, seed=2**64 - 1)
+
+
+# ------------------------------------------------------------------ issue 13 B1: frozen and the budget
+def _frozen_first_layer():
+    model = mlp()
+    model[0].requires_grad_(False)
+    return model
+
+
+@pytest.mark.parametrize("budget", ["global", "outgoing", "layerwise", "structured"])
+def test_frozen_layers_stay_unpruned_and_the_trainable_count_holds(budget):
+    model = _frozen_first_layer()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the budget can be met among the trainable layers: no warning
+        wide, report = expand(model, 2, seed=0, budget=budget, return_report=True)
+    # the frozen split layer keeps every weight its children received (a partition: the parent's 48)
+    assert int(torch.count_nonzero(wide[0].weight)) == int(torch.count_nonzero(model[0].weight)) == 48
+    assert nonzero_parameters(wide) == nonzero_parameters(model)
+    assert report.excess == 0
+
+
+def test_a_budget_that_only_frozen_layers_could_meet_warns():
+    model = mlp()
+    model[4].requires_grad_(False)  # budget='outgoing' prunes only the copied columns: layer 4's are frozen
+    with pytest.warns(UserWarning, match="frozen"):
+        wide = expand(model, 2, seed=0, layers=["2"], budget="outgoing")
+    assert int(torch.count_nonzero(wide[4].weight)) == 2 * int(torch.count_nonzero(model[4].weight))
+
+
+# ------------------------------------------------------- issue 13 B3: load_expanded keeps the parent's dtype
+@pytest.mark.parametrize("packed", [False, True])
+def test_load_expanded_keeps_the_parents_dtype(packed):
+    import torchfpe
+    import torchfpe.data
+    import torchfpe.metrics
+
+    parent = mlp()
+    wide = expand(parent, 2, seed=0)
+    saved = (torchfpe.pack(wide) if packed else wide).state_dict()  # float32
+    loaded = torchfpe.load_expanded(mlp().double(), saved)
+    floats = {name: t.dtype for name, t in loaded.state_dict().items()
+              if isinstance(t, torch.Tensor) and t.is_floating_point()}
+    assert set(floats.values()) == {torch.float64}, floats
+    x = torch.randn(5, 8)
+    torch.testing.assert_close(loaded(x.double()), wide(x).double(), rtol=1e-5, atol=1e-6)
+
+
+# -------------------------------------------------------- issue 13 B8: numpy integers wherever seeds are taken
+def test_numpy_integer_seeds_are_accepted_everywhere_and_equal_python_ints():
+    np = pytest.importorskip("numpy")
+    import torchfpe
+    import torchfpe.data
+    import torchfpe.metrics
+    from torchfpe.experiments.boolean import BooleanConfig
+    from torchfpe.tasks.dnf import DNFConfig, make_dnf
+
+    model = mlp()
+
+    def same(a, b):
+        return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values())
+                   if isinstance(x, torch.Tensor))
+
+    assert same(expand(model, np.int64(2), seed=np.int64(3)), expand(model, 2, seed=3))
+    assert same(expand(model, 2, seed=np.uint32(3)), expand(model, 2, seed=3))
+    dnf = make_dnf(DNFConfig(seed=np.int64(3), train_size=np.int32(8), test_size=8))
+    assert torch.equal(dnf.x_train, make_dnf(DNFConfig(seed=3, train_size=8, test_size=8)).x_train)
+    config = BooleanConfig(seed=np.int64(3), neurons=np.int64(8))
+    assert type(config.seed) is int and type(config.neurons) is int and config == BooleanConfig(seed=3, neurons=8)
+    assert torchfpe.metrics.clause_coverage_mc(2, 2, trials=50, seed=np.int64(1)) == \
+        torchfpe.metrics.clause_coverage_mc(2, 2, trials=50, seed=1)
+    pytest.importorskip("sklearn")
+    digits = torchfpe.data.load_embeddings("digits", seed=np.int64(1))
+    assert torch.equal(digits.x_train, torchfpe.data.load_embeddings("digits", seed=1).x_train)
+    with pytest.raises(InvalidParameterError, match="seed"):
+        expand(model, 2, seed=np.float64(3))
+
+
+def test_nonzero_parameters_refuses_what_is_not_a_module():
+    with pytest.raises(InvalidParameterError, match="the 'model' parameter of nonzero_parameters must be a Module"):
+        nonzero_parameters(None)
+
+
+# ------------------------------------------------------------ issue 13 B8: a bad target_modules, one clear error
+class _Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 6)
+
+
+class _Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.mlp = _Block()
+
+
+@pytest.mark.parametrize("target_modules, words", [
+    ("(", "must be a valid regular expression on the full module path (missing ), unterminated subpattern"),
+    (3, "got 3"), ([3], "got [3]"), (["fc1", None], "got ['fc1', None]"), (b"fc", "got bytes b'fc'"),
+    ({"fc1": 1}, "got {'fc1': 1}"), ([["fc1"]], "got [['fc1']]"), ([], "got []"),
+])
+def test_a_bad_target_modules_is_one_clear_error(target_modules, words):
+    from torchfpe import find_ffn_pairs
+
+    with pytest.raises(InvalidParameterError, match="'target_modules' parameter of find_ffn_pairs") as error:
+        find_ffn_pairs(_Net(), target_modules)
+    assert words in str(error.value)
+    assert find_ffn_pairs(_Net(), ["fc1"]) == find_ffn_pairs(_Net(), r"mlp\.fc\d") == [("mlp.fc1", "mlp.fc2")]
+    with pytest.raises(InvalidParameterError, match="'model' parameter of find_ffn_pairs"):
+        find_ffn_pairs(None)

@@ -72,3 +72,60 @@ def test_every_group_study_names_a_known_layout():
     for group, studies in GROUPS.items():
         for study in studies.values():
             assert study.meta.get("layout") in LAYOUTS, (group, study.name)
+
+
+# --------------------------------------------------- a metric other than accuracy: lower is better (issue 13)
+BPB = {"key": "bits_per_byte", "label": "test bits/byte", "higher_is_better": False, "percent": False}
+
+
+def _bpb_records():
+    """dense 2.00/2.10/2.20 bits/byte over seeds 0..2; random 1.80/1.85/1.90 (better); wide2 1.95/2.00/2.05."""
+    out = []
+    for seed in range(3):
+        base = dict(corpus="c", neurons=4, alpha=2, seed=seed, variants="dense+random+wide2", dataset="tiny text",
+                    nonzero_parameters=100)
+        dense = 2.0 + 0.1 * seed
+        for variant, value, units in (("dense", dense, 4), ("random", 1.8 + 0.05 * seed, 8),
+                                      ("wide2", 1.95 + 0.05 * seed, 8)):
+            out.append({**base, "variant": variant, "bits_per_byte": value, "train_bits_per_byte": value - 0.1,
+                        "relative_gain": (dense - value) / dense, "hidden_units": units})
+    return out
+
+
+@pytest.mark.parametrize("layout", ["cells", "match", "sweep"])
+def test_a_lower_is_better_metric_drives_columns_tests_wording_and_figures(tmp_path: Path, layout):
+    meta = {"study": "lm", "layout": layout, "axis": ["neurons"] if layout != "sweep" else "neurons", "seeds": 3,
+            "base": {"corpus": "c", "neurons": 4, "alpha": 2, "variants": "dense+random+wide2"},
+            "metric": BPB, "command": "x", "date": "2026-01-01", "show_train": True}
+    text = write_report(tmp_path, meta, _bpb_records()).read_text()
+    assert "acc" not in text.lower().replace("accurate", "") and "Metric: test bits/byte (lower is better" in text
+    if layout == "sweep":
+        row = next(line for line in text.splitlines() if line.startswith("| 4 | random |"))
+        assert "1.850 [" in row and "| 1.750 |" in row  # test mean with CI, train mean
+        assert "train − test gap (bits/byte, mean ± std)" in text and "-0.100 ± 0.000" in row
+        figure = tmp_path / "bits_per_byte_vs_neurons.png"
+    else:
+        header = next(line for line in text.splitlines() if line.startswith("| neurons | variant |"))
+        assert "test bits/byte (mean ± std)" in header and "test bits/byte 95 % CI" in header
+        row = next(line for line in text.splitlines() if line.startswith("| 4 | random |"))
+        assert "1.850 ± 0.050" in row and "+11.8 ± 1.8" in row  # bits/byte; gain (2.0−1.8)/2.0 … = 10.0, 11.9, 13.6 %
+        p = stats.ttest_rel([1.8, 1.85, 1.9], [2.0, 2.1, 2.2]).pvalue
+        assert f"{p:.1e}" in row  # paired on the metric, not on a missing accuracy
+        assert "test bits/byte (lower is better)" in text
+        figure = tmp_path / "bits_per_byte_vs_neurons.png"
+    assert figure.is_file() and not (tmp_path / "accuracy_vs_neurons.png").exists()
+    if layout == "match":
+        # lower is better: wide2 (2.000) does not reach random (1.850); dense with more non-zeros is not better
+        assert "no wider dense model up to 2× the non-zeros reached random FPE (1.850 bits/byte)" in text
+        assert "FPE test bits/byte" in text and "dense − FPE (bits/byte)" in text and "| +0.150 |" in text
+
+
+def test_metric_meta_is_checked_and_accuracy_is_the_default():
+    from torchfpe.report.metric import ACCURACY, metric_of
+
+    assert metric_of({}) is ACCURACY and metric_of({"metric": {"key": "test_accuracy"}}) is ACCURACY
+    assert metric_of({"metric": BPB}).train_key == "train_bits_per_byte"
+    assert metric_of({"metric": {"key": "test_loss", "higher_is_better": False}}).train_key == "train_loss"
+    for bad in ({"label": "x"}, {"key": "k", "colour": "red"}, {"key": "k", "percent": "no"}):
+        with pytest.raises(ValueError, match="metric"):
+            metric_of({"metric": bad})

@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .core.validation import Interval, InvalidParameterError, Options, check_param, invalid
+from .core.validation import Interval, InvalidParameterError, Options, check_param, invalid, plain_number
 
 __all__ = [
     "build_report", "config_fields", "fidelity", "parse_override", "parse_overrides", "run_study", "run_sweep_file",
@@ -200,10 +200,12 @@ def run_study(
     check_param("study", study, [Options(tuple(studies))], f"run_study (group {group!r})")
     chosen = studies[study]
     check_param("seeds", seeds, [Interval(int, 1, MAX_SEEDS), None], "run_study")
+    seeds = plain_number(seeds)
     _check_runner(backend, workers, address, quiet, "run_study")
     if overrides is not None and not isinstance(overrides, Mapping):
         raise invalid("overrides", "run_study", "a mapping of config field -> value, or None", overrides)
-    overrides = dict(overrides or {})
+    overrides = {name: [plain_number(v) for v in value] if isinstance(value, list) else plain_number(value)
+                 for name, value in (overrides or {}).items()}  # NumPy numbers as Python ones (meta.json is JSON)
     experiment = chosen.experiment
     fields = config_fields(experiment)
     for name, value in overrides.items():
@@ -222,7 +224,7 @@ def run_study(
                     "value, or run a sweep file (torchfpe sweep) to sweep it")
     seeds = seeds if seeds is not None else chosen.default_seeds
     config_dicts = study_configs(chosen, seeds, overrides)
-    jobs = _make_jobs(experiment, config_dicts)
+    jobs = _make_jobs(experiment, config_dicts, quiet)
     base = jobs[0].config.to_dict()
     out_path = resolve_out(out if out is not None else Path("runs") / f"{group}-{study}")
     meta = {"study": study, "group": group, "axes": list(chosen.axes), "seeds": seeds, "base": base,
@@ -304,7 +306,7 @@ def run_sweep_file(
         if study not in studies:
             raise InvalidParameterError(f"{path}: no report layout for this sweep; add 'study:' (one of "
                                         f"{', '.join(studies)})")
-    jobs = _make_jobs(experiment, grid_configs(axes, base, seed_list))
+    jobs = _make_jobs(experiment, grid_configs(axes, base, seed_list), quiet)
     out_path = resolve_out(out if out is not None else Path("runs") / path.stem)
     meta = {"study": study, "group": studies[study].group, "axes": names, "seeds": len(seed_list),
             "base": dict(base), "grid": dict(grid), "name": spec.get("name", path.stem), **studies[study].meta}
@@ -350,13 +352,16 @@ def _option_hint(name: str) -> str:
     return f" ({option} applies only to experiments that read such files)" if option else ""
 
 
-def _make_jobs(experiment: str, config_dicts: list[dict]):
+def _make_jobs(experiment: str, config_dicts: list[dict], quiet: bool = True):
     """Every config of the grid built (and so validated) before any work or write.
 
     An experiment may also declare ``check(config)`` for checks that need the file system (a data
     folder or an embedding file exists and reads); it runs here, once per config without the seed,
-    so a wrong path fails before ``meta.json`` is written.
+    so a wrong path fails before ``meta.json`` is written. Loading the data can take a while (a
+    built-in stand-in is built the first time it is asked for), so a spinner says so unless ``quiet``.
     """
+    from ._status import step
+
     from .experiments.registry import experiment as registered
     from .sweep import make_jobs
 
@@ -372,14 +377,24 @@ def _make_jobs(experiment: str, config_dicts: list[dict]):
         # propagates as it is (exit 1 on the command line), still before anything is written.
         from .data.embeddings import DataError
 
-        for config in {job.config.without_seed(): job.config for job in jobs}.values():
-            try:
-                check(config)
-            except (InvalidParameterError, DataError):
-                raise
-            except (TypeError, ValueError) as error:  # a check's own word on a config value: a usage error
-                raise InvalidParameterError(str(error)) from None
+        distinct = list({job.config.without_seed(): job.config for job in jobs}.values())
+        with step(f"preparing the {experiment} data", quiet) as say:
+            for index, config in enumerate(distinct, 1):
+                say(f"preparing the {experiment} data (config {index}/{len(distinct)}{_data_fields(config)})")
+                try:
+                    check(config)
+                except (InvalidParameterError, DataError):
+                    raise
+                except (TypeError, ValueError) as error:  # a check's own word on a config value: a usage error
+                    raise InvalidParameterError(str(error)) from None
     return jobs
+
+
+def _data_fields(config) -> str:
+    """``", embeddings=fashion-mnist-ae"``: the config fields that name its data, for the spinner."""
+    named = [(name, getattr(config, name, None)) for name in ("embeddings", "data_dir", "dataset", "corpus")]
+    return "".join(f": {name}={value}" if i == 0 else f", {name}={value}"
+                   for i, (name, value) in enumerate((n, v) for n, v in named if v is not None))
 
 
 def _python_call(function: str, *args, **kwargs) -> str:
@@ -409,12 +424,51 @@ def _run_into(out: Path, meta: dict, experiment: str, jobs, *, backend: str, wor
     }
     store = ResultStore(out)
     with store.lock():
+        meta["data_files"] = _checked_data_files(store, experiment, jobs)
+        meta.update(_provenance_fields(store, backend, address))
         store.write_meta(meta)
         summary = execute(jobs, store, backend=backend, workers=workers, address=address, quiet=quiet,
                           description=meta["study"])
         if not quiet:
             print(f"{summary['done']} runs done, {summary['skipped']} already in {out}")
-        return build_report(out)
+        return build_report(out, quiet=quiet)
+
+
+def _provenance_fields(store, backend: str, address: str | None) -> dict:
+    """``provenance`` (what this run is made with) and ``provenance_earlier`` (what earlier runs into the
+    same folder were made with, where that differs: a resumed folder may hold runs of several versions)."""
+    from ._provenance import provenance
+
+    now = provenance(backend, address)
+    old = store.read_meta() if (store.root / "meta.json").exists() else {}
+    earlier = [p for p in [*(old.get("provenance_earlier") or []), old.get("provenance")] if p and p != now]
+    unique = [p for i, p in enumerate(earlier) if p not in earlier[:i]]
+    return {"provenance": now, **({"provenance_earlier": unique} if unique else {})}
+
+
+def _checked_data_files(store, experiment: str, jobs) -> dict[str, str]:
+    """``{path: digest}`` of the data files the jobs name, merged with those the folder recorded before.
+
+    Run keys hold a file's path, not its content: a file replaced at the same path would have its
+    old runs reused as if they were its own. So each file's digest is recorded in meta.json, and a
+    folder holding runs is refused once a file it recorded has changed (before anything is written).
+    A folder from before digests were recorded has none to compare: the current files are recorded.
+    """
+    from .data.digest import file_digest
+    from .experiments.registry import experiment as registered
+    from .sweep import StoreError
+
+    files = registered(experiment).files
+    named = sorted({path for job in jobs for path in (files(job.config) if files else ())})
+    current = {path: file_digest(path) for path in named}
+    recorded = (store.read_meta().get("data_files") or {}) if (store.root / "meta.json").exists() else {}
+    changed = [path for path in current if path in recorded and recorded[path] != current[path]]
+    if changed and store.keys():
+        path = changed[0]
+        raise StoreError(f"{path} has changed since the runs in {store.root} were made from it ({recorded[path][:19]} "
+                         f"then, {current[path][:19]} now), so they would be reused as stale results; use a new "
+                         f"--out, or move {store.runs} away to redo them")
+    return {**recorded, **current}
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -426,13 +480,13 @@ class IncompleteResultsError(RuntimeError):
         self.report, self.missing = report, missing
 
 
-def build_report(out: str | os.PathLike, *, strict: bool = False) -> Path:
+def build_report(out: str | os.PathLike, *, strict: bool = False, quiet: bool = True) -> Path:
     """Rebuild ``records.csv``, ``report.md`` and the figures of a result folder from its store alone.
 
     Runs the folder's ``meta.json`` planned but the store lacks are listed in the report's header,
     which marks it incomplete; with ``strict=True`` that also raises :class:`IncompleteResultsError`
     (after writing). A record whose accuracy is not a number is a :class:`~torchfpe.sweep.StoreError`
-    naming its file.
+    naming its file. ``quiet=False`` shows a spinner while the figures are drawn.
     """
     from .report import write_report
     from .sweep import ResultStore, StoreError
@@ -443,21 +497,26 @@ def build_report(out: str | os.PathLike, *, strict: bool = False) -> Path:
     store = ResultStore(out)
     meta = store.read_meta()
     planned_keys = list(meta.get("keys") or store.keys())
+    metric = meta.get("metric")
+    metric_key = metric.get("key", "test_accuracy") if isinstance(metric, Mapping) else "test_accuracy"
     present = set(store.keys())
     records = []
     for run in store.all_runs():
         if run["key"] not in planned_keys:
             continue
         for record in run["records"]:
-            _check_record(record, store.path(run["key"]))
+            _check_record(record, store.path(run["key"]), metric_key)
             records.append(record)
     missing_keys = [key for key in planned_keys if key not in present]
     missing = [_describe_run(meta, key) for key in missing_keys]
     if missing:
         meta = {**meta, "incomplete": f"{len(missing)} of {len(planned_keys)} planned runs are missing: "
                                       f"{'; '.join(missing[:20])}{' …' if len(missing) > 20 else ''}"}
+    from ._status import step
+
     try:
-        report = write_report(out, meta, records)
+        with step(f"writing {out / 'report.md'} and its figures", quiet):
+            report = write_report(out, meta, records)
     except ValueError as error:  # e.g. a meta.json naming a study no report layout knows
         raise StoreError(f"{out / 'meta.json'}: {error}") from None
     if missing and strict:
@@ -473,9 +532,13 @@ def _describe_run(meta: dict, key: str) -> str:
     return ", ".join(f"{name}={value}" for name, value in planned.items())
 
 
-def _check_record(record: Any, path: Path) -> None:
+def _check_record(record: Any, path: Path, metric_key: str = "test_accuracy") -> None:
     from .sweep import StoreError
 
+    value = record.get(metric_key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+        raise StoreError(f"{path}: record field {metric_key!r} must be a number, got {value!r}; the file is corrupt: "
+                         "move it away and re-run")
     for name, value in record.items():
         if name.endswith("accuracy") and value is not None and (
                 isinstance(value, bool) or not isinstance(value, numbers.Real)):

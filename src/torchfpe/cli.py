@@ -169,7 +169,7 @@ def report(
     """Rebuild records.csv, report.md and the figures from the result store alone (exit 1 if runs are missing)."""
     def call() -> None:
         try:
-            path = api.build_report(out, strict=True)
+            path = api.build_report(out, strict=True, quiet=False)
         except api.IncompleteResultsError as error:
             typer.echo(f"report: {error.report}")
             raise

@@ -28,6 +28,7 @@ choice is driven by an explicit ``seed``.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Union
 
@@ -494,7 +495,7 @@ def _same_child_fraction(
     child ``p % alpha`` (a balanced partition, child sizes differing by at
     most one).  Vectorised and chunked over trials.
     """
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(int(seed))
     width = m if n_vars is None else n_vars
     chunk = max(1, _MC_CHUNK_ELEMS // width)
     hits = 0
@@ -521,7 +522,7 @@ def _check_mc_args(
     _check_pos_int(k, "k")
     _check_pos_int(alpha, "alpha")
     _check_pos_int(trials, "trials")
-    if isinstance(seed, bool) or not isinstance(seed, int):
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise ValueError(f"seed must be an int, got {type(seed).__name__}")
     m = m_factor * k
     if n_vars is not None:

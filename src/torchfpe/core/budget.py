@@ -19,6 +19,9 @@ BUDGETS = ("global", "outgoing", "layerwise", "structured", "none")
 
 def nonzero_parameters(model: nn.Module) -> int:
     """Count the non-zero entries of every trainable parameter (weights and biases; shared ones once)."""
+    from .validation import check_param
+
+    check_param("model", model, [nn.Module], "nonzero_parameters")
     return sum(int(torch.count_nonzero(p.detach())) for p in model.parameters() if p.requires_grad)
 
 

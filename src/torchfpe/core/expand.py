@@ -29,7 +29,7 @@ from .layouts.masked import MaskedLinear
 from .splits import SPLITS, Split, get_split, user_split
 from .targets import as_linear, check_not_shared, features, is_conv1d, resolve_pairs, set_submodule
 from .validation import (SEED, Interval, InvalidParameterError, Options, Sequences, check_param, invalid,
-                         validate_params)
+                         plain_number, validate_params)
 
 BIAS_POLICIES = ("copy", "divide", "zero")
 
@@ -117,6 +117,18 @@ class LayerPlan:
     nonzero_before: int = 0  # weights and bias of the parent
     weight_before: int = 0  # weights only
     nonzero_split: int = 0  # after splitting and copying, before the budget
+    trainable_before: int = 0  # what nonzero_parameters counts of the parent: requires_grad tensors only
+    trainable_split: int = 0
+
+    @property
+    def weight_trainable(self) -> bool:
+        """False for a frozen weight: the budget neither prunes it nor counts it (as nonzero_parameters)."""
+        return bool(self.parent.weight.requires_grad)
+
+    def trainable_nonzero(self) -> int:
+        weight = int(torch.count_nonzero(self.weight)) if self.weight_trainable else 0
+        bias = self.parent.bias
+        return weight + (int(torch.count_nonzero(self.bias)) if bias is not None and bias.requires_grad else 0)
 
 
 #: Each parameter of ``expand`` and its constraint, declared once (see :mod:`torchfpe.core.validation`).
@@ -283,6 +295,7 @@ def expand(
     params = dict(model=model, alpha=alpha, seed=seed, layers=layers, bias=bias, budget=budget,
                   dropconnect_p=dropconnect_p, return_report=return_report)
     validate_params(params, EXPAND_PARAMETERS, "expand")
+    alpha, seed = plain_number(alpha), plain_number(seed)
     packed = [name for name, module in expanded_layers(model) if not isinstance(module, MaskedLinear)]
     if packed:
         raise InvalidParameterError(f"layer {packed[0]!r} is in a packed layout; call torchfpe.unpack(model) "
@@ -330,7 +343,7 @@ def expand(
             weight = plan.weight.repeat_interleave(space, 1).cpu()
             drawn[plan.name] = plan.split.child_masks(plan.name, weight, alpha, generator, **needs)
     shares = {plan.name: _one_deal(plan.weight.shape[0] * plan.rows, alpha, generator)
-              for plan in plans if structured and plan.cols > 1}
+              for plan in plans if structured and plan.cols > 1 and plan.weight_trainable}  # frozen: unpruned
 
     # ---------------------------------------------------------------- copy: rows split, columns copied
     for plan in plans:
@@ -343,9 +356,17 @@ def expand(
         if plan.bias is not None:
             plan.bias = plan.bias * plan.bias_mask
         plan.nonzero_split = _layer_nonzero(plan.weight, plan.bias)
+        plan.trainable_split = plan.trainable_nonzero()
 
     # ---------------------------------------------------------------- budget
-    _apply_budget(plans, budget)
+    unmet = _apply_budget(plans, budget)
+    if unmet > 0:
+        frozen = [plan.name for plan in plans if not plan.weight_trainable]
+        warnings.warn(
+            f"expand keeps frozen layers ({', '.join(map(repr, frozen))}) unpruned and outside the budget, and "
+            f"budget={budget!r} finds no trainable weight to prune for the rest: the expanded model has {unmet} "
+            "trainable non-zero parameters above its parent's (unfreeze those layers, or use budget='global')",
+            UserWarning, stacklevel=2)
 
     # ---------------------------------------------------------------- build layers, report
     report = ExpansionReport(alpha=alpha, split=_split_label(plans), budget=budget, bias=bias, seed=seed)
@@ -383,6 +404,7 @@ def _copy(plan: LayerPlan, alpha: int, bias: str, masks: Tensor | None, share: T
     weight, bias_t, weight_mask, bias_mask = plan.weight, plan.bias, plan.mask, plan.bias_mask
     plan.nonzero_before = _layer_nonzero(weight, bias_t)
     plan.weight_before = int(torch.count_nonzero(weight))
+    plan.trainable_before = plan.trainable_nonzero()
     rows, cols = plan.rows, plan.cols
     plan.weight = weight.repeat_interleave(rows, 0).repeat_interleave(cols, 1)
     plan.mask = weight_mask.repeat_interleave(rows, 0).repeat_interleave(cols, 1)
@@ -416,17 +438,27 @@ def _split_label(plans: Sequence[LayerPlan]) -> str:
     return labels.pop() if len(labels) == 1 else "mixed"
 
 
-def _apply_budget(plans: Sequence[LayerPlan], budget: str) -> None:
-    """Prune the smallest-magnitude weights until the model is back at its parent's non-zero count."""
+def _apply_budget(plans: Sequence[LayerPlan], budget: str) -> int:
+    """Prune the smallest-magnitude weights until the trainable non-zero count is back at its parent's.
+
+    Frozen weights (``requires_grad=False``) stay unpruned and outside the count, as in
+    :func:`nonzero_parameters`: pruning them would change what the user froze, and counting them would
+    make the trainable layers pay for them. Returns the excess that no trainable weight could absorb.
+    """
     if budget == "none":
-        return
+        return 0
+    trainable = [plan for plan in plans if plan.weight_trainable]
     if budget in ("layerwise", "structured"):  # structured: only the copied biases are left over
-        for plan in plans:
-            prune_smallest_({plan.name: plan.weight}, {plan.name: plan.mask}, plan.nonzero_split - plan.nonzero_before)
-        return
-    prunable = plans if budget == "global" else [plan for plan in plans if plan.cols > 1]
-    excess = sum(plan.nonzero_split for plan in plans) - sum(plan.nonzero_before for plan in plans)
+        for plan in trainable:
+            prune_smallest_({plan.name: plan.weight}, {plan.name: plan.mask},
+                            plan.trainable_split - plan.trainable_before)
+        return sum(plan.trainable_split - plan.trainable_before for plan in plans if not plan.weight_trainable)
+    prunable = trainable if budget == "global" else [plan for plan in trainable if plan.cols > 1]
+    excess = sum(plan.trainable_split - plan.trainable_before for plan in plans)
+    if not prunable:
+        return max(excess, 0)
     prune_smallest_({p.name: p.weight for p in prunable}, {p.name: p.mask for p in prunable}, excess)
+    return 0
 
 
 def _check_clauses(clauses, fan_ins: dict[str, int]) -> list[list[int]]:
@@ -499,8 +531,9 @@ def load_expanded(model: nn.Module, state_dict: Mapping[str, Tensor], *, strict:
     whole state is loaded. A DropConnect layer gets its ``p`` back. Checked before anything is
     returned: each such layer exists in ``model`` as an ``nn.Linear`` (or expanded layer) whose
     shape fits the saved one (the parent's shape recorded at expansion, or the saved shape itself),
-    and no stored weight is non-zero outside its mask. ``model`` itself is never modified; the
-    loaded copy is returned.
+    and no stored weight is non-zero outside its mask. Floating tensors take ``model``'s dtype (as
+    ``load_state_dict`` does), so a float32 file loads into a float64 parent. ``model`` itself is never
+    modified; the loaded copy is returned.
     """
     check_param("model", model, [nn.Module], "load_expanded")
     check_param("state_dict", state_dict, [Mapping], "load_expanded")
@@ -553,6 +586,9 @@ def load_expanded(model: nn.Module, state_dict: Mapping[str, Tensor], *, strict:
                                                               else None)
         except (KeyError, ValueError, TypeError, RuntimeError) as error:
             raise InvalidParameterError(f"{where}: the saved {extra['layout']!r} layer is inconsistent: {error}") from None
+        dtype = next((t.dtype for t in old.parameters(recurse=False) if t.is_floating_point()), None)
+        if dtype is not None:  # as load_state_dict does: the model's dtype, the checkpoint's values
+            layer.to(dtype=dtype)
         layer.train(old.training)
         if path:
             set_submodule(loaded, path, layer)

@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedParameter
 
-from .validation import InvalidParameterError
+from .validation import InvalidParameterError, Sequences, check_param, invalid
 
 #: Modules that act on each unit separately, so a Linear followed by them still feeds the next
 #: Linear unit by unit. Norms that mix units (LayerNorm) or carry per-unit parameters (BatchNorm)
@@ -79,6 +79,23 @@ def as_linear(module: nn.Module) -> nn.Linear:
     return linear
 
 
+def _check_target_modules(target_modules) -> None:
+    """A regular expression (a str that compiles), a non-empty list of path suffixes, or None."""
+    owner = "find_ffn_pairs"
+    expected = "a regular expression on the full module path (str), a non-empty list of module-path suffixes or None"
+    if target_modules is None:
+        return
+    if isinstance(target_modules, str):
+        try:
+            re.compile(target_modules)
+        except re.error as error:
+            raise invalid("target_modules", owner, f"a valid regular expression on the full module path ({error}) "
+                          "or a list of module-path suffixes", target_modules) from None
+        return
+    if not Sequences((str,), 1).accepts(target_modules):
+        raise invalid("target_modules", owner, expected, target_modules)
+
+
 def _matches(path: str, target_modules: str | Sequence[str] | None) -> bool:
     if target_modules is None:
         return True
@@ -100,6 +117,8 @@ def find_ffn_pairs(
     as in peft: a string is a regular expression matched against the full module path; a list
     matches path suffixes (``["c_fc"]``, ``["layers.0.mlp.gate_proj"]``).
     """
+    check_param("model", model, [nn.Module], "find_ffn_pairs")
+    _check_target_modules(target_modules)
     found: list[tuple[str, ...]] = []
     used: set[str] = set()
     for prefix, block in model.named_modules():

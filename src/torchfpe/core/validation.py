@@ -214,3 +214,19 @@ def build_config(cls: type, overrides: Mapping[str, Any], label: str) -> Any:
 
 #: Seeds accepted everywhere: what ``torch.Generator.manual_seed`` takes without wrapping.
 SEED = Interval(int, 0, 2**64 - 1)
+
+
+def plain_number(value: Any) -> Any:
+    """A NumPy (or other ``numbers``) integer or float as the Python ``int``/``float`` it stands for.
+
+    Checks accept any integral value (``np.int64(3)`` is an int >= 0), but torch's generators and JSON
+    want Python numbers, so every entry point that takes a seed or a count passes it through this after
+    the check. Bools and everything else come back unchanged.
+    """
+    if isinstance(value, bool) or type(value) in (int, float):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real) and type(value).__module__ == "numpy":
+        return float(value)
+    return value

@@ -24,6 +24,7 @@ message names the file or argument. docs/embeddings.md describes the formats and
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -57,8 +58,9 @@ def load_embeddings(
     ``digits``, the clusters of ``synthetic-100``, the stand-in encoder's training (``mnist1d`` is the
     package's canonical set whatever the seed).
     """
-    if isinstance(seed, bool) or not isinstance(seed, int):
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise EmbeddingFileError(f"load_embeddings: seed must be an int; got {seed!r}")
+    seed = int(seed)
     for label, value in (("data_dir", data_dir), ("cache_dir", cache_dir)):
         if value is not None and not isinstance(value, (str, os.PathLike)):
             raise EmbeddingFileError(f"load_embeddings: {label} must be a folder path or None; got {value!r}")

@@ -271,7 +271,10 @@ def extract_embeddings(
     classes, train, test = scan_image_folder(source)
     _import_transformers()
     check_images(train.paths + test.paths, quiet=quiet)
-    encoder = load_clip(model, resolved_device)
+    from .._status import step
+
+    with step(f"loading the image model {model}", quiet):
+        encoder = load_clip(model, resolved_device)
     model_name = Path(str(model)).name if Path(str(model)).expanduser().is_dir() else str(model)
     return encode_to_file(
         encoder,

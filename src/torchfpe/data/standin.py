@@ -110,8 +110,15 @@ class AutoencoderImageEncoder:
 
 
 def cache_path(cache_dir: Path, config: AutoencoderConfig, seed: int, data_folder: Path) -> Path:
-    key = json.dumps({"version": STANDIN_VERSION, "seed": seed, "data": str(data_folder.resolve()), **asdict(config)},
-                     sort_keys=True)
+    """The cache file of one build. A folder other than the Debian package's is also keyed by its files'
+    content: new images copied to the same folder must not get the old vectors (the package's files
+    change only with the package, and its key stays what it was, so existing caches stay valid)."""
+    fields = {"version": STANDIN_VERSION, "seed": seed, "data": str(data_folder.resolve()), **asdict(config)}
+    if data_folder.resolve() != FASHION_MNIST_DIR.resolve():
+        from .digest import fashion_mnist_paths, file_digest
+
+        fields["content"] = [file_digest(path) for path in fashion_mnist_paths(data_folder)]
+    key = json.dumps(fields, sort_keys=True)
     return cache_dir / f"fashion-mnist-ae-seed{seed}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.npz"
 
 

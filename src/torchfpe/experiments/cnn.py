@@ -90,6 +90,11 @@ class CNNTask(protocol.Task):
         """Load Fashion-MNIST before any run (missing or corrupt IDX files: ValueError naming the folder)."""
         self.data(config)
 
+    def files(self, config: "CNNConfig") -> tuple[str, ...]:
+        from ..data.digest import fashion_mnist_paths
+
+        return () if config.data_dir is None else tuple(str(path) for path in fashion_mnist_paths(config.data_dir))
+
     def parent(self, config: "CNNConfig") -> nn.Module:
         return cnn(config.neurons, config.seed, config.dtype)
 

@@ -35,7 +35,7 @@ from torch import nn
 
 from .. import metrics
 from ..core import SPLITS
-from ..core.validation import Interval, Predicate
+from ..core.validation import Interval, Predicate, invalid
 from . import protocol
 from .studies import Study, real_meta
 
@@ -108,8 +108,21 @@ class HeadsTask(protocol.Task):
         return prepared_data(config.embeddings, config.data_dir, config.classes, config.dtype)
 
     def check(self, config) -> None:
-        """Load the config's data before any run (a missing or bad file, too many classes: ValueError)."""
-        self.data(config)
+        """Load the config's data before any run (a missing or bad file, too many classes: ValueError),
+        and check that alpha fits the first layer's fan-in (the embedding's features)."""
+        info = self.data(config).info
+        if config.alpha > info["features"]:
+            raise invalid("alpha", type(config).__name__, f"an int in [2, {info['features']}] (the first hidden layer "
+                          f"reads the {info['features']} features of {info['name']})", config.alpha)
+
+    def files(self, config) -> tuple[str, ...]:
+        from ..data import BUILTINS
+        from ..data.digest import fashion_mnist_paths
+
+        named = [] if config.embeddings in BUILTINS else [config.embeddings]
+        if config.data_dir is not None and config.embeddings == "fashion-mnist-ae":
+            named += [str(path) for path in fashion_mnist_paths(config.data_dir)]
+        return tuple(named)
 
     def _depth(self, config) -> int:
         return getattr(config, "depth", 1)

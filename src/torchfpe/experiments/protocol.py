@@ -54,7 +54,7 @@ from torch import Tensor, nn
 from .. import metrics
 from ..batched import STACKED_ACCURACIES, STACKED_LOSSES, StackedMLP, _signature, can_stack, fit_stacked
 from ..core import BIAS_POLICIES, BUDGETS, SPLITS, expand, nonzero_parameters
-from ..core.validation import Interval, Options, Predicate, validate_dataclass
+from ..core.validation import Interval, Options, Predicate, plain_number, validate_dataclass
 from ..train import ACCURACIES, LOSSES, OPTIMIZERS, TrainSettings, fit
 
 WIDE = re.compile(r"^wide(\d+(?:\.\d+)?)$")
@@ -108,6 +108,11 @@ class Task:
     def check(self, config) -> None:
         """Checks that need files (a missing or corrupt data file), before any run or write."""
 
+    def files(self, config) -> tuple[str, ...]:
+        """Data files the config names by path (not built-in sets). Run keys hold the path only, so the
+        store records each file's content digest and refuses to reuse runs once a file changed."""
+        return ()
+
     def has_wide(self) -> bool:
         return type(self).wide_parent is not Task.wide_parent
 
@@ -159,6 +164,10 @@ class ProtocolConfig:
 
     def normalise(self) -> None:
         """Turn accepted spellings into the stored form before validation (frozen: object.__setattr__)."""
+        for item in dataclasses.fields(self):  # np.int64(3) is accepted as 3 (and stored as the int)
+            value = getattr(self, item.name)
+            if plain_number(value) is not value:
+                object.__setattr__(self, item.name, plain_number(value))
         if isinstance(self.variants, str):
             object.__setattr__(self, "variants", tuple(v for v in self.variants.split("+") if v))
         elif isinstance(self.variants, list):
@@ -216,11 +225,15 @@ def register(name: str, config: type[ProtocolConfig], studies: Sequence = ()):
     task = config.task
     return register_experiment(name, config, functools.partial(run_batch, task),
                                run_single=functools.partial(run_single, task), check=functools.partial(_check, task),
-                               studies=studies)
+                               files=functools.partial(_files, task), studies=studies)
 
 
 def _check(task: Task, config) -> None:
     task.check(config)  # looked up at call time: a task's check can be replaced (tests do)
+
+
+def _files(task: Task, config) -> tuple[str, ...]:
+    return tuple(task.files(config))
 
 
 # ------------------------------------------------------------------------------ the protocol's rules

@@ -7,6 +7,8 @@ An experiment is:
 - ``run_batch(configs) -> list[dict]``: one flat record per (variant, seed) for configs equal but
   for their seed (what every runner calls: in-process, a process pool, Ray);
 - ``check(config)``: optional checks that need files (missing or corrupt data), run before any work;
+- ``files(config)``: optional, the data files the config names by path; their content digests are
+  recorded with the results, and a folder whose runs read a file that has since changed is refused;
 - ``studies``: its :class:`~torchfpe.experiments.studies.Study` grids, each in a command group
   (``torchfpe reproduce <group> --study <name>``).
 
@@ -37,6 +39,7 @@ class Experiment:
     run_single: Callable[[Any], list[dict]] | None = None
     check: Callable[[Any], None] | None = None
     studies: tuple = ()
+    files: Callable[[Any], Sequence[str]] | None = None
 
     def make_config(self, **fields) -> Any:
         """A config from keyword overrides; unknown names raise InvalidParameterError listing the fields."""
@@ -53,12 +56,13 @@ _discovered = False
 
 
 def register_experiment(name: str, config: type, run_batch: Callable, *, run_single: Callable | None = None,
-                        check: Callable | None = None, studies: Sequence = ()) -> Experiment:
+                        check: Callable | None = None, files: Callable | None = None,
+                        studies: Sequence = ()) -> Experiment:
     """Register an experiment (see the module docstring); returns it. Studies must name this experiment."""
     wrong = [s.name for s in studies if s.experiment != name]
     if wrong:
         raise InvalidParameterError(f"studies {wrong} of experiment {name!r} name another experiment")
-    experiment = Experiment(name, config, run_batch, run_single, check, tuple(studies))
+    experiment = Experiment(name, config, run_batch, run_single, check, tuple(studies), files)
     _EXPERIMENTS[name] = experiment
     return experiment
 

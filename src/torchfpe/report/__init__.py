@@ -23,6 +23,11 @@ The Boolean layouts:
   theory                                    ``collisions.png``
   ========================================  ==================================================
 
+The ``cells``, ``match`` and ``sweep`` layouts report the metric ``meta["metric"]`` names (key, label,
+direction, percent or not; :mod:`.metric`), test accuracy by default. Every variant has one colour in
+every figure (the split registry's order; dense black, ``wide<scale>`` shades of grey); captions state
+the seeds the records really hold, and draw no CI from one seed.
+
 Statistics: means with sample standard deviations (``ddof=1``) and two-sided 95 % confidence
 intervals from the t distribution; paired t-tests over seeds (``scipy.stats.ttest_rel``).
 Anything that cannot be computed (one seed, a missing dense run, NaN metrics) is shown as "—".

@@ -17,11 +17,13 @@ import numpy as np
 import pandas as pd
 
 from .constants import DASH, is_fpe
-from .figures import _color, _errorbar, _pyplot, _save, _use_log_x
+from .figures import (LINESTYLES, MARKERS, _ci_text, _color, _cut_text, _errorbar, _honest_ylim, _metric_ylim, _pyplot,
+                      _save, _seed_count, _seeds_text, _use_log_x, dodge)
 from .markdown import _figure_md, _Tables
 from .sections import _paired_values, trend_sentences
-from .stats import (_axis_key, _column, _constant, _ok, fmt_ci, fmt_p, fmt_pct, fmt_pm, fmt_value,
-                    ordered_variants, paired_test, study_axes, summarize, summarize_accuracy)
+from .metric import metric_of
+from .stats import (_axis_key, _column, _constant, _ok, fmt_ci, fmt_p, fmt_pm, fmt_value, ordered_variants,
+                    paired_test, study_axes, summarize)
 
 WIDE = re.compile(r"^wide(\d+(?:\.\d+)?)$")
 
@@ -60,25 +62,34 @@ def cell_axes(frame: pd.DataFrame, meta: dict) -> list[str]:
 
 
 def accuracy_table(frame: pd.DataFrame, meta: dict, axes: list[str], tables: _Tables) -> str:
+    """Per cell and variant: the metric (mean ± std, CI), the gain over dense and a paired test against dense."""
+    metric = metric_of(meta)
     rows = []
     for cell, sub_cell in _cells(frame, axes):
         for v in ordered_variants(sub_cell["variant"]):
             sub = sub_cell[sub_cell["variant"] == v]
-            test = summarize_accuracy(_column(sub, "test_accuracy"))
+            test = metric.summarize(_column(sub, metric.key))
             gain = summarize(_column(sub, "relative_gain"))
             paired = _paired_vs_dense(sub_cell, meta, v) if v != "dense" else None
             rows.append([fmt_value(x) for x in cell] + [
-                _label(v), test.n, fmt_pm(test), fmt_ci(test.ci_low, test.ci_high),
+                _label(v), test.n, metric.fmt_pm(test), metric.fmt_ci(test.ci_low, test.ci_high),
                 fmt_pm(gain, signed=True) if v != "dense" else DASH,
                 fmt_ci(gain.ci_low, gain.ci_high, signed=True) if v != "dense" else DASH,
                 fmt_p(paired.p) if paired else DASH,
                 _constant(_column(sub, "nonzero_parameters")), _constant(_column(sub, "hidden_units"))])
-    header = list(axes) + ["variant", "n seeds", "test acc % (mean ± std)", "test acc 95 % CI",
-                           "rel. gain vs dense % (mean ± std)", "rel. gain 95 % CI", "paired t-test p",
-                           "non-zero params", "hidden units"]
-    return tables(header, rows, f"Test accuracy and relative gain over the dense model of the same seed "
-                                f"((acc − acc_dense)/acc_dense) per cell and variant on {meta['data_name']}; "
-                                "p: paired t-test (scipy.stats.ttest_rel) of accuracy against dense over seeds.")
+    header = list(axes) + ["variant", "n seeds", f"{metric.header}{metric.unit} (mean ± std)",
+                           f"{metric.header} 95 % CI", "rel. gain vs dense % (mean ± std)", "rel. gain 95 % CI",
+                           "paired t-test p", "non-zero params", "hidden units"]
+    if metric.is_accuracy:
+        caption = (f"Test accuracy and relative gain over the dense model of the same seed "
+                   f"((acc − acc_dense)/acc_dense) per cell and variant on {meta['data_name']}; "
+                   "p: paired t-test (scipy.stats.ttest_rel) of accuracy against dense over seeds.")
+    else:
+        caption = (f"{metric.label.capitalize()} ({metric.direction}) and relative gain over the dense model of the "
+                   f"same seed (signed so that positive is better than dense) per cell and variant on "
+                   f"{meta['data_name']}; p: paired t-test (scipy.stats.ttest_rel) of {metric.label} against dense "
+                   "over seeds.")
+    return tables(header, rows, caption)
 
 
 def _normal(text: str) -> str:
@@ -133,6 +144,7 @@ def paper_section(frame: pd.DataFrame, meta: dict, tables: _Tables) -> list[str]
 
 def match_section(frame: pd.DataFrame, meta: dict, axes: list[str], tables: _Tables) -> list[str]:
     """How many non-zeros a dense model needs to reach FPE: wide<scale> runs against each FPE split."""
+    metric = metric_of(meta)
     wides = sorted({v for v in frame["variant"].unique() if WIDE.match(str(v))}, key=lambda v: float(WIDE.match(v).group(1)))
     fpe = [v for v in ordered_variants(frame["variant"]) if is_fpe(v)]
     if not wides or not fpe:
@@ -142,27 +154,29 @@ def match_section(frame: pd.DataFrame, meta: dict, axes: list[str], tables: _Tab
     for cell, sub in _cells(frame, axes):
         dense_nz = _column(sub[sub["variant"] == "dense"], "nonzero_parameters").mean()
         for split in fpe:
-            target = summarize_accuracy(_column(sub[sub["variant"] == split], "test_accuracy"))
+            target = metric.summarize(_column(sub[sub["variant"] == split], metric.key))
             reached = None
             for wide in wides:
-                acc = summarize_accuracy(_column(sub[sub["variant"] == wide], "test_accuracy"))
+                acc = metric.summarize(_column(sub[sub["variant"] == wide], metric.key))
                 nz = _column(sub[sub["variant"] == wide], "nonzero_parameters").mean()
                 rows.append([fmt_value(x) for x in cell] + [
-                    split, fmt_pm(target), wide, f"{nz / dense_nz:.2f}" if _ok(dense_nz) and dense_nz else DASH,
-                    fmt_pm(acc), fmt_pct(acc.mean - target.mean, signed=True)])
-                if reached is None and _ok(acc.mean) and _ok(target.mean) and acc.mean >= target.mean:
+                    split, metric.fmt_pm(target), wide, f"{nz / dense_nz:.2f}" if _ok(dense_nz) and dense_nz else DASH,
+                    metric.fmt_pm(acc), metric.fmt(acc.mean - target.mean, signed=True)])
+                if reached is None and _ok(acc.mean) and _ok(target.mean) and metric.reaches(acc.mean, target.mean):
                     reached = (wide, nz / dense_nz)
             where = ", ".join(f"{a} = {fmt_value(v)}" for a, v in zip(axes, cell)) or "all runs"
             sentences.append(
-                f"{where}: {split} FPE ({fmt_pct(target.mean)} %) is matched by the dense model with "
+                f"{where}: {split} FPE ({metric.with_unit(target.mean)}) is matched by the dense model with "
                 f"{reached[1]:.2f}× the non-zeros ({reached[0]})." if reached else
                 f"{where}: no wider dense model up to {WIDE.match(wides[-1]).group(1)}× the non-zeros reached "
-                f"{split} FPE ({fmt_pct(target.mean)} %).")
-    out.append(tables(list(axes) + ["FPE split", "FPE test acc %", "dense variant", "non-zeros / parent",
-                                    "dense test acc %", "dense − FPE (pct points)"], rows,
+                f"{split} FPE ({metric.with_unit(target.mean)}).")
+    out.append(tables(list(axes) + ["FPE split", f"FPE {metric.header}{metric.unit}", "dense variant",
+                                    "non-zeros / parent", f"dense {metric.header}{metric.unit}",
+                                    f"dense − FPE ({metric.difference_unit})"], rows,
                       f"Wider dense models (trained from scratch for T1 + T2 epochs) against FPE at the parent's "
-                      f"non-zero count, mean ± std over seeds, on {meta['data_name']}."))
-    return out + ["Smallest dense model that reaches FPE's mean test accuracy:", ""] + [f"- {s}" for s in sentences] + [""]
+                      f"non-zero count, mean ± std over seeds, on {meta['data_name']}"
+                      + ("." if metric.is_accuracy else f"; {metric.label}: {metric.direction}.")))
+    return out + [f"Smallest dense model that reaches FPE's mean {metric.label}:", ""] + [f"- {s}" for s in sentences] + [""]
 
 
 def _trends(frame: pd.DataFrame, axes: list[str]) -> list[str]:
@@ -181,56 +195,98 @@ def _trends(frame: pd.DataFrame, axes: list[str]) -> list[str]:
 
 
 def plot_cells(frame: pd.DataFrame, meta: dict, axes: list[str], out_dir: Path) -> list[tuple[str, str]]:
-    """Accuracy and gain against the first swept field, one line per (variant, other fields)."""
+    """The metric and the gain against the first swept field: one colour per variant (the same in every
+    figure), one line style and marker per value of the other swept fields (e.g. α), both legends shown."""
     numeric = [a for a in axes if a != "dataset"]
     if not numeric:
         return []
     plt = _pyplot()
+    from matplotlib.lines import Line2D
+
+    metric = metric_of(meta)
     axis, others = numeric[0], [a for a in axes if a != numeric[0]]
     values = sorted(frame[axis].dropna().unique().tolist(), key=_axis_key)
     x_all = [float(v) if _ok(v) else i for i, v in enumerate(values)]
-    styles = ["-", "--", ":", "-."]
+    cells = _cells(frame, others)
+    all_variants = ordered_variants(frame["variant"])
     figures = []
-    for key, ylabel, name in (("test_accuracy", "test accuracy (%)", f"accuracy_vs_{axis}.png"),
-                              ("relative_gain", "relative gain vs dense (%)", f"gain_vs_{axis}.png")):
-        fig, ax = plt.subplots(figsize=(7.2, 4.6))
-        for j, (cell, sub_cell) in enumerate(_cells(frame, others)):
-            suffix = ", ".join(f"{a}={fmt_value(v)}" for a, v in zip(others, cell))
+    for key, ylabel, name, title in (
+            (metric.key, metric.axis_label, f"{metric.figure_stem}_vs_{axis}.png",
+             f"{metric.label.capitalize()} vs {axis}"),
+            ("relative_gain", "relative gain vs dense (%)", f"gain_vs_{axis}.png",
+             f"Relative gain over dense vs {axis}")):
+        fig, ax = plt.subplots(figsize=(8.4, 4.8))
+        drawn, variants_drawn, seen, dense_once = [], [], set(), False
+        for j, (cell, sub_cell) in enumerate(cells):
             for variant in ordered_variants(sub_cell["variant"]):
                 if key == "relative_gain" and variant == "dense":
                     continue
                 sub = sub_cell[sub_cell["variant"] == variant]
                 xs, sums = [], []
                 for x, v in zip(x_all, values):
-                    summary = summarize_accuracy if key == "test_accuracy" else summarize
+                    summary = metric.summarize if key == metric.key else summarize
                     s = summary(_column(sub[sub[axis] == v], key))
                     if s.n:
                         xs.append(x)
                         sums.append(s)
+                series = (variant, tuple(xs), tuple(round(s.mean, 12) for s in sums))
+                if variant == "dense" and series in seen:
+                    dense_once = True
+                    continue  # dense ignores e.g. alpha: its runs of another alpha are the same line again
+                seen.add(series)
                 if xs:
-                    _errorbar(ax, xs, sums, marker="o", color=_color(variant), linestyle=styles[j % len(styles)],
-                              label=f"{variant}" + (f" ({suffix})" if suffix else ""))
+                    drawn += sums
+                    if variant not in variants_drawn:
+                        variants_drawn.append(variant)
+                    line = j * len(all_variants) + all_variants.index(variant)
+                    xs = dodge(xs, line, len(cells) * len(all_variants), log=_use_log_x(x_all),
+                                span=max(x_all) - min(x_all))
+                    _errorbar(ax, xs, sums, scale=metric.scale if key == metric.key else 100.0,
+                              marker=MARKERS[j % len(MARKERS)], color=_color(variant),
+                              linestyle=LINESTYLES[j % len(LINESTYLES)], markersize=5)
         if key == "relative_gain":
             ax.axhline(0.0, color="grey", linewidth=0.8)
         if _use_log_x(x_all):
             ax.set_xscale("log", base=2)
         ax.set_xticks(x_all, [fmt_value(v) for v in values])
+        if len(x_all) == 1:
+            ax.set_xlim(x_all[0] - 1.0, x_all[0] + 1.0)
         ax.minorticks_off()
         ax.set_xlabel(axis)
         ax.set_ylabel(ylabel)
+        ax.set_title(title)
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7, ncol=2)
-        caption = (f"Data: {meta['data_name']}; {meta.get('seeds', DASH)} seeds; mean with 95 % t-CI over seeds "
-                   f"vs {axis}" + (f"; line style: {', '.join(others)}" if others else "") + ".")
-        _save(fig, out_dir / name, caption)
+        cut = (_metric_ylim(ax, drawn, metric) if key == metric.key
+               else _honest_ylim(ax, drawn, scale=100.0, min_span=10.0, zero=True))
+        # two legends: colour = variant, line style and marker = the other swept fields' values
+        colours = [Line2D([], [], color=_color(v), marker="o", linestyle="-",
+                          label=f"dense (the same for every {', '.join(others)})" if v == "dense" and dense_once
+                          else _label(v)) for v in variants_drawn]
+        legend = ax.legend(handles=colours, title="variant", fontsize=7, title_fontsize=7, loc="upper left",
+                           bbox_to_anchor=(1.01, 1.0))
+        if others:
+            ax.add_artist(legend)
+            styles = [Line2D([], [], color="black", marker=MARKERS[j % len(MARKERS)],
+                             linestyle=LINESTYLES[j % len(LINESTYLES)],
+                             label=", ".join(f"{a} = {fmt_value(v)}" for a, v in zip(others, cell)))
+                      for j, (cell, _) in enumerate(cells)]
+            ax.legend(handles=styles, title=", ".join(others), fontsize=7, title_fontsize=7, loc="lower left",
+                      bbox_to_anchor=(1.01, 0.0))
+        seeds = _seed_count(frame)
+        caption = (f"Data: {meta['data_name']}; {_seeds_text(seeds if seeds is not None else meta.get('seeds', DASH))}; "
+                   f"{_ci_text(drawn)} vs {axis}" + (f"; line style and marker: {', '.join(others)}" if others else "")
+                   + "; points nudged sideways so that none hides another" + _cut_text(cut)
+                   + ".")
+        _save(fig, out_dir / name, caption, right=0.8)
         figures.append((name, caption))
     return figures
 
 
 def cells_section(frame: pd.DataFrame, meta: dict, out_dir: Path, tables: _Tables) -> list[str]:
     axes = cell_axes(frame, meta)
-    out = [f"## Accuracy and relative gain per {', '.join(f'`{a}`' for a in axes) or 'variant'}", ""]
+    metric = metric_of(meta)
+    what = "Accuracy" if metric.is_accuracy else metric.name.capitalize()
+    out = [f"## {what} and relative gain per {', '.join(f'`{a}`' for a in axes) or 'variant'}", ""]
     out += [accuracy_table(frame, meta, axes, tables), ""]
     if meta.get("layout") == "match":
         out += match_section(frame, meta, [a for a in axes], tables)

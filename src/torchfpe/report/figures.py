@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,9 @@ from .stats import (
     fmt_value,
     ordered_variants,
     paper_numbers,
+    study_axes,
     summarize,
     summarize_accuracy,
-    variant_rank,
 )
 
 
@@ -37,32 +38,142 @@ def _pyplot():
     return plt
 
 
+#: Colours of the registered splits, in registration order, so a variant has the same colour in every
+#: figure of every report. The order suits the built-ins' (random blue, clause orange, clause_shared teal,
+#: feature red, correlation purple, contiguous olive, shared pink, grouped cyan, then the controls: overlap
+#: green, dropconnect magenta, static_sparse brown), so the variants a study draws together differ; splits
+#: registered later take the rest. Dense is black; ``wide<scale>`` (dense models with ``scale`` times the
+#: non-zeros) are shades of grey, darker for larger scales.
+SPLIT_COLOURS: tuple[str, ...] = (
+    "#1f77b4", "#ff7f0e", "#00a087", "#d62728", "#9467bd", "#bcbd22", "#e377c2", "#17becf",
+    "#2ca02c", "#c51b7d", "#8c564b", "#393b79", "#e6ab02", "#637939", "#7b4173", "#ad494a",
+)
+DENSE_COLOUR = "#000000"
+#: Markers and line styles that tell the values of a second swept field (e.g. α) apart.
+MARKERS: tuple[str, ...] = ("o", "s", "^", "D", "v", "P", "X", "*")
+LINESTYLES: tuple[Any, ...] = ("-", "--", ":", "-.", (0, (5, 1, 1, 1)), (0, (1, 3)))
+
+
 def _color(variant: str) -> Any:
-    """A fixed colour per variant."""
-    plt = _pyplot()
-    cmap = plt.get_cmap("tab10")
-    return cmap(variant_rank(variant)[0] % 10)
+    """A fixed colour per variant (see :data:`SPLIT_COLOURS`), the same in every figure."""
+    from ..core.splits import SPLITS
+
+    name = str(variant)
+    if name == "dense":
+        return DENSE_COLOUR
+    wide = _WIDE.match(name)
+    if wide:  # a sequential shade by scale alone (so the same in every figure): 1x light .. 3x and more dark
+        scale = min(max(float(wide.group(1)), 1.0), 3.0)
+        shade = 0.78 - 0.6 * np.log2(scale) / np.log2(3.0)
+        return (shade, shade, shade)
+    names = list(SPLITS)
+    index = names.index(name) if name in names else len(names) + sum(map(ord, name))
+    return SPLIT_COLOURS[index % len(SPLIT_COLOURS)]
 
 
-def _save(fig: Any, path: Path, caption: str) -> None:
-    """Add the caption (which names the data) under the figure and save it as PNG."""
+_WIDE = re.compile(r"^wide(\d+(?:\.\d+)?)$")
+
+
+def _seed_count(frame: pd.DataFrame) -> int | None:
+    """How many distinct seeds the records drawn hold (the real count, not the one asked for)."""
+    if "seed" not in frame.columns:
+        return None
+    return int(frame["seed"].dropna().nunique())
+
+
+def _seeds_text(count: Any) -> str:
+    return f"{count} seed" if count == 1 else f"{count} seeds"
+
+
+def _ci_text(summaries: Sequence[Summary], words: str = "mean with 95 % t-CI over seeds") -> str:
+    """``words`` where every point has two or more seeds; else what is drawn instead of a CI."""
+    counts = [s.n for s in summaries if s.n]
+    if not counts or max(counts) < 2:
+        return "one seed per point: single runs, no CI"
+    if min(counts) < 2:
+        return f"{words} (points from one seed: no CI)"
+    return words
+
+
+#: Error bars reaching further than this many times the spread of the means are cut at the plot's edge
+#: (two seeds give t-intervals 12.7 standard errors wide, which would squash every mean onto one line).
+CUT_BARS_BEYOND = 4.0
+
+
+def _honest_ylim(ax: Any, summaries: Sequence[Summary], *, scale: float, min_span: float,
+                 floor: float | None = None, ceiling: float | None = None, zero: bool = False) -> bool:
+    """Set a y range that neither blows small differences up nor squashes the means.
+
+    The range spans the means and their error bars, and at least ``min_span`` (so a 0.5-point difference
+    is not drawn as a cliff); where the bars reach much further than the means spread
+    (:data:`CUT_BARS_BEYOND`), it spans the means with room around them and the bars are cut at the
+    edge. ``floor``/``ceiling`` bound it (0 and 100 for accuracies in %); ``zero`` keeps 0 in view
+    (relative gains). Returns whether bars were cut (the caption says so).
+    """
+    means = np.array([s.mean for s in summaries], dtype=float) * scale
+    errors = _ci_errors(summaries, scale)
+    means, low_err, high_err = means[np.isfinite(means)], errors[0][np.isfinite(means)], errors[1][np.isfinite(means)]
+    if means.size == 0:
+        return False
+    m_low, m_high = float(means.min()), float(means.max())
+    b_low, b_high = float((means - low_err).min()), float((means + high_err).max())
+    if zero:
+        m_low, m_high = min(m_low, 0.0), max(m_high, 0.0)
+    spread = max(m_high - m_low, min_span)
+    cut = (b_high - b_low) > CUT_BARS_BEYOND * spread
+    low, high = (m_low - spread / 2, m_high + spread / 2) if cut else (min(b_low, m_low), max(b_high, m_high))
+    if high - low < min_span:
+        centre = (low + high) / 2
+        low, high = centre - min_span / 2, centre + min_span / 2
+    pad = 0.04 * (high - low)
+    low, high = low - pad, high + pad
+    if floor is not None and low < floor:
+        low, high = floor, max(high, floor + min_span)
+    if ceiling is not None and high > ceiling:
+        low, high = min(low, ceiling - min_span), ceiling
+    ax.set_ylim(low, high)
+    return cut and (b_low < low or b_high > high)
+
+
+def _metric_ylim(ax: Any, summaries: Sequence[Summary], metric: Any) -> bool:
+    """:func:`_honest_ylim` for a metric: in [0, 100] % and at least 10 points for a percentage, else at
+    least a tenth of the values' size."""
+    if metric.percent:
+        return _honest_ylim(ax, summaries, scale=100.0, min_span=10.0, floor=0.0, ceiling=101.0)
+    size = max((abs(s.mean) for s in summaries if _ok(s.mean)), default=1.0)
+    return _honest_ylim(ax, summaries, scale=1.0, min_span=0.1 * size or 1.0)
+
+
+def _cut_text(cut: bool) -> str:
+    return "; error bars wider than the plot are cut at its edge" if cut else ""
+
+
+def _save(fig: Any, path: Path, caption: str, layout: bool = True, right: float = 1.0) -> None:
+    """Add the caption (which names the data) under the figure and save it as PNG (``layout=False``: the
+    figure places its own axes, e.g. around a shared colour bar; ``right``: where the axes end, leaving
+    room for legends outside them)."""
     plt = _pyplot()
     fig.text(0.5, 0.005, caption, ha="center", va="bottom", fontsize=8, wrap=True, style="italic")
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    if layout:
+        fig.tight_layout(rect=(0, 0.06, right, 1))
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
 
 
-def _data_caption(meta: dict, extra: str = "") -> str:
-    """A one-line description of the data and seeds for figure captions."""
+def _data_caption(meta: dict, extra: str = "", frame: pd.DataFrame | None = None) -> str:
+    """A one-line description of the data and seeds for figure captions (the seeds the records of
+    ``frame`` really hold, when given; else the count the study asked for)."""
     base = meta.get("base") or {}
+    swept = set(study_axes(meta))  # a swept field's base value is not what the figure shows
     parts = [f"{k}={fmt_value(base[k])}" for k in ("n_vars", "clauses", "literals", "neurons", "alpha")
-             if k in base]
+             if k in base and k not in swept]
     text = f"Data: {data_phrase(meta)}"
     if parts:
         text += f" (base: {', '.join(parts)})"
-    if meta.get("seeds") is not None:
-        text += f"; {meta['seeds']} seeds"
+    seeds = _seed_count(frame) if frame is not None else None
+    seeds = seeds if seeds is not None else meta.get("seeds")
+    if seeds is not None:
+        text += f"; {_seeds_text(seeds)}"
     return text + (f"; {extra}" if extra else "") + "."
 
 
@@ -71,12 +182,21 @@ def _use_log_x(values: Sequence[float]) -> bool:
     return bool(vals) and min(vals) > 0 and max(vals) / min(vals) >= 8
 
 
+def _ci_errors(summaries: Sequence[Summary], scale: float) -> np.ndarray:
+    """(2, n) distances from each mean down and up to its CI's ends (0 where the CI is undefined), so a
+    clipped interval (accuracies stay in [0, 100] %) is drawn as it is, not as a symmetric bar."""
+    means = np.array([s.mean for s in summaries], dtype=float)
+    low = np.array([s.ci_low for s in summaries], dtype=float)
+    high = np.array([s.ci_high for s in summaries], dtype=float)
+    errors = np.vstack([means - low, high - means]) * scale
+    return np.where(np.isfinite(errors), np.clip(errors, 0.0, None), 0.0)
+
+
 def _errorbar(ax: Any, x: Sequence[float], summaries: Sequence[Summary], scale: float = 100.0,
               **kwargs: Any) -> None:
     """Plot means with CI error bars (bars omitted where the CI is undefined)."""
     means = np.array([s.mean for s in summaries], dtype=float) * scale
-    half = np.array([s.half_width for s in summaries], dtype=float) * scale
-    ax.errorbar(x, means, yerr=np.where(np.isfinite(half), half, 0.0), capsize=3, **kwargs)
+    ax.errorbar(x, means, yerr=_ci_errors(summaries, scale), capsize=3, **kwargs)
 
 
 def plot_headline_accuracy(frame: pd.DataFrame, meta: dict, path: Path) -> None:
@@ -84,12 +204,14 @@ def plot_headline_accuracy(frame: pd.DataFrame, meta: dict, path: Path) -> None:
     plt = _pyplot()
     variants = ordered_variants(frame["variant"])
     sums = [summarize_accuracy(_column(frame[frame["variant"] == v], "test_accuracy")) for v in variants]
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(variants) + 2), 4.2))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(variants) + 2), 4.8))
     x = np.arange(len(variants))
     means = np.array([s.mean for s in sums]) * 100
-    half = np.array([s.half_width for s in sums]) * 100
-    ax.bar(x, np.nan_to_num(means), yerr=np.where(np.isfinite(half), half, 0.0), capsize=4,
-           color=[_color(v) for v in variants], alpha=0.85, label="this run (mean, 95 % CI)")
+    ci = _ci_text(sums, "mean, 95 % CI")
+    ax.bar(x, np.nan_to_num(means), color=[_color(v) for v in variants], alpha=0.85, label=f"this run ({ci})")
+    for colour, width in (("white", 3.5), ("black", 1.4)):  # a white halo: the bar is readable on any colour
+        ax.errorbar(x, np.nan_to_num(means), yerr=_ci_errors(sums, 100.0), fmt="none", ecolor=colour,
+                    elinewidth=width, capsize=5, capthick=width)
     accuracy = paper_numbers(meta).get("accuracy") or {}
     paper = [(i, accuracy[v]) for i, v in enumerate(variants) if v in accuracy]
     if paper:
@@ -98,11 +220,11 @@ def plot_headline_accuracy(frame: pd.DataFrame, meta: dict, path: Path) -> None:
     ax.set_xticks(x, variants, rotation=20)
     ax.set_ylabel("test accuracy (%)")
     ax.set_xlabel("variant")
-    low = np.nanmin(np.concatenate([means, [p for _, p in paper] or [100.0]]))
-    ax.set_ylim(max(0.0, (low if np.isfinite(low) else 0.0) - 15.0), 101.0)
+    ax.set_ylim(0.0, 102.0)  # bars start at 0: a cut baseline would exaggerate the differences
+    ax.set_yticks(range(0, 101, 20))
     ax.set_title("Test accuracy per variant (same non-zero budget)")
-    ax.legend(loc="lower right", fontsize=8)
-    _save(fig, path, _data_caption(meta, "bars: mean with 95 % t-CI over seeds"))
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize=8, ncol=2, frameon=False)
+    _save(fig, path, _data_caption(meta, "bars: " + _ci_text(sums), frame))
 
 
 def _heatmap_records(frame: pd.DataFrame, records: list[dict], meta: dict | None = None) -> list[tuple[str, Any, np.ndarray]]:
@@ -128,36 +250,44 @@ def _heatmap_records(frame: pd.DataFrame, records: list[dict], meta: dict | None
 
 
 def plot_heatmaps(items: list[tuple[str, Any, np.ndarray]], meta: dict, path: Path, gram: bool) -> None:
-    """Heat maps of |WᵀW| (``gram=True``) or of W itself, one panel per variant."""
+    """Heat maps of |WᵀW| (``gram=True``) or of W itself, one panel per variant, all on one colour scale
+    (one colour bar), each panel naming the seed it shows."""
     plt = _pyplot()
+    from matplotlib.colors import Normalize, PowerNorm
     from matplotlib.ticker import MaxNLocator
 
-    fig, axes = plt.subplots(1, len(items), figsize=(4.2 * len(items), 4.4), squeeze=False)
-    for ax, (variant, seed, weight) in zip(axes[0], items):
-        if gram:
-            mat = np.abs(weight.T @ weight)
-            im = ax.imshow(mat, cmap="viridis", interpolation="nearest")
-            ax.set_xlabel("input")
-            ax.set_ylabel("input")
-            title = f"|WᵀW|: {variant}"
-        else:
-            vmax = float(np.abs(weight).max()) or 1.0
-            im = ax.imshow(weight, cmap="RdBu_r", vmin=-vmax, vmax=vmax, interpolation="nearest",
-                           aspect="auto")
-            ax.set_xlabel("input")
-            ax.set_ylabel("hidden unit")
-            title = f"W: {variant}"
+    mats = [np.abs(weight.T @ weight) if gram else weight for _, _, weight in items]
+    if gram:
+        # square-root scale: the largest entries (a strong input's own norm) would hide the rest
+        norm, cmap = PowerNorm(0.5, 0.0, max(float(m.max()) for m in mats) or 1.0), "viridis"
+    else:
+        vmax = max(float(np.abs(m).max()) for m in mats) or 1.0
+        norm, cmap = Normalize(-vmax, vmax), "RdBu_r"
+    fig, axes = plt.subplots(1, len(items), figsize=(4.0 * len(items) + 1.2, 4.6), squeeze=False)
+    for ax, (variant, seed, weight), mat in zip(axes[0], items, mats):
+        im = ax.imshow(mat, cmap=cmap, norm=norm, interpolation="nearest", aspect="equal" if gram else "auto")
+        ax.set_xlabel("input")
+        ax.set_ylabel("input" if gram else "hidden unit")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_title(f"{title} (seed {fmt_value(seed)}, {weight.shape[0]} units)", fontsize=9)
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    what = "|WᵀW| of the first hidden layer" if gram else "first hidden layer weights W (rows = units)"
-    _save(fig, path, _data_caption(meta, what))
+        ax.set_title(f"{'|WᵀW|' if gram else 'W'}: {variant} (seed {fmt_value(seed)}, {weight.shape[0]} units)",
+                     fontsize=9)
+    fig.subplots_adjust(bottom=0.17, top=0.9, left=0.06, right=0.9, wspace=0.3)
+    fig.colorbar(im, cax=fig.add_axes((0.92, 0.17, 0.012, 0.73)), label="|WᵀW|" if gram else "weight")
+    seeds = sorted({fmt_value(seed) for _, seed, _ in items})
+    what = ("|WᵀW| of the first hidden layer" if gram else "first hidden layer weights W (rows = units)") + \
+        f"; seed {', '.join(seeds)} (one run per panel); one colour scale for all panels" + \
+        (" (square root)" if gram else "")
+    _save(fig, path, _data_caption(meta, what), layout=False)
 
 
 def plot_sweep(frame: pd.DataFrame, meta: dict, axis: str, out_dir: Path) -> list[tuple[str, str]]:
-    """``accuracy_vs_<axis>.png`` and ``gain_vs_<axis>.png``; returns (file, caption) pairs."""
+    """``accuracy_vs_<axis>.png`` (``<metric key>_vs_<axis>.png`` for another metric) and
+    ``gain_vs_<axis>.png``; returns (file, caption) pairs."""
+    from .metric import metric_of
+
     plt = _pyplot()
+    metric = metric_of(meta)
     values = sorted(frame[axis].dropna().unique().tolist(), key=_axis_key)
     x_all = [float(v) if _ok(v) else i for i, v in enumerate(values)]
     variants = ordered_variants(frame["variant"])
@@ -165,6 +295,8 @@ def plot_sweep(frame: pd.DataFrame, meta: dict, axis: str, out_dir: Path) -> lis
     figures = []
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    drawn: list[Summary] = []
+    trains: list[Summary] = []
     for variant in variants:
         sub = frame[frame["variant"] == variant]
         xs, test_s, train_s = [], [], []
@@ -172,23 +304,29 @@ def plot_sweep(frame: pd.DataFrame, meta: dict, axis: str, out_dir: Path) -> lis
             cell = sub[sub[axis] == v]
             if len(cell):
                 xs.append(x)
-                test_s.append(summarize_accuracy(_column(cell, "test_accuracy")))
-                train_s.append(summarize_accuracy(_column(cell, "train_accuracy")))
+                test_s.append(metric.summarize(_column(cell, metric.key)))
+                train_s.append(metric.summarize(_column(cell, metric.train_key)))
         if not xs:
             continue
-        _errorbar(ax, xs, test_s, marker="o", color=_color(variant), label=f"{variant} (test)")
+        drawn += test_s
+        xs = dodge(xs, variants.index(variant), len(variants), log=_use_log_x(x_all), span=max(x_all) - min(x_all))
+        _errorbar(ax, xs, test_s, scale=metric.scale, marker="o", color=_color(variant), label=f"{variant} (test)")
         if show_train:
-            ax.plot(xs, [s.mean * 100 for s in train_s], linestyle="--", color=_color(variant),
+            ax.plot(xs, [s.mean * metric.scale for s in train_s], linestyle="--", marker="x", color=_color(variant),
                     label=f"{variant} (train)")
-    _axis_style(ax, x_all, values, axis, "accuracy (%)" if show_train else "test accuracy (%)")
-    ax.set_title(f"Accuracy vs {axis}")
-    name = f"accuracy_vs_{axis}.png"
-    caption = _data_caption(meta, f"mean with 95 % t-CI over seeds vs {axis}"
-                            + ("; dashed: train accuracy" if show_train else ""))
+            trains += [Summary(s.n, s.mean, s.std, np.nan, np.nan) for s in train_s]  # lines without bars
+    _axis_style(ax, x_all, values, axis, metric.axis_label_both() if show_train else metric.axis_label)
+    cut = _metric_ylim(ax, drawn + trains, metric)
+    ax.set_title(f"{metric.name.capitalize()} vs {axis}")
+    name = f"{metric.figure_stem}_vs_{axis}.png"
+    shifted = "; points nudged sideways so that none hides another" if len(variants) > 1 else ""
+    caption = _data_caption(meta, f"{_ci_text(drawn)} vs {axis}" + (f"; dashed: train {metric.name}" if show_train
+                                                                     else "") + shifted + _cut_text(cut), frame)
     _save(fig, out_dir / name, caption)
     figures.append((name, caption))
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    drawn = []
     for variant in [v for v in variants if v != "dense"]:
         sub = frame[frame["variant"] == variant]
         xs, gains = [], []
@@ -199,15 +337,29 @@ def plot_sweep(frame: pd.DataFrame, meta: dict, axis: str, out_dir: Path) -> lis
                 xs.append(x)
                 gains.append(s)
         if xs:
+            drawn += gains
+            xs = dodge(xs, variants.index(variant), len(variants), log=_use_log_x(x_all),
+                       span=max(x_all) - min(x_all))
             _errorbar(ax, xs, gains, marker="o", color=_color(variant), label=variant)
     ax.axhline(0.0, color="grey", linewidth=0.8)
     _axis_style(ax, x_all, values, axis, "relative gain vs dense (%)")
+    cut = _honest_ylim(ax, drawn, scale=100.0, min_span=10.0, zero=True)
     ax.set_title(f"Relative gain over dense vs {axis}")
     name = f"gain_vs_{axis}.png"
-    caption = _data_caption(meta, f"(acc − acc_dense)/acc_dense, mean with 95 % t-CI vs {axis}")
+    gain = "(acc − acc_dense)/acc_dense" if metric.is_accuracy else "relative gain over dense (positive = better)"
+    caption = _data_caption(meta, f"{gain}, {_ci_text(drawn, 'mean with 95 % t-CI')} vs {axis}{shifted}"
+                            + _cut_text(cut), frame)
     _save(fig, out_dir / name, caption)
     figures.append((name, caption))
     return figures
+
+
+def dodge(xs: list[float], j: int, count: int, *, log: bool, span: float) -> list[float]:
+    """Shift the points of line ``j`` of ``count`` a little sideways, so equal values do not hide each other."""
+    if count < 2:
+        return xs
+    step = (j - (count - 1) / 2) * min(0.05, 0.3 / count)
+    return [x * 2 ** step for x in xs] if log else [x + step * (span / 2 if span else 1.0) for x in xs]
 
 
 def _axis_style(ax: Any, x: list[float], values: list[Any], axis: str, ylabel: str) -> None:
@@ -215,6 +367,8 @@ def _axis_style(ax: Any, x: list[float], values: list[Any], axis: str, ylabel: s
     if _use_log_x(x):
         ax.set_xscale("log", base=2)
     ax.set_xticks(x, [fmt_value(v) for v in values])
+    if len(x) == 1:
+        ax.set_xlim(x[0] - 1.0, x[0] + 1.0)
     ax.minorticks_off()
     ax.set_xlabel(axis)
     ax.set_ylabel(ylabel)

@@ -44,13 +44,25 @@ def _header(meta: dict) -> list[str]:
         out += [f"**INCOMPLETE REPORT:** {meta['incomplete']}. The tables below cover only the runs present; "
                 "re-run the command to complete the missing ones.", ""]
     out += ["Command:", "", "```bash", str(meta.get("command", "")), "```", ""]
-    out += [f"- Date: {meta.get('date', DASH)}",
-            f"- Data: {meta.get('dataset_note') or data}",
+    out += [f"- Date: {meta.get('date', DASH)}"]
+    if meta.get("provenance"):  # meta.json files written before it was recorded have none
+        from .._provenance import describe
+
+        out.append(f"- Made with: {describe(meta['provenance'])}")
+        for earlier in meta.get("provenance_earlier") or []:
+            out.append(f"- Earlier runs in this folder made with: {describe(earlier)}")
+    out += [f"- Data: {meta.get('dataset_note') or data}",
             f"- Seeds: {meta.get('seeds', DASH)}"]
     axes = study_axes(meta)
     if axes:
         out.append(f"- Swept: {', '.join(f'`{a}`' for a in axes)}")
-    out.append("- Accuracies in %; ± is the sample standard deviation over seeds; CIs are two-sided "
+    from .metric import metric_of
+
+    metric = metric_of(meta)
+    values = "Accuracies in %" if metric.is_accuracy else (
+        f"Metric: {metric.label} ({metric.direction}{'; in %' if metric.percent else ''}); relative gains in %, "
+        "signed so that positive is better than dense")
+    out.append(f"- {values}; ± is the sample standard deviation over seeds; CIs are two-sided "
                "95 % t-intervals; \"—\" marks a value that cannot be computed (e.g. one seed).")
     return out + [""]
 

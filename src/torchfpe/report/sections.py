@@ -19,6 +19,7 @@ from .constants import (
 )
 from .figures import (
     _data_caption,
+    _seed_count,
     _heatmap_records,
     plot_collisions,
     plot_fold_vs_gain,
@@ -27,6 +28,7 @@ from .figures import (
     plot_sweep,
 )
 from .markdown import _figure_md, _Tables
+from .metric import ACCURACY, Metric, metric_of
 from .stats import (
     _axis_key,
     _column,
@@ -80,16 +82,19 @@ def headline_section(frame: pd.DataFrame, meta: dict, records: list[dict], out_d
 
     out += ["### Figures", ""]
     plot_headline_accuracy(frame, meta, out_dir / "accuracy.png")
-    out.append(_figure_md("accuracy.png", _data_caption(meta, "test accuracy per variant, 95 % CI; "
-                                                              "diamonds: paper")))
+    ci = "one seed: no CI" if _seed_count(frame) == 1 else "95 % CI"
+    out.append(_figure_md("accuracy.png", _data_caption(meta, f"test accuracy per variant, {ci}; "
+                                                              "diamonds: paper", frame)))
     items = _heatmap_records(frame, records, meta)
     if items:
         plot_heatmaps(items, meta, out_dir / "gram.png", gram=True)
         plot_heatmaps(items, meta, out_dir / "weights.png", gram=False)
         names = ", ".join(v for v, _, _ in items)
-        out.append(_figure_md("gram.png", _data_caption(meta, f"|WᵀW| of the first hidden layer ({names})")))
+        shown = f"seed {', '.join(sorted({fmt_value(s) for _, s, _ in items}))}; one colour scale"
+        out.append(_figure_md("gram.png", _data_caption(meta, f"|WᵀW| of the first hidden layer ({names}; "
+                                                              f"{shown}, square root)", frame)))
         out.append(_figure_md("weights.png", _data_caption(meta, f"first hidden layer W, rows = hidden "
-                                                                 f"units ({names})")))
+                                                                 f"units ({names}; {shown})", frame)))
     else:
         shown = "/".join(meta.get("heatmaps") or HEATMAP_VARIANTS)
         out.append(f"No `hidden_weight` was recorded for {shown} runs; `gram.png` and "
@@ -110,13 +115,15 @@ def _paper_config_note(meta: dict) -> list[str]:
 
 
 def _paired_values(frame: pd.DataFrame, meta: dict, a: str, b: str) -> tuple[list[float], list[float]]:
-    """Test accuracies of variants ``a`` and ``b`` matched by config without the seed, data set and seed."""
+    """The metric (test accuracy unless ``meta["metric"]`` names another) of variants ``a`` and ``b``, matched
+    by config without the seed, data set and seed."""
     keys = pairing_columns(frame, meta)
+    key = metric_of(meta).key
 
     def by_key(variant: str) -> dict[tuple, float]:
         sub = frame[frame["variant"] == variant]
-        return {tuple(str(row[c]) for c in keys): float(row["test_accuracy"])
-                for _, row in sub.iterrows() if _ok(row.get("test_accuracy"))}
+        return {tuple(str(row[c]) for c in keys): float(row[key])
+                for _, row in sub.iterrows() if _ok(row.get(key))}
 
     xa, xb = by_key(a), by_key(b)
     common = [k for k in xa if k in xb]
@@ -158,8 +165,8 @@ def _interference_section(frame: pd.DataFrame, meta: dict, variants: list[str], 
 
 
 def cell_table(frame: pd.DataFrame, axes: list[str], tables: _Tables, caption: str,
-               show_gap: bool = False) -> str:
-    """One row per axis cell × variant: test acc, train acc, gain, non-zeros, hidden units."""
+               show_gap: bool = False, metric: Metric = ACCURACY) -> str:
+    """One row per axis cell × variant: the metric on test and train, gain, non-zeros, hidden units."""
     axes = [a for a in axes if a in frame.columns]
     cells = sorted({tuple(row[a] for a in axes) for _, row in frame.iterrows()},
                    key=lambda c: tuple(_axis_key(v) for v in c))
@@ -171,22 +178,23 @@ def cell_table(frame: pd.DataFrame, axes: list[str], tables: _Tables, caption: s
         sub_cell = frame[mask]
         for v in ordered_variants(sub_cell["variant"]):
             sub = sub_cell[sub_cell["variant"] == v]
-            test = summarize_accuracy(_column(sub, "test_accuracy"))
-            train = summarize_accuracy(_column(sub, "train_accuracy"))
+            test = metric.summarize(_column(sub, metric.key))
+            train = metric.summarize(_column(sub, metric.train_key))
             gain = summarize(_column(sub, "relative_gain"))
             row = [fmt_value(x) for x in cell] + [
-                v, test.n, f"{fmt_pct(test.mean)} {fmt_ci(test.ci_low, test.ci_high)}",
-                fmt_pct(train.mean)]
+                v, test.n, f"{metric.fmt(test.mean)} {metric.fmt_ci(test.ci_low, test.ci_high)}",
+                metric.fmt(train.mean)]
             if show_gap:
-                gap = summarize(_column(sub, "train_accuracy") - _column(sub, "test_accuracy"))
-                row.append(fmt_pm(gap))
+                gap = summarize(_column(sub, metric.train_key) - _column(sub, metric.key))
+                row.append(metric.fmt_pm(gap))
             row += [f"{fmt_pct(gain.mean, True)} {fmt_ci(gain.ci_low, gain.ci_high, True)}"
                     if v != "dense" else fmt_pct(gain.mean, True),
                     _constant(_column(sub, "nonzero_parameters")), _constant(_column(sub, "hidden_units"))]
             rows.append(row)
-    header = list(axes) + ["variant", "n", "test acc % [95 % CI]", "train acc %"]
+    train_header = "train acc" if metric.is_accuracy else f"train {metric.name}"
+    header = list(axes) + ["variant", "n", f"{metric.header}{metric.unit} [95 % CI]", f"{train_header}{metric.unit}"]
     if show_gap:
-        header.append("train − test gap (pct points, mean ± std)")
+        header.append(f"train − test gap ({metric.difference_unit}, mean ± std)")
     header += ["rel. gain % [95 % CI]", "non-zero params", "hidden units"]
     return tables(header, rows, caption)
 
@@ -230,10 +238,14 @@ def sweep_section(frame: pd.DataFrame, meta: dict, out_dir: Path, tables: _Table
     out = [f"## Sweep over `{axis}`", ""]
     if axis not in frame.columns:
         return out + [f"No record has the field `{axis}`; nothing to report.", ""]
-    out.append(cell_table(frame, [axis], tables,
-                          f"Accuracy and relative gain over dense per `{axis}` and variant on {data_phrase(meta)} "
-                          "(gain: (acc − acc_dense)/acc_dense, paired by seed).",
-                          show_gap=bool(meta.get("show_train"))))
+    metric = metric_of(meta)
+    if metric.is_accuracy:
+        caption = (f"Accuracy and relative gain over dense per `{axis}` and variant on {data_phrase(meta)} "
+                   "(gain: (acc − acc_dense)/acc_dense, paired by seed).")
+    else:
+        caption = (f"{metric.name.capitalize()} ({metric.direction}) and relative gain over dense per `{axis}` and "
+                   f"variant on {data_phrase(meta)} (gain signed so that positive is better, paired by seed).")
+    out.append(cell_table(frame, [axis], tables, caption, show_gap=bool(meta.get("show_train")), metric=metric))
     sentences = trend_sentences(frame, axis)
     if sentences:
         out += [f"Trend of the relative gain along `{axis}`:", ""] + [f"- {s}" for s in sentences] + [""]

@@ -67,7 +67,9 @@ def write_report(out_dir: str | Path, meta: dict, records: list[dict]) -> Path:
             ``seeds``, ``command``, ``base`` (base config dict), ``date``, ``dataset_note``, and
             optionally ``dataset`` (the data's name where records carry none), ``paper`` (the
             paper's numbers with the ``dataset`` they belong to; shown only where it matches),
-            ``show_train`` (sweep: plot train accuracy and the train − test gap).
+            ``show_train`` (sweep: plot train accuracy and the train − test gap), ``metric`` (what the
+            ``cells``, ``match`` and ``sweep`` layouts report; default test accuracy, see
+            :mod:`~.metric`).
         records: flat training records (one per config, variant, seed; ``hidden_weight`` is
             used for figures only; ``dataset`` names the data) or theory records.
 

@@ -201,10 +201,20 @@ def _terminated(signum, frame) -> None:
 
 
 def _run_ray(units, threads: int, address: str | None, save: Callable) -> None:
+    """Run units on Ray: an existing cluster (``address``, or one this process already joined), else a
+    local cluster started for this call in a guard process that stops it when this process ends in any
+    way, SIGKILL included (see :mod:`torchfpe.sweep.ray_guard`)."""
     try:
         import ray
     except ImportError:
         raise ImportError("the ray backend needs Ray: pip install 'torchfpe[ray]'") from None
+    from . import ray_guard
+
+    if address is None and not ray.is_initialized() and ray_guard.available():
+        with _RayGuard() as guard:
+            for results in guard.run([(*_unit_args(unit), threads) for unit in units]):
+                save(results)
+        return
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
@@ -217,6 +227,71 @@ def _run_ray(units, threads: int, address: str | None, save: Callable) -> None:
     finally:
         if started_here:
             ray.shutdown()
+
+
+class _RayGuard:
+    """This process's end of :mod:`torchfpe.sweep.ray_guard`: start the guard, run units, stop it."""
+
+    def __enter__(self) -> "_RayGuard":
+        import subprocess
+        import sys
+        import tempfile
+
+        self.log = tempfile.TemporaryFile()  # the guard's stderr (Ray's own messages), shown if it fails
+        # a session of its own: a terminal's Ctrl-C reaches only this process, which then stops the guard
+        self.process = subprocess.Popen([sys.executable, "-m", "torchfpe.sweep.ray_guard"], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=self.log, text=True, start_new_session=True)
+        if self._receive()[0] != "ready":
+            raise self._failure("the guard did not start")
+        return self
+
+    def run(self, units: Sequence[tuple]):
+        """Send every unit, then yield each unit's results as the guard reports them."""
+        from .ray_guard import encode
+
+        for unit in units:
+            self.process.stdin.write(encode(("unit", *unit)))
+        self.process.stdin.write(encode(("go",)))
+        self.process.stdin.flush()
+        while True:
+            message = self._receive()
+            if message[0] == "done":
+                return
+            if message[0] == "error":
+                raise self._failure(message[2])
+            yield message[2]
+
+    def _receive(self) -> tuple:
+        from .ray_guard import decode
+
+        line = self.process.stdout.readline()
+        if not line:
+            raise self._failure("the guard exited")
+        return decode(line)
+
+    def _failure(self, what: str) -> RuntimeError:
+        self.log.seek(0)
+        tail = [line for line in self.log.read().decode(errors="replace").splitlines() if line.strip()][-3:]
+        return RuntimeError(f"the local Ray cluster failed: {what}" + (f" ({' | '.join(tail)})" if tail else ""))
+
+    def __exit__(self, *exc) -> bool:
+        """Ask the guard to stop the cluster and wait for it; a guard that hangs is killed (its tree goes
+        with it: closing its stdin is what it waits for)."""
+        from .ray_guard import encode
+
+        try:
+            self.process.stdin.write(encode(("stop",)))
+            self.process.stdin.close()
+        except (BrokenPipeError, OSError, ValueError):
+            pass
+        try:
+            self.process.wait(60)
+        except Exception:  # noqa: BLE001
+            self.process.kill()
+            self.process.wait()
+        self.process.stdout.close()
+        self.log.close()
+        return False
 
 
 class _progress:

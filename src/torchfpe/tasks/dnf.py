@@ -45,6 +45,8 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor
 
+from ..core.validation import plain_number
+
 __all__ = [
     "DNFConfig",
     "DNFFormula",
@@ -89,6 +91,10 @@ class DNFConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        for name in ("n_vars", "clauses", "literals", "train_size", "test_size", "seed", "negation_prob"):
+            value = getattr(self, name)  # np.int64(3) is accepted as 3 and stored as the int
+            if plain_number(value) is not value:
+                object.__setattr__(self, name, plain_number(value))
         self.validate()
 
     def validate(self) -> None:
