@@ -64,7 +64,7 @@ def test_pretrained_features_carry_classes_the_same_network_with_random_weights_
         x_test = torch.from_numpy(encoder.encode(data.x_test[test])).double()
         assert x_train.shape == (200, 1280) and torch.isfinite(x_train).all()
         accuracy[label] = ridge_probe(x_train, data.y_train[train], x_test, data.y_test[test], 10)
-    # measured: 0.69 pretrained, 0.43 random (200 training images); ImageNet features carry the classes
+    # measured: 0.70 pretrained, 0.32 random (200 training, 100 test images): the ImageNet weights carry the classes
     assert accuracy["pretrained"] >= 0.6, accuracy
     assert accuracy["pretrained"] >= accuracy["random"] + 0.15, accuracy
 

@@ -30,7 +30,7 @@ def small(monkeypatch):
     monkeypatch.setattr(features, "CHUNK", 8)
     spec = features.FEATURE_SETS[NAME]
     monkeypatch.setitem(features.FEATURE_SETS, NAME, features.FeatureSet(spec.name, spec.image_set, spec.encoder, 32,
-                                                                         spec.title, batch_size=5))
+                                                                         batch_size=5))
 
 
 @pytest.fixture
@@ -165,4 +165,4 @@ def test_real_fashion_mnist_features_carry_the_classes(tmp_path):
     data = load_embeddings(f"{NAME}:2000/1000", cache_dir=tmp_path, quiet=True)
     assert data.x_train.shape == (2000, 1280) and data.num_classes == 10
     accuracy = ridge_probe(data.x_train.double(), data.y_train, data.x_test.double(), data.y_test, 10, penalty=100.0)
-    assert accuracy > 0.75, accuracy  # measured 0.80 (a ridge probe on 2000 images)
+    assert accuracy > 0.78, accuracy  # measured 0.848 (a ridge probe on 2000 training images, 96 px)

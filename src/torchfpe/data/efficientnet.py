@@ -189,6 +189,25 @@ class EfficientNetEncoder:
         batch = (batch - self.preprocessing.mean) / self.preprocessing.std
         return batch.to(self.device).contiguous(memory_format=torch.channels_last)
 
+    def calibrate_batch_norm(self, images, *, batch_size: int = 64) -> "EfficientNetEncoder":
+        """Set every batch norm's running mean and variance to those of ``images`` (a cumulative average
+        over batches), for the random-weights control: with random weights and the untrained statistics
+        (mean 0, variance 1) the activations shrink layer by layer to about 1e-9, and a probe on them
+        measures rounding noise rather than what a random network of this shape can represent."""
+        norms = [m for m in self.network.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None
+            norm.train()  # only the norms: the blocks stay in eval mode (no drop-connect)
+        try:
+            with torch.no_grad():
+                for start in range(0, len(images), batch_size):
+                    self.network.extract_features(self.pixels(images[start:start + batch_size]))
+        finally:
+            for norm in norms:
+                norm.eval()
+        return self
+
     def encode(self, images) -> np.ndarray:
         with torch.inference_mode():
             features = self.network.extract_features(self.pixels(images))

@@ -318,6 +318,10 @@ def extract_embeddings(
     resolved_device = _check_device(device)
     folder = Path(source)
     if folder.is_dir() or not isinstance(source, str) or source not in _image_set_names():
+        if not folder.exists():
+            raise ExtractionError(f"{folder}: no such folder, and not a built-in image set "
+                                  f"({', '.join(_image_set_names())}); SOURCE is a folder holding train/ and test/ "
+                                  f"with one subfolder of images per class, or one of those names")
         classes, train, test = scan_image_folder(source)
         if not efficientnet:
             _import_transformers()
@@ -339,7 +343,7 @@ def extract_embeddings(
         wrap = (lambda x: x) if efficientnet else TensorImages
         train_images = LabelledImages(wrap(images.x_train), images.y_train.numpy())
         test_images = LabelledImages(wrap(images.x_test), images.y_test.numpy())
-        data_name, origin = images_source.title, f"{images.name} ({images.note})"
+        data_name, origin = images.name, f"{images.name} ({images.note})"
     if efficientnet:
         from .efficientnet import load_encoder
 

@@ -52,7 +52,6 @@ class FeatureSet:
     image_set: str
     encoder: str
     image_size: int
-    title: str  # the data set's name in reports
     batch_size: int = 64
 
 
@@ -62,10 +61,8 @@ class FeatureSet:
 FEATURE_SETS: dict[str, FeatureSet] = {
     spec.name: spec
     for spec in [
-        FeatureSet("fashion-mnist-efficientnet", "fashion-mnist", "efficientnet-lite0", 96,
-                   "Fashion-MNIST through a frozen ImageNet EfficientNet-Lite0 (not CLIP)", batch_size=32),
-        FeatureSet("font-chars-efficientnet", "font-chars", "efficientnet-lite0", 64,
-                   "font-rendered characters through a frozen ImageNet EfficientNet-Lite0 (not CLIP)"),
+        FeatureSet("fashion-mnist-efficientnet", "fashion-mnist", "efficientnet-lite0", 96, batch_size=32),
+        FeatureSet("font-chars-efficientnet", "font-chars", "efficientnet-lite0", 64),
     ]
 }
 FEATURE_SET_NAMES = tuple(FEATURE_SETS)
@@ -226,8 +223,11 @@ def _assemble(folder: Path, spec: FeatureSet, manifest: dict, wanted: dict) -> E
     checked = validate_arrays(str(folder), *arrays["train"], *arrays["test"], manifest["class_names"])
     sizes = (manifest["train"], manifest["test"])
     counts = (len(arrays["train"][1]), len(arrays["test"][1]))
-    title = spec.title if counts == sizes else f"{spec.title}, first {counts[0]} train / {counts[1]} test images"
     encoder = encoder_spec(spec.encoder)
+    # the data set's name in reports, e.g. "Fashion-MNIST through a frozen ImageNet EfficientNet-Lite0 (not CLIP)"
+    title = f"{manifest['image_set']} through a frozen ImageNet {encoder.title} (not CLIP)"
+    if counts != sizes:
+        title += f", first {counts[0]} train / {counts[1]} test images"
     preprocessing = Preprocessing(spec.image_size)
     note = (f"{manifest['image_set']} ({manifest['image_note']}) through a frozen {encoder.title} with ImageNet-pretrained "
             f"weights ({encoder.weights_package}), {spec.image_size} px input, global-average-pooled "
