@@ -2,14 +2,16 @@
 standardised features, scikit-learn) trained on a feature set's training split and scored on its test
 split; with ``--controls``, the same probe on the same images through the same network with random
 weights (as initialised, and with its batch norms calibrated on the training images), and on the raw
-pixels.
+pixels; with ``--sizes``, through the pretrained encoder at other input sizes.
 
     .venv/bin/python bench/feature_probe.py fashion-mnist-efficientnet --out bench/results/probe_fashion_mnist.json
     .venv/bin/python bench/feature_probe.py fashion-mnist-efficientnet:10000/2000 --controls \
         --out bench/results/probe_fashion_mnist_controls.json
+    .venv/bin/python bench/feature_probe.py fashion-mnist-efficientnet:10000/2000 --sizes 64 112 \
+        --out bench/results/probe_fashion_mnist_sizes.json
 
 SET is a built-in feature set (``NAME`` or ``NAME:TRAIN/TEST``) or an embedding file; ``--controls``
-needs a built-in feature set (it re-encodes the images).
+and ``--sizes`` need a built-in feature set (they re-encode its images).
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ def main() -> None:
     parser.add_argument("set", help="a built-in feature set (NAME or NAME:TRAIN/TEST) or an embedding file")
     parser.add_argument("--controls", action="store_true",
                         help="also probe random weights (as initialised; batch norm calibrated) and raw pixels")
+    parser.add_argument("--sizes", type=int, nargs="*", default=[],
+                        help="also probe the same images through the pretrained encoder at these input sizes (px)")
     parser.add_argument("--data", default=None, help="data_dir of the built-in set")
     parser.add_argument("--max-iter", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=None)
@@ -53,10 +57,10 @@ def main() -> None:
     y_train, y_test = data.y_train.numpy(), data.y_test.numpy()
     label = "pretrained" if "encoder_weights" in data.meta else "as stored"
     features = {label: (data.x_train.numpy(), data.x_test.numpy())}
-    if args.controls:
+    if args.controls or args.sizes:
         parsed = parse_name(args.set)
         if parsed is None:
-            parser.error("--controls needs a built-in feature set")
+            parser.error("--controls and --sizes need a built-in feature set")
         from torchfpe.data.efficientnet import load_encoder
         from torchfpe.data.encode import encode_images
         from torchfpe.data.imagesets import image_source
@@ -66,6 +70,11 @@ def main() -> None:
         n_train, n_test = len(y_train), len(y_test)
         x_train, x_test = images.x_train[:n_train], images.x_test[:n_test]
         assert (images.y_train[:n_train].numpy() == y_train).all() and (images.y_test[:n_test].numpy() == y_test).all()
+    for size in args.sizes:
+        other = load_encoder(spec.encoder, image_size=size)
+        features[f"pretrained, {size} px input"] = (encode_images(other, x_train, batch_size=spec.batch_size),
+                                                    encode_images(other, x_test, batch_size=spec.batch_size))
+    if args.controls:
         random = load_encoder(spec.encoder, image_size=spec.image_size, pretrained=False, seed=0)
         features["random weights (seed 0)"] = (encode_images(random, x_train, batch_size=spec.batch_size),
                                                encode_images(random, x_test, batch_size=spec.batch_size))

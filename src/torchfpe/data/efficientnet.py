@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import importlib
 import json
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -257,5 +256,5 @@ def check_available(name: str) -> EncoderSpec:
     return spec
 
 
-__all__: Sequence[str] = ("ENCODERS", "ENCODER_NAMES", "EfficientNetEncoder", "EncoderError", "EncoderSpec",
-                          "Preprocessing", "UnknownEncoderError", "check_available", "encoder_spec", "load_encoder")
+__all__ = ["ENCODERS", "ENCODER_NAMES", "EfficientNetEncoder", "EncoderError", "EncoderSpec", "Preprocessing",
+           "UnknownEncoderError", "check_available", "encoder_spec", "load_encoder"]

@@ -56,7 +56,7 @@ class FeatureSet:
 
 
 #: Feature sets by name. Input sizes and batch sizes: the measurements behind them are in
-#: docs/embeddings.md (Fashion-MNIST: a linear probe reaches 82.8 / 85.0 / 85.6 % at 64 / 96 / 112 px
+#: docs/embeddings.md (Fashion-MNIST: a linear probe reaches 82.8 / 84.9 / 85.6 % at 64 / 96 / 112 px
 #: for 3.3 / 7.2 / 14 minutes of one core for the 70000 images; batches of 32-64 are fastest on a CPU).
 FEATURE_SETS: dict[str, FeatureSet] = {
     spec.name: spec

@@ -146,21 +146,17 @@ def _draw(font, char: str, config: FontCharsConfig, *, dx: float = 0.0, dy: floa
 
 
 def _sized_font(path: Path, config: FontCharsConfig, scale: float = 1.0, cache: dict | None = None):
-    """The font at the point size that makes its capital H ``cap_height * size * scale`` pixels high."""
+    """The font at the point size that makes its capital H ``cap_height * size * scale`` pixels high
+    (None if its H has no height); ``cache`` keeps loaded fonts and H heights across calls."""
     _, _, ImageFont = _pil()
-    key = (path, "H")
-    if cache is None or key not in cache:
-        top, _, bottom = (lambda box: (box[1], None, box[3]))(ImageFont.truetype(str(path), size=100).getbbox("H", anchor="ls"))
-        height = bottom - top
-        if cache is not None:
-            cache[key] = height
-    else:
-        height = cache[key]
+    cache = {} if cache is None else cache
+    if (path, "H") not in cache:
+        box = ImageFont.truetype(str(path), size=100).getbbox("H", anchor="ls")
+        cache[(path, "H")] = box[3] - box[1]  # the H's height at 100 points
+    height = cache[(path, "H")]
     if height <= 0:
         return None
     points = max(4, round(100 * config.cap_height * config.size * scale / height))
-    if cache is None:
-        return ImageFont.truetype(str(path), size=points)
     if (path, points) not in cache:
         cache[(path, points)] = ImageFont.truetype(str(path), size=points)
     return cache[(path, points)]
