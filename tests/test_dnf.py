@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import math
 
@@ -68,7 +69,7 @@ SMALL = dict(train_size=300, test_size=200)
 
 @pytest.mark.parametrize("encoding", ["pm1", "01"])
 @pytest.mark.parametrize("variables", ["disjoint", "overlapping"])
-@pytest.mark.parametrize("sampling", ["uniform", "balanced"])
+@pytest.mark.parametrize("sampling", ["uniform", "balanced", "rejection"])
 def test_labels_equal_direct_evaluation(encoding, variables, sampling):
     task = make_dnf(
         n_vars=20, clauses=4, literals=3, variables=variables, encoding=encoding,
@@ -184,7 +185,7 @@ def _tensors(t: DNFTask):
     return (t.x_train, t.y_train, t.x_test, t.y_test)
 
 
-@pytest.mark.parametrize("sampling", ["uniform", "balanced"])
+@pytest.mark.parametrize("sampling", ["uniform", "balanced", "rejection"])
 def test_same_seed_identical_different_seed_different(sampling):
     kw = dict(n_vars=24, clauses=4, literals=3, sampling=sampling, **SMALL)
     a = make_dnf(seed=5, **kw)
@@ -255,6 +256,83 @@ def test_balanced_always_true_formula_raises():
     assert t.positive_rate() == {"train": 1.0, "test": 1.0}
 
 
+@pytest.mark.parametrize("n_train,n_test", [(300, 200), (301, 7), (1, 2)])
+@pytest.mark.parametrize("variables", ["disjoint", "overlapping"])
+def test_rejection_exact_positive_count(n_train, n_test, variables):
+    t = make_dnf(n_vars=20, clauses=3, literals=4, variables=variables, sampling="rejection",
+                 train_size=n_train, test_size=n_test, seed=2)
+    assert int(t.y_train.sum()) == math.ceil(n_train / 2)
+    assert int(t.y_test.sum()) == math.ceil(n_test / 2)
+    assert t.x_train.shape == (n_train, 20) and t.x_test.shape == (n_test, 20)
+    check_labels(t)  # positives satisfy the formula (checked by an independent evaluator), negatives do not
+    if n_train >= 100:  # shuffled: positives are not all at the front
+        half = math.ceil(n_train / 2)
+        assert t.y_train[:half].sum() < half
+
+
+def _counts_per_input(task: DNFTask, positive: bool) -> dict[tuple[bool, ...], int]:
+    bits = task.decode(task.x_train)[task.y_train == float(positive)]
+    counts: dict[tuple[bool, ...], int] = {}
+    for row in bits.tolist():
+        counts[tuple(row)] = counts.get(tuple(row), 0) + 1
+    return counts
+
+
+def _chi_square(counts: dict, support: list) -> float:
+    total = sum(counts.values())
+    expected = total / len(support)
+    return sum((counts.get(x, 0) - expected) ** 2 / expected for x in support)
+
+
+# x0 AND x1, OR x2 AND x3, over 4 variables: 7 of the 16 inputs are positive, 1111 satisfies both clauses
+TINY = dict(n_vars=4, clauses=2, literals=2, negation_prob=0.0, variables="disjoint", train_size=14000, test_size=2)
+CHI2_DF6_P001 = 22.458  # chi-square critical values at p = 0.001 (scipy.stats.chi2.ppf(0.999, df))
+CHI2_DF8_P001 = 26.125
+
+
+def test_rejection_positives_are_uniform_over_the_satisfying_inputs():
+    task = make_dnf(sampling="rejection", seed=0, **TINY)
+    inputs = [tuple(bool(b) for b in row) for row in itertools.product([0, 1], repeat=4)]
+    truth = reference_eval(task.formula.clauses, task.formula.signs, inputs)
+    positives = [x for x, t in zip(inputs, truth) if t]
+    negatives = [x for x, t in zip(inputs, truth) if not t]
+    assert len(positives) == 7 and len(negatives) == 9
+    pos, neg = _counts_per_input(task, True), _counts_per_input(task, False)
+    assert set(pos) == set(positives) and set(neg) == set(negatives)  # every input on its side is drawn
+    assert sum(pos.values()) == 7000 == sum(neg.values())
+    assert _chi_square(pos, positives) < CHI2_DF6_P001
+    assert _chi_square(neg, negatives) < CHI2_DF8_P001
+    # the same test has power: constructive "balanced" positives over-represent 1111 (1/4 of them, not 1/7)
+    balanced = _counts_per_input(make_dnf(sampling="balanced", seed=0, **TINY), True)
+    assert _chi_square(balanced, positives) > 10 * CHI2_DF6_P001
+    assert balanced[(True,) * 4] > 1.5 * pos[(True,) * 4]
+
+
+def test_rejection_rare_side_raises_a_clear_error():
+    # 16 disjoint one-literal clauses: positive on all but 2^-16 of the inputs
+    with pytest.raises(ValueError, match=r"sampling='rejection'.*negative.*too rare.*sampling='uniform'"):
+        make_dnf(n_vars=16, clauses=16, literals=1, sampling="rejection", train_size=100, test_size=10)
+    # one clause of 12 literals: positive on 2^-12 of the inputs (under the 0.1% floor)
+    with pytest.raises(ValueError, match=r"sampling='rejection'.*positive.*too rare"):
+        make_dnf(n_vars=16, clauses=1, literals=12, sampling="rejection", train_size=100, test_size=10)
+
+
+def test_rejection_leaves_the_other_samplings_unchanged():
+    # the new option must not move stored runs: uniform and balanced draw exactly what they drew before
+    # (fingerprints recorded from the code before sampling="rejection" existed)
+    for sampling, expected in FINGERPRINTS.items():
+        t = make_dnf(n_vars=24, clauses=4, literals=3, sampling=sampling, seed=7, train_size=64, test_size=32)
+        assert _fingerprint(t) == expected, sampling
+
+
+def _fingerprint(task: DNFTask) -> str:
+    raw = b"".join(t.to(torch.int8).numpy().tobytes() for t in _tensors(task))
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+FINGERPRINTS = {"uniform": "e37d59bf470ba2be", "balanced": "7f39aac9560c17da"}
+
+
 def test_uniform_positive_rate_matches_theory():
     k, m, n_ex = 3, 8, 20000
     t = make_dnf(n_vars=48, clauses=m, literals=k, variables="disjoint", sampling="uniform",
@@ -314,7 +392,7 @@ def test_encodings_share_bits():
         (dict(negation_prob=float("nan")), "negation_prob"),
         (dict(variables="random"), "variables.*disjoint.*overlapping"),
         (dict(encoding="bits"), "encoding.*pm1.*01"),
-        (dict(sampling="stratified"), "sampling.*uniform.*balanced"),
+        (dict(sampling="stratified"), "sampling.*uniform.*balanced.*rejection"),
         (dict(train_size=0), "train_size"),
         (dict(test_size=0), "test_size"),
         (dict(n_vars=3.0), "n_vars"),

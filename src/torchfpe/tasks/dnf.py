@@ -28,6 +28,15 @@ they ARE uniform over the negative inputs.  The examples are then shuffled with
 the generator.  If the formula is (almost) always true, rejection sampling would
 not terminate in reasonable time and a ``ValueError`` is raised.
 
+``"rejection"``: the same counts as ``"balanced"`` (``ceil(N/2)`` positives,
+``floor(N/2)`` negatives), but both sides are rejection-sampled from uniform
+bits: draws come in batches, each draw is kept if its side is not yet full, and
+the kept examples are shuffled with the generator.  A uniform draw that lands on
+a side is uniform over that side, so positives are uniform over the satisfying
+inputs and negatives over the others (the distribution ``"balanced"`` only
+approximates for positives).  A ``ValueError`` is raised if either side is too
+rare to fill in reasonable time (under 0.1% of draws).
+
 Labels are always computed by :meth:`DNFFormula.evaluate` on the sampled bits.
 
 Encodings
@@ -62,13 +71,16 @@ __all__ = [
 
 VARIABLE_MODES = ("disjoint", "overlapping")
 ENCODINGS = ("pm1", "01")
-SAMPLINGS = ("uniform", "balanced")
+SAMPLINGS = ("uniform", "balanced", "rejection")
 
 # Rejection sampling of negatives (balanced sampling).
 _REJECTION_MIN_BATCH = 4096
 _REJECTION_MAX_ROUNDS = 64
 _REJECTION_MIN_NEG_RATE = 1e-3  # give up if fewer than 0.1% of draws are negative
 _REJECTION_CHECK_AFTER = 20_000  # draws before the rate check is trusted
+# Rejection sampling of both sides (sampling="rejection").
+_REJECTION_MIN_RATE = 1e-3  # give up if fewer than 0.1% of draws land on a side still short of examples
+_REJECTION_MAX_BATCH = 1 << 20  # draws per round (a bool row per draw: n_vars bytes each)
 
 
 def _is_int(v) -> bool:
@@ -85,7 +97,7 @@ class DNFConfig:
     negation_prob: float = 0.5
     variables: str = "disjoint"  # "disjoint" | "overlapping"
     encoding: str = "pm1"  # "pm1" | "01"
-    sampling: str = "uniform"  # "uniform" | "balanced"
+    sampling: str = "uniform"  # "uniform" | "balanced" | "rejection"
     train_size: int = 4000
     test_size: int = 4000
     seed: int = 0
@@ -324,11 +336,54 @@ def _negative_bits(formula: DNFFormula, n_rows: int, g: torch.Generator) -> Tens
     return torch.cat(kept, dim=0)[:n_rows]
 
 
+def _rejection_bits(formula: DNFFormula, n_pos: int, n_neg: int, g: torch.Generator) -> Tensor:
+    """Uniform draws, each kept while its side (positive / negative) still has room, in draw order."""
+    need = {True: n_pos, False: n_neg}
+    found = {True: 0, False: 0}
+    kept: list[Tensor] = []
+    drawn = 0
+    for _ in range(_REJECTION_MAX_ROUNDS):
+        open_sides = [side for side in (True, False) if need[side] > 0]
+        if not open_sides:
+            break
+        # enough draws to fill the slowest open side, at its rate so far (a guess of 1/2 at first)
+        rates = {side: max(found[side] / drawn if drawn else 0.5, _REJECTION_MIN_RATE) for side in open_sides}
+        batch = max(_REJECTION_MIN_BATCH, int(1.5 * max(need[side] / rates[side] for side in open_sides)))
+        cand = _uniform_bits(min(batch, _REJECTION_MAX_BATCH), formula.n_vars, g)
+        label = formula.evaluate(cand)
+        drawn += len(cand)
+        # keep each side's first need[side] draws of this batch
+        keep = torch.zeros_like(label)
+        for side in (True, False):
+            on_side = label == side
+            found[side] += int(on_side.sum())
+            keep |= on_side & (torch.cumsum(on_side.long(), 0) <= need[side])
+            need[side] -= min(need[side], int(on_side.sum()))
+        kept.append(cand[keep])
+        short = [side for side in (True, False) if need[side] > 0]
+        if short and drawn >= _REJECTION_CHECK_AFTER and any(found[s] < _REJECTION_MIN_RATE * drawn for s in short):
+            break
+    short = [side for side in (True, False) if need[side] > 0]
+    if short:
+        side = short[0]
+        word = "positive" if side else "negative"
+        raise ValueError(
+            f"sampling='rejection': only {found[side]} of {drawn} uniform draws are {word} (the formula's "
+            f"{word} inputs are too rare to draw {n_pos if side else n_neg} {word} examples in reasonable time; "
+            f"at least {100 * _REJECTION_MIN_RATE:.1f}% of inputs must be {word}); use sampling='uniform', "
+            f"or a formula with a less extreme positive rate"
+        )
+    return torch.cat(kept, dim=0)
+
+
 def _sample_bits(config: DNFConfig, formula: DNFFormula, n_rows: int, g: torch.Generator) -> Tensor:
     if config.sampling == "uniform":
         return _uniform_bits(n_rows, config.n_vars, g)
     n_pos = (n_rows + 1) // 2  # ceil
     n_neg = n_rows // 2  # floor
+    if config.sampling == "rejection":
+        bits = _rejection_bits(formula, n_pos, n_neg, g)
+        return bits[torch.randperm(n_rows, generator=g)]
     pos = _positive_bits(formula, n_pos, g)
     neg = _negative_bits(formula, n_neg, g) if n_neg > 0 else pos[:0]
     bits = torch.cat([pos, neg], dim=0)
@@ -338,10 +393,10 @@ def _sample_bits(config: DNFConfig, formula: DNFFormula, n_rows: int, g: torch.G
 def _make_split(config: DNFConfig, formula: DNFFormula, n_rows: int, g: torch.Generator):
     bits = _sample_bits(config, formula, n_rows, g)
     y = formula.evaluate(bits)
-    if config.sampling == "balanced":
+    if config.sampling in ("balanced", "rejection"):
         n_pos = int(y.sum().item())
         if n_pos != (n_rows + 1) // 2:  # pragma: no cover - internal invariant
-            raise RuntimeError(f"balanced sampling produced {n_pos} positives of {n_rows}")
+            raise RuntimeError(f"{config.sampling} sampling produced {n_pos} positives of {n_rows}")
     return encode_bits(bits, config.encoding), y.to(torch.float32)
 
 
