@@ -4,7 +4,7 @@ that load from other jobs on a shared machine hits every setting alike) and repo
 rounds, with the projected time for the 70000 images of ``fashion-mnist-efficientnet``.
 
     .venv/bin/python bench/embed_speed.py --out bench/results/embed_speed.json
-    .venv/bin/python bench/embed_speed.py --sizes 64 --threads 1 --batch-sizes 64 --seconds 0.2 --rounds 1  # smoke
+    .venv/bin/python bench/embed_speed.py --smoke --out /tmp/smoke.json   # seconds: one tiny setting
 """
 
 from __future__ import annotations
@@ -38,8 +38,17 @@ def main() -> None:
                         choices=["inference_mode", "no_grad"])
     parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per setting and round")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=Path("bench/results/embed_speed.json"))
+    parser.add_argument("--out", type=Path, default=None, help="JSON out (default bench/results/embed_speed.json)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a seconds-long run (64 px, 1 thread, batch 8, one round of 0.2 s), for the tests")
     args = parser.parse_args()
+    if args.smoke and args.out is None:
+        parser.error("--smoke needs --out, so that a smoke run never replaces a result in bench/results/")
+    if args.smoke:
+        args.sizes, args.threads, args.batch_sizes, args.formats, args.grad_modes = [64], [1], [8], ["channels_last"], \
+            ["inference_mode"]
+        args.seconds, args.rounds = 0.2, 1
+    args.out = args.out or Path("bench/results/embed_speed.json")
 
     encoders = {size: load_encoder(args.encoder, image_size=size) for size in args.sizes}
     images = torch.randint(0, 256, (max(args.batch_sizes), 28, 28), dtype=torch.uint8,
@@ -62,7 +71,7 @@ def main() -> None:
     for row in rows:
         print(f"{row['image_size']:4d} px  {row['threads']} threads  {row['memory_format']:13s}  batch {row['batch_size']:4d}"
               f"  {row['grad_mode']:14s}  {row['images_per_s']:7.1f} img/s  -> 70000 in {row['minutes_for_70000']:5.1f} min")
-    result = {"benchmark": "embed_speed", "encoder": args.encoder, "date": datetime.now(timezone.utc).isoformat(),
+    result = {"benchmark": "embed_speed", "smoke": args.smoke, "encoder": args.encoder, "date": datetime.now(timezone.utc).isoformat(),
               "machine": {"platform": platform.platform(), "processor": platform.processor(),
                           "cpus": os.cpu_count(), "torch": torch.__version__,
                           "load_average_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None},

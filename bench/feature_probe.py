@@ -9,6 +9,7 @@ pixels; with ``--sizes``, through the pretrained encoder at other input sizes.
         --out bench/results/probe_fashion_mnist_controls.json
     .venv/bin/python bench/feature_probe.py fashion-mnist-efficientnet:10000/2000 --sizes 64 112 \
         --out bench/results/probe_fashion_mnist_sizes.json
+    .venv/bin/python bench/feature_probe.py --smoke --out /tmp/smoke.json   # seconds: digits, 50 iterations
 
 SET is a built-in feature set (``NAME`` or ``NAME:TRAIN/TEST``) or an embedding file; ``--controls``
 and ``--sizes`` need a built-in feature set (they re-encode its images).
@@ -39,7 +40,8 @@ def probe(x_train, y_train, x_test, y_test, *, max_iter: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("set", help="a built-in feature set (NAME or NAME:TRAIN/TEST) or an embedding file")
+    parser.add_argument("set", nargs="?", default=None,
+                        help="a built-in feature set (NAME or NAME:TRAIN/TEST) or an embedding file")
     parser.add_argument("--controls", action="store_true",
                         help="also probe random weights (as initialised; batch norm calibrated) and raw pixels")
     parser.add_argument("--sizes", type=int, nargs="*", default=[],
@@ -47,7 +49,16 @@ def main() -> None:
     parser.add_argument("--data", default=None, help="data_dir of the built-in set")
     parser.add_argument("--max-iter", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--smoke", action="store_true",
+                        help="a seconds-long run on scikit-learn digits (SET defaults to 'digits'), for the tests")
     args = parser.parse_args()
+    if args.smoke and args.out is None:
+        parser.error("--smoke needs --out, so that a smoke run never replaces a result in bench/results/")
+    if args.smoke:
+        args.set = args.set or "digits"
+        args.max_iter = min(args.max_iter, 50)
+    if args.set is None:
+        parser.error("SET is required: a built-in feature set or an embedding file")
 
     from torchfpe.data import load_embeddings
     from torchfpe.data.features import FEATURE_SETS, parse_name
@@ -92,7 +103,8 @@ def main() -> None:
         print(f"{data.name}: {label}, {a.shape[1]} dims, {len(y_train)} train / {len(y_test)} test, "
               f"{data.num_classes} classes: linear probe {100 * accuracy:.1f} %", flush=True)
     if args.out:
-        result = {"benchmark": "feature_probe", "set": args.set, "name": data.name, "meta": dict(data.meta),
+        result = {"benchmark": "feature_probe", "set": args.set, "name": data.name,
+                  "meta": {"smoke": args.smoke, **dict(data.meta)},
                   "date": datetime.now(timezone.utc).isoformat(), "seconds": round(time.perf_counter() - started, 1),
                   "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                               "threads": torch.get_num_threads()},
