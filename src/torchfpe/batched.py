@@ -178,7 +178,10 @@ def fit_stacked(
     examples = x.shape[1]
     orders = [batch_order(examples, epochs, settings.batch_size, g) for g in (generators or [None] * stack.count)]
     models = torch.arange(stack.count).unsqueeze(1)
-    x_t = x.transpose(1, 2).contiguous()
+    # Full batch only: a (B, in, N) copy made once. With minibatches it would copy the whole data set
+    # for every model (x is often one set expanded to B views) and never be read.
+    full = settings.batch_size is None or settings.batch_size >= examples
+    x_t = x.transpose(1, 2).contiguous() if full else None
     for indices in zip(*orders):
         if indices[0] is None:
             xb_t, yb = x_t, y
