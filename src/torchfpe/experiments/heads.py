@@ -185,7 +185,7 @@ def steps_per_pass(examples: int, batch_size: int | None) -> int:
 
 def passes(epochs: int, steps_per_epoch: int, per_pass: int) -> int:
     """Whole passes whose step count is closest to ``epochs × steps_per_epoch`` (at least 1 if epochs > 0)."""
-    return 0 if epochs == 0 else max(1, round(epochs * steps_per_epoch / per_pass))
+    return 0 if epochs == 0 else max(1, math.floor(epochs * steps_per_epoch / per_pass + 0.5))  # halves round up
 
 
 def scheduled(config):
