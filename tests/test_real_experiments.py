@@ -242,3 +242,85 @@ def test_check_config_fails_on_bad_data_before_any_run(tmp_path, embedding_file)
         deep.EXPERIMENT.check_config(deep.EXPERIMENT.make_config(embeddings=embedding_file, classes=9))
     with pytest.raises(DataError, match="Fashion-MNIST"):
         cnn.EXPERIMENT.check_config(cnn.EXPERIMENT.make_config(data_dir=str(tmp_path / "nowhere")))
+
+
+def test_heads_and_deep_default_to_real_features_and_old_run_keys_stand():
+    from torchfpe.sweep import config_key
+
+    assert heads.HeadsConfig().embeddings == deep.DeepConfig().embeddings == "fashion-mnist-efficientnet"
+    # keys computed by the code before steps_per_epoch existed (main at e73ad15): stored runs stay valid
+    old = [("heads", heads.HeadsConfig(embeddings="fashion-mnist-ae"), "9704a90502c2d7c61ad10281"),
+           ("heads", heads.HeadsConfig(embeddings="synthetic-100", classes=25, neurons=8, alpha=4, batch_size=256,
+                                       warmup_epochs=20, epochs_after=20, variants="dense+random", seed=2),
+            "d00276e420217642b424b7a5"),
+           ("deep", deep.DeepConfig(embeddings="fashion-mnist-ae", neurons=16, alpha=4, seed=1), "8932becfbd638d73bfb0ff6a")]
+    for experiment, config, key in old:
+        assert "steps_per_epoch" not in config.to_dict()
+        assert config_key(experiment, config.to_dict()) == key
+    fixed = heads.HeadsConfig(embeddings="fashion-mnist-ae", steps_per_epoch=30)
+    assert fixed.to_dict()["steps_per_epoch"] == 30 and config_key("heads", fixed.to_dict()) != old[0][2]
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        heads.HeadsConfig(steps_per_epoch=0)
+
+
+def test_steps_per_epoch_holds_the_step_count_across_class_subsets(embedding_file):
+    # 30 training examples per class, minibatches of 16: 2 classes are 4 steps a pass, 4 classes 8, 6 classes 12.
+    # 2 + 1 epochs of 12 steps = 24 + 12 steps: 6 + 3 passes, 3 + 1.5 (rounds up to 2) passes, 2 + 1 passes.
+    fields = dict(embeddings=embedding_file, neurons=4, alpha=2, variants="dense+random", batch_size=16,
+                  warmup_epochs=2, epochs_after=1, steps_per_epoch=12, dtype="float64")
+    expected = {2: (6, 3, 24, 12), 4: (3, 2, 24, 16), 6: (2, 1, 24, 12)}
+    for classes, (warm, after, warm_steps, steps_after) in expected.items():
+        records = heads.EXPERIMENT.run_batch([heads.EXPERIMENT.make_config(**fields, classes=classes, seed=s) for s in (0, 1)])
+        for record in records:
+            assert (record["warmup_passes"], record["passes_after"]) == (warm, after), classes
+            assert (record["warmup_steps"], record["steps_after"]) == (warm_steps, steps_after), classes
+            assert (record["warmup_epochs"], record["epochs_after"], record["steps_per_epoch"]) == (2, 1, 12)  # as asked
+            assert record["train_examples"] == 30 * classes
+    # the scheduled run is the plain run of that many passes, in the stacks and one model at a time
+    scheduled = heads.EXPERIMENT.run_single(heads.EXPERIMENT.make_config(**fields, classes=2, seed=1))
+    as_passes = {**fields, "steps_per_epoch": None, "warmup_epochs": 6, "epochs_after": 3}
+    plain = heads.EXPERIMENT.run_batch([heads.EXPERIMENT.make_config(**as_passes, classes=2, seed=s) for s in (0, 1)])
+    plain = [r for r in plain if r["seed"] == 1]
+    assert [r["test_accuracy"] for r in scheduled] == pytest.approx([r["test_accuracy"] for r in plain], abs=1e-9)
+    assert "steps_per_epoch" not in plain[0] and plain[0]["warmup_steps"] == 24  # without the field: steps grow with the subset
+    deep_records = deep.EXPERIMENT.run_batch([deep.EXPERIMENT.make_config(**fields, classes=2, depth=2)])
+    assert deep_records[0]["warmup_passes"] == 6 and deep_records[0]["depth"] == 2
+
+
+def test_real_feature_set_names_are_not_data_files(fashion_dir):
+    from pathlib import Path
+
+    # run keys hold a file's path and the store digests the files a config names: a built-in name is no file
+    assert heads.TASK.files(heads.HeadsConfig()) == ()
+    assert heads.TASK.files(deep.DeepConfig(embeddings="font-chars-efficientnet:100/50")) == ()
+    named = heads.TASK.files(heads.HeadsConfig(embeddings="fashion-mnist-efficientnet:20", data_dir=fashion_dir))
+    assert sorted(Path(p).name for p in named) == sorted(FASHION_MNIST_FILES.values())  # the IDX files it reads
+    assert heads.TASK.files(heads.HeadsConfig(embeddings="mine.npz")) == ("mine.npz",)
+
+
+def test_cnn_counts_dead_head_units():
+    model = cnn.cnn(4, seed=0, dtype="float32")
+    with torch.no_grad():
+        model.head[0].bias.copy_(torch.tensor([-1e4, 1e4, -1e4, 1e4]))  # units 0 and 2 never fire, 1 and 3 always
+    x = torch.rand(7, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    assert cnn.dead_units(model, x, chunk=3) == 2
+    assert model.training  # the mode is restored
+
+
+def test_stacked_seeds_share_one_copy_of_the_data(embedding_file, monkeypatch):
+    # the seeds of a heads config read the same features: the stacks must see views of one tensor, not
+    # one copy per model (15 copies of the 60000 x 1280 real features are 4.6 GB)
+    seen = []
+    real_fit = protocol.fit_stacked
+
+    def spy(stack, x, y, *args, **kwargs):
+        seen.append((x.stride(0), y.stride(0), x.shape[0]))
+        return real_fit(stack, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(protocol, "fit_stacked", spy)
+    configs = [heads.EXPERIMENT.make_config(embeddings=embedding_file, neurons=4, variants="dense+random+feature",
+                                            seed=s, **TINY) for s in range(3)]
+    records = heads.EXPERIMENT.run_batch(configs)
+    assert [shape for _, _, shape in seen] == [3, 3, 6]  # warm-up, dense's T2, random and feature together
+    assert all(x == 0 and y == 0 for x, y, _ in seen)
+    assert len(records) == 9

@@ -178,10 +178,25 @@ def fit_stacked(
     examples = x.shape[1]
     orders = [batch_order(examples, epochs, settings.batch_size, g) for g in (generators or [None] * stack.count)]
     models = torch.arange(stack.count).unsqueeze(1)
-    x_t = x.transpose(1, 2).contiguous()
+    # Full batch only: a (B, in, N) copy made once. With minibatches it would copy the whole data set
+    # for every model (x is often one set expanded to B views) and never be read.
+    full = settings.batch_size is None or settings.batch_size >= examples
+    x_t = x.transpose(1, 2).contiguous() if full else None
+    # One data set seen by every model (an expanded view): minibatches are gathered into one reused
+    # buffer. A fresh (B, batch, in) tensor per step is a large allocation whose page faults cost
+    # about as much as the step's matmuls (measured 2x per step at B = 15, batch 2048, 1280 inputs).
+    shared = x.stride(0) == 0 and y.stride(0) == 0
+    buffer = None
     for indices in zip(*orders):
         if indices[0] is None:
             xb_t, yb = x_t, y
+        elif shared:
+            index = torch.stack(indices)
+            rows = index.reshape(-1)
+            if buffer is None or buffer.shape[0] < len(rows):
+                buffer = torch.empty((len(rows), x.shape[2]), dtype=x.dtype)
+            batch = torch.index_select(x[0], 0, rows, out=buffer[:len(rows)])
+            xb_t, yb = batch.view(stack.count, -1, x.shape[2]).transpose(1, 2), y[0][index]
         else:
             index = torch.stack(indices)
             xb_t, yb = x[models, index].transpose(1, 2), y[models, index]

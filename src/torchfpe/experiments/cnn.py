@@ -78,6 +78,20 @@ def cnn(neurons: int, seed: int, dtype: str) -> nn.Sequential:
     return model.to(DTYPES[dtype])
 
 
+@torch.no_grad()
+def dead_units(model: nn.Module, x: torch.Tensor, chunk: int) -> int:
+    """Hidden units of the head whose ReLU is 0 on every image of ``x``: they pass no gradient to their
+    incoming weights, so a narrow head with several of them is stuck (how a 4-unit head fails)."""
+    was_training = model.training
+    model.eval()
+    alive = None
+    for start in range(0, len(x), chunk):
+        fired = (model.head[1](model.head[0](model.backbone(x[start:start + chunk]))) > 0).any(dim=0)
+        alive = fired if alive is None else alive | fired
+    model.train(was_training)
+    return int((~alive).sum())
+
+
 class CNNTask(protocol.Task):
     kind = "multiclass"
     fold_keys = ("capacity_mean", "cosine_abs_mean")
@@ -105,6 +119,7 @@ class CNNTask(protocol.Task):
         weight = dict(metrics.hidden_weights(model))["head.0"]
         return {"neurons": config.neurons, "hidden_units": int(weight.shape[0]), "dataset": data.info["name"],
                 "standin": False, "train_examples": data.info["train_examples"], "feature_size": FEATURES,
+                "dead_units": dead_units(model, data.x_train, self.eval_batch),
                 **metrics.interference_metrics(weight)}
 
 
@@ -132,7 +147,7 @@ class CNNConfig(protocol.ProtocolConfig):
 STUDIES = (
     Study("width", "cnn", "small CNN on Fashion-MNIST, classifier head 256 → width → 10 expanded and trained "
           "jointly with the backbone", {"neurons": (4, 8, 16, 32)}, {"variants": "dense+random"},
-          default_seeds=2, group="cnn",
+          default_seeds=5, group="cnn",
           meta=real_meta("cells", "Fashion-MNIST images (Debian package dataset-fashion-mnist or --data DIR); "
                                   "the training set is subsampled as the data set's name says")),
 )

@@ -15,8 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..core.validation import Interval, invalid
-from . import protocol
-from .heads import HeadsConfig
+from .heads import HeadsConfig, register
 from .studies import Study, real_meta
 
 
@@ -36,8 +35,12 @@ class DeepConfig(HeadsConfig):
 
 STUDIES = (
     Study("width", "deep", "5-layer MLP (4 hidden layers, every one expanded) over embeddings: widths × alpha",
-          {"neurons": (4, 8, 16), "alpha": (2, 4)}, {"variants": "dense+random+feature"}, default_seeds=3,
+          {"neurons": (4, 8, 16), "alpha": (2, 4)}, {"variants": "dense+random+feature"}, default_seeds=5,
           group="deep", meta=real_meta("cells")),
+    Study("fonts", "deep", "the 5-layer MLP on the 62-class font-character set (real features, many classes "
+          "per neuron): widths × alpha", {"neurons": (4, 8, 16), "alpha": (2, 4)},
+          {"embeddings": "font-chars-efficientnet", "variants": "dense+random+feature", "batch_size": 256,
+           "warmup_epochs": 20, "epochs_after": 20}, default_seeds=5, group="deep", meta=real_meta("cells")),
 )
 
-EXPERIMENT = protocol.register("deep", DeepConfig, STUDIES)
+EXPERIMENT = register("deep", DeepConfig, STUDIES)

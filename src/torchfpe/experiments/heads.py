@@ -9,11 +9,22 @@ about ``scale`` times the non-zeros) are variants of the same run.
 
 Defaults and why (each one a config field, overridable with ``--set``):
 
-- data: ``embeddings="fashion-mnist-ae"``, the built-in label-free encoder stand-in for CLIP
-  Fashion-MNIST; the same embeddings for every seed (the seed fixes the initial weights, the
+- data: ``embeddings="fashion-mnist-efficientnet"``, real pretrained features: Fashion-MNIST through
+  a frozen ImageNet EfficientNet-Lite0 (not CLIP; like CLIP it never saw the heads' classes), the
+  closest offline analogue of the paper's CLIP Fashion-MNIST; computed once and cached
+  (:mod:`torchfpe.data.features`; ``NAME:TRAIN/TEST`` subsets keep quick runs quick). The
+  label-free autoencoder stand-in ``fashion-mnist-ae`` is the control (``--embeddings
+  fashion-mnist-ae``). The same embeddings for every seed (the seed fixes the initial weights, the
   splits and the minibatch order). Features are standardised with the training set's mean and
   standard deviation.
 - ``classes=None``: every class; an int keeps the first ``classes`` classes (class-subset sweeps).
+- ``steps_per_epoch=None``: an epoch is one pass over the training set. An int fixes the number of
+  optimizer steps instead, whatever the training set's size: ``warmup_epochs`` and ``epochs_after``
+  then count epochs of ``steps_per_epoch`` minibatches, and each phase runs the whole number of
+  passes over the (class-subset) training set whose step count is closest to that (at least one
+  pass; the steps run are recorded as ``warmup_steps``/``steps_after``). Class-subset sweeps use it
+  so that more classes do not also mean more training. ``None`` is left out of the run key, so the
+  keys of runs made before the field existed are unchanged.
 - ``correlation`` variant (beyond the paper, its "future work"; a registered split that needs
   ``data``, which this task provides as the training features): children partition the inputs by
   their correlation over the training set, so each child sees a group of inputs that co-vary in the
@@ -25,7 +36,9 @@ Defaults and why (each one a config field, overridable with ``--set``):
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -116,11 +129,14 @@ class HeadsTask(protocol.Task):
                           f"reads the {info['features']} features of {info['name']})", config.alpha)
 
     def files(self, config) -> tuple[str, ...]:
-        from ..data import BUILTINS
+        from ..data import BUILTINS, parse_name
         from ..data.digest import fashion_mnist_paths
 
-        named = [] if config.embeddings in BUILTINS else [config.embeddings]
-        if config.data_dir is not None and config.embeddings == "fashion-mnist-ae":
+        feature_set = parse_name(config.embeddings)  # a real-feature set or a subset of one ("NAME:6000/1000")
+        builtin = config.embeddings in BUILTINS or feature_set is not None
+        named = [] if builtin else [config.embeddings]
+        reads_idx = config.embeddings == "fashion-mnist-ae" or (feature_set or ("",))[0] == "fashion-mnist-efficientnet"
+        if config.data_dir is not None and reads_idx:
             named += [str(path) for path in fashion_mnist_paths(config.data_dir)]
         return tuple(named)
 
@@ -146,15 +162,68 @@ class HeadsTask(protocol.Task):
 
     def record_extras(self, config, variant: str, model: nn.Module, data: protocol.Data) -> dict:
         weight = metrics.hidden_weights(model)[0][1]
+        per_pass = steps_per_pass(len(data.y_train), config.batch_size)
         return {
             "neurons": config.neurons, "hidden_units": int(weight.shape[0]),
             "dataset": data.info["name"], "standin": data.info["standin"],
             "n_classes": data.info["classes"], "n_features": data.info["features"],
+            "train_examples": int(len(data.y_train)),
+            # the optimizer steps of the two phases (config is the one the protocol ran: epochs = passes)
+            "warmup_steps": config.warmup_epochs * per_pass, "steps_after": config.epochs_after * per_pass,
             **metrics.interference_metrics(weight),
         }
 
 
 TASK = HeadsTask()
+
+
+# ------------------------------------------------------------------------------------------ fixed steps
+def steps_per_pass(examples: int, batch_size: int | None) -> int:
+    """Optimizer steps of one pass over ``examples`` (the last minibatch may be smaller)."""
+    return 1 if batch_size is None else math.ceil(examples / batch_size)
+
+
+def passes(epochs: int, steps_per_epoch: int, per_pass: int) -> int:
+    """Whole passes whose step count is closest to ``epochs × steps_per_epoch`` (at least 1 if epochs > 0)."""
+    return 0 if epochs == 0 else max(1, math.floor(epochs * steps_per_epoch / per_pass + 0.5))  # halves round up
+
+
+def scheduled(config):
+    """The config the protocol runs: with ``steps_per_epoch`` set, its epochs become passes over the
+    training set (see the module docstring); otherwise the config itself."""
+    if config.steps_per_epoch is None:
+        return config
+    per_pass = steps_per_pass(len(config.task.data(config).y_train), config.batch_size)
+    return dataclasses.replace(config, steps_per_epoch=None,
+                               warmup_epochs=passes(config.warmup_epochs, config.steps_per_epoch, per_pass),
+                               epochs_after=passes(config.epochs_after, config.steps_per_epoch, per_pass))
+
+
+def _fixed_steps(run_batch):
+    """``run_batch`` over the scheduled configs; each record keeps the config it was asked for and
+    gains the passes it ran (``warmup_passes``, ``passes_after``)."""
+    def run(configs: Sequence) -> list[dict]:
+        configs = list(configs)
+        ran = [scheduled(c) for c in configs]
+        asked = {c.seed: (c.to_dict(), r) for c, r in zip(configs, ran)}
+        records = run_batch(ran)
+        for record in records:
+            fields, config = asked[record["seed"]]
+            record.update(fields, warmup_passes=config.warmup_epochs, passes_after=config.epochs_after)
+        return records
+
+    return run
+
+
+def register(name: str, config: type, studies: Sequence = ()):
+    """:func:`protocol.register` with ``steps_per_epoch`` turned into passes before the protocol runs."""
+    from .registry import register_experiment
+
+    plain = protocol.register(name, config, studies)
+    single = _fixed_steps(lambda configs: [r for c in configs for r in plain.run_single(c)])
+    return register_experiment(name, config, _fixed_steps(plain.run_batch),
+                               run_single=lambda c: single([c]), check=plain.check, files=plain.files,
+                               studies=plain.studies)
 
 
 # ------------------------------------------------------------------------------------------ the config
@@ -163,11 +232,12 @@ class HeadsConfig(protocol.ProtocolConfig):
     """One run of a classifier head. Defaults: see the module docstring for why."""
 
     # data
-    embeddings: str = "fashion-mnist-ae"  # an embedding file (.npz / .parquet) or a built-in name
+    embeddings: str = "fashion-mnist-efficientnet"  # an embedding file (.npz / .parquet) or a built-in name
     data_dir: str | None = None  # where built-in sets find their raw files (e.g. Fashion-MNIST IDX)
     classes: int | None = None  # keep the first `classes` classes; None: all
     # training: minibatches of 2048, 10 + 10 epochs (the protocol's default epochs)
     batch_size: int | None = 2048
+    steps_per_epoch: int | None = None  # None: an epoch is one pass; an int: epochs of this many steps
     variants: tuple[str, ...] = ("dense", "random", "feature")
 
     task: ClassVar[protocol.Task] = TASK
@@ -175,29 +245,47 @@ class HeadsConfig(protocol.ProtocolConfig):
     def constraints(self) -> dict:
         source = Predicate(lambda v: isinstance(v, str) and bool(v), "a file path or a built-in name")
         return {"embeddings": [source], "data_dir": [str, None], "classes": [Interval(int, 2), None],
-                **super().constraints()}
+                "steps_per_epoch": [Interval(int, 1), None], **super().constraints()}
+
+    def to_dict(self) -> dict:
+        """As the protocol's, without ``steps_per_epoch`` while it is None: run keys hash this dict, and
+        runs stored before the field existed must keep their keys."""
+        values = super().to_dict()
+        if values.get("steps_per_epoch") is None:
+            values.pop("steps_per_epoch", None)
+        return values
 
 
 # ------------------------------------------------------------------------------------------ studies
 HEADS_CONTROLS = "dense+random+feature+overlap+dropconnect+static_sparse"
+#: The font set's 62-class training set in minibatches of 256 (21700 images with the 175 fonts of
+#: docs/embeddings.md): the classes study gives every class subset this many steps per epoch.
+FONT_STEPS_PER_EPOCH = 85
 STUDIES = (
     Study("width", "heads", "one hidden layer over embeddings: widths × alpha, FPE (random, feature) vs "
           "dense at the same non-zero count, with the overlap, DropConnect and static-sparse controls",
-          {"neurons": (2, 4, 8, 16, 32), "alpha": (2, 4)}, {"variants": HEADS_CONTROLS}, default_seeds=3,
+          {"neurons": (2, 4, 8, 16, 32), "alpha": (2, 4)}, {"variants": HEADS_CONTROLS}, default_seeds=5,
           group="heads", meta=real_meta("cells")),
-    Study("classes", "heads", "class subsets × width on the synthetic 100-class set: does the gain grow "
-          "with classes per neuron?", {"classes": (10, 25, 50, 100), "neurons": (4, 8, 16)},
+    Study("classes", "heads", "class subsets × width × alpha on the 62-class font-character set (real "
+          "features): does the gain grow with classes per neuron? Every subset trains the same number of "
+          "optimizer steps", {"classes": (10, 20, 36, 62), "neurons": (2, 4, 8, 16), "alpha": (2, 4)},
+          {"embeddings": "font-chars-efficientnet", "variants": "dense+random", "batch_size": 256,
+           "warmup_epochs": 20, "epochs_after": 20, "steps_per_epoch": FONT_STEPS_PER_EPOCH}, default_seeds=5,
+          group="heads", meta=real_meta("cells")),
+    Study("classes-synthetic", "heads", "class subsets × width on the synthetic 100-class set (Gaussian "
+          "clusters), every subset at the 100-class set's step count", {"classes": (10, 25, 50, 100),
+                                                                        "neurons": (4, 8, 16)},
           {"embeddings": "synthetic-100", "variants": "dense+random", "alpha": 4, "batch_size": 256,
-           "warmup_epochs": 20, "epochs_after": 20}, default_seeds=3,
+           "warmup_epochs": 20, "epochs_after": 20, "steps_per_epoch": 40}, default_seeds=5,
           group="heads", meta=real_meta("cells")),
     Study("match", "heads", "how much wider must dense be to match FPE: dense at 1×, 1.25×, 1.5×, 2×, 3× "
-          "the non-zero count vs FPE (alpha = 4)", {"neurons": (4, 8, 16)},
-          {"alpha": 4, "variants": "dense+random+feature+wide1.25+wide1.5+wide2+wide3"}, default_seeds=3,
+          "the non-zero count vs FPE (alpha = 4)", {"neurons": (2, 4, 8, 16)},
+          {"alpha": 4, "variants": "dense+random+feature+wide1.25+wide1.5+wide2+wide3"}, default_seeds=5,
           group="heads", meta=real_meta("match")),
     Study("splits", "heads", "beyond the paper: the data-driven correlation split (inputs clustered by their "
           "correlation over the training set) against the random and feature splits",
           {"neurons": (2, 8, 32), "alpha": (2, 4)}, {"variants": "dense+random+feature+correlation"},
-          default_seeds=3, group="heads", meta=real_meta("cells")),
+          default_seeds=5, group="heads", meta=real_meta("cells")),
 )
 
-EXPERIMENT = protocol.register("heads", HeadsConfig, STUDIES)
+EXPERIMENT = register("heads", HeadsConfig, STUDIES)

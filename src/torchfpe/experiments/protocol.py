@@ -358,13 +358,13 @@ def run_batch(task: Task, configs: Sequence) -> list[dict]:
     records: list[dict] = []
 
     def train(stack, index, epochs_, generators, optimizer=None):
-        return fit_stacked(stack, x_train[index], y_train[index], epochs_, settings, optimizer=optimizer,
+        return fit_stacked(stack, _take(x_train, index), _take(y_train, index), epochs_, settings, optimizer=optimizer,
                            generators=generators, loss_fn=loss_fn)
 
     def finish(stack: StackedMLP, owners: list[tuple[Any, str, int]]):
         index = torch.tensor([i for _, _, i in owners])
-        train_acc = accuracy(stack, x_train[index], y_train[index])
-        test_acc = accuracy(stack, x_test[index], y_test[index])
+        train_acc = accuracy(stack, _take(x_train, index), _take(y_train, index))
+        test_acc = accuracy(stack, _take(x_test, index), _take(y_test, index))
         for model, (config, variant, i), a, b in zip(stack.unstack(), owners, train_acc, test_acc):
             records.append(make_record(task, config, variant, model, float(a), float(b), datas[i]))
 
@@ -394,6 +394,14 @@ def run_batch(task: Task, configs: Sequence) -> list[dict]:
               [batch_generator(c, phase_) for c, _, _ in owners])
         finish(stack, owners)
     return add_relative(_sorted(records, first.variants), task.fold_keys)
+
+
+def _take(stacked: Tensor, index: Tensor) -> Tensor:
+    """``stacked[index]``, kept a view where every model shares one data set (indexing would copy it
+    once per model: 15 copies of a 60000 × 1280 feature set are 4.6 GB)."""
+    if stacked.stride(0) == 0:
+        return stacked[0].unsqueeze(0).expand(len(index), *stacked.shape[1:])
+    return stacked[index]
 
 
 def _stack(tensors: list[Tensor]) -> Tensor:
