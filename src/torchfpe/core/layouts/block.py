@@ -28,8 +28,6 @@ BLOCK_COPY_MAX_BATCH = 16
 #: How a block layer's blocks were found: ``children`` (block ``g * alpha + k`` is child ``k`` of group
 #: ``g``'s parents) or ``support`` (rows with the same inputs; ``budget="structured"``'s copied layers).
 GROUPINGS = ("children", "support")
-#: ``auto`` takes rows grouped by their inputs only if padding adds at most this share to the values.
-SUPPORT_MAX_SLOTS = 1.25
 
 #: ``auto`` uses blocks only with at most this many parent groups (more groups means thin blocks)...
 MAX_GROUPS = 16
@@ -213,8 +211,8 @@ class BlockLinear(PackedLinear):
         """Blocks for ``layer``; ``LayoutError`` when neither the children of few enough groups of
         parents share input partitions nor (in a layer reading copied columns) few enough rows share
         their exact inputs (forced: any number; ``auto``: at most ``max_groups`` groups of at least
-        ``MIN_GROUP_ROWS`` parents, rows in blocks of at least ``MIN_GROUP_ROWS``, never one dense
-        block, and of the two groupings the one storing fewer values)."""
+        ``MIN_GROUP_ROWS`` parents, rows in blocks of ``MIN_GROUP_ROWS`` on average, never one dense
+        block, and of the two groupings the one storing fewer values, padding included)."""
         copies = 1
         parent = layer.parent_features
         if parent is not None and layer.in_features % int(parent[0]) == 0:
@@ -234,7 +232,8 @@ class BlockLinear(PackedLinear):
         # only where no children grouping exists; in auto, also where that one has holes
         if copies > 1 and (not plans or (auto and _slots(plans[0][1]) > live_count)):
             support = _support_blocks(mask_cpu, max_groups * alpha * copies if auto else layer.out_features)
-            if support is not None and (not auto or min(len(units) for units, _ in support) >= MIN_GROUP_ROWS):
+            # the mean, not the least: a structured layer's share of rows is balanced per layer, not per block
+            if support is not None and (not auto or layer.out_features / len(support) >= MIN_GROUP_ROWS):
                 plans.append(("support", support))
         if not plans:
             raise LayoutError(f"its children do not share input partitions in {limit} groups of parents or fewer, "
@@ -242,8 +241,6 @@ class BlockLinear(PackedLinear):
         grouping, block_list = min(plans, key=lambda plan: _slots(plan[1]))  # ties: children (listed first)
         if auto and len(block_list) == 1:
             raise LayoutError("one block: blocks would be one dense product")
-        if auto and grouping == "support" and _slots(block_list) > SUPPORT_MAX_SLOTS * live_count:
-            raise LayoutError("its rows' blocks would be mostly padding")
         in_features, out_features = layer.in_features, layer.out_features
         chunk = max(max(len(inputs) for _, inputs in block_list), 1)
         rows = max(len(units) for units, _ in block_list)
