@@ -280,3 +280,28 @@ def test_small_layers_never_build_the_kernels(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert isinstance(unpack(packed)[0], MaskedLinear)
+
+
+def test_small_layers_cached_weights_follow_every_change_of_the_values():
+    """Small layers keep their dense weight between calls without gradients; it must never go stale."""
+    masked = expanded("random", (12, 8, 3))
+    packed = pack(masked)
+    assert [layer.layout for _, layer in expanded_layers(packed)] == ["parent", "ell"]
+    x = torch.randn(5, 12, dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.allclose(packed(x), masked(x), atol=1e-12)  # builds the caches
+    for model in (masked, packed):  # an optimizer step changes the values in place
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+        model(x).sum().backward()
+        optimizer.step()
+    with torch.no_grad():
+        assert torch.allclose(packed(x), masked(x), atol=1e-12)
+        other = pack(expanded("random", (12, 8, 3), seed=0))
+        with torch.no_grad():
+            for _, layer in expanded_layers(other):
+                layer.values.mul_(2.0)
+        packed.load_state_dict(other.state_dict())  # a load copies new values in
+        assert torch.allclose(packed(x), other(x), atol=1e-12)
+        assert torch.allclose(packed(x), unpack(other)(x), atol=1e-12)
+        moved = copy.deepcopy(packed).float()  # a move gives new storage
+        assert torch.allclose(moved(x.float()), packed(x).float(), atol=1e-5)

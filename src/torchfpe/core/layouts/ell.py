@@ -227,9 +227,13 @@ class EllLinear(PackedLinear):
             if training:
                 y = _EllDenseProduct.apply(x, self.values, bias, self.flat_index, shape)
             else:
-                size = shape[0] * shape[1]
-                weight = self.values.new_zeros(size + 1).scatter_(0, self.flat_index, self.values.reshape(-1))
-                y = F.linear(x, weight[:size].view(shape), bias)
+                def scatter() -> Tensor:
+                    size = shape[0] * shape[1]
+                    weight = self.values.new_zeros(size + 1).scatter_(0, self.flat_index, self.values.reshape(-1))
+                    return weight[:size].view(shape)
+
+                small = shape[0] * shape[1] < ELL_SPARSE_MIN_SIZE  # dense either way: keep the weight
+                y = F.linear(x, self.cached_weight(scatter) if small else scatter(), bias)
         return y.reshape(*leading, self.out_features)
 
     def _coordinates(self) -> tuple[Tensor, Tensor, Tensor]:

@@ -311,6 +311,8 @@ class ParentLinear(PackedLinear):
             y = _NativeProduct.apply(x.contiguous(), self.values, self)
             if bias is not None:
                 y = y + bias
+        elif not training and self.parent_rows * self.parent_cols < NATIVE_MIN_SIZE:
+            y = F.linear(x, self.cached_weight(lambda: self._spread(self.values.detach())), bias)
         else:
             values = self.values
             if self.live is not None and torch.is_grad_enabled() and values.requires_grad:
