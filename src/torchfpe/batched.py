@@ -177,13 +177,13 @@ def fit_stacked(
     stack.train()
     examples = x.shape[1]
     orders = [batch_order(examples, epochs, settings.batch_size, g) for g in (generators or [None] * stack.count)]
-    models = torch.arange(stack.count).unsqueeze(1)
+    models = torch.arange(stack.count, device=x.device).unsqueeze(1)
     x_t = x.transpose(1, 2).contiguous()
     for indices in zip(*orders):
         if indices[0] is None:
             xb_t, yb = x_t, y
         else:
-            index = torch.stack(indices)
+            index = torch.stack(indices).to(x.device)  # the orders are drawn on the CPU: the same on every device
             xb_t, yb = x[models, index].transpose(1, 2), y[models, index]
         optimizer.zero_grad(set_to_none=True)
         loss_fn(stack.forward_transposed(xb_t), yb).backward()
