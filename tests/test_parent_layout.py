@@ -305,3 +305,64 @@ def test_small_layers_cached_weights_follow_every_change_of_the_values():
         assert torch.allclose(packed(x), unpack(other)(x), atol=1e-12)
         moved = copy.deepcopy(packed).float()  # a move gives new storage
         assert torch.allclose(moved(x.float()), packed(x).float(), atol=1e-5)
+
+
+# ------------------------------------------------------------------- torch.compile (Triton on CUDA)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_compiled_sum_equals_the_masked_layout(monkeypatch, dtype):
+    """The CUDA path's torch.compile'd sum, compiled here for the CPU (inductor's C++) to check its numbers."""
+    monkeypatch.setattr(parent, "COMPILED_DEVICES", ("cpu",))
+    masked = expanded("random", (40, 24, 3), alpha=4, dtype=torch.float32).to(dtype)
+    packed = pack(masked)
+    layer = packed[0]
+    assert layer.path(1, False, torch.device("cpu"), dtype) == "compiled"
+    assert layer.path(1, True, torch.device("cpu"), dtype) != "compiled"  # training takes the dense path
+    tolerance = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=0.05, rtol=0.02)
+    with torch.no_grad():
+        for batch in (1, 3):
+            x = torch.randn(batch, 40).to(dtype)
+            assert torch.allclose(layer(x).float(), masked[0](x).float(), **tolerance)
+
+
+def test_a_failing_compile_warns_once_and_keeps_the_dense_path(monkeypatch):
+    monkeypatch.setattr(parent, "COMPILED_DEVICES", ("cpu",))
+
+    def no_compiler(function, **kwargs):
+        def fails(*args):
+            raise RuntimeError("no triton")
+        return fails
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    masked = expanded("random", (40, 24, 3), alpha=4, dtype=torch.float32)
+    layer = pack(masked)[0]
+    x = torch.randn(1, 40)
+    with torch.no_grad(), pytest.warns(RuntimeWarning, match="torch.compile of the parent layout's product failed"):
+        assert torch.allclose(layer(x), masked[0](x), atol=1e-5)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.allclose(layer(x), masked[0](x), atol=1e-5)  # no second try, no second warning
+    assert layer.path(1, False, torch.device("cpu"), torch.float32) != "compiled"
+
+
+# ------------------------------------------------------------------------------------------ CUDA
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@needs_cuda
+@pytest.mark.parametrize("split,budget", [("contiguous", "global"), ("random", "global"), ("random", "structured"),
+                                          ("grouped", "structured")])
+def test_packed_layouts_on_cuda_equal_the_masked_layout(split, budget):
+    masked = expand(mlp([64, 256, 10]), 2, split, seed=0, budget=budget).cuda()
+    packed = pack(masked)
+    assert all(layer.values.is_cuda for _, layer in expanded_layers(packed))
+    x = torch.randn(5, 64, dtype=torch.float64, device="cuda")
+    for batch in (1, 5, 100):
+        xb = torch.randn(batch, 64, dtype=torch.float64, device="cuda")
+        assert torch.allclose(packed(xb), masked(xb), atol=1e-10)
+    packed(x).sum().backward()
+    for dtype, tolerance in ((torch.float32, 1e-4), (torch.bfloat16, 5e-2)):
+        m, p = copy.deepcopy(masked).to(dtype), copy.deepcopy(packed).to(dtype)
+        with torch.no_grad():
+            for batch in (1, 100):
+                xb = torch.randn(batch, 64, device="cuda").to(dtype)
+                assert torch.allclose(p(xb).float(), m(xb).float(), atol=tolerance, rtol=tolerance), (dtype, batch)

@@ -16,12 +16,15 @@ Entries the budget pruned are holes (stored 0.0, value gradient 0.0). Two ways t
 
 - the compiled CPU kernels of :mod:`.native` (float32, AVX-512; built on first use) for small
   batches: the parent's bytes, in one pass for the forward and one for the backward;
+- on CUDA, without gradients at small batches, the same one-pass sum written in torch and
+  compiled by ``torch.compile`` (Triton kernels; accumulated in float32, so bf16 works too);
 - the torch path everywhere else (other dtypes and devices, large batches, no kernels): the layer
   expanded to a dense weight for one matrix product, the masked layout's cost.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 
 import torch
@@ -44,6 +47,12 @@ NATIVE_GRAD_MAX_BATCH = 8
 #: Layers under this many parent entries always take the torch path: the product is cheap, and a
 #: tiny model never waits for the one-off kernel build (about a minute here).
 NATIVE_MIN_SIZE = 1 << 18
+#: Devices whose no-gradient forward at small batches goes through ``torch.compile`` (Triton on CUDA).
+#: Unmeasured: no GPU was lent to the session that wrote this (docs/benchmarks.md); where the compile
+#: fails, the layer warns once and keeps the dense path.
+COMPILED_DEVICES = ("cuda",)
+#: The compiled forward runs up to this many examples (memory-bound: the values are read once per row).
+COMPILED_MAX_BATCH = 16
 #: ``auto`` refuses this layout when fewer than this share of the parent's entries are live: it
 #: stores every entry, so below half full the values-plus-indices of ``ell`` hold fewer bytes.
 MIN_FILL = 0.5
@@ -69,6 +78,16 @@ class _NativeProduct(torch.autograd.Function):
         if need_v and layer.hole_positions is not None:
             grad_v.view(-1).index_fill_(0, layer.hole_positions, 0.0)
         return (grad_x if need_x else None), (grad_v if need_v else None), None
+
+
+def parent_order_sum(x: Tensor, values: Tensor, child: Tensor, children: int) -> Tensor:
+    """``y[n, children * i + k] = sum_j values[i, j] x[n, j] [child[i, j] == k]`` in torch, for
+    ``torch.compile`` to fuse into one pass over ``values`` (accumulated in float32, or float64 for it)."""
+    wide = torch.float64 if x.dtype == torch.float64 else torch.float32
+    products = values.to(wide).unsqueeze(0) * x.to(wide).unsqueeze(1)  # (n, rows, cols), fused away when compiled
+    code = child.to(torch.float32)
+    sums = [torch.where(code == float(k), products, 0.0).sum(dim=-1) for k in range(children)]
+    return torch.stack(sums, dim=-1).reshape(x.shape[0], -1).to(x.dtype)
 
 
 def pack_planes(child: Tensor, bits: int) -> Tensor:
@@ -293,7 +312,11 @@ class ParentLinear(PackedLinear):
 
     # -- compute
     def path(self, batch: int, training: bool, device: torch.device, dtype: torch.dtype) -> str:
-        """Which product a batch takes: ``native`` (the compiled kernels) or ``dense`` (see the constants)."""
+        """Which product a batch takes: ``native`` (the compiled CPU kernels), ``compiled`` (torch.compile,
+        e.g. Triton on CUDA) or ``dense`` (see the module constants)."""
+        if (device.type in COMPILED_DEVICES and not training and batch <= COMPILED_MAX_BATCH and self.child is not None
+                and self.col_factor == 1 and not self.__dict__.get("_compile_failed", False)):
+            return "compiled"
         if (device.type != "cpu" or dtype != torch.float32 or self.col_factor != 1 or self.row_factor == 1
                 or not native.supports(self.row_factor) or self.parent_rows * self.parent_cols < NATIVE_MIN_SIZE
                 or batch > (NATIVE_GRAD_MAX_BATCH if training else NATIVE_MAX_BATCH)):
@@ -307,8 +330,13 @@ class ParentLinear(PackedLinear):
             x = x.index_select(1, self.in_gather)
         bias = self._masked_bias()
         training = torch.is_grad_enabled() and (self.values.requires_grad or input.requires_grad)
-        if self.path(x.shape[0], training, x.device, x.dtype) == "native":
+        path = self.path(x.shape[0], training, x.device, x.dtype)
+        y = self._compiled(x) if path == "compiled" else None
+        if path == "native":
             y = _NativeProduct.apply(x.contiguous(), self.values, self)
+            if bias is not None:
+                y = y + bias
+        elif y is not None:
             if bias is not None:
                 y = y + bias
         elif not training and self.parent_rows * self.parent_cols < NATIVE_MIN_SIZE:
@@ -319,6 +347,20 @@ class ParentLinear(PackedLinear):
                 values = _MaskGrad.apply(values, self.live)
             y = F.linear(x, self._spread(values), bias)
         return y.reshape(*leading, self.out_features)
+
+    def _compiled(self, x: Tensor) -> Tensor | None:
+        """The compiled one-pass sum, or ``None`` (and never again for this layer) if compiling fails."""
+        function = self.__dict__.get("_compiled_sum")
+        if function is None:
+            function = torch.compile(parent_order_sum, dynamic=False)
+            self.__dict__["_compiled_sum"] = function
+        try:
+            return function(x, self.values.detach(), self.child, self.row_factor)
+        except Exception as error:  # noqa: BLE001 - no Triton, no compiler: the dense path gives the same numbers
+            self.__dict__["_compile_failed"] = True
+            warnings.warn(f"torchfpe: torch.compile of the parent layout's product failed on {x.device} "
+                          f"({type(error).__name__}); using the dense path", RuntimeWarning, stacklevel=3)
+            return None
 
     # -- interface
     def effective_weight(self) -> Tensor:
