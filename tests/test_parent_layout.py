@@ -217,29 +217,35 @@ def test_compiled_kernels_equal_the_masked_layout(every_layer_native, alpha):
     layer = packed[0]
     assert isinstance(layer, ParentLinear) and layer.hole_positions is not None
     assert layer.path(1, False, torch.device("cpu"), torch.float32) == "native"
-    assert layer.path(parent.NATIVE_MAX_BATCH + 1, False, torch.device("cpu"), torch.float32) == "dense"
-    for batch in (1, 3, parent.NATIVE_GRAD_MAX_BATCH):
-        assert_same_function(copy.deepcopy(masked), copy.deepcopy(packed), batch, atol=1e-5, rtol=1e-5,
+    assert layer.path(parent.NATIVE_MAX_BATCH + 1, False, torch.device("cpu"), torch.float32) == "tiled"
+    assert layer.path(parent.NATIVE_GRAD_MAX_BATCH + 1, True, torch.device("cpu"), torch.float32) == "tiled"
+    # small batches (one pass), large ones (tiles of 64 examples: 70 = a full tile and a part)
+    for batch in (1, 3, parent.NATIVE_GRAD_MAX_BATCH, parent.NATIVE_GRAD_MAX_BATCH + 1, 70):
+        assert_same_function(copy.deepcopy(masked), copy.deepcopy(packed), batch, atol=1e-4, rtol=1e-4,
                              dtype=torch.float32)
     with torch.no_grad():
-        for batch in (1, 5, parent.NATIVE_MAX_BATCH):
+        for batch in (1, 5, parent.NATIVE_MAX_BATCH, parent.NATIVE_MAX_BATCH + 1, 70, 130):
             x = torch.randn(batch, 69)
             assert torch.allclose(masked(x), packed(x), atol=1e-5, rtol=1e-5)
 
 
 @needs_kernels
-def test_compiled_kernels_with_only_the_input_or_only_the_values_trained(every_layer_native):
+@pytest.mark.parametrize("batch", [2, 70])  # the small-batch and the tiled kernels
+def test_compiled_kernels_with_only_the_input_or_only_the_values_trained(every_layer_native, batch):
     masked = expanded("random", (40, 20, 4), alpha=4, dtype=torch.float32)
     packed = pack(masked)
     packed[0].values.requires_grad_(False)
-    x = torch.randn(2, 40, requires_grad=True)
+    x = torch.randn(batch, 40, requires_grad=True)
     packed(x).sum().backward()
     x2 = x.detach().clone().requires_grad_(True)
     masked(x2).sum().backward()
-    assert torch.allclose(x.grad, x2.grad, atol=1e-5) and packed[0].values.grad is None
+    assert torch.allclose(x.grad, x2.grad, atol=1e-4) and packed[0].values.grad is None
     packed[0].values.requires_grad_(True)
-    packed(torch.randn(2, 40)).sum().backward()
-    assert packed[0].values.grad is not None
+    x = torch.randn(batch, 40)
+    packed(x).sum().backward()
+    masked[0].weight.grad = None
+    masked(x).sum().backward()
+    assert torch.allclose(value_grad_dense(packed[0]), masked[0].weight.grad * masked[0].weight_mask, atol=1e-4)
 
 
 def test_without_kernels_the_torch_path_gives_the_same_numbers(monkeypatch, every_layer_native):
