@@ -109,3 +109,15 @@ def test_a_study_runs_on_cuda(tmp_path):
                            out=tmp_path / "h", backend="local", quiet=True, device="cuda")
     assert report.exists()
     del heads
+
+
+def test_a_structured_budget_with_a_control_is_refused_before_anything_is_written(tmp_path):
+    """budget='structured' cannot honour a split whose children are not a partition: refused at the config."""
+    with pytest.raises(InvalidParameterError, match="budget='structured'.*variant 'overlap'"):
+        boolean.EXPERIMENT.make_config(**TINY, budget="structured", variants="dense+random+overlap")
+    boolean.EXPERIMENT.make_config(**TINY, budget="structured", variants="dense+random+clause")  # partitions: fine
+    out = tmp_path / "heads"
+    result = CliRunner().invoke(app, ["reproduce", "heads", "--study", "width", "--set", "budget=structured",
+                                      "--set", "embeddings=digits", "--out", str(out)])
+    assert result.exit_code == 2 and "budget='structured'" in result.output, result.output
+    assert not out.exists()

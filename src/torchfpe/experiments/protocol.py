@@ -63,7 +63,7 @@ from .. import metrics
 from ..devices import resolve_device
 from ..batched import STACKED_ACCURACIES, STACKED_LOSSES, StackedMLP, _signature, can_stack, fit_stacked
 from ..core import BIAS_POLICIES, BUDGETS, SPLITS, expand, nonzero_parameters
-from ..core.validation import Interval, Options, Predicate, validate_dataclass
+from ..core.validation import Interval, InvalidParameterError, Options, Predicate, validate_dataclass
 from ..train import ACCURACIES, LOSSES, OPTIMIZERS, TrainSettings, fit
 
 WIDE = re.compile(r"^wide(\d+(?:\.\d+)?)$")
@@ -173,7 +173,19 @@ class ProtocolConfig:
     def __post_init__(self) -> None:
         self.normalise()
         validate_dataclass(self, self.constraints(), type(self).__name__)
+        self._check_budget()
         self.check()
+
+    def _check_budget(self) -> None:
+        """``budget="structured"`` gives each child a disjoint share of its parent's weights: every split
+        variant must be a partition, so a control would fail only once the run trains; refused here."""
+        if self.budget != "structured":
+            return
+        for variant in self.variants:
+            if variant in SPLITS and not (SPLITS[variant].partition and SPLITS[variant].widens):
+                raise InvalidParameterError(
+                    f"{type(self).__name__}: budget='structured' needs splits whose children partition each parent's "
+                    f"weights; variant {variant!r} does not, so drop it from variants or use budget='global'")
 
     def normalise(self) -> None:
         """Turn accepted spellings into the stored form before validation (frozen: object.__setattr__)."""
