@@ -23,7 +23,8 @@ overhead). ``--quick``: widths 512 and 1024, 1 and 3 hidden layers (the first gr
 Memory: a masked 8192-wide alpha = 8 model holds 2 GiB of weights, and ``expand``'s global budget
 sorts all of them; a row whose estimated peak (``BYTES_PER_EXPANDED_ENTRY`` per expanded entry,
 measured 3.0 GiB for the 134 M entries of width 4096 at alpha 8) exceeds ``--max-gb`` is skipped
-and listed in the JSON.
+and listed in the JSON, as is one that would not fit in the memory available (with a quarter to spare)
+when its turn comes. The file is rewritten after every row (``"complete": false`` until the end).
 """
 
 from __future__ import annotations
@@ -151,15 +152,17 @@ def time_models(models: dict, width: int, batches, args) -> list[dict]:
     return rows
 
 
-def grid_rows(grid: dict, args) -> tuple[list[dict], list[dict]]:
+def grid_rows(grid: dict, args, progress=None) -> tuple[list[dict], list[dict]]:
     rows, skipped = [], []
     for width, depth, alpha, split in itertools.product(grid["widths"], grid["depths"], grid["alphas"], grid["splits"]):
         entries = alpha * width * width * depth + alpha * width * 10  # expanded model's weight entries
         estimate = entries * BYTES_PER_EXPANDED_ENTRY / 2**30
         base = {"width": width, "hidden_layers": depth, "alpha": alpha, "split": split, "budget": args.budget}
-        if estimate > args.max_gb:
-            skipped.append({**base, "estimated_peak_gb": round(estimate, 1)})
-            print(f"skip w={width} a={alpha} {split}: about {estimate:.0f} GB > --max-gb {args.max_gb}", flush=True)
+        available = available_gb()
+        if estimate > args.max_gb or estimate * 1.25 > available:  # never push a shared machine into swapping
+            skipped.append({**base, "estimated_peak_gb": round(estimate, 1), "available_gb": round(available, 1)})
+            print(f"skip w={width} a={alpha} {split}: about {estimate:.0f} GB (--max-gb {args.max_gb}, "
+                  f"{available:.0f} GB available)", flush=True)
             continue
         parent = mlp([width] * (depth + 1) + [10])
         t0 = time.perf_counter()
@@ -185,7 +188,20 @@ def grid_rows(grid: dict, args) -> tuple[list[dict], list[dict]]:
         del models, packed, parent
         masked = None
         gc.collect()
+        if progress is not None:
+            progress(rows, skipped)  # the file so far: a killed run keeps its finished rows
     return rows, skipped
+
+
+def available_gb() -> float:
+    """MemAvailable of /proc/meminfo in GiB (infinite where it cannot be read)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return float("inf")
 
 
 def summary(row: dict) -> str:
@@ -327,25 +343,31 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     kind = "ffn" if args.ffn else "small" if args.small else "headline" if args.headline else "grid"
     started = time.perf_counter()
-    skipped: list[dict] = []
+    date = datetime.now(timezone.utc).isoformat(timespec="seconds")
     grid = None
+    out = args.out or Path(f"bench/results/packed_{'memory' if kind == 'grid' and not args.quick else kind if kind != 'grid' else 'quick'}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(rows: list[dict], skipped: list[dict], complete: bool) -> None:
+        meta = {"kind": kind, "date": date, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "torch": torch.__version__, "machine": platform.machine(),
+                "processor": platform.processor() or _cpu_name(), "threads": args.threads, "cpu_count": os.cpu_count(),
+                "grid": grid, "budget": args.budget, "repeats": args.repeats, "round": args.round, "smoke": args.smoke,
+                "native_kernels": native.kernels() is not None, "seconds": round(time.perf_counter() - started, 1),
+                "skipped": skipped, "complete": complete}
+        out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+
+    skipped: list[dict] = []
     if kind == "grid":
         grid = dict(SMOKE if args.smoke else QUICK if args.quick else MEMORY)
         for key in grid:
             if getattr(args, key) is not None:
                 grid[key] = getattr(args, key)
-        rows, skipped = grid_rows(grid, args)
+        rows, skipped = grid_rows(grid, args, progress=lambda r, s: write(r, s, False))
     else:
         rows = {"ffn": ffn_rows, "small": small_rows, "headline": headline}[kind](args)
-    out = args.out or Path(f"bench/results/packed_{'memory' if kind == 'grid' and not args.quick else kind if kind != 'grid' else 'quick'}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"kind": kind, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
-            "machine": platform.machine(), "processor": platform.processor() or _cpu_name(), "threads": args.threads,
-            "cpu_count": os.cpu_count(), "grid": grid, "budget": args.budget, "repeats": args.repeats,
-            "round": args.round, "smoke": args.smoke, "native_kernels": native.kernels() is not None,
-            "seconds": round(time.perf_counter() - started, 1), "skipped": skipped}
-    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    print(f"wrote {out} ({meta['seconds']:.0f} s)")
+    write(rows, skipped, True)
+    print(f"wrote {out} ({time.perf_counter() - started:.0f} s)")
 
 
 def _cpu_name() -> str:
