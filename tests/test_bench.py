@@ -45,17 +45,34 @@ def finite_numbers(value) -> list[float]:
 
 # --------------------------------------------------------------------------- per-script results
 def check_packed(data: dict) -> None:
-    grid = data["meta"]["grid"]
-    expected = len(grid["widths"]) * len(grid["depths"]) * len(grid["alphas"]) * len(grid["splits"]) * len(grid["batches"])
-    assert len(data["rows"]) == expected > 0
+    meta = data["meta"]
+    assert meta["kind"] == "grid"
+    grid = meta["grid"]
+    configs = len(grid["widths"]) * len(grid["depths"]) * len(grid["alphas"]) * len(grid["splits"])
+    assert len(data["rows"]) == (configs - len(meta["skipped"])) * len(grid["batches"]) > 0
     for row in data["rows"]:
-        assert set(row["ratio_to_dense"]) == {"forward/dense", "forward/masked", "forward/csr", "forward/packed",
-                                              "forward_backward/dense", "forward_backward/masked",
-                                              "forward_backward/packed"}
-        assert all(r > 0 for r in row["ratio_to_dense"].values())
+        modes = {f"{mode}/{model}" for mode in ("forward", "forward_backward") for model in ("dense", "masked", "packed")}
+        assert set(row["times"]) == modes  # the smoke grid is narrow enough to time the masked model too
+        assert all(t["ratio"] > 0 and t["seconds"] > 0 and t["spread"] >= 0 for t in row["times"].values())
+        assert row["times"]["forward/dense"]["ratio"] == 1.0
         assert row["nonzero"]["packed"] == row["nonzero"]["dense"]  # FPE: same non-zero count as the parent
         assert row["bytes"]["packed"] < row["bytes"]["masked"]
+        assert row["bytes_ratio"]["packed"] == round(row["bytes"]["packed"] / row["bytes"]["dense"], 3)
         assert len(row["packed_layouts"]) == row["hidden_layers"] + 1
+
+
+def check_gpu(data: dict) -> None:
+    grid = data["meta"]["grid"]
+    assert len(data["layers"]) == len(grid["widths"]) * len(grid["alphas"]) * len(grid["splits"]) * \
+        len(grid["dtypes"]) * len(grid["batches"])
+    for row in data["layers"]:
+        assert {"forward/dense", "forward/masked", "forward/packed"} <= set(row["ratio_to_dense"])
+        assert row["bytes_ratio"] < 2
+    assert {row["split"] for row in data["training"]} == set(grid["splits"])
+    studies = data["studies"]
+    assert set(studies) == {"headline", "headline_cpu", "heads", "headline_vs_cpu"}
+    assert studies["headline_vs_cpu"]["records"] == 3 * grid["seeds"]
+    assert all(0.0 <= a <= 1.0 for a in studies["headline"]["mean_test_accuracy"].values())
 
 
 def check_boolean_throughput(data: dict) -> None:
@@ -84,7 +101,7 @@ def check_stack_layout(data: dict) -> None:
     assert data["stacked_step_ms_per_model"] > 0 and 0.0 <= data["matrix_product_share_of_step"] <= 1.0
 
 
-RESULT_CHECKS = {"packed.py": check_packed, "boolean_throughput.py": check_boolean_throughput,
+RESULT_CHECKS = {"packed.py": check_packed, "gpu.py": check_gpu, "boolean_throughput.py": check_boolean_throughput,
                  "shared_split_accuracy.py": check_shared_split_accuracy, "stack_layout.py": check_stack_layout}
 
 
@@ -124,13 +141,36 @@ def test_bench_script_help_smoke_and_documented_flags(script, tmp_path):
         check(data)
 
 
+@pytest.mark.parametrize("mode", ["--ffn", "--small"])
+def test_packed_ffn_and_small_modes_run(mode, tmp_path):
+    out = tmp_path / "smoke.json"
+    done = run(BENCH / "packed.py", "--smoke", mode, "--out", str(out), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["meta"]["kind"] == mode[2:] and data["rows"]
+    for row in data["rows"]:
+        assert all(t["ratio"] > 0 for t in row["times"].values())
+        if mode == "--ffn":
+            assert row["nonzero"]["packed"] == row["nonzero"]["dense"]
+            assert row["budget"] != "structured" or row["bytes_ratio"] <= 1.15
+
+
+def test_gpu_refuses_a_missing_device_before_any_work(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    done = run(BENCH / "gpu.py", "--out", str(tmp_path / "gpu.json"), cwd=tmp_path)
+    assert done.returncode == 2 and "no CUDA device" in done.stderr and not any(tmp_path.iterdir())
+
+
 def test_packed_table_reproduces_the_documented_tables(capsys):
     """``bench/packed.py --table`` on the stored results prints the tables of docs/benchmarks.md."""
     spec = importlib.util.spec_from_file_location("bench_packed", BENCH / "packed.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     doc = DOC.read_text()
-    for name in ("packed_quick.json", "packed_2048.json"):
+    for name in ("packed_memory.json", "packed_ffn.json", "packed_small.json"):
         module.table(BENCH / "results" / name)
         lines = capsys.readouterr().out.splitlines()
         assert len(lines) > 2 and all(line in doc for line in lines), name

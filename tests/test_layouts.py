@@ -14,6 +14,7 @@ import torchfpe
 from torchfpe import InvalidParameterError, expand, load_expanded, pack, unpack
 from torchfpe.core import expanded_layers
 from torchfpe.core.layouts import (LAYOUTS, BlockLinear, EllLinear, ExpandedLayer, LayoutError, PackedLinear,
+                                   ParentLinear,
                                    auto_layouts, packable_layouts, register_layout)
 
 FIXTURE = Path(__file__).parent / "fixtures" / "packed_v1.pt"
@@ -328,15 +329,15 @@ def test_a_layout_registered_outside_the_package_packs_and_loads(registered):
 
 
 def test_auto_tries_layouts_in_their_declared_order(registered):
-    assert auto_layouts()[:3] == [FirstRowsLinear, BlockLinear, EllLinear]
+    assert auto_layouts()[:4] == [FirstRowsLinear, BlockLinear, ParentLinear, EllLinear]
     masked = expand(mlp([12, 8, 3]), 2, "random", seed=0)
     assert all(isinstance(layer, FirstRowsLinear) for _, layer in expanded_layers(pack(masked)))
 
 
-def test_without_test_layouts_auto_is_block_then_ell():
-    assert auto_layouts() == [BlockLinear, EllLinear]
-    assert packable_layouts() == ["block", "ell"]
-    assert {"masked", "dropconnect", "block", "ell"} <= set(LAYOUTS)
+def test_without_test_layouts_auto_is_block_then_parent_then_ell():
+    assert auto_layouts() == [BlockLinear, ParentLinear, EllLinear]
+    assert packable_layouts() == ["block", "parent", "ell"]
+    assert {"masked", "dropconnect", "block", "parent", "ell"} <= set(LAYOUTS)
 
 
 def test_register_layout_refuses_incomplete_or_clashing_layouts():

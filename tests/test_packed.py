@@ -15,7 +15,8 @@ from torch import nn
 
 import torchfpe
 from torchfpe import expand, nonzero_parameters, pack, unpack
-from torchfpe.core import BlockLinear, EllLinear, MaskedLinear, expanded_layers, load_expanded
+from torchfpe.core import BlockLinear, EllLinear, MaskedLinear, PackedLinear, ParentLinear, expanded_layers, \
+    load_expanded
 from torchfpe.core.layouts import stored_bytes
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -79,8 +80,7 @@ def _bias_grad(self):
     return probe.effective_bias().detach()
 
 
-BlockLinear.effective_bias_grad = _bias_grad
-EllLinear.effective_bias_grad = _bias_grad
+PackedLinear.effective_bias_grad = _bias_grad  # every packed layout
 
 @pytest.fixture(autouse=True)
 def every_ell_path_on_small_layers(monkeypatch):
@@ -132,11 +132,13 @@ def test_shared_partitions_become_blocks_at_the_parents_size():
     assert isinstance(packed[2], EllLinear) and packed[2].in_natural is not None
 
 
-def test_independent_partitions_fall_back_to_ell():
+def test_independent_partitions_pack_in_the_parents_order():
     masked = expanded("random", (24, 40, 3), alpha=2)
     packed = pack(masked)  # 40 parents, each its own partition: more than MAX_GROUPS groups
-    assert isinstance(packed[0], EllLinear)
+    assert isinstance(packed[0], ParentLinear) and packed[0].values.shape == (40, 24)  # the parent's shape
+    assert isinstance(packed[2], EllLinear)  # the copied columns under the global budget
     assert pack(masked, "block")[0].layout == "block"  # forced: one group per parent
+    assert pack(masked, "ell")[0].layout == "ell"
 
 
 @pytest.mark.parametrize("optimizer", [

@@ -9,7 +9,9 @@ output folder) before it trains or writes anything, and raises exceptions instea
   files, another run writing to it, an incomplete report in strict mode); the CLI exits 1.
 
 ``run_study("boolean", "headline", seeds=2, overrides={"clauses": 12}, out="runs/m12")`` runs a
-study's grid through the resumable store and returns the path of its ``report.md``.
+study's grid through the resumable store and returns the path of its ``report.md``; ``device="cuda"``
+trains there (a runtime option: the stored runs, their keys and records are those of any device, see
+:mod:`torchfpe.devices`).
 """
 
 from __future__ import annotations
@@ -185,6 +187,7 @@ def run_study(
     address: str | None = None,
     quiet: bool = False,
     command: str | None = None,
+    device: str | None = "cpu",
 ) -> Path:
     """Run one study of a group (``torchfpe reproduce <group> --study <study>``); returns report.md's path.
 
@@ -202,6 +205,7 @@ def run_study(
     check_param("seeds", seeds, [Interval(int, 1, MAX_SEEDS), None], "run_study")
     seeds = plain_number(seeds)
     _check_runner(backend, workers, address, quiet, "run_study")
+    device = _check_device(device, "run_study")
     if overrides is not None and not isinstance(overrides, Mapping):
         raise invalid("overrides", "run_study", "a mapping of config field -> value, or None", overrides)
     overrides = {name: [plain_number(v) for v in value] if isinstance(value, list) else plain_number(value)
@@ -224,14 +228,15 @@ def run_study(
                     "value, or run a sweep file (torchfpe sweep) to sweep it")
     seeds = seeds if seeds is not None else chosen.default_seeds
     config_dicts = study_configs(chosen, seeds, overrides)
-    jobs = _make_jobs(experiment, config_dicts, quiet)
+    jobs = _make_jobs(experiment, config_dicts, quiet, device)
     base = jobs[0].config.to_dict()
     out_path = resolve_out(out if out is not None else Path("runs") / f"{group}-{study}")
     meta = {"study": study, "group": group, "axes": list(chosen.axes), "seeds": seeds, "base": base,
             "overrides": overrides, "description": chosen.description, **chosen.meta}
-    command = command or _python_call("run_study", group, study, seeds=seeds, overrides=overrides or None, out=out)
+    command = command or _python_call("run_study", group, study, seeds=seeds, overrides=overrides or None, out=out,
+                                      device=None if device == "cpu" else device)
     return _run_into(out_path, meta, experiment, jobs, backend=backend, workers=workers, address=address,
-                     quiet=quiet, command=command)
+                     quiet=quiet, command=command, device=device)
 
 
 def run_sweep_file(
@@ -243,12 +248,14 @@ def run_sweep_file(
     address: str | None = None,
     quiet: bool = False,
     command: str | None = None,
+    device: str | None = "cpu",
 ) -> Path:
     """Run a sweep file (YAML: ``experiment``, ``study``, ``grid``, ``base``, ``seeds``, ``name``); returns report.md's path."""
     from .experiments.registry import experiments
     from .experiments.studies import grid_configs
 
     _check_runner(backend, workers, address, quiet, "run_sweep_file")
+    device = _check_device(device, "run_sweep_file")
     path = Path(path)
     spec = _read_sweep_file(path)
     unknown = sorted(set(spec) - set(SWEEP_KEYS))
@@ -306,13 +313,13 @@ def run_sweep_file(
         if study not in studies:
             raise InvalidParameterError(f"{path}: no report layout for this sweep; add 'study:' (one of "
                                         f"{', '.join(studies)})")
-    jobs = _make_jobs(experiment, grid_configs(axes, base, seed_list), quiet)
+    jobs = _make_jobs(experiment, grid_configs(axes, base, seed_list), quiet, device, "run_sweep_file")
     out_path = resolve_out(out if out is not None else Path("runs") / path.stem)
     meta = {"study": study, "group": studies[study].group, "axes": names, "seeds": len(seed_list),
             "base": dict(base), "grid": dict(grid), "name": spec.get("name", path.stem), **studies[study].meta}
-    command = command or _python_call("run_sweep_file", str(path), out=out)
+    command = command or _python_call("run_sweep_file", str(path), out=out, device=None if device == "cpu" else device)
     return _run_into(out_path, meta, experiment, jobs, backend=backend, workers=workers, address=address,
-                     quiet=quiet, command=command)
+                     quiet=quiet, command=command, device=device)
 
 
 def _read_sweep_file(path: Path) -> dict:
@@ -347,12 +354,22 @@ def _check_runner(backend, workers, address, quiet, owner: str) -> None:
     check_param("quiet", quiet, [bool], owner)
 
 
+def _check_device(device, owner: str) -> str:
+    """The device checked against this machine (before any work or write), as the runners pass it."""
+    from .devices import resolve_device
+
+    if device is not None and not isinstance(device, str) and type(device).__name__ != "device":
+        raise invalid("device", owner, "a device name: cpu, cuda, cuda:N or mps", device)
+    return str(resolve_device(device, owner))
+
+
 def _option_hint(name: str) -> str:
     option = {"embeddings": "--embeddings", "data_dir": "--data"}.get(name)
     return f" ({option} applies only to experiments that read such files)" if option else ""
 
 
-def _make_jobs(experiment: str, config_dicts: list[dict], quiet: bool = True):
+def _make_jobs(experiment: str, config_dicts: list[dict], quiet: bool = True, device: str = "cpu",
+               owner: str = "run_study"):
     """Every config of the grid built (and so validated) before any work or write.
 
     An experiment may also declare ``check(config)`` for checks that need the file system (a data
@@ -371,6 +388,12 @@ def _make_jobs(experiment: str, config_dicts: list[dict], quiet: bool = True):
         raise
     except (TypeError, ValueError) as error:  # an experiment's own check that is not yet on the validator
         raise InvalidParameterError(str(error)) from None
+    if device == "mps":  # MPS has no float64
+        from .devices import check_dtype_on
+        import torch
+
+        for job in jobs:
+            check_dtype_on(torch.device("mps"), getattr(job.config, "dtype", "float32"), owner)
     check = registered(experiment).check
     if check is not None:
         # Missing or corrupt data (torchfpe.data.DataError) is a runtime error, not a usage error: it
@@ -408,7 +431,7 @@ def cli_command() -> str:
 
 
 def _run_into(out: Path, meta: dict, experiment: str, jobs, *, backend: str, workers: int | None,
-              address: str | None, quiet: bool, command: str) -> Path:
+              address: str | None, quiet: bool, command: str, device: str = "cpu") -> Path:
     from .experiments.studies import DATASET_NOTE
     from .sweep import ResultStore, execute
 
@@ -416,7 +439,7 @@ def _run_into(out: Path, meta: dict, experiment: str, jobs, *, backend: str, wor
     varying = [*axes, "seed"]
     meta = {
         **meta, "axis": axes[0] if len(axes) == 1 else (axes or None),
-        "command": command, "date": _dt.date.today().isoformat(),
+        "command": command, "date": _dt.date.today().isoformat(), "device": device,
         "dataset_note": meta.get("dataset_note", DATASET_NOTE), "experiment": experiment,
         "keys": [job.key for job in jobs],
         # what each run is, for naming missing runs in the report
@@ -428,7 +451,7 @@ def _run_into(out: Path, meta: dict, experiment: str, jobs, *, backend: str, wor
         meta.update(_provenance_fields(store, backend, address))
         store.write_meta(meta)
         summary = execute(jobs, store, backend=backend, workers=workers, address=address, quiet=quiet,
-                          description=meta["study"])
+                          description=meta["study"], device=device)
         if not quiet:
             print(f"{summary['done']} runs done, {summary['skipped']} already in {out}")
         return build_report(out, quiet=quiet)

@@ -177,7 +177,7 @@ def fit_stacked(
     stack.train()
     examples = x.shape[1]
     orders = [batch_order(examples, epochs, settings.batch_size, g) for g in (generators or [None] * stack.count)]
-    models = torch.arange(stack.count).unsqueeze(1)
+    models = torch.arange(stack.count, device=x.device).unsqueeze(1)
     # Full batch only: a (B, in, N) copy made once. With minibatches it would copy the whole data set
     # for every model (x is often one set expanded to B views) and never be read.
     full = settings.batch_size is None or settings.batch_size >= examples
@@ -191,14 +191,14 @@ def fit_stacked(
         if indices[0] is None:
             xb_t, yb = x_t, y
         elif shared:
-            index = torch.stack(indices)
+            index = torch.stack(indices).to(x.device)  # the orders are drawn on the CPU: the same on every device
             rows = index.reshape(-1)
             if buffer is None or buffer.shape[0] < len(rows):
-                buffer = torch.empty((len(rows), x.shape[2]), dtype=x.dtype)
+                buffer = torch.empty((len(rows), x.shape[2]), dtype=x.dtype, device=x.device)
             batch = torch.index_select(x[0], 0, rows, out=buffer[:len(rows)])
             xb_t, yb = batch.view(stack.count, -1, x.shape[2]).transpose(1, 2), y[0][index]
         else:
-            index = torch.stack(indices)
+            index = torch.stack(indices).to(x.device)  # the orders are drawn on the CPU: the same on every device
             xb_t, yb = x[models, index].transpose(1, 2), y[models, index]
         optimizer.zero_grad(set_to_none=True)
         loss_fn(stack.forward_transposed(xb_t), yb).backward()

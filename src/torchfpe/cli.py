@@ -44,6 +44,11 @@ def address_option():
                         "starts locally")
 
 
+def device_option():
+    return typer.Option("cpu", "--device", help="where to train: cpu, cuda, cuda:N or mps (a runtime option: "
+                        "run keys and records are those of any device)")
+
+
 def quiet_option():
     return typer.Option(False, "--quiet", help="no progress bar")
 
@@ -104,6 +109,7 @@ def _make_reproduce(group: str, studies: dict) -> Callable:
         backend: Backend = backend_option(),
         workers: Optional[int] = workers_option(),
         address: Optional[str] = address_option(),
+        device: str = device_option(),
         quiet: bool = quiet_option(),
         debug: bool = debug_option(),
     ) -> None:
@@ -118,7 +124,8 @@ def _make_reproduce(group: str, studies: dict) -> Callable:
                                                     f"experiment's config has no {name!r} field")
                     overrides[name] = str(value)
             report = api.run_study(group, study.value, seeds=seeds, overrides=overrides, out=out, backend=backend.value,
-                                   workers=workers, address=address, quiet=quiet, command=api.cli_command())
+                                   workers=workers, address=address, quiet=quiet, command=api.cli_command(),
+                                   device=device)
             typer.echo(f"report: {report}")
 
         _handled(debug, call)
@@ -140,6 +147,7 @@ def sweep(
     backend: Backend = backend_option(),
     workers: Optional[int] = workers_option(),
     address: Optional[str] = address_option(),
+    device: str = device_option(),
     quiet: bool = quiet_option(),
     debug: bool = debug_option(),
 ) -> None:
@@ -154,7 +162,7 @@ def sweep(
     """
     def call() -> None:
         report = api.run_sweep_file(sweep_file, out=out, backend=backend.value, workers=workers, address=address,
-                                    quiet=quiet, command=api.cli_command())
+                                    quiet=quiet, command=api.cli_command(), device=device)
         typer.echo(f"report: {report}")
 
     _handled(debug, call)

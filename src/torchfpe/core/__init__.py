@@ -3,6 +3,7 @@
 from .budget import BUDGETS, nonzero_parameters
 from .expand import BIAS_POLICIES, ExpansionReport, LayerChange, expand, load_expanded
 from .layouts import (BlockLinear, DropConnectLinear, EllLinear, ExpandedLayer, LayoutError, MaskedLinear, PackedLinear,
+                      ParentLinear,
                       apply_masks_, expanded_layers, pack, register_layout, stored_bytes, unpack)
 from .targets import ELEMENTWISE_MODULES, FFN_PATTERNS, find_ffn_pairs, find_hidden_pairs
 from .validation import InvalidParameterError
@@ -12,6 +13,7 @@ __all__ = [
     "BIAS_POLICIES", "BUDGETS", "ELEMENTWISE_MODULES", "SPLITS", "Split", "get_split", "register_split",
     "FFN_PATTERNS", "DropConnectLinear", "ExpansionReport", "InvalidParameterError", "LayerChange", "MaskedLinear",
     "apply_masks_", "expand", "find_ffn_pairs", "find_hidden_pairs", "load_expanded",
-    "nonzero_parameters", "BlockLinear", "EllLinear", "ExpandedLayer", "LayoutError", "PackedLinear", "expanded_layers",
+    "nonzero_parameters", "BlockLinear", "EllLinear", "ExpandedLayer", "LayoutError", "PackedLinear", "ParentLinear",
+    "expanded_layers",
     "pack", "register_layout", "stored_bytes", "unpack",
 ]

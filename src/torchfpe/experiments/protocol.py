@@ -36,6 +36,14 @@ experiment of the registry (one call per experiment module).
 :func:`run_batch` trains the seeds of one config as stacks (:mod:`torchfpe.batched`) where the
 models are plain MLPs, else one model at a time; :func:`run_single` is the one-model reference path
 that the stacks must agree with. Both return one flat record per (variant, seed).
+
+**The device.** Both take ``device=`` (``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``; checked by
+:func:`torchfpe.devices.resolve_device`), a runtime option that is no config field, so run keys and
+stacks are the same on every device. The protocol builds each seed's ``Data`` and parent on the CPU
+(so seeded draws are the same everywhere), moves the data to the device once (:meth:`Data.to`) and
+trains and evaluates every model there; ``expand`` and the records work on CPU copies. A task never
+needs to be told the device: a hook that makes tensors for a model or for data it is handed uses
+their device (``data.device``, ``next(model.parameters()).device``).
 """
 
 from __future__ import annotations
@@ -52,9 +60,10 @@ import torch
 from torch import Tensor, nn
 
 from .. import metrics
+from ..devices import resolve_device
 from ..batched import STACKED_ACCURACIES, STACKED_LOSSES, StackedMLP, _signature, can_stack, fit_stacked
 from ..core import BIAS_POLICIES, BUDGETS, SPLITS, expand, nonzero_parameters
-from ..core.validation import Interval, Options, Predicate, plain_number, validate_dataclass
+from ..core.validation import Interval, InvalidParameterError, Options, Predicate, plain_number, validate_dataclass
 from ..train import ACCURACIES, LOSSES, OPTIMIZERS, TrainSettings, fit
 
 WIDE = re.compile(r"^wide(\d+(?:\.\d+)?)$")
@@ -88,6 +97,15 @@ class Data:
     x_test: Tensor
     y_test: Tensor
     info: Any = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.x_train.device
+
+    def to(self, device: torch.device | str) -> "Data":
+        """The same data with its four tensors on ``device`` (``info`` is left as it is)."""
+        return Data(*(getattr(self, name).to(device) for name in ("x_train", "y_train", "x_test", "y_test")),
+                    info=self.info)
 
 
 class Task:
@@ -160,7 +178,19 @@ class ProtocolConfig:
     def __post_init__(self) -> None:
         self.normalise()
         validate_dataclass(self, self.constraints(), type(self).__name__)
+        self._check_budget()
         self.check()
+
+    def _check_budget(self) -> None:
+        """``budget="structured"`` gives each child a disjoint share of its parent's weights: every split
+        variant must be a partition, so a control would fail only once the run trains; refused here."""
+        if self.budget != "structured":
+            return
+        for variant in self.variants:
+            if variant in SPLITS and not (SPLITS[variant].partition and SPLITS[variant].widens):
+                raise InvalidParameterError(
+                    f"{type(self).__name__}: budget='structured' needs splits whose children partition each parent's "
+                    f"weights; variant {variant!r} does not, so drop it from variants or use budget='global'")
 
     def normalise(self) -> None:
         """Turn accepted spellings into the stored form before validation (frozen: object.__setattr__)."""
@@ -225,7 +255,7 @@ def register(name: str, config: type[ProtocolConfig], studies: Sequence = ()):
     task = config.task
     return register_experiment(name, config, functools.partial(run_batch, task),
                                run_single=functools.partial(run_single, task), check=functools.partial(_check, task),
-                               files=functools.partial(_files, task), studies=studies)
+                               files=functools.partial(_files, task), studies=studies, device=True)
 
 
 def _check(task: Task, config) -> None:
@@ -301,46 +331,50 @@ def _sorted(records: list[dict], variants: Sequence[str]) -> list[dict]:
 
 
 # -------------------------------------------------------------------------------- one model at a time
-def run_single(task: Task, config) -> list[dict]:
-    """The reference path: every variant of one run trained one model at a time."""
+def run_single(task: Task, config, device: str | torch.device | None = None) -> list[dict]:
+    """The reference path: every variant of one run trained one model at a time (on ``device``)."""
+    device = resolve_device(device, "run_single")
     data = task.data(config)
+    on = data.to(device)  # moved once; ``data`` (CPU) feeds expand and the records
     settings = config.settings()
     loss_fn, accuracy = LOSSES[task.kind], ACCURACIES[task.kind]
     records = []
 
     def train(model, epochs_, generator, optimizer=None):
-        return fit(model, data.x_train, data.y_train, epochs_, settings, optimizer=optimizer,
+        return fit(model, on.x_train, on.y_train, epochs_, settings, optimizer=optimizer,
                    generator=generator, loss_fn=loss_fn)
 
     def finish(variant, model):
-        records.append(make_record(
-            task, config, variant, model, accuracy(model, data.x_train, data.y_train, task.eval_batch),
-            accuracy(model, data.x_test, data.y_test, task.eval_batch), data))
+        train_acc = accuracy(model, on.x_train, on.y_train, task.eval_batch)
+        test_acc = accuracy(model, on.x_test, on.y_test, task.eval_batch)
+        records.append(make_record(task, config, variant, model.cpu(), train_acc, test_acc, data))
 
     torch.manual_seed(config.seed)  # DropConnect's masks come from the global generator
-    dense = task.parent(config)
+    dense = task.parent(config).to(device)
     generator = batch_generator(config, 0)
     optimizer = train(dense, config.warmup_epochs, generator)  # phase 1: dense warm-up (T1 epochs)
-    warm = copy.deepcopy(dense)
+    warm = copy.deepcopy(dense).cpu()
     if "dense" in config.variants:  # the baseline keeps its optimizer for T2 more epochs
         train(dense, config.epochs_after, generator, optimizer)
         finish("dense", dense)
     for variant in config.variants:  # phase 2: expand (or build the control), train on
         if variant == "dense":
             continue
-        model = build_variant(task, config, variant, warm, data)
+        model = build_variant(task, config, variant, warm, data).to(device)
         train(model, epochs(config, phase(variant)), batch_generator(config, phase(variant)))
         finish(variant, model)
     return add_relative(records, task.fold_keys)
 
 
 # ---------------------------------------------------------------------------------------- batched
-def run_batch(task: Task, configs: Sequence) -> list[dict]:
-    """Train the runs of ``configs`` (equal but for the seed) as stacks; same records as ``run_single``.
+def run_batch(task: Task, configs: Sequence, device: str | torch.device | None = None) -> list[dict]:
+    """Train the runs of ``configs`` (equal but for the seed) as stacks on ``device``; same records as
+    ``run_single``.
 
     Models that :class:`~torchfpe.batched.StackedMLP` cannot stack (e.g. a CNN) run one seed at a
     time through :func:`run_single`.
     """
+    device = resolve_device(device, "run_batch")
     configs = list(configs)
     if not configs:
         return []
@@ -349,12 +383,12 @@ def run_batch(task: Task, configs: Sequence) -> list[dict]:
     first = configs[0]
     parents = [task.parent(c) for c in configs]  # each parent is seeded by its config (global RNG untouched)
     if not can_stack(parents[:1]):
-        return _sorted([r for c in configs for r in run_single(task, c)], first.variants)
+        return _sorted([r for c in configs for r in run_single(task, c, device)], first.variants)
     settings = first.settings()
     loss_fn, accuracy = STACKED_LOSSES[task.kind], STACKED_ACCURACIES[task.kind]
     datas = [task.data(c) for c in configs]
-    x_train, y_train, x_test, y_test = (
-        _stack([getattr(d, name) for d in datas]) for name in ("x_train", "y_train", "x_test", "y_test"))
+    x_train, y_train, x_test, y_test = (  # moved to the device once
+        _stack([getattr(d, name) for d in datas], device) for name in ("x_train", "y_train", "x_test", "y_test"))
     records: list[dict] = []
 
     def train(stack, index, epochs_, generators, optimizer=None):
@@ -366,14 +400,14 @@ def run_batch(task: Task, configs: Sequence) -> list[dict]:
         train_acc = accuracy(stack, _take(x_train, index), _take(y_train, index))
         test_acc = accuracy(stack, _take(x_test, index), _take(y_test, index))
         for model, (config, variant, i), a, b in zip(stack.unstack(), owners, train_acc, test_acc):
-            records.append(make_record(task, config, variant, model, float(a), float(b), datas[i]))
+            records.append(make_record(task, config, variant, model.cpu(), float(a), float(b), datas[i]))
 
     everyone = torch.arange(len(configs))
     torch.manual_seed(first.seed)  # DropConnect's masks come from the global generator
-    dense = StackedMLP(parents)
+    dense = StackedMLP(parents).to(device)
     generators = [batch_generator(c, 0) for c in configs]
     optimizer = train(dense, everyone, first.warmup_epochs, generators)  # phase 1: dense warm-up
-    warm = dense.unstack()
+    warm = [model.cpu() for model in dense.unstack()]  # expand works on CPU copies
     if "dense" in first.variants:  # the baseline keeps its optimizer for T2 more epochs
         train(dense, everyone, first.epochs_after, generators, optimizer)
         finish(dense, [(c, "dense", i) for i, c in enumerate(configs)])
@@ -389,7 +423,7 @@ def run_batch(task: Task, configs: Sequence) -> list[dict]:
     for members in groups.values():
         owners = [owner for _, owner in members]
         phase_ = phase(owners[0][1])
-        stack = StackedMLP([model for model, _ in members])
+        stack = StackedMLP([model for model, _ in members]).to(device)
         train(stack, torch.tensor([i for _, _, i in owners]), epochs(first, phase_),
               [batch_generator(c, phase_) for c, _, _ in owners])
         finish(stack, owners)
@@ -404,8 +438,8 @@ def _take(stacked: Tensor, index: Tensor) -> Tensor:
     return stacked[index]
 
 
-def _stack(tensors: list[Tensor]) -> Tensor:
-    """(B, ...) from B tensors; one shared tensor becomes a view, not B copies."""
+def _stack(tensors: list[Tensor], device: torch.device | None = None) -> Tensor:
+    """(B, ...) from B tensors on ``device``; one shared tensor becomes a view, not B copies."""
     if all(t is tensors[0] for t in tensors):
-        return tensors[0].unsqueeze(0).expand(len(tensors), *tensors[0].shape)
-    return torch.stack(tensors)
+        return tensors[0].to(device).unsqueeze(0).expand(len(tensors), *tensors[0].shape)
+    return torch.stack(tensors).to(device)

@@ -5,7 +5,9 @@ An experiment is:
 - ``config``: a frozen dataclass whose fields all have defaults, with ``to_dict()`` and
   ``without_seed()``; building it validates every field (``make_config`` refuses unknown names);
 - ``run_batch(configs) -> list[dict]``: one flat record per (variant, seed) for configs equal but
-  for their seed (what every runner calls: in-process, a process pool, Ray);
+  for their seed (what every runner calls: in-process, a process pool, Ray); with ``device=True``
+  at registration it also takes ``device=`` (a checked ``torch.device``, see :mod:`torchfpe.devices`)
+  and trains there; an experiment without it (``theory``: counting, no tensors) runs on the CPU;
 - ``check(config)``: optional checks that need files (missing or corrupt data), run before any work;
 - ``files(config)``: optional, the data files the config names by path; their content digests are
   recorded with the results, and a folder whose runs read a file that has since changed is refused;
@@ -40,6 +42,14 @@ class Experiment:
     check: Callable[[Any], None] | None = None
     studies: tuple = ()
     files: Callable[[Any], Sequence[str]] | None = None
+    #: ``run_batch`` takes ``device=`` (the protocol's experiments); others run on the CPU.
+    device: bool = False
+
+    def run(self, configs: Sequence[Any], device=None) -> list[dict]:
+        """``run_batch(configs)``, on ``device`` where the experiment trains on one."""
+        if self.device and device is not None:
+            return self.run_batch(configs, device=device)
+        return self.run_batch(configs)
 
     def make_config(self, **fields) -> Any:
         """A config from keyword overrides; unknown names raise InvalidParameterError listing the fields."""
@@ -57,12 +67,12 @@ _discovered = False
 
 def register_experiment(name: str, config: type, run_batch: Callable, *, run_single: Callable | None = None,
                         check: Callable | None = None, files: Callable | None = None,
-                        studies: Sequence = ()) -> Experiment:
+                        studies: Sequence = (), device: bool = False) -> Experiment:
     """Register an experiment (see the module docstring); returns it. Studies must name this experiment."""
     wrong = [s.name for s in studies if s.experiment != name]
     if wrong:
         raise InvalidParameterError(f"studies {wrong} of experiment {name!r} name another experiment")
-    experiment = Experiment(name, config, run_batch, run_single, check, tuple(studies), files)
+    experiment = Experiment(name, config, run_batch, run_single, check, tuple(studies), files, device)
     _EXPERIMENTS[name] = experiment
     return experiment
 

@@ -52,8 +52,10 @@ def plan_units(jobs: Sequence[Job], workers: int, max_batch: int = 64) -> list[l
     return units
 
 
-def run_unit(experiment: str, config_dicts: list[dict], threads: int | None = None) -> list[tuple[str, dict, list[dict], float]]:
-    """Run one unit (configs equal but for the seed); returns (key, config, records, seconds) per run."""
+def run_unit(experiment: str, config_dicts: list[dict], threads: int | None = None,
+             device: str | None = None) -> list[tuple[str, dict, list[dict], float]]:
+    """Run one unit (configs equal but for the seed) on ``device``; returns (key, config, records, seconds)
+    per run. The device is no part of a key: a run done on a GPU is the same run as on a CPU."""
     import torch
 
     if threads:
@@ -61,7 +63,7 @@ def run_unit(experiment: str, config_dicts: list[dict], threads: int | None = No
     registered = registered_experiment(experiment)
     configs = [registered.make_config(**d) for d in config_dicts]
     started = time.perf_counter()
-    records = registered.run_batch(configs)
+    records = registered.run(configs, device)
     seconds = (time.perf_counter() - started) / max(1, len(configs))
     results = []
     for config in configs:
@@ -129,21 +131,25 @@ def execute(
     address: str | None = None,
     quiet: bool = False,
     description: str = "runs",
+    device: str | None = None,
 ) -> dict:
-    """Run the jobs not yet in ``store``; returns counts of what was done and skipped."""
+    """Run the jobs not yet in ``store`` (training on ``device``, e.g. ``"cuda"``; checked by the caller);
+    returns counts of what was done and skipped."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; allowed: {', '.join(BACKENDS)}")
     with store.lock():  # one writer per store: a concurrent run on the same folder is refused
         return _execute(jobs, store, backend=backend, workers=workers, threads=threads, address=address,
-                        quiet=quiet, description=description)
+                        quiet=quiet, description=description, device=device)
 
 
-def _execute(jobs, store, *, backend, workers, threads, address, quiet, description) -> dict:
+def _execute(jobs, store, *, backend, workers, threads, address, quiet, description, device=None) -> dict:
     store.clean_temporaries()
     store.all_runs()  # fails loudly on corrupt or foreign files before any work starts
     unique = list({job.key: job for job in jobs}.values())
     pending = [job for job in unique if not store.has(job.key)]
-    workers = workers or ((os.cpu_count() or 1) if backend != "local" else 1)
+    # one accelerator: one worker unless asked (processes would share it; the CPU pool is for CPUs)
+    on_cpu = device is None or str(device) == "cpu"
+    workers = workers or ((os.cpu_count() or 1) if backend != "local" and on_cpu else 1)
     threads = threads or (1 if backend != "local" else None)
     units = plan_units(pending, workers if backend != "local" else 1)
     summary = {"total": len(unique), "skipped": len(unique) - len(pending), "done": 0, "backend": backend}
@@ -156,15 +162,15 @@ def _execute(jobs, store, *, backend, workers, threads, address, quiet, descript
 
         if backend == "local":
             for unit in units:
-                save(run_unit(*_unit_args(unit), threads))
+                save(run_unit(*_unit_args(unit), threads, device))
         elif backend == "process":
-            _run_process_pool(units, workers, threads, save)
+            _run_process_pool(units, workers, threads, save, device)
         else:
-            _run_ray(units, threads, address, save)
+            _run_ray(units, threads, address, save, device)
     return summary
 
 
-def _run_process_pool(units, workers: int, threads: int, save: Callable) -> None:
+def _run_process_pool(units, workers: int, threads: int, save: Callable, device: str | None = None) -> None:
     """Run units in a spawn pool; SIGTERM (or any error) stops the workers at once instead of waiting."""
     import multiprocessing
     import signal
@@ -177,7 +183,7 @@ def _run_process_pool(units, workers: int, threads: int, save: Callable) -> None
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminated) if in_main_thread else None
     try:
-        futures = [pool.submit(run_unit, *_unit_args(unit), threads) for unit in units]
+        futures = [pool.submit(run_unit, *_unit_args(unit), threads, device) for unit in units]
         for future in as_completed(futures):
             save(future.result())
     except BaseException:
@@ -200,7 +206,7 @@ def _terminated(signum, frame) -> None:
     raise Terminated(128 + signum)
 
 
-def _run_ray(units, threads: int, address: str | None, save: Callable) -> None:
+def _run_ray(units, threads: int, address: str | None, save: Callable, device: str | None = None) -> None:
     """Run units on Ray: an existing cluster (``address``, or one this process already joined), else a
     local cluster started for this call in a guard process that stops it when this process ends in any
     way, SIGKILL included (see :mod:`torchfpe.sweep.ray_guard`)."""
@@ -219,8 +225,9 @@ def _run_ray(units, threads: int, address: str | None, save: Callable) -> None:
     if started_here:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     try:
-        remote = ray.remote(num_cpus=1)(run_unit)
-        pending = [remote.remote(*_unit_args(unit), threads) for unit in units]
+        gpus = 1 if device is not None and str(device).startswith("cuda") else 0  # Ray hides GPUs from tasks without
+        remote = ray.remote(num_cpus=1, num_gpus=gpus)(run_unit)
+        pending = [remote.remote(*_unit_args(unit), threads, device) for unit in units]
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
             save(ray.get(ready[0]))

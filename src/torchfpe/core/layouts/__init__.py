@@ -14,6 +14,9 @@ Modules:
 - :mod:`.packed`: :class:`PackedLinear`, the base of the packed layouts, and their shared helpers;
 - :mod:`.block`: ``block`` (:class:`BlockLinear`), dense blocks where groups of parents share input
   partitions, one batched product at the parent's cost;
+- :mod:`.parent`: ``parent`` (:class:`ParentLinear`), the parent's weights in the parent's order
+  plus a child id per entry, for splits whose parents partition their inputs independently (the
+  default ``random``); its compiled CPU kernels are in :mod:`.native`;
 - :mod:`.ell`: ``ell`` (:class:`EllLinear`), each row's live values and input indices (ELLPACK),
   for any masks;
 - :mod:`.packing`: :func:`pack`, :func:`unpack`, :func:`stored_bytes`.
@@ -48,10 +51,11 @@ from .masked import DropConnectLinear, MaskedLinear, apply_masks_
 from .packed import PackedLinear
 from .block import BlockLinear  # each layout registers itself when its module is imported
 from .ell import EllLinear
+from .parent import ParentLinear
 from .packing import pack, pack_layer, stored_bytes, unpack
 
 __all__ = [
     "LAYOUTS", "BlockLinear", "DropConnectLinear", "EllLinear", "ExpandedLayer", "LayoutError", "MaskedLinear",
-    "PackedLinear", "apply_masks_", "auto_layouts", "effective_parameters", "expanded_layers", "layout_of",
+    "PackedLinear", "ParentLinear", "apply_masks_", "auto_layouts", "effective_parameters", "expanded_layers", "layout_of",
     "pack", "pack_layer", "packable_layouts", "register_layout", "stored_bytes", "unpack",
 ]

@@ -25,6 +25,10 @@ from .packed import PackedLinear, SavedTensors, compact, pack_bits, positions_of
 #: for batch 1 on one thread); above, the batched product reads the strided view.
 BLOCK_COPY_MAX_BATCH = 16
 
+#: How a block layer's blocks were found: ``children`` (block ``g * alpha + k`` is child ``k`` of group
+#: ``g``'s parents) or ``support`` (rows with the same inputs; ``budget="structured"``'s copied layers).
+GROUPINGS = ("children", "support")
+
 #: ``auto`` uses blocks only with at most this many parent groups (more groups means thin blocks)...
 MAX_GROUPS = 16
 #: ... and at most one group per this many parents: on the Boolean headline's shapes (8 parents)
@@ -90,6 +94,72 @@ def _groups(mask: Tensor, alpha: int, max_groups: int) -> tuple[list[list[int]],
     return members, assignments
 
 
+def _children_blocks(members: list[list[int]], assignments: list[Tensor], alpha: int) -> list[tuple[Tensor, Tensor]]:
+    """(output units, input units) of each block of a children grouping: block ``g * alpha + k`` is
+    child ``k`` of group ``g``'s parents; inputs no child reads are dealt to balance the chunks."""
+    block_list = []
+    for parents, assignment in zip(members, assignments):
+        assignment = assignment.clone()
+        sizes = torch.bincount(assignment[assignment >= 0], minlength=alpha)
+        for j in torch.nonzero(assignment < 0).squeeze(1).tolist():
+            k = int(torch.argmin(sizes))
+            assignment[j] = k
+            sizes[k] += 1
+        parents_t = torch.tensor(parents)
+        for k in range(alpha):
+            block_list.append((parents_t * alpha + k, torch.nonzero(assignment == k).squeeze(1)))
+    return block_list
+
+
+def _support_blocks(mask: Tensor, max_blocks: int) -> list[tuple[Tensor, Tensor]] | None:
+    """Rows grouped by the inputs they read, one block per group (ascending rows, blocks ordered by
+    first row), or ``None`` when more than ``max_blocks`` blocks are needed.
+
+    This is what ``budget="structured"`` gives an outgoing layer (the rows reading copy ``s`` of every
+    column) or a middle layer of a deep expansion (child ``k`` reading copy ``s`` of a shared
+    partition): dense blocks at the parent's count. Rows with equal inputs are found by hashing (a
+    random projection, then checked equal); a row whose inputs are a subset of a block's (a weight
+    the budget pruned) joins that block with a hole, larger sets first.
+    """
+    if mask.shape[0] == 0:
+        return None
+    projection = torch.randn(mask.shape[1], dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    step = max(1, (1 << 24) // max(1, mask.shape[1]))  # rows per piece: bounded memory on wide layers
+    keys = torch.cat([mask[i:i + step].to(torch.float64) @ projection for i in range(0, mask.shape[0], step)])
+    _, inverse = torch.unique(keys, return_inverse=True)
+    groups = []
+    for key in range(int(inverse.max()) + 1):
+        units = torch.nonzero(inverse == key).squeeze(1)
+        support = mask[units[0]]
+        if not bool((mask[units] == support).all()):
+            return None  # a hash collision: such masks are not a few shared supports anyway
+        groups.append((units, support))
+    groups.sort(key=lambda group: (-int(group[1].sum()), int(group[0][0])))
+    supports: list[Tensor] = []
+    members: list[list[Tensor]] = []
+    for units, support in groups:
+        if supports:
+            outside = (support & ~torch.stack(supports)).any(dim=1)
+            fits = torch.nonzero(~outside)
+            if len(fits):
+                members[int(fits[0])].append(units)
+                continue
+        if len(supports) == max_blocks:
+            return None
+        supports.append(support)
+        members.append([units])
+    block_list = [(torch.cat(parts).sort().values, torch.nonzero(support).squeeze(1))
+                  for parts, support in zip(members, supports)]
+    block_list.sort(key=lambda block: int(block[0][0]))
+    return block_list
+
+
+def _slots(block_list: list[tuple[Tensor, Tensor]]) -> int:
+    """Stored values of a block layout (blocks x chunk x rows, padding included)."""
+    chunk = max(max(len(inputs) for _, inputs in block_list), 1)
+    return len(block_list) * chunk * max(len(units) for units, _ in block_list)
+
+
 @register_layout
 class BlockLinear(PackedLinear):
     """Dense blocks of shared inputs: one batched product at the parent's cost (see module doc).
@@ -109,9 +179,10 @@ class BlockLinear(PackedLinear):
 
     def __init__(self, in_features: int, out_features: int, blocks: int, chunk: int, rows: int, *, bias: bool,
                  contiguous: bool, has_holes: bool, has_bias_holes: bool, permuted_input: bool,
-                 restore_order: bool = True, index_dtype: torch.dtype = torch.int32,
+                 restore_order: bool = True, index_dtype: torch.dtype = torch.int32, grouping: str = "children",
                  device=None, dtype=None) -> None:
         super().__init__()
+        self.grouping = grouping
         self.in_features, self.out_features = in_features, out_features
         self.blocks, self.chunk, self.rows = blocks, chunk, rows
         self.restore_order = restore_order
@@ -137,49 +208,54 @@ class BlockLinear(PackedLinear):
     @classmethod
     def from_masked(cls, layer: MaskedLinear, alpha: int, *, auto: bool = False, max_groups: int = MAX_GROUPS,
                     input_order: Tensor | None = None, natural_output: bool = True, **options) -> BlockLinear:
-        """Blocks for ``layer``; ``LayoutError`` when its children do not share input partitions in few
-        enough groups (forced: any number; ``auto``: at most ``max_groups`` groups of at least
-        ``MIN_GROUP_ROWS`` parents, and never for one child per parent)."""
-        if auto:
-            if alpha == 1:
-                raise LayoutError("one child per parent: blocks would be one dense product")
-            # thin blocks lose to one dense product: at least MIN_GROUP_ROWS parents a group
-            max_groups = min(max_groups, max(1, layer.out_features // (alpha * MIN_GROUP_ROWS)))
-        else:
-            max_groups = layer.out_features
-        found = _groups(layer.weight_mask.cpu(), alpha, max_groups)
-        if found is None:
-            raise LayoutError(f"its children do not share input partitions in {max_groups} groups of parents or fewer")
-        members, assignments = found
+        """Blocks for ``layer``; ``LayoutError`` when neither the children of few enough groups of
+        parents share input partitions nor (in a layer reading copied columns) few enough rows share
+        their exact inputs (forced: any number; ``auto``: at most ``max_groups`` groups of at least
+        ``MIN_GROUP_ROWS`` parents, rows in blocks of ``MIN_GROUP_ROWS`` on average, never one dense
+        block, and of the two groupings the one storing fewer values, padding included)."""
+        copies = 1
+        parent = layer.parent_features
+        if parent is not None and layer.in_features % int(parent[0]) == 0:
+            copies = layer.in_features // int(parent[0])
+        if auto and alpha == 1 and copies == 1:
+            raise LayoutError("one child per parent: blocks would be one dense product")
+        mask_cpu = layer.weight_mask.cpu()
+        limit = max_groups if auto else layer.out_features
+        if auto:  # thin blocks lose to one dense product: at least MIN_GROUP_ROWS parents a group
+            limit = min(max_groups, max(1, layer.out_features // (alpha * MIN_GROUP_ROWS)))
+        plans = []
+        found = _groups(mask_cpu, alpha, limit) if alpha > 1 or not auto else None
+        if found is not None:
+            plans.append(("children", _children_blocks(*found, alpha)))
+        live_count = int(mask_cpu.sum())
+        # rows grouped by their inputs, for layers reading copied columns (budget="structured"): forced,
+        # only where no children grouping exists; in auto, also where that one has holes
+        if copies > 1 and (not plans or (auto and _slots(plans[0][1]) > live_count)):
+            support = _support_blocks(mask_cpu, max_groups * alpha * copies if auto else layer.out_features)
+            # the mean, not the least: a structured layer's share of rows is balanced per layer, not per block
+            if support is not None and (not auto or layer.out_features / len(support) >= MIN_GROUP_ROWS):
+                plans.append(("support", support))
+        if not plans:
+            raise LayoutError(f"its children do not share input partitions in {limit} groups of parents or fewer, "
+                              f"and its rows do not share their inputs in few enough blocks")
+        grouping, block_list = min(plans, key=lambda plan: _slots(plan[1]))  # ties: children (listed first)
+        if auto and len(block_list) == 1:
+            raise LayoutError("one block: blocks would be one dense product")
         in_features, out_features = layer.in_features, layer.out_features
-        chunks: list[list[Tensor]] = []
-        for assignment in assignments:
-            assignment = assignment.clone()
-            sizes = torch.bincount(assignment[assignment >= 0], minlength=alpha)
-            for j in torch.nonzero(assignment < 0).squeeze(1).tolist():  # inputs no child reads: balance them
-                k = int(torch.argmin(sizes))
-                assignment[j] = k
-                sizes[k] += 1
-            chunks.append([torch.nonzero(assignment == k).squeeze(1) for k in range(alpha)])
-        chunk = max(len(c) for group in chunks for c in group)
-        rows = max(len(m) for m in members)
-        blocks = len(members) * alpha
+        chunk = max(max(len(inputs) for _, inputs in block_list), 1)
+        rows = max(len(units) for units, _ in block_list)
+        blocks = len(block_list)
         weight = layer.weight.detach() * layer.weight_mask
         values = weight.new_zeros(blocks, chunk, rows)
         live = torch.zeros(blocks, chunk, rows, dtype=torch.bool)
         in_index = torch.full((blocks, chunk), in_features, dtype=torch.long)
         out_index = torch.full((blocks, rows), -1, dtype=torch.long)
-        mask_cpu = layer.weight_mask.cpu()
         weight_cpu = weight.cpu()
-        for g, (parents, group_chunks) in enumerate(zip(members, chunks)):
-            parents_t = torch.tensor(parents)
-            for k, inputs in enumerate(group_chunks):
-                b = g * alpha + k
-                units = parents_t * alpha + k
-                in_index[b, : len(inputs)] = inputs
-                out_index[b, : len(parents)] = units
-                values[b, : len(inputs), : len(parents)] = weight_cpu[units][:, inputs].T.to(values.device)
-                live[b, : len(inputs), : len(parents)] = mask_cpu[units][:, inputs].T
+        for b, (units, inputs) in enumerate(block_list):
+            in_index[b, : len(inputs)] = inputs
+            out_index[b, : len(units)] = units
+            values[b, : len(inputs), : len(units)] = weight_cpu[units][:, inputs].T.to(values.device)
+            live[b, : len(inputs), : len(units)] = mask_cpu[units][:, inputs].T
         out_flat = out_index.reshape(-1)
         contiguous = (input_order is None and blocks * chunk == in_features
                       and torch.equal(in_index.reshape(-1), torch.arange(in_features)))
@@ -198,7 +274,8 @@ class BlockLinear(PackedLinear):
             in_features, out_features, blocks, chunk, rows, bias=bias is not None, contiguous=contiguous,
             has_holes=not bool(live.all()), has_bias_holes=bias is not None and not bool(bias_live.all()),
             permuted_input=input_order is not None, restore_order=restore_order,
-            index_dtype=compact(in_index, in_features + 1).dtype, device=layer.weight.device, dtype=layer.weight.dtype,
+            index_dtype=compact(in_index, in_features + 1).dtype, grouping=grouping, device=layer.weight.device,
+            dtype=layer.weight.dtype,
         )
         device = layer.weight.device
         with torch.no_grad():
@@ -249,8 +326,11 @@ class BlockLinear(PackedLinear):
         return None if self.restore_order else self.out_index.long()
 
     def layout_state(self) -> dict:
-        return {**super().layout_state(), "blocks": self.blocks, "chunk": self.chunk, "rows": self.rows,
-                "restore_order": self.restore_order}
+        state = {**super().layout_state(), "blocks": self.blocks, "chunk": self.chunk, "rows": self.rows,
+                 "restore_order": self.restore_order}
+        if self.grouping != "children":  # written only when it is not what the first block layers held
+            state["grouping"] = self.grouping
+        return state
 
     def set_extra_state(self, state: dict) -> None:
         super().set_extra_state(state)
@@ -258,6 +338,10 @@ class BlockLinear(PackedLinear):
             raise ValueError(f"saved block shape {(state.get('blocks'), state.get('chunk'), state.get('rows'))} "
                              f"is not this layer's {(self.blocks, self.chunk, self.rows)}")
         self.restore_order = bool(state.get("restore_order", True))
+        grouping = state.get("grouping", "children")
+        if grouping not in GROUPINGS:
+            raise ValueError(f"saved grouping {grouping!r} is not one of {GROUPINGS}")
+        self.grouping = grouping
 
     # -- saving and loading
     # The state_dict stores only the live values (holes are known from hole_bits): a middle layer of
@@ -320,6 +404,16 @@ class BlockLinear(PackedLinear):
             raise saved.error("out_index", f"holds unit {int(torch.nonzero(counts > 1)[0])} twice")
         if (counts == 0).any():
             raise saved.error("out_index", f"holds no unit {int(torch.nonzero(counts == 0)[0])}")
+        units = index.view(self.blocks, self.rows)
+        real = units >= 0
+        if saved.extra().get("grouping", "children") == "support":
+            # the order from_masked writes: ascending units in each block, padding last, blocks by first unit
+            bad = real[:, 1:] & (~real[:, :-1] | (units[:, 1:] <= units[:, :-1]))
+            late = torch.nonzero(units[1:, 0] <= units[:-1, 0])
+            if bad.any() or len(late) or not bool(real[:, 0].all()):
+                raise saved.error("out_index", "lists units out of block order (each block lists its units in "
+                                               "ascending order, padding -1 last; blocks ordered by their first unit)")
+            return
         # the order from_masked writes: block g*alpha+k holds child k of group g's parents, ascending,
         # padding last; every child of a group has the same parents; groups ordered by first parent
         extra = saved.extra()
@@ -364,11 +458,15 @@ class BlockLinear(PackedLinear):
                     has_bias_holes="bias_holes" in tensors, permuted_input="in_natural" in tensors,
                     restore_order=bool(extra.get("restore_order", True)),
                     index_dtype=index.dtype if index is not None else torch.int32,
+                    grouping=extra.get("grouping", "children") if extra.get("grouping") in GROUPINGS else "children",
                     device=device or values.device, dtype=values.dtype)
         return layer.restored_from(extra)
 
     # -- compute
     def forward(self, input: Tensor) -> Tensor:  # noqa: A002
+        if input.dim() == 2 and input.shape[0] == 1 and not (self.live is not None and torch.is_grad_enabled()
+                                                             and self.values.requires_grad):
+            return self._forward_one(input)
         leading = input.shape[:-1]
         x = input.reshape(-1, self.in_features)
         n = x.shape[0]
@@ -392,6 +490,19 @@ class BlockLinear(PackedLinear):
         if self.restore is not None:
             y = y.index_select(1, self.restore)
         return y.reshape(*leading, y.shape[-1])
+
+    def _forward_one(self, x: Tensor) -> Tensor:
+        """One example: the same product in four calls (a view, the batched product, a view, the
+        restoring gather); at batch 1 the parent's product is one call, and each saved call is a
+        measurable share of a cache-resident layer's time."""
+        if self.gather is not None:
+            x = (F.pad(x, (0, 1)) if self.pad_input else x).index_select(1, self.gather)
+        xb = x.reshape(self.blocks, 1, self.chunk)
+        bias = self._masked_bias()
+        y = torch.bmm(xb, self.values) if bias is None else torch.baddbmm(bias.view(self.blocks, 1, self.rows), xb,
+                                                                          self.values)
+        y = y.view(1, self.blocks * self.rows)
+        return y if self.restore is None else y.index_select(1, self.restore)
 
     # -- interface
     def _coordinates(self) -> tuple[Tensor, Tensor, Tensor]:

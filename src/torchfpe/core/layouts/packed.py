@@ -173,6 +173,19 @@ class PackedLinear(ExpandedLayer, nn.Module):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 
+    def cached_weight(self, build) -> Tensor:
+        """``build()`` (a dense weight), kept until the values change: for calls without gradients on
+        small layers, where building it each call costs more than the product (see the layouts'
+        ``*_MIN_SIZE`` constants). Kept outside the module's buffers: never saved, rebuilt after a
+        move, a load or an optimizer step (the values' version or storage changes)."""
+        values = self.values
+        key = (values.data_ptr(), values._version, values.device, values.dtype)
+        cache = self.__dict__.get("_weight_cache")
+        if cache is None or cache[0] != key:
+            cache = (key, build())
+            self.__dict__["_weight_cache"] = cache
+        return cache[1]
+
     def _masked_bias(self) -> Tensor | None:
         if self.bias is None or self.bias_live is None or not (torch.is_grad_enabled() and self.bias.requires_grad):
             return self.bias

@@ -81,9 +81,11 @@ def pack(model: nn.Module, layout: str | Mapping[str, str] = "auto", *, max_grou
     Args:
         model: a model returned by :func:`torchfpe.expand` (or loaded by :func:`torchfpe.load_expanded`).
         layout: ``"auto"`` (per layer, the first layout in auto's order whose masks fit: ``block``
-            where the children of at most ``max_groups`` groups of parents share input partitions,
-            else ``ell``), a packable layout's name (``"block"``, ``"ell"``, or one registered with
-            :func:`~torchfpe.core.layouts.register_layout`), or a dict naming one per expanded layer.
+            where the children of at most ``max_groups`` groups of parents share input partitions, or
+            rows reading copied columns share their inputs (``budget="structured"``); else ``parent``
+            where every parent entry is held by one child (the default ``random`` split); else
+            ``ell``), a packable layout's name (``"block"``, ``"parent"``, ``"ell"``, or one registered
+            with :func:`~torchfpe.core.layouts.register_layout`), or a dict naming one per expanded layer.
         max_groups: the most parent groups ``auto`` puts into blocks.
 
     Raises ``InvalidParameterError`` naming the layer for: no expanded layer, a DropConnect control,
