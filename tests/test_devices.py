@@ -12,7 +12,7 @@ from torchfpe import api
 from torchfpe.cli import app
 from torchfpe.core.validation import InvalidParameterError
 from torchfpe.devices import resolve_device
-from torchfpe.experiments import boolean, heads
+from torchfpe.experiments import boolean
 from torchfpe.experiments.registry import experiment
 from torchfpe.sweep import ResultStore
 
@@ -108,7 +108,6 @@ def test_a_study_runs_on_cuda(tmp_path):
                                                                   "alpha": [2], "variants": "dense+random"},
                            out=tmp_path / "h", backend="local", quiet=True, device="cuda")
     assert report.exists()
-    del heads
 
 
 def test_a_structured_budget_with_a_control_is_refused_before_anything_is_written(tmp_path):
