@@ -5,8 +5,8 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 # torch is pinned here (not in the library's requirements): the pinned CPU build installs offline-fast.
 TORCH_PIN ?= torch==2.13.0
-# extras: experiments (CLI, reports), embed, parquet, data, ray, test (see README)
-EXTRAS ?= test,ray,experiments,embed,parquet,data
+# extras: experiments (CLI, reports), embed, lm, parquet, data, ray, test (see README)
+EXTRAS ?= test,ray,experiments,embed,lm,parquet,data
 
 .PHONY: demo test install clean
 

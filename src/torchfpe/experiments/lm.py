@@ -294,11 +294,11 @@ STUDIES = (
           default_seeds=3, group="lm", meta=lm_meta("cells")),
     Study("budget", "lm", "the non-zero budget on FFNs, whose outgoing layer is as wide as the incoming one: global, "
           "outgoing (only the copied outgoing weights are pruned) and structured (each child keeps a disjoint share "
-          "of its parent's outgoing weights)", {"d_ff": (64, 256)},
+          "of its parent's outgoing weights)", {"d_ff": (16, 64, 256)},
           {"variants": "dense+random+random@outgoing+random@structured+grouped+grouped@structured"},
           default_seeds=3, group="lm", meta=lm_meta("cells")),
     Study("match", "lm", "how much wider must dense be: dense FFNs at 1.5×, 2×, 3× the FFN non-zeros vs FPE",
-          {"d_ff": (64, 256)}, {"variants": "dense+random+grouped+wide1.5+wide2+wide3"}, default_seeds=3, group="lm",
+          {"d_ff": (16, 64, 256)}, {"variants": "dense+random+grouped+wide1.5+wide2+wide3"}, default_seeds=3, group="lm",
           meta=lm_meta("match")),
 )
 

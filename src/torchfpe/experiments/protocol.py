@@ -30,8 +30,8 @@ What an experiment provides is a :class:`Task` (the contract):
 - ``data(config) -> Data``: train and test tensors of one seed (and any ``info`` the task needs).
 - ``parent(config) -> nn.Module``: the dense parent, initialised from ``config.seed`` without
   touching torch's global generator.
-- ``expand_kwargs(config, variant, data) -> dict``: extra arguments of ``expand`` (``layers=``, or a
-  per-layer ``split=`` mapping).
+- ``expand_kwargs(config, split, data) -> dict``: extra arguments of ``expand`` for a variant's split
+  (``layers=``, ``pairs=``, or a per-layer ``split=`` mapping).
 - ``record_extras(config, variant, model, data) -> dict``: fields added to each record.
 - ``check(config)``: checks that need files, run before any work (default: none).
 - ``fold_keys``: record fields whose variant / dense ratio is recorded as ``<key>_fold``.

@@ -37,11 +37,27 @@ def _pyplot():
     return plt
 
 
+#: Colours after tab10's ten, chosen to stay apart from them (tab10 wraps onto random for the 12th split).
+_MORE_COLORS = [(0.0, 0.0, 0.0), (0.0, 0.5, 0.5), (0.5, 0.0, 0.0), (0.0, 0.0, 0.5), (0.85, 0.65, 0.13),
+                (0.8, 0.0, 0.8)]
+
+
+#: How a split's colour is shaded for a modifier of its variant: (towards white or black, by how much).
+_SHADES = {"global": (1.0, 0.25), "outgoing": (1.0, 0.5), "structured": (1.0, 0.72), "layerwise": (0.0, 0.3),
+           "none": (0.0, 0.6), "carry": (0.0, 0.45)}
+
+
 def _color(variant: str) -> Any:
-    """A fixed colour per variant."""
+    """A fixed colour per variant, in the registry's order (tab10, then six more before one repeats); a split
+    with modifiers (``random@structured``, ``random@carry``) gets its split's hue, lightened or darkened per
+    modifier (:data:`_SHADES`)."""
     plt = _pyplot()
-    cmap = plt.get_cmap("tab10")
-    return cmap(variant_rank(variant)[0] % 10)
+    palette = [*plt.get_cmap("tab10").colors, *_MORE_COLORS]
+    rgb = palette[variant_rank(variant)[0] % len(palette)][:3]
+    for modifier in str(variant).split("@")[1:]:
+        target, amount = _SHADES.get(modifier, (0.5, 0.5))
+        rgb = tuple(c + (target - c) * amount for c in rgb)
+    return (*rgb, 1.0)
 
 
 def _save(fig: Any, path: Path, caption: str) -> None:
