@@ -5,8 +5,9 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 # torch is pinned here (not in the library's requirements): the pinned CPU build installs offline-fast.
 TORCH_PIN ?= torch==2.13.0
-# extras: experiments (CLI, reports), embed, efficientnet, parquet, data, ray, fast (compiled CPU kernels), test (see README)
-EXTRAS ?= test,ray,experiments,embed,efficientnet,parquet,data,fast
+# extras: experiments (CLI, reports), embed, efficientnet, lm, parquet, data, ray, fast (compiled CPU kernels), test
+# (see README)
+EXTRAS ?= test,ray,experiments,embed,efficientnet,lm,parquet,data,fast
 
 .PHONY: demo test install data clean
 

@@ -101,7 +101,15 @@ def check_stack_layout(data: dict) -> None:
     assert data["stacked_step_ms_per_model"] > 0 and 0.0 <= data["matrix_product_share_of_step"] <= 1.0
 
 
-RESULT_CHECKS = {"packed.py": check_packed, "gpu.py": check_gpu, "boolean_throughput.py": check_boolean_throughput,
+def check_lm_steps(data: dict) -> None:
+    assert data["rows"]
+    for row in data["rows"]:
+        assert set(row["step_seconds"]) == {"dense", "fpe_masked", "fpe_packed_block"}
+        assert all(s > 0 for s in row["step_seconds"].values()) and row["ratio_to_dense"]["dense"] == 1.0
+        assert row["width_run_cpu_seconds"] > 0 and row["tokens_per_step"] == row["batch"] * row["context"]
+
+
+RESULT_CHECKS = {"packed.py": check_packed, "gpu.py": check_gpu, "lm_steps.py": check_lm_steps, "boolean_throughput.py": check_boolean_throughput,
                  "shared_split_accuracy.py": check_shared_split_accuracy, "stack_layout.py": check_stack_layout}
 
 

@@ -13,6 +13,7 @@ from .core import (
     ExpansionReport,
     MaskedLinear,
     apply_masks_,
+    carry_optimizer,
     expand,
     find_ffn_pairs,
     find_hidden_pairs,
@@ -27,6 +28,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BIAS_POLICIES", "BUDGETS", "SPLITS", "DropConnectLinear", "ExpansionReport", "MaskedLinear",
-    "InvalidParameterError", "apply_masks_", "expand", "find_ffn_pairs", "find_hidden_pairs", "load_expanded",
+    "InvalidParameterError", "apply_masks_", "carry_optimizer", "expand", "find_ffn_pairs", "find_hidden_pairs", "load_expanded",
     "nonzero_parameters", "__version__", "ExpandedLayer", "pack", "unpack", "register_split",
 ]

@@ -5,6 +5,7 @@ from .expand import BIAS_POLICIES, ExpansionReport, LayerChange, expand, load_ex
 from .layouts import (BlockLinear, DropConnectLinear, EllLinear, ExpandedLayer, LayoutError, MaskedLinear, PackedLinear,
                       ParentLinear,
                       apply_masks_, expanded_layers, pack, register_layout, stored_bytes, unpack)
+from .optim import carry_optimizer
 from .targets import ELEMENTWISE_MODULES, FFN_PATTERNS, find_ffn_pairs, find_hidden_pairs
 from .validation import InvalidParameterError
 from .splits import SPLITS, Split, get_split, register_split
@@ -12,7 +13,7 @@ from .splits import SPLITS, Split, get_split, register_split
 __all__ = [
     "BIAS_POLICIES", "BUDGETS", "ELEMENTWISE_MODULES", "SPLITS", "Split", "get_split", "register_split",
     "FFN_PATTERNS", "DropConnectLinear", "ExpansionReport", "InvalidParameterError", "LayerChange", "MaskedLinear",
-    "apply_masks_", "expand", "find_ffn_pairs", "find_hidden_pairs", "load_expanded",
+    "apply_masks_", "carry_optimizer", "expand", "find_ffn_pairs", "find_hidden_pairs", "load_expanded",
     "nonzero_parameters", "BlockLinear", "EllLinear", "ExpandedLayer", "LayoutError", "PackedLinear", "ParentLinear",
     "expanded_layers",
     "pack", "register_layout", "stored_bytes", "unpack",

@@ -529,11 +529,12 @@ def load_expanded(model: nn.Module, state_dict: Mapping[str, Tensor], *, strict:
     layout: ``masked``, ``dropconnect`` or a packed one; or, in files saved before layouts were
     recorded, it has a ``weight_mask``) is rebuilt in that layout with the saved shapes, then the
     whole state is loaded. A DropConnect layer gets its ``p`` back. Checked before anything is
-    returned: each such layer exists in ``model`` as an ``nn.Linear`` (or expanded layer) whose
-    shape fits the saved one (the parent's shape recorded at expansion, or the saved shape itself),
-    and no stored weight is non-zero outside its mask. Floating tensors take ``model``'s dtype (as
-    ``load_state_dict`` does), so a float32 file loads into a float64 parent. ``model`` itself is never
-    modified; the loaded copy is returned.
+    returned: each such layer exists in ``model`` as an ``nn.Linear``, a GPT-2 ``Conv1D`` (read as the
+    linear layer it computes, as ``expand`` reads it) or an expanded layer whose shape fits the saved one
+    (the parent's shape recorded at expansion, or the saved shape itself), and no stored weight is
+    non-zero outside its mask. Floating tensors take ``model``'s dtype (as ``load_state_dict`` does), so
+    a float32 file loads into a float64 parent. ``model`` itself is never modified; the loaded copy is
+    returned.
     """
     check_param("model", model, [nn.Module], "load_expanded")
     check_param("state_dict", state_dict, [Mapping], "load_expanded")
@@ -560,11 +561,11 @@ def load_expanded(model: nn.Module, state_dict: Mapping[str, Tensor], *, strict:
             old = loaded.get_submodule(path) if path else loaded
         except AttributeError:
             raise InvalidParameterError(f"state_dict holds an expanded layer {path!r}, which is not a submodule of the model") from None
-        if not isinstance(old, (nn.Linear, ExpandedLayer)):
+        if not (isinstance(old, (nn.Linear, ExpandedLayer)) or is_conv1d(old)):
             raise InvalidParameterError(f"state_dict holds an expanded layer for {path!r}, which is a {type(old).__name__}, "
-                            "not nn.Linear")
+                                        "not nn.Linear (or a GPT-2 Conv1D)")
         saved = (int(extra["in_features"]), int(extra["out_features"]))
-        here = (old.in_features, old.out_features)
+        here = (old.in_features, old.out_features) if isinstance(old, ExpandedLayer) else features(old)
         parent = extra.get("parent_features")
         if isinstance(old, ExpandedLayer):
             fits = here == saved

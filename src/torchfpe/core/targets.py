@@ -3,17 +3,19 @@
 Three block shapes are supported:
 
 - **plain** ``Linear → element-wise → Linear`` (BERT's ``intermediate.dense → output.dense``, ViT/CLIP/
-  OPT ``fc1 → fc2``, T5 ``wi → wo``): a pair ``("in", "out")``;
+  OPT ``fc1 → fc2``, T5 ``wi → wo``, DistilBERT ``lin1 → lin2``): a pair ``("in", "out")``;
 - **GPT-2's** ``Conv1D`` (``transformers.pytorch_utils.Conv1D``): a linear layer whose weight is
   stored transposed, ``(in, out)``. It is found by duck typing (no import of transformers), read as
   a linear layer and replaced by a :class:`~torchfpe.core.layouts.MaskedLinear` after expansion;
-- **gated** MLPs (LLaMA, Mistral, Qwen: ``down(act(gate(x)) * up(x))``): a triple
+- **gated** MLPs (LLaMA, Mistral, Qwen, gated T5 ``wi_0, wi_1 → wo``: ``down(act(gate(x)) * up(x))``): a triple
   ``("gate", "up", "down")``. Both incoming layers are split together: child ``k`` of unit ``i`` gets
   the same input subset in ``gate`` and in ``up`` (one child structure, drawn from the first
   layer's weights), and ``down``'s column ``i`` is copied to every child.
 
 :func:`find_ffn_pairs` finds these blocks by module names, as peft's ``target_modules`` do, so that
-``expand(model, 2, pairs=find_ffn_pairs(model))`` widens every FFN of a transformer.
+``expand(model, 2, pairs=find_ffn_pairs(model))`` widens every FFN of a transformer. Fused
+mixture-of-experts blocks (every expert's weights in one 3-D parameter, as Mixtral's in transformers 5)
+are refused by name: there is no linear layer per expert to split.
 """
 
 from __future__ import annotations
@@ -43,7 +45,9 @@ FFN_PATTERNS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("intermediate.dense",), "output.dense"),  # BERT, RoBERTa (the layer holds both)
     (("c_fc",), "c_proj"),                     # GPT-2 (Conv1D)
     (("fc1",), "fc2"),                         # ViT, CLIP, OPT, BART
+    (("wi_0", "wi_1"), "wo"),                  # T5 v1.1, Flan-T5 (gated)
     (("wi",), "wo"),                           # T5
+    (("lin1",), "lin2"),                       # DistilBERT
     (("dense_h_to_4h",), "dense_4h_to_h"),     # GPT-NeoX, Falcon
 )
 
@@ -116,9 +120,22 @@ def find_ffn_pairs(
     ``(gate, up, down)``. ``target_modules`` keeps only blocks with a layer whose path matches,
     as in peft: a string is a regular expression matched against the full module path; a list
     matches path suffixes (``["c_fc"]``, ``["layers.0.mlp.gate_proj"]``).
+
+    Mixture-of-experts blocks that hold all experts' weights in 3-D parameters (Mixtral, Qwen-MoE in
+    transformers 5) have no ``nn.Linear`` per expert to split: a matching one raises
+    ``InvalidParameterError`` naming it (exclude it with ``target_modules``).
     """
     check_param("model", model, [nn.Module], "find_ffn_pairs")
     _check_target_modules(target_modules)
+    fused = [(path, module) for path, module in model.named_modules()
+             if _fused_experts(module) and _matches(path, target_modules)]
+    if fused:
+        path, module = fused[0]
+        shapes = ", ".join(f"{name} {tuple(p.shape)}" for name, p in module.named_parameters(recurse=False))
+        raise InvalidParameterError(
+            f"{path!r} is a {type(module).__name__} holding all experts' weights fused in 3-D parameters ({shapes}); "
+            "expand splits nn.Linear (and GPT-2 Conv1D) layers only, so fused mixture-of-experts FFNs are not "
+            f"supported ({len(fused)} such block(s); pass target_modules= to leave them out)")
     found: list[tuple[str, ...]] = []
     used: set[str] = set()
     for prefix, block in model.named_modules():
@@ -136,6 +153,12 @@ def find_ffn_pairs(
             used.update(paths)
             found.append(paths)
     return found
+
+
+def _fused_experts(module: nn.Module) -> bool:
+    """A mixture-of-experts module storing every expert's matrix in one 3-D parameter (experts, out, in)."""
+    return "expert" in type(module).__name__.lower() and any(
+        p.dim() == 3 for p in module.parameters(recurse=False))
 
 
 # ------------------------------------------------------------------------ nn.Sequential discovery
@@ -198,6 +221,11 @@ def resolve_pairs(model: nn.Module, pairs, layers) -> tuple[list[tuple[str, str]
             raise InvalidParameterError("the 'pairs' parameter of expand must be a list of (incoming, outgoing) "
                                         f"or (gate, up, down) module-path tuples; got {pairs!r}")
         entries = list(pairs)
+        if not entries:
+            raise InvalidParameterError(
+                "pairs=[] gives no pair to expand: name (incoming, outgoing) or (gate, up, down) module paths; if the "
+                "list came from find_ffn_pairs(model), it found no FFN block named as in FFN_PATTERNS (pass "
+                "patterns= or the pairs yourself)")
         pairs = []
         for entry in entries:
             if not (isinstance(entry, (tuple, list)) and len(entry) in (2, 3) and all(isinstance(p, str) for p in entry)):

@@ -112,7 +112,7 @@ class CNNTask(protocol.Task):
     def parent(self, config: "CNNConfig") -> nn.Module:
         return cnn(config.neurons, config.seed, config.dtype)
 
-    def expand_kwargs(self, config: "CNNConfig", variant: str, data: protocol.Data) -> dict:
+    def expand_kwargs(self, config: "CNNConfig", split: str, data: protocol.Data) -> dict:
         return {"layers": ["head.0"]}
 
     def record_extras(self, config: "CNNConfig", variant: str, model: nn.Module, data: protocol.Data) -> dict:

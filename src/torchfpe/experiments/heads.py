@@ -153,12 +153,12 @@ class HeadsTask(protocol.Task):
         width = wide_width(scale, config.neurons, info["features"], info["classes"], self._depth(config))
         return mlp(info["features"], [width] * self._depth(config), info["classes"], config.seed, config.dtype)
 
-    def expand_kwargs(self, config, variant: str, data: protocol.Data) -> dict:
-        if "data" not in SPLITS[variant].needs or self._depth(config) == 1:
+    def expand_kwargs(self, config, split: str, data: protocol.Data) -> dict:
+        if "data" not in SPLITS[split].needs or self._depth(config) == 1:
             return {}
         # the data are the first layer's inputs: deeper layers of a deep model split at random
         first, *deeper = [f"{2 * i}" for i in range(self._depth(config))]  # incoming Linears of the MLP
-        return {"split": {first: variant, **{name: "random" for name in deeper}}}
+        return {"split": {first: split, **{name: "random" for name in deeper}}}
 
     def record_extras(self, config, variant: str, model: nn.Module, data: protocol.Data) -> dict:
         weight = metrics.hidden_weights(model)[0][1]

@@ -10,6 +10,16 @@ One *run* is one seed of one config. Every variant of a run shares the data and 
 - ``wide<scale>`` (e.g. ``wide1.5``), for tasks with ``wide_parent``: a dense model with about
   ``scale`` times the parent's non-zero count, trained from scratch for T1 + T2 epochs (for "how much
   wider must dense be to match FPE").
+- a split with modifiers, ``<split>[@<budget>][@carry]`` (:func:`parse_variant`, the one place the
+  grammar is read): ``random@structured`` expands with that budget instead of the config's
+  ``budget``; ``random@carry`` trains on with the warm-up optimizer's state carried into the
+  expanded model (:func:`torchfpe.carry_optimizer`) instead of a fresh optimizer;
+  ``grouped@outgoing@carry`` does both. ``@carry`` applies to splits of the warmed-up model only.
+
+T1 and T2 are counted in the task's unit: epochs for the configs derived from
+:class:`ProtocolConfig` (fields ``warmup_epochs`` and ``epochs_after``), optimizer steps for a config
+that names other fields in ``phase_fields`` (the language models' ``warmup_steps`` and
+``steps_after``); :meth:`Task.train` is what counts them.
 
 What an experiment provides is a :class:`Task` (the contract):
 
@@ -20,17 +30,25 @@ What an experiment provides is a :class:`Task` (the contract):
 - ``data(config) -> Data``: train and test tensors of one seed (and any ``info`` the task needs).
 - ``parent(config) -> nn.Module``: the dense parent, initialised from ``config.seed`` without
   touching torch's global generator.
-- ``expand_kwargs(config, variant, data) -> dict``: extra arguments of ``expand`` (``layers=``, or a
-  per-layer ``split=`` mapping).
+- ``expand_kwargs(config, split, data) -> dict``: extra arguments of ``expand`` for a variant's split
+  (``layers=``, ``pairs=``, or a per-layer ``split=`` mapping).
 - ``record_extras(config, variant, model, data) -> dict``: fields added to each record.
 - ``check(config)``: checks that need files, run before any work (default: none).
 - ``fold_keys``: record fields whose variant / dense ratio is recorded as ``<key>_fold``.
 - ``wide_parent(config, scale)``: a wider dense model, only for ``wide<scale>`` variants.
 - ``eval_batch``: evaluate in chunks of this many examples (None: one pass).
+- ``metric`` and ``higher_is_better``: the record field ``relative_gain`` compares with the dense run
+  of the same seed, signed so that a positive gain is better (default ``test_accuracy``, higher).
+- ``train(model, config, data, length, generator, optimizer=None) -> optimizer`` and
+  ``evaluate(model, config, data) -> dict``: how a model is trained for ``length`` units and what is
+  measured (default: :func:`torchfpe.train.fit` for ``length`` epochs on ``x_train``/``y_train``, and
+  train and test accuracy). A task that overrides either is trained one model at a time.
 
-A config is a frozen dataclass derived from :class:`ProtocolConfig`, which declares the protocol's
-fields and their constraints once; the subclass adds its own fields (with ``constraints()`` and
-``check()`` for its own rules) and names its task (``task: ClassVar``). :func:`register` makes it an
+A config is a frozen dataclass derived from :class:`ProtocolConfig` (epochs; a ``neurons`` width), or
+from :class:`ProtocolBase` (the fields every protocol experiment shares) for a task that counts its
+phases in other fields. The base declares the shared fields and their constraints once; the subclass
+adds its own fields (with ``constraints()`` and ``check()`` for its own rules), names its task
+(``task: ClassVar``) and its phase fields (``phase_fields: ClassVar``). :func:`register` makes it an
 experiment of the registry (one call per experiment module).
 
 :func:`run_batch` trains the seeds of one config as stacks (:mod:`torchfpe.batched`) where the
@@ -62,30 +80,99 @@ from torch import Tensor, nn
 from .. import metrics
 from ..devices import resolve_device
 from ..batched import STACKED_ACCURACIES, STACKED_LOSSES, StackedMLP, _signature, can_stack, fit_stacked
-from ..core import BIAS_POLICIES, BUDGETS, SPLITS, expand, nonzero_parameters
+from ..core import BIAS_POLICIES, BUDGETS, SPLITS, carry_optimizer, expand, nonzero_parameters
 from ..core.validation import Interval, InvalidParameterError, Options, Predicate, plain_number, validate_dataclass
 from ..train import ACCURACIES, LOSSES, OPTIMIZERS, TrainSettings, fit
 
 WIDE = re.compile(r"^wide(\d+(?:\.\d+)?)$")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+#: A split with modifiers: ``<split>[@<budget>][@carry]`` (see :func:`parse_variant`).
+MODIFIED = re.compile(rf"^(?P<split>[A-Za-z_][A-Za-z0-9_]*)(?:@(?P<budget>{'|'.join(BUDGETS)}))?(?P<carry>@carry)?$")
+CARRY = "carry"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A variant name, read once (:func:`parse_variant`).
+
+    ``kind``: ``"dense"``, ``"wide"`` (a wider dense model of ``scale`` times the non-zeros) or
+    ``"split"`` (``split`` applied by ``expand``; ``budget`` overrides the config's budget where set;
+    ``carry``: the warm-up optimizer's state is carried into the expanded model).
+    """
+
+    name: str
+    kind: str
+    split: str | None = None
+    scale: float | None = None
+    budget: str | None = None
+    carry: bool = False
+
+
+def parse_variant(name: str, allowed: Sequence[str] | None = None) -> Variant:
+    """Read a variant name: ``dense``, ``wide<scale>``, ``<split>``, ``<split>@<budget>``, ``<split>@carry`` or
+    ``<split>@<budget>@carry``; ``allowed`` (default: every name) is what the task offers (``"wide"``: any
+    ``wide<scale>``). Raises ValueError naming the variant and what is allowed."""
+    allowed = tuple(allowed) if allowed is not None else ("dense", *SPLITS, "wide")
+    if not isinstance(name, str):
+        raise ValueError(f"a variant is a name, got {name!r}")
+    if name == "dense" and "dense" in allowed:
+        return Variant(name, "dense")
+    wide = WIDE.match(name)
+    if wide and "wide" in allowed and float(wide.group(1)) > 0:
+        return Variant(name, "wide", scale=float(wide.group(1)))
+    modified = MODIFIED.match(name)
+    split = modified and SPLITS.get(modified["split"])
+    if split is None or split.name not in allowed:
+        raise ValueError(f"unknown variant {name!r}")
+    budget, carry = modified["budget"], modified["carry"] is not None
+    if carry and split.at_init:
+        raise ValueError(f"variant {name!r}: @{CARRY} carries the warm-up optimizer into an expansion of the "
+                         f"warmed-up model, but {split.name!r} is drawn at initialisation and has no warm-up")
+    return Variant(name, "split", split=split.name, budget=budget, carry=carry)
+
+
+def split_of(variant: str) -> str | None:
+    """The split a variant applies (``"random"`` for ``random@structured``), or None (dense, wide, unknown)."""
+    try:
+        return parse_variant(str(variant)).split
+    except ValueError:
+        return None
 
 
 def task_variants(task: "Task") -> tuple[str, ...]:
     """The variants a task's configs may name: dense, every split whose needs it provides, and "wide"
-    (any ``wide<scale>``) where it has a wider parent."""
+    (any ``wide<scale>``) where it has a wider parent; each split also with modifiers (:func:`parse_variant`)."""
     splits = [name for name, split in SPLITS.items() if set(split.needs) <= set(task.provides)]
     return ("dense", *splits, *(("wide",) if task.has_wide() else ()))
 
 
-def check_variants(variants: Sequence[str], allowed: Sequence[str]) -> None:
-    """Raise ValueError unless ``variants`` is a non-empty subset of ``allowed`` ("wide": any wide<scale> > 0)."""
-    def known(variant: str) -> bool:
-        wide = WIDE.match(variant) if "wide" in allowed else None
-        return variant in allowed or (wide is not None and float(wide.group(1)) > 0)
+def variants_help(allowed: Sequence[str]) -> str:
+    shown = tuple(a for a in allowed if a != "wide") + (("wide<scale>",) if "wide" in allowed else ())
+    return f"{shown}, a split also as <split>@<budget>, <split>@carry or <split>@<budget>@carry (budgets: " \
+           f"{', '.join(BUDGETS)})"
 
-    if not variants or not all(known(v) for v in variants):
-        shown = tuple(a for a in allowed if a != "wide") + (("wide<scale>",) if "wide" in allowed else ())
-        raise ValueError(f"variants must be a non-empty subset of {shown}, got {tuple(variants)!r}")
+
+def check_variants(variants: Sequence[str], allowed: Sequence[str], budget: str | None = None) -> None:
+    """Raise ValueError unless ``variants`` is a non-empty list of distinct names :func:`parse_variant` reads
+    within ``allowed``, and each split fits its budget (``budget``: the config's, for unmodified splits)."""
+    if not variants:
+        raise ValueError(f"variants must be a non-empty subset of {variants_help(allowed)}, got {tuple(variants)!r}")
+    for name in variants:
+        try:
+            variant = parse_variant(name, allowed)
+        except ValueError as error:
+            raise ValueError(f"{error}; variants must be a non-empty subset of {variants_help(allowed)}, got "
+                             f"{tuple(variants)!r}") from None
+        chosen = variant.budget or budget
+        split = SPLITS[variant.split] if variant.split else None
+        if chosen == "structured" and split is not None and not (split.partition and split.widens
+                                                                  and not split.whole_model):
+            raise ValueError(f"budget='structured' gives every child a disjoint share of its parent's weights, so "
+                             f"it needs a partition split; variant {name!r} ({split.name!r}) is not one (drop it, "
+                             f"or give it another budget, e.g. {split.name}@global)")
+    repeated = sorted({v for v in variants if list(variants).count(v) > 1})
+    if repeated:
+        raise ValueError(f"variants name {repeated} more than once")
 
 
 @dataclass
@@ -104,7 +191,8 @@ class Data:
 
     def to(self, device: torch.device | str) -> "Data":
         """The same data with its four tensors on ``device`` (``info`` is left as it is)."""
-        return Data(*(getattr(self, name).to(device) for name in ("x_train", "y_train", "x_test", "y_test")),
+        return Data(*(None if getattr(self, name) is None else getattr(self, name).to(device)
+                      for name in ("x_train", "y_train", "x_test", "y_test")),
                     info=self.info)
 
 
@@ -115,6 +203,8 @@ class Task:
     provides: tuple[str, ...] = ()  # what its splits may ask for: "clauses", "data"
     fold_keys: tuple[str, ...] = ()
     eval_batch: int | None = None  # evaluate in chunks of this many examples (None: one pass)
+    metric: str = "test_accuracy"  # the record field relative_gain compares with dense
+    higher_is_better: bool = True
 
     def data(self, config) -> Data:
         raise NotImplementedError
@@ -134,30 +224,51 @@ class Task:
     def has_wide(self) -> bool:
         return type(self).wide_parent is not Task.wide_parent
 
+    def stacks(self) -> bool:
+        """Whether :func:`run_batch` may train this task's models as stacks: the stacked trainer reproduces
+        the default :meth:`train` and :meth:`evaluate` only."""
+        return type(self).train is Task.train and type(self).evaluate is Task.evaluate
+
     def parent(self, config) -> nn.Module:
         raise NotImplementedError
 
     def wide_parent(self, config, scale: float) -> nn.Module:
         raise ValueError(f"{type(self).__name__} has no wide<scale> variants")
 
-    def expand_kwargs(self, config, variant: str, data: Data) -> dict:
+    def expand_kwargs(self, config, split: str, data: Data) -> dict:
+        """Extra arguments of ``expand`` for the split ``split`` (a variant's split, modifiers removed)."""
         return {}
 
     def record_extras(self, config, variant: str, model: nn.Module, data: Data) -> dict:
         return {}
 
+    def train(self, model: nn.Module, config, data: Data, length: int, generator: torch.Generator,
+              optimizer: torch.optim.Optimizer | None = None) -> torch.optim.Optimizer:
+        """Train ``model`` in place for ``length`` units of the task (here epochs over ``x_train``); returns
+        the optimizer (a new one of the config's settings unless ``optimizer`` is given)."""
+        return fit(model, data.x_train, data.y_train, length, config.settings(), optimizer=optimizer,
+                   generator=generator, loss_fn=LOSSES[self.kind])
+
+    def evaluate(self, model: nn.Module, config, data: Data) -> dict:
+        """The measured fields of one record (here test and train accuracy); :attr:`metric` is one of them."""
+        accuracy = ACCURACIES[self.kind]
+        train_acc = accuracy(model, data.x_train, data.y_train, self.eval_batch)
+        return {"test_accuracy": accuracy(model, data.x_test, data.y_test, self.eval_batch),
+                "train_accuracy": train_acc}
+
 
 # ------------------------------------------------------------------------------------- the config
 @dataclass(frozen=True)
-class ProtocolConfig:
-    """The fields every protocol experiment has; a subclass adds its own and names its ``task``.
+class ProtocolBase:
+    """The fields every protocol experiment has, whatever its model and its unit of training.
 
-    Defaults are generic; a subclass redeclares a field to change its default (with its reason).
-    Checked when built (``__post_init__``): every field against :meth:`constraints`, then :meth:`check`.
+    A subclass adds its own fields, names its ``task`` and the two fields holding T1 and T2
+    (``phase_fields``). Defaults are generic; a subclass redeclares a field to change its default
+    (with its reason). Checked when built (``__post_init__``): every field against
+    :meth:`constraints`, then :meth:`check`.
     """
 
     # model
-    neurons: int = 8  # hidden width of the parent
     alpha: int = 2  # children per parent unit
     bias: str = "copy"
     budget: str = "global"
@@ -167,30 +278,23 @@ class ProtocolConfig:
     lr: float = 1e-2
     weight_decay: float = 0.0
     batch_size: int | None = None  # None: full batch
-    warmup_epochs: int = 10  # T1: dense epochs before the split
-    epochs_after: int = 10  # T2: epochs after it
     dtype: str = "float32"
     variants: tuple[str, ...] = ("dense", "random")  # also accepted as "dense+random" or a list
     seed: int = 0
 
     task: ClassVar[Task]
+    #: the fields holding T1 (dense before the split) and T2 (after it), in the unit the task trains in
+    phase_fields: ClassVar[tuple[str, str]]
 
     def __post_init__(self) -> None:
         self.normalise()
         validate_dataclass(self, self.constraints(), type(self).__name__)
         self._check_budget()
+        try:  # each name is known (the constraint); here the rules between names and with the budget
+            check_variants(self.variants, task_variants(self.task), self.budget)
+        except ValueError as error:
+            raise InvalidParameterError(f"the 'variants' parameter of {type(self).__name__}: {error}") from None
         self.check()
-
-    def _check_budget(self) -> None:
-        """``budget="structured"`` gives each child a disjoint share of its parent's weights: every split
-        variant must be a partition, so a control would fail only once the run trains; refused here."""
-        if self.budget != "structured":
-            return
-        for variant in self.variants:
-            if variant in SPLITS and not (SPLITS[variant].partition and SPLITS[variant].widens):
-                raise InvalidParameterError(
-                    f"{type(self).__name__}: budget='structured' needs splits whose children partition each parent's "
-                    f"weights; variant {variant!r} does not, so drop it from variants or use budget='global'")
 
     def normalise(self) -> None:
         """Turn accepted spellings into the stored form before validation (frozen: object.__setattr__)."""
@@ -207,27 +311,31 @@ class ProtocolConfig:
         """Each field's constraint (:mod:`torchfpe.core.validation`); a subclass adds its own fields'."""
         count = Interval(int, 1)
         allowed = task_variants(self.task)
-        shown = ", ".join(a for a in allowed if a != "wide") + (", wide<scale>" if "wide" in allowed else "")
 
         def known_variants(value) -> bool:
             if not isinstance(value, tuple) or not value:
                 return False
-            check_variants(value, allowed)
-            return True
+            return all(isinstance(v, str) and v == parse_variant(v, allowed).name for v in value)
 
         return {
-            "neurons": [count], "alpha": [Interval(int, 2)], "bias": [Options(BIAS_POLICIES)],
+            "alpha": [Interval(int, 2)], "bias": [Options(BIAS_POLICIES)],
             "budget": [Options(BUDGETS)], "dropconnect_p": [Interval(float, 0.0, 1.0, closed="left"), None],
             "optimizer": [Options(OPTIMIZERS)], "lr": [Interval(float, 0.0, None, closed="neither")],
             "weight_decay": [Interval(float, 0.0)], "batch_size": [count, None],
-            "warmup_epochs": [Interval(int, 0)], "epochs_after": [Interval(int, 0)],
+            **{name: [Interval(int, 0)] for name in self.phase_fields},
             "dtype": [Options(tuple(DTYPES))],
-            "variants": [Predicate(known_variants, f"a non-empty '+'-joined list of variants from {shown}")],
+            "variants": [Predicate(known_variants, f"a non-empty '+'-joined list of variants from "
+                                                   f"{variants_help(allowed)}")],
             "seed": [Interval(int, 0, 2**32 - 1)],
         }
 
     def check(self) -> None:
         """Rules across fields, after each field is valid (a subclass adds its own)."""
+
+    def phase_lengths(self) -> tuple[int, int]:
+        """(T1, T2): the dense warm-up and the training after the split, in the task's unit."""
+        first, second = self.phase_fields
+        return getattr(self, first), getattr(self, second)
 
     def settings(self) -> TrainSettings:
         return TrainSettings(optimizer=self.optimizer, lr=self.lr, weight_decay=self.weight_decay,
@@ -237,7 +345,7 @@ class ProtocolConfig:
         """Field -> value, the subclass's own fields first (the order of records.csv's columns)."""
         values = dataclasses.asdict(self)
         values["variants"] = "+".join(self.variants)
-        protocol = {f.name for f in dataclasses.fields(ProtocolConfig)}
+        protocol = _protocol_fields(type(self))
         return {**{k: v for k, v in values.items() if k not in protocol},
                 **{k: v for k, v in values.items() if k in protocol}}
 
@@ -246,6 +354,26 @@ class ProtocolConfig:
         values = self.to_dict()
         values.pop("seed")
         return tuple(sorted(values.items()))
+
+
+@dataclass(frozen=True)
+class ProtocolConfig(ProtocolBase):
+    """The protocol in epochs, for models with one hidden width ``neurons`` (the MLP and CNN experiments)."""
+
+    neurons: int = 8  # hidden width of the parent
+    warmup_epochs: int = 10  # T1: dense epochs before the split
+    epochs_after: int = 10  # T2: epochs after it
+
+    phase_fields: ClassVar[tuple[str, str]] = ("warmup_epochs", "epochs_after")
+
+    def constraints(self) -> dict:
+        return {"neurons": [Interval(int, 1)], **super().constraints()}
+
+
+def _protocol_fields(cls: type) -> set[str]:
+    """The fields ``cls`` inherits from the protocol's own config classes (listed after its own in ``to_dict``)."""
+    bases = [base for base in cls.__mro__ if base in (ProtocolBase, ProtocolConfig)]
+    return {f.name for base in bases for f in dataclasses.fields(base)}
 
 
 def register(name: str, config: type[ProtocolConfig], studies: Sequence = ()):
@@ -268,16 +396,18 @@ def _files(task: Task, config) -> tuple[str, ...]:
 
 # ------------------------------------------------------------------------------ the protocol's rules
 def phase(variant: str) -> int:
-    """0: the dense run; 2: built at init and trained T1 + T2 epochs (splits drawn at init, wide<scale>);
+    """0: the dense run; 2: built at init and trained T1 + T2 (splits drawn at init, wide<scale>);
     1: every other variant, a split applied to the warmed-up model (so a new split needs no edit here)."""
-    if variant == "dense":
+    parsed = parse_variant(variant)
+    if parsed.kind == "dense":
         return 0
-    return 2 if WIDE.match(variant) or SPLITS[variant].at_init else 1
+    return 2 if parsed.kind == "wide" or SPLITS[parsed.split].at_init else 1
 
 
-def epochs(config, phase_: int) -> int:
-    """Epochs after the model is built: T2 after the warm-up, T1 + T2 from scratch."""
-    return config.epochs_after if phase_ == 1 else config.warmup_epochs + config.epochs_after
+def length(config, phase_: int) -> int:
+    """Training after the model is built, in the task's unit: T2 after the warm-up, T1 + T2 from scratch."""
+    warmup, after = config.phase_lengths()
+    return after if phase_ == 1 else warmup + after
 
 
 def batch_generator(config, phase_: int) -> torch.Generator:
@@ -287,41 +417,49 @@ def batch_generator(config, phase_: int) -> torch.Generator:
 
 def build_variant(task: Task, config, variant: str, warm: nn.Module, data: Data) -> nn.Module:
     """The model a variant trains: an expansion of the warm model or of a fresh init, or a wider dense."""
-    wide = WIDE.match(variant)
-    if wide:
-        return task.wide_parent(config, float(wide.group(1)))
+    parsed = parse_variant(variant)
+    if parsed.kind == "wide":
+        return task.wide_parent(config, parsed.scale)
     source = warm if phase(variant) == 1 else task.parent(config)
-    split = SPLITS[variant]
+    split = SPLITS[parsed.split]
     inputs = task.split_inputs(config, data)
-    kwargs = {"split": variant, **{need: inputs[need] for need in split.needs},
+    kwargs = {"split": split.name, **{need: inputs[need] for need in split.needs},
               **({"dropconnect_p": config.dropconnect_p} if "dropconnect_p" in split.options else {}),
-              **task.expand_kwargs(config, variant, data)}
-    return expand(source, config.alpha, seed=config.seed, bias=config.bias, budget=config.budget, **kwargs)
+              **task.expand_kwargs(config, split.name, data)}
+    return expand(source, config.alpha, seed=config.seed, bias=config.bias, budget=parsed.budget or config.budget,
+                  **kwargs)
 
 
-def make_record(task: Task, config, variant: str, model: nn.Module, train_acc: float, test_acc: float,
-                data: Data) -> dict:
+def make_record(task: Task, config, variant: str, model: nn.Module, measured: dict, data: Data) -> dict:
+    """One record: the config, the variant, what :meth:`Task.evaluate` measured, the non-zeros, the extras."""
     record = config.to_dict()
-    record.update(variant=variant, test_accuracy=test_acc, train_accuracy=train_acc,
-                  nonzero_parameters=nonzero_parameters(model),
+    record.update(variant=variant, **measured, nonzero_parameters=nonzero_parameters(model),
                   **task.record_extras(config, variant, model, data))
     return record
 
 
-def add_relative(records: list[dict], fold_keys: Sequence[str] = ()) -> list[dict]:
-    """Relative gain (and fold changes of ``fold_keys``) of each variant against its seed's dense run."""
+def add_relative(records: list[dict], fold_keys: Sequence[str] = (), metric: str = "test_accuracy",
+                 higher_is_better: bool = True) -> list[dict]:
+    """Relative gain of ``metric`` (and fold changes of ``fold_keys``) of each variant against its seed's dense
+    run; signed so that positive is better: (v − dense)/dense, or (dense − v)/dense where lower is better."""
     dense = {r["seed"]: r for r in records if r["variant"] == "dense"}
     for record in records:
         base = dense.get(record["seed"])
         if base is None:
             continue
-        record["relative_gain"] = metrics.relative_gain(record["test_accuracy"], base["test_accuracy"])
+        value, reference = record[metric], base[metric]
+        gain = metrics.relative_gain(value, reference)
+        record["relative_gain"] = gain if higher_is_better else 0.0 - gain  # 0.0 - 0.0 is 0.0, not -0.0
         for key in fold_keys:
             try:
                 record[f"{key}_fold"] = metrics.fold_change(record[key], base[key])
             except ValueError:
                 record[f"{key}_fold"] = float("nan")
     return records
+
+
+def _relative(task: Task, records: list[dict]) -> list[dict]:
+    return add_relative(records, task.fold_keys, task.metric, task.higher_is_better)
 
 
 def _sorted(records: list[dict], variants: Sequence[str]) -> list[dict]:
@@ -336,34 +474,35 @@ def run_single(task: Task, config, device: str | torch.device | None = None) -> 
     device = resolve_device(device, "run_single")
     data = task.data(config)
     on = data.to(device)  # moved once; ``data`` (CPU) feeds expand and the records
-    settings = config.settings()
-    loss_fn, accuracy = LOSSES[task.kind], ACCURACIES[task.kind]
+    warmup, after = config.phase_lengths()
     records = []
 
-    def train(model, epochs_, generator, optimizer=None):
-        return fit(model, on.x_train, on.y_train, epochs_, settings, optimizer=optimizer,
-                   generator=generator, loss_fn=loss_fn)
-
     def finish(variant, model):
-        train_acc = accuracy(model, on.x_train, on.y_train, task.eval_batch)
-        test_acc = accuracy(model, on.x_test, on.y_test, task.eval_batch)
-        records.append(make_record(task, config, variant, model.cpu(), train_acc, test_acc, data))
+        measured = task.evaluate(model, config, on)
+        records.append(make_record(task, config, variant, model.cpu(), measured, data))
 
     torch.manual_seed(config.seed)  # DropConnect's masks come from the global generator
     dense = task.parent(config).to(device)
     generator = batch_generator(config, 0)
-    optimizer = train(dense, config.warmup_epochs, generator)  # phase 1: dense warm-up (T1 epochs)
-    warm = copy.deepcopy(dense).cpu()
-    if "dense" in config.variants:  # the baseline keeps its optimizer for T2 more epochs
-        train(dense, config.epochs_after, generator, optimizer)
+    optimizer = task.train(dense, config, on, warmup, generator)  # phase 1: dense warm-up (T1)
+    if any(parse_variant(v).carry for v in config.variants):  # one copy: the optimizer's holds warm's parameters
+        warm, warm_optimizer = copy.deepcopy((dense, optimizer))
+    else:
+        warm, warm_optimizer = copy.deepcopy(dense), None
+    source = warm if warm_optimizer is None else copy.deepcopy(warm)
+    source = source.cpu()  # expand works on CPU copies; a carried optimizer keeps ``warm`` where it trained
+    if "dense" in config.variants:  # the baseline keeps its optimizer for T2 more
+        task.train(dense, config, on, after, generator, optimizer)
         finish("dense", dense)
     for variant in config.variants:  # phase 2: expand (or build the control), train on
         if variant == "dense":
             continue
-        model = build_variant(task, config, variant, warm, data).to(device)
-        train(model, epochs(config, phase(variant)), batch_generator(config, phase(variant)))
+        model = build_variant(task, config, variant, source, data).to(device)
+        carried = carry_optimizer(warm_optimizer, warm, model) if parse_variant(variant).carry else None
+        task.train(model, config, on, length(config, phase(variant)), batch_generator(config, phase(variant)),
+                   carried)
         finish(variant, model)
-    return add_relative(records, task.fold_keys)
+    return _relative(task, records)
 
 
 # ---------------------------------------------------------------------------------------- batched
@@ -371,8 +510,9 @@ def run_batch(task: Task, configs: Sequence, device: str | torch.device | None =
     """Train the runs of ``configs`` (equal but for the seed) as stacks on ``device``; same records as
     ``run_single``.
 
-    Models that :class:`~torchfpe.batched.StackedMLP` cannot stack (e.g. a CNN) run one seed at a
-    time through :func:`run_single`.
+    Models that :class:`~torchfpe.batched.StackedMLP` cannot stack (e.g. a CNN), tasks with their own
+    ``train`` or ``evaluate``, and variants that carry the optimizer run one seed at a time through
+    :func:`run_single`.
     """
     device = resolve_device(device, "run_batch")
     configs = list(configs)
@@ -381,8 +521,9 @@ def run_batch(task: Task, configs: Sequence, device: str | torch.device | None =
     if len({c.without_seed() for c in configs}) != 1:
         raise ValueError("run_batch needs configs that differ only in their seed; group them first")
     first = configs[0]
-    parents = [task.parent(c) for c in configs]  # each parent is seeded by its config (global RNG untouched)
-    if not can_stack(parents[:1]):
+    carries = any(parse_variant(v).carry for v in first.variants)
+    parents = [task.parent(c) for c in configs] if task.stacks() and not carries else []
+    if not parents or not can_stack(parents[:1]):  # each parent is seeded by its config (global RNG untouched)
         return _sorted([r for c in configs for r in run_single(task, c, device)], first.variants)
     settings = first.settings()
     loss_fn, accuracy = STACKED_LOSSES[task.kind], STACKED_ACCURACIES[task.kind]
@@ -400,16 +541,18 @@ def run_batch(task: Task, configs: Sequence, device: str | torch.device | None =
         train_acc = accuracy(stack, _take(x_train, index), _take(y_train, index))
         test_acc = accuracy(stack, _take(x_test, index), _take(y_test, index))
         for model, (config, variant, i), a, b in zip(stack.unstack(), owners, train_acc, test_acc):
-            records.append(make_record(task, config, variant, model.cpu(), float(a), float(b), datas[i]))
+            measured = {"test_accuracy": float(b), "train_accuracy": float(a)}
+            records.append(make_record(task, config, variant, model.cpu(), measured, datas[i]))
 
     everyone = torch.arange(len(configs))
     torch.manual_seed(first.seed)  # DropConnect's masks come from the global generator
     dense = StackedMLP(parents).to(device)
     generators = [batch_generator(c, 0) for c in configs]
-    optimizer = train(dense, everyone, first.warmup_epochs, generators)  # phase 1: dense warm-up
+    warmup, after = first.phase_lengths()
+    optimizer = train(dense, everyone, warmup, generators)  # phase 1: dense warm-up
     warm = [model.cpu() for model in dense.unstack()]  # expand works on CPU copies
     if "dense" in first.variants:  # the baseline keeps its optimizer for T2 more epochs
-        train(dense, everyone, first.epochs_after, generators, optimizer)
+        train(dense, everyone, after, generators, optimizer)
         finish(dense, [(c, "dense", i) for i, c in enumerate(configs)])
 
     # Phase 2. Variants of one shape are trained together: a bigger stack, fewer kernel launches.
@@ -424,10 +567,10 @@ def run_batch(task: Task, configs: Sequence, device: str | torch.device | None =
         owners = [owner for _, owner in members]
         phase_ = phase(owners[0][1])
         stack = StackedMLP([model for model, _ in members]).to(device)
-        train(stack, torch.tensor([i for _, _, i in owners]), epochs(first, phase_),
+        train(stack, torch.tensor([i for _, _, i in owners]), length(first, phase_),
               [batch_generator(c, phase_) for c, _, _ in owners])
         finish(stack, owners)
-    return add_relative(_sorted(records, first.variants), task.fold_keys)
+    return _relative(task, _sorted(records, first.variants))
 
 
 def _take(stacked: Tensor, index: Tensor) -> Tensor:

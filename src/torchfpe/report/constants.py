@@ -11,10 +11,13 @@ def variant_order() -> tuple[str, ...]:
 
 
 def is_fpe(variant: str) -> bool:
-    """Whether a variant is an FPE split (disjoint children), not dense, a control or a wider dense model."""
+    """Whether a variant is an FPE split (disjoint children), not dense, a control or a wider dense model; a
+    split with modifiers (``random@structured``, ``random@carry``) is its split."""
     from ..core.splits import SPLITS
+    from ..experiments.protocol import split_of
 
-    return variant in SPLITS and not SPLITS[variant].control
+    split = split_of(variant)
+    return split is not None and not SPLITS[split].control
 
 
 #: The paper's headline test accuracies (%), Boolean DNF with 8 clauses, 8 neurons, alpha = 2.

@@ -54,11 +54,31 @@ MARKERS: tuple[str, ...] = ("o", "s", "^", "D", "v", "P", "X", "*")
 LINESTYLES: tuple[Any, ...] = ("-", "--", ":", "-.", (0, (5, 1, 1, 1)), (0, (1, 3)))
 
 
+#: How a split's colour is shaded for a modifier of its variant: (towards white or black, by how much).
+_SHADES = {"global": (1.0, 0.25), "outgoing": (1.0, 0.5), "structured": (1.0, 0.72), "layerwise": (0.0, 0.3),
+           "none": (0.0, 0.6), "carry": (0.0, 0.45)}
+
+
 def _color(variant: str) -> Any:
-    """A fixed colour per variant (see :data:`SPLIT_COLOURS`), the same in every figure."""
+    """A fixed colour per variant (see :data:`SPLIT_COLOURS`), the same in every figure; a split with
+    modifiers (``random@structured``, ``random@carry``) gets its split's hue, lightened or darkened per
+    modifier (:data:`_SHADES`)."""
+    name, *modifiers = str(variant).split("@")
+    base = _base_color(name)
+    if not modifiers:
+        return base
+    from matplotlib.colors import to_rgb
+
+    rgb = to_rgb(base)
+    for modifier in modifiers:
+        target, amount = _SHADES.get(modifier, (0.5, 0.5))
+        rgb = tuple(c + (target - c) * amount for c in rgb)
+    return rgb
+
+
+def _base_color(name: str) -> Any:
     from ..core.splits import SPLITS
 
-    name = str(variant)
     if name == "dense":
         return DENSE_COLOUR
     wide = _WIDE.match(name)

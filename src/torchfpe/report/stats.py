@@ -155,9 +155,13 @@ def _ok(value: Any) -> bool:
 
 
 def variant_rank(variant: Any) -> tuple[int, str]:
-    """Sort key for variants: :func:`~.constants.variant_order` first, then alphabetical."""
+    """Sort key for variants: :func:`~.constants.variant_order` first (a split with modifiers right after its
+    split), then alphabetical."""
+    from ..experiments.protocol import split_of
+
     name, order = str(variant), variant_order()
-    return (order.index(name), name) if name in order else (len(order), name)
+    known = name if name in order else split_of(name)
+    return (order.index(known), name) if known in order else (len(order), name)
 
 
 def ordered_variants(variants: Iterable[Any]) -> list[str]:

@@ -29,7 +29,9 @@ goes to the ``state_dict`` as extra state (``layout_state``), its name first. A 
 of :class:`PackedLinear`, trait ``packable``) also provides the classmethod ``from_masked(layer,
 alpha, **options)``, which builds it from a :class:`MaskedLinear` or raises :class:`LayoutError`
 when the masks do not fit, and ``check_saved``, which refuses tampered index tensors naming the key.
-Traits are class attributes beside the code: ``layout`` (the name), ``packable``, ``auto_order``
+Every packed layer answers ``.weight`` with its stored weight parameter (packed values, not the
+dense matrix), so models that read ``layer.weight.dtype`` or ``.device`` in their forward pass (T5)
+run with packed layers. Traits are class attributes beside the code: ``layout`` (the name), ``packable``, ``auto_order``
 (place in ``pack(layout="auto")``'s tries; ``None`` keeps ``auto`` away), ``reads_input_order``
 (``from_masked`` accepts ``input_order``, so the previous layer may emit its own order).
 

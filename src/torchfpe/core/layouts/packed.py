@@ -140,6 +140,13 @@ class PackedLinear(ExpandedLayer, nn.Module):
         super().__init__()
         self.register_load_state_dict_post_hook(_refresh_after_load)
 
+    @property
+    def weight(self) -> Tensor:
+        """The stored weight parameter (``values``): packed, not the dense (out, in) matrix, which
+        ``effective_weight()`` gives. It is there for models that read ``layer.weight.dtype`` or
+        ``.device`` in their forward pass (T5's ``wo``), as they do for quantised layers."""
+        return nn.Module.__getattr__(self, self.weight_parameter)  # the registered parameter, never this property
+
     @classmethod
     @abstractmethod
     def from_masked(cls, layer: MaskedLinear, alpha: int, **options) -> PackedLinear:
