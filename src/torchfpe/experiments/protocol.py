@@ -289,7 +289,6 @@ class ProtocolBase:
     def __post_init__(self) -> None:
         self.normalise()
         validate_dataclass(self, self.constraints(), type(self).__name__)
-        self._check_budget()
         try:  # each name is known (the constraint); here the rules between names and with the budget
             check_variants(self.variants, task_variants(self.task), self.budget)
         except ValueError as error:
