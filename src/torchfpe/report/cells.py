@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .constants import DASH, is_fpe
-from .figures import _color, _errorbar, _pyplot, _save, _use_log_x
+from .figures import _color, _errorbar, _marker, _pyplot, _save, _use_log_x
 from .markdown import _figure_md, _Tables
 from .sections import _paired_values, trend_sentences
 from .stats import (_axis_key, _column, _constant, _ok, fmt_ci, fmt_p, fmt_pct, fmt_pm, fmt_value,
@@ -191,7 +191,15 @@ def plot_cells(frame: pd.DataFrame, meta: dict, axes: list[str], out_dir: Path) 
     x_all = [float(v) if _ok(v) else i for i, v in enumerate(values)]
     styles = ["-", "--", ":", "-."]
     figures = []
-    for key, ylabel, name in (("test_accuracy", "test accuracy (%)", f"accuracy_vs_{axis}.png"),
+    # A study that names its own metric (the LM's bits/byte) plots that, not the empty accuracy column.
+    metric = meta.get("metric") or {}
+    key0 = metric.get("key", "test_accuracy")
+    percent = metric.get("percent", key0.endswith("accuracy"))
+    lower = not metric.get("higher_is_better", True)
+    label0 = metric.get("label", key0.replace("_", " ")) + (" (%)" if percent else "") + (
+        " (lower is better)" if lower else "")
+    name0 = f"accuracy_vs_{axis}.png" if key0 == "test_accuracy" else f"{key0}_vs_{axis}.png"
+    for key, ylabel, name in ((key0, label0, name0),
                               ("relative_gain", "relative gain vs dense (%)", f"gain_vs_{axis}.png")):
         fig, ax = plt.subplots(figsize=(7.2, 4.6))
         for j, (cell, sub_cell) in enumerate(_cells(frame, others)):
@@ -202,14 +210,15 @@ def plot_cells(frame: pd.DataFrame, meta: dict, axes: list[str], out_dir: Path) 
                 sub = sub_cell[sub_cell["variant"] == variant]
                 xs, sums = [], []
                 for x, v in zip(x_all, values):
-                    summary = summarize_accuracy if key == "test_accuracy" else summarize
+                    summary = summarize_accuracy if key == key0 and percent else summarize
                     s = summary(_column(sub[sub[axis] == v], key))
                     if s.n:
                         xs.append(x)
                         sums.append(s)
                 if xs:
-                    _errorbar(ax, xs, sums, marker="o", color=_color(variant), linestyle=styles[j % len(styles)],
-                              label=f"{variant}" + (f" ({suffix})" if suffix else ""))
+                    scale = 1.0 if key == key0 and not percent else 100.0
+                    _errorbar(ax, xs, sums, scale=scale, marker=_marker(variant), color=_color(variant),
+                              linestyle=styles[j % len(styles)], label=f"{variant}" + (f" ({suffix})" if suffix else ""))
         if key == "relative_gain":
             ax.axhline(0.0, color="grey", linewidth=0.8)
         if _use_log_x(x_all):
@@ -221,8 +230,10 @@ def plot_cells(frame: pd.DataFrame, meta: dict, axes: list[str], out_dir: Path) 
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, ncol=2)
+        gain_sign = ("; gain = (dense − variant) / dense, positive = better" if key == "relative_gain" and lower
+                     else "")
         caption = (f"Data: {meta['data_name']}; {meta.get('seeds', DASH)} seeds; mean with 95 % t-CI over seeds "
-                   f"vs {axis}" + (f"; line style: {', '.join(others)}" if others else "") + ".")
+                   f"vs {axis}" + (f"; line style: {', '.join(others)}" if others else "") + gain_sign + ".")
         _save(fig, out_dir / name, caption)
         figures.append((name, caption))
     return figures

@@ -42,21 +42,38 @@ _MORE_COLORS = [(0.0, 0.0, 0.0), (0.0, 0.5, 0.5), (0.5, 0.0, 0.0), (0.0, 0.0, 0.
                 (0.8, 0.0, 0.8)]
 
 
-#: How a split's colour is shaded for a modifier of its variant: (towards white or black, by how much).
-_SHADES = {"global": (1.0, 0.25), "outgoing": (1.0, 0.5), "structured": (1.0, 0.72), "layerwise": (0.0, 0.3),
-           "none": (0.0, 0.6), "carry": (0.0, 0.45)}
+#: How a split's colour is shaded for a modifier of its variant: (towards white or black, by how much). Kept
+#: at or under half the way to white, so that a shaded line still shows on the white axes.
+_SHADES = {"global": (1.0, 0.2), "outgoing": (1.0, 0.45), "structured": (0.0, 0.4), "layerwise": (0.0, 0.25),
+           "none": (1.0, 0.3), "carry": (0.0, 0.6)}
+
+#: The marker of a variant's last modifier (a plain split or control: a circle), so that two shades of one
+#: hue stay apart in the plot and in its legend.
+_MARKERS = {"global": "v", "outgoing": "s", "structured": "^", "layerwise": "P", "none": "X", "carry": "D"}
+
+
+def _marker(variant: str) -> str:
+    """The marker of a variant in line plots: its last modifier's (:data:`_MARKERS`), else a circle."""
+    modifiers = str(variant).split("@")[1:]
+    return _MARKERS.get(modifiers[-1], "o") if modifiers else "o"
 
 
 def _color(variant: str) -> Any:
     """A fixed colour per variant, in the registry's order (tab10, then six more before one repeats); a split
     with modifiers (``random@structured``, ``random@carry``) gets its split's hue, lightened or darkened per
     modifier (:data:`_SHADES`)."""
+    from ..experiments.protocol import WIDE
+
     plt = _pyplot()
     palette = [*plt.get_cmap("tab10").colors, *_MORE_COLORS]
     rgb = palette[variant_rank(variant)[0] % len(palette)][:3]
     for modifier in str(variant).split("@")[1:]:
         target, amount = _SHADES.get(modifier, (0.5, 0.5))
         rgb = tuple(c + (target - c) * amount for c in rgb)
+    wide = WIDE.match(str(variant))
+    if wide:  # wide1.5, wide2, wide3 share a rank: the wider, the lighter
+        amount = min(0.6, 0.25 * (float(wide.group(1)) - 1.0))
+        rgb = tuple(c + (1.0 - c) * amount for c in rgb)
     return (*rgb, 1.0)
 
 
@@ -192,7 +209,7 @@ def plot_sweep(frame: pd.DataFrame, meta: dict, axis: str, out_dir: Path) -> lis
                 train_s.append(summarize_accuracy(_column(cell, "train_accuracy")))
         if not xs:
             continue
-        _errorbar(ax, xs, test_s, marker="o", color=_color(variant), label=f"{variant} (test)")
+        _errorbar(ax, xs, test_s, marker=_marker(variant), color=_color(variant), label=f"{variant} (test)")
         if show_train:
             ax.plot(xs, [s.mean * 100 for s in train_s], linestyle="--", color=_color(variant),
                     label=f"{variant} (train)")
@@ -215,7 +232,7 @@ def plot_sweep(frame: pd.DataFrame, meta: dict, axis: str, out_dir: Path) -> lis
                 xs.append(x)
                 gains.append(s)
         if xs:
-            _errorbar(ax, xs, gains, marker="o", color=_color(variant), label=variant)
+            _errorbar(ax, xs, gains, marker=_marker(variant), color=_color(variant), label=variant)
     ax.axhline(0.0, color="grey", linewidth=0.8)
     _axis_style(ax, x_all, values, axis, "relative gain vs dense (%)")
     ax.set_title(f"Relative gain over dense vs {axis}")
