@@ -242,3 +242,47 @@ def test_single_seed_missing_variants_and_nan(tmp_path: Path) -> None:
 def test_unknown_study_rejected(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         write_report(tmp_path, _meta("bogus"), [])
+
+
+def test_cells_figure_plots_a_studys_own_metric(tmp_path: Path, monkeypatch) -> None:
+    """An LM study names bits/byte as its metric: the first figure plots it unscaled, not the empty accuracy."""
+    import pandas as pd
+
+    from torchfpe.report import cells
+
+    rows = [{"d_ff": d_ff, "variant": v, "seed": seed, "bits_per_byte": 3.0 - 0.1 * i + 0.01 * seed,
+             "relative_gain": 0.0 if v == "dense" else 0.01 * i}
+            for d_ff in (16, 64) for i, v in enumerate(("dense", "random", "random@carry")) for seed in range(2)]
+    meta = {"data_name": "toy text", "seeds": 2,
+            "metric": {"key": "bits_per_byte", "label": "test bits/byte", "higher_is_better": False, "percent": False}}
+    plotted = []
+    real = cells._errorbar
+    monkeypatch.setattr(cells, "_errorbar", lambda ax, xs, sums, **kw: (
+        plotted.append((kw.get("color"), kw.get("scale", 100.0), [s.mean for s in sums])), real(ax, xs, sums, **kw)))
+    figures = cells.plot_cells(pd.DataFrame(rows), meta, ["d_ff"], tmp_path)
+    assert [name for name, _ in figures] == ["bits_per_byte_vs_d_ff.png", "gain_vs_d_ff.png"]
+    _assert_png(tmp_path / "bits_per_byte_vs_d_ff.png")
+    from torchfpe.report.figures import _color
+
+    first = {colour: (scale, means) for colour, scale, means in plotted[:3]}  # one colour per variant
+    assert first[_color("dense")] == (1.0, [pytest.approx(3.005), pytest.approx(3.005)])
+    assert first[_color("random@carry")] == (1.0, [pytest.approx(2.805), pytest.approx(2.805)])
+    assert "positive = better" in figures[1][1]
+
+
+def test_every_variant_of_a_study_gets_its_own_colour_and_mark() -> None:
+    from matplotlib.colors import to_rgb
+
+    from torchfpe.report.figures import _marker
+    from torchfpe.report.figures import _color as colour
+
+    def _color(variant):
+        return to_rgb(colour(variant))
+
+    groups = [["random", "random@outgoing", "random@structured", "random@carry"], ["dense", "wide1.5", "wide2", "wide3"]]
+    for group in groups:
+        styles = [(_color(v), _marker(v)) for v in group]
+        assert len(set(styles)) == len(group), group
+    assert len({_color(v) for v in groups[1]}) == 4  # the wide controls differ by colour, not only by mark
+    # no shade fades a line into the white axes: every colour keeps a channel under 0.8
+    assert all(min(_color(v)[:3]) < 0.8 for g in groups for v in g)

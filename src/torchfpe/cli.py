@@ -105,7 +105,8 @@ def _make_reproduce(group: str, studies: dict) -> Callable:
         embeddings: Optional[Path] = typer.Option(None, "--embeddings", help="embedding file (.npz/.parquet) for "
                                                   "experiments that read one (config field 'embeddings')"),
         data: Optional[Path] = typer.Option(None, "--data", help="data folder for experiments that read one "
-                                            "(config field 'data_dir')"),
+                                            "(config field 'data_dir'; lm: a UTF-8 text file or a folder of "
+                                            "*.txt files)"),
         backend: Backend = backend_option(),
         workers: Optional[int] = workers_option(),
         address: Optional[str] = address_option(),

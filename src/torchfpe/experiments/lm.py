@@ -281,9 +281,9 @@ def lm_meta(layout: str) -> dict:
     """What an LM study's report needs: its layout, the data note, and the metric (lower bits/byte is better)."""
     return {"layout": layout, "metric": {"key": "bits_per_byte", "label": "test bits/byte", "higher_is_better": False,
                                          "percent": False},
-            "dataset_note": "byte-level text: the King James Bible from the Debian package bible-kjv (or --data FILE|DIR "
-                            "with your own UTF-8 text); the first 90 % trains, the next 5 % validates, the last 5 % "
-                            "tests (contiguous)"}
+            "dataset_note": "byte-level UTF-8 text, by default the King James Bible from the Debian package bible-kjv, "
+                            "else the --data FILE|DIR the data set's name in each table gives; the first 90 % trains, "
+                            "the next 5 % validates, the last 5 % tests (contiguous parts)"}
 
 
 WIDTH_VARIANTS = "dense+random+grouped+static_sparse+random@carry"

@@ -19,6 +19,9 @@ The Boolean layouts:
   ========================================  ==================================================
   headline                                  ``accuracy.png``, ``gram.png``, ``weights.png``
   neurons / clauses / alpha / data          ``accuracy_vs_<axis>.png``, ``gain_vs_<axis>.png``
+  cells (heads, deep, cnn, lm studies)      ``accuracy_vs_<axis>.png`` (``<metric>_vs_<axis>.png``
+                                            when the study names its metric, e.g. lm's bits/byte),
+                                            ``gain_vs_<axis>.png``
   metrics                                   ``fold_vs_gain.png``
   theory                                    ``collisions.png``
   ========================================  ==================================================

@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 
 from .constants import DASH, is_fpe
-from .figures import (LINESTYLES, MARKERS, _ci_text, _color, _cut_text, _errorbar, _honest_ylim, _metric_ylim, _pyplot,
-                      _save, _seed_count, _seeds_text, _use_log_x, dodge)
+from .figures import (LINESTYLES, MARKERS, _ci_text, _color, _cut_text, _errorbar, _honest_ylim, _marker, _metric_ylim,
+                      _pyplot, _save, _seed_count, _seeds_text, _use_log_x, dodge)
 from .markdown import _figure_md, _Tables
 from .sections import _paired_values, trend_sentences
 from .metric import metric_of
@@ -210,6 +210,11 @@ def plot_cells(frame: pd.DataFrame, meta: dict, axes: list[str], out_dir: Path) 
     cells = _cells(frame, others)
     all_variants = ordered_variants(frame["variant"])
     figures = []
+
+    def mark(j: int, variant: str) -> str:
+        # markers tell the other swept fields' values apart; with none, a variant's budget or carry modifier
+        return MARKERS[j % len(MARKERS)] if others else _marker(variant)
+
     for key, ylabel, name, title in (
             (metric.key, metric.axis_label, f"{metric.figure_stem}_vs_{axis}.png",
              f"{metric.label.capitalize()} vs {axis}"),
@@ -242,7 +247,7 @@ def plot_cells(frame: pd.DataFrame, meta: dict, axes: list[str], out_dir: Path) 
                     xs = dodge(xs, line, len(cells) * len(all_variants), log=_use_log_x(x_all),
                                 span=max(x_all) - min(x_all))
                     _errorbar(ax, xs, sums, scale=metric.scale if key == metric.key else 100.0,
-                              marker=MARKERS[j % len(MARKERS)], color=_color(variant),
+                              marker=mark(j, variant), color=_color(variant),
                               linestyle=LINESTYLES[j % len(LINESTYLES)], markersize=5)
         if key == "relative_gain":
             ax.axhline(0.0, color="grey", linewidth=0.8)
@@ -259,7 +264,7 @@ def plot_cells(frame: pd.DataFrame, meta: dict, axes: list[str], out_dir: Path) 
         cut = (_metric_ylim(ax, drawn, metric) if key == metric.key
                else _honest_ylim(ax, drawn, scale=100.0, min_span=10.0, zero=True))
         # two legends: colour = variant, line style and marker = the other swept fields' values
-        colours = [Line2D([], [], color=_color(v), marker="o", linestyle="-",
+        colours = [Line2D([], [], color=_color(v), marker=mark(0, v) if not others else "o", linestyle="-",
                           label=f"dense (the same for every {', '.join(others)})" if v == "dense" and dense_once
                           else _label(v)) for v in variants_drawn]
         legend = ax.legend(handles=colours, title="variant", fontsize=7, title_fontsize=7, loc="upper left",
@@ -276,7 +281,8 @@ def plot_cells(frame: pd.DataFrame, meta: dict, axes: list[str], out_dir: Path) 
         caption = (f"Data: {meta['data_name']}; {_seeds_text(seeds if seeds is not None else meta.get('seeds', DASH))}; "
                    f"{_ci_text(drawn)} vs {axis}" + (f"; line style and marker: {', '.join(others)}" if others else "")
                    + "; points nudged sideways so that none hides another" + _cut_text(cut)
-                   + ".")
+                   + ("; gain = (dense − variant) / dense, positive = better"
+                      if key == "relative_gain" and not metric.higher_is_better else "") + ".")
         _save(fig, out_dir / name, caption, right=0.8)
         figures.append((name, caption))
     return figures

@@ -54,9 +54,20 @@ MARKERS: tuple[str, ...] = ("o", "s", "^", "D", "v", "P", "X", "*")
 LINESTYLES: tuple[Any, ...] = ("-", "--", ":", "-.", (0, (5, 1, 1, 1)), (0, (1, 3)))
 
 
-#: How a split's colour is shaded for a modifier of its variant: (towards white or black, by how much).
-_SHADES = {"global": (1.0, 0.25), "outgoing": (1.0, 0.5), "structured": (1.0, 0.72), "layerwise": (0.0, 0.3),
-           "none": (0.0, 0.6), "carry": (0.0, 0.45)}
+#: How a split's colour is shaded for a modifier of its variant: (towards white or black, by how much). Kept
+#: at or under half the way to white, so that a shaded line still shows on the white axes.
+_SHADES = {"global": (1.0, 0.2), "outgoing": (1.0, 0.45), "structured": (0.0, 0.4), "layerwise": (0.0, 0.25),
+           "none": (1.0, 0.3), "carry": (0.0, 0.6)}
+
+#: The marker of a variant's last modifier (a plain split or control: a circle), so that two shades of one
+#: hue stay apart in the plot and in its legend.
+_MARKERS = {"global": "v", "outgoing": "s", "structured": "^", "layerwise": "P", "none": "X", "carry": "D"}
+
+
+def _marker(variant: str) -> str:
+    """The marker of a variant in line plots: its last modifier's (:data:`_MARKERS`), else a circle."""
+    modifiers = str(variant).split("@")[1:]
+    return _MARKERS.get(modifiers[-1], "o") if modifiers else "o"
 
 
 def _color(variant: str) -> Any:
