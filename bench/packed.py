@@ -278,18 +278,23 @@ def table(path: Path) -> None:
     """Print the markdown tables of docs/benchmarks.md from a result file."""
     data = json.loads(path.read_text())
     kind = data["meta"]["kind"]
-    if kind == "grid":
-        print("| width | α | split | packed layouts | batch | fwd packed | fwd+bwd packed | bytes (limit) "
-              "| fwd masked | fwd+bwd masked |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
-        for row in data["rows"]:
-            t = row["times"]
+    if kind == "grid":  # one table per batch: batch 1 reads the weights once, batch 256 reuses them
+        for number, batch in enumerate(dict.fromkeys(row["batch"] for row in data["rows"])):
+            if number:
+                print()
+            print(f"| width | α | split | packed layouts | batch | fwd packed | fwd+bwd packed | bytes (limit) "
+                  f"| fwd masked | fwd+bwd masked | load |")
+            print("|---|---|---|---|---|---|---|---|---|---|---|")
+            for row in (r for r in data["rows"] if r["batch"] == batch):
+                t = row["times"]
 
-            def cell(key):
-                return f"{t[key]['ratio']:.2f} ±{t[key]['spread']:.0%}" if key in t else "—"
-            print(f"| {row['width']} | {row['alpha']} | {row['split']} | {'+'.join(dict.fromkeys(row['packed_layouts']))} "
-                  f"| {row['batch']} | **{cell('forward/packed')}** | **{cell('forward_backward/packed')}** "
-                  f"| {row['bytes_ratio']['packed']:.3f} | {cell('forward/masked')} | {cell('forward_backward/masked')} |")
+                def cell(key):
+                    return f"{t[key]['ratio']:.2f} ±{t[key]['spread']:.0%}" if key in t else "—"
+                print(f"| {row['width']} | {row['alpha']} | {row['split']} "
+                      f"| {'+'.join(dict.fromkeys(row['packed_layouts']))} | {row['batch']} "
+                      f"| **{cell('forward/packed')}** | **{cell('forward_backward/packed')}** "
+                      f"| {row['bytes_ratio']['packed']:.3f} | {cell('forward/masked')} | {cell('forward_backward/masked')} "
+                      f"| {row['load_before']:.1f} |")
     elif kind == "ffn":
         print("| split | budget | packed layouts | batch | fwd packed | fwd+bwd packed | bytes (limit) | non-zero = parent |")
         print("|---|---|---|---|---|---|---|---|")
