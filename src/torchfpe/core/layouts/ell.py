@@ -261,16 +261,6 @@ class EllLinear(PackedLinear):
         mask[rows[keep], cols[keep]] = True
         return mask
 
-    def effective_bias(self) -> Tensor | None:
-        if self.bias is None:
-            return None
-        return self.bias if self.bias_live is None else self.bias * self.bias_live
-
-    def dense_bias_mask(self) -> Tensor | None:
-        if self.bias is None:
-            return None
-        return torch.ones_like(self.bias, dtype=torch.bool) if self.bias_live is None else self.bias_live.clone()
-
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, width={self.width}, "
                 f"bias={self.bias is not None}")

@@ -198,6 +198,16 @@ class PackedLinear(ExpandedLayer, nn.Module):
             return self.bias
         return _MaskGrad.apply(self.bias, self.bias_live)
 
+    def effective_bias(self) -> Tensor | None:  # a layout whose bias has its own layout overrides both
+        if self.bias is None:
+            return None
+        return self.bias if self.bias_live is None else self.bias * self.bias_live
+
+    def dense_bias_mask(self) -> Tensor | None:
+        if self.bias is None:
+            return None
+        return torch.ones_like(self.bias, dtype=torch.bool) if self.bias_live is None else self.bias_live.clone()
+
     def apply_mask_(self) -> None:
         with torch.no_grad():
             self.values.mul_(self._value_live())

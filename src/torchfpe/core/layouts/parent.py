@@ -414,16 +414,6 @@ class ParentLinear(PackedLinear):
     def dense_weight_mask(self) -> Tensor:
         return self._spread(self._value_live())
 
-    def effective_bias(self) -> Tensor | None:
-        if self.bias is None:
-            return None
-        return self.bias if self.bias_live is None else self.bias * self.bias_live
-
-    def dense_bias_mask(self) -> Tensor | None:
-        if self.bias is None:
-            return None
-        return torch.ones_like(self.bias, dtype=torch.bool) if self.bias_live is None else self.bias_live.clone()
-
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, parent={self.parent_rows}x"
                 f"{self.parent_cols}, children={self.row_factor}, copies={self.col_factor}, "
