@@ -116,3 +116,35 @@ def test_a_local_cluster_goes_when_the_command_is_killed(tmp_path):
         for pid, (start, _) in seen.items():  # never leave our own processes behind, even when failing
             if _alive(pid, start):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_the_guarded_local_cluster_is_given_each_units_device(tmp_path, monkeypatch):
+    """A local cluster runs behind the guard process: every unit sent to it names the device (it used to
+    be dropped there, so ``--device`` was silently ignored on ``--backend ray`` without ``--address``)."""
+    from torchfpe.sweep import ray_guard, runner
+    from torchfpe.sweep.unit import gpus_per_unit, run_unit
+
+    sent = []
+
+    class FakeGuard:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def run(self, units):
+            for unit in units:
+                sent.append(unit)
+                yield run_unit(*unit)
+
+    monkeypatch.setattr(runner, "_RayGuard", FakeGuard)
+    monkeypatch.setattr(ray_guard, "available", lambda: True)
+    if ray.is_initialized():
+        monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    configs = [dict(warmup_epochs=2, epochs_after=2, train_size=32, test_size=32, variants="dense+random", seed=s)
+               for s in (0, 1)]
+    summary = execute(make_jobs("boolean", configs), ResultStore(tmp_path), backend="ray", quiet=True, device="cpu")
+    assert summary["done"] == 2
+    assert sent and all(len(unit) == 4 and str(unit[3]) == "cpu" for unit in sent)
+    assert (gpus_per_unit("cuda"), gpus_per_unit("cuda:1"), gpus_per_unit("cpu"), gpus_per_unit(None)) == (1, 1, 0, 0)

@@ -130,13 +130,14 @@ def main() -> int:
     try:
         import ray
 
-        from .runner import run_unit
+        from .unit import gpus_per_unit, run_unit
 
         ray.init(include_dashboard=False, log_to_driver=False)
         _send(("ready",))
         have_units.wait()
-        remote = ray.remote(num_cpus=1)(run_unit)
-        pending = {remote.remote(*unit): index for index, unit in enumerate(units)}
+        # a unit is (experiment, configs, threads, device): a CUDA unit asks Ray for its GPU
+        remotes = {gpus: ray.remote(num_cpus=1, num_gpus=gpus)(run_unit) for gpus in {gpus_per_unit(u[3]) for u in units}}
+        pending = {remotes[gpus_per_unit(unit[3])].remote(*unit): index for index, unit in enumerate(units)}
         while pending and not stopping.is_set():
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
             for ref in ready:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .store import ResultStore, config_key
+from .unit import gpus_per_unit, run_unit
 
 BACKENDS = ("local", "process", "ray")
 
@@ -50,31 +51,6 @@ def plan_units(jobs: Sequence[Job], workers: int, max_batch: int = 64) -> list[l
         size = min(max_batch, max(1, math.ceil(len(members) / pieces_per_group)))
         units.extend(members[i:i + size] for i in range(0, len(members), size))
     return units
-
-
-def run_unit(experiment: str, config_dicts: list[dict], threads: int | None = None,
-             device: str | None = None) -> list[tuple[str, dict, list[dict], float]]:
-    """Run one unit (configs equal but for the seed) on ``device``; returns (key, config, records, seconds)
-    per run. The device is no part of a key: a run done on a GPU is the same run as on a CPU."""
-    import torch
-
-    if threads:
-        torch.set_num_threads(threads)
-    registered = registered_experiment(experiment)
-    configs = [registered.make_config(**d) for d in config_dicts]
-    started = time.perf_counter()
-    records = registered.run(configs, device)
-    seconds = (time.perf_counter() - started) / max(1, len(configs))
-    results = []
-    for config in configs:
-        mine = [_plain(r) for r in records if r.get("seed") == config.seed]
-        results.append((config_key(experiment, config.to_dict()), config.to_dict(), mine, seconds))
-    return results
-
-
-def _plain(record: dict) -> dict:
-    """JSON-ready record: tensors (the hidden weights) become lists."""
-    return {key: value.tolist() if hasattr(value, "tolist") else value for key, value in record.items()}
 
 
 def _unit_args(unit: Sequence[Job]) -> tuple[str, list[dict]]:
@@ -218,15 +194,14 @@ def _run_ray(units, threads: int, address: str | None, save: Callable, device: s
 
     if address is None and not ray.is_initialized() and ray_guard.available():
         with _RayGuard() as guard:
-            for results in guard.run([(*_unit_args(unit), threads) for unit in units]):
+            for results in guard.run([(*_unit_args(unit), threads, device) for unit in units]):
                 save(results)
         return
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     try:
-        gpus = 1 if device is not None and str(device).startswith("cuda") else 0  # Ray hides GPUs from tasks without
-        remote = ray.remote(num_cpus=1, num_gpus=gpus)(run_unit)
+        remote = ray.remote(num_cpus=1, num_gpus=gpus_per_unit(device))(run_unit)
         pending = [remote.remote(*_unit_args(unit), threads, device) for unit in units]
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)

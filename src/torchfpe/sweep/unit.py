@@ -1,0 +1,39 @@
+"""One unit of work (configs equal but for the seed), as every backend runs it: in this process, in a
+pool worker, in a Ray task, or in the Ray guard's cluster (:mod:`torchfpe.sweep.ray_guard`)."""
+
+from __future__ import annotations
+
+import time
+
+from ..experiments.registry import experiment as registered_experiment
+from .store import config_key
+
+
+def run_unit(experiment: str, config_dicts: list[dict], threads: int | None = None,
+             device: str | None = None) -> list[tuple[str, dict, list[dict], float]]:
+    """Run one unit (configs equal but for the seed) on ``device``; returns (key, config, records, seconds)
+    per run. The device is no part of a key: a run done on a GPU is the same run as on a CPU."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    registered = registered_experiment(experiment)
+    configs = [registered.make_config(**d) for d in config_dicts]
+    started = time.perf_counter()
+    records = registered.run(configs, device)
+    seconds = (time.perf_counter() - started) / max(1, len(configs))
+    results = []
+    for config in configs:
+        mine = [_plain(r) for r in records if r.get("seed") == config.seed]
+        results.append((config_key(experiment, config.to_dict()), config.to_dict(), mine, seconds))
+    return results
+
+
+def _plain(record: dict) -> dict:
+    """JSON-ready record: tensors (the hidden weights) become lists."""
+    return {key: value.tolist() if hasattr(value, "tolist") else value for key, value in record.items()}
+
+
+def gpus_per_unit(device: str | None) -> int:
+    """GPUs a Ray task asks for: Ray hides GPUs from a task that asks for none."""
+    return 1 if device is not None and str(device).startswith("cuda") else 0
