@@ -286,3 +286,22 @@ def test_every_variant_of_a_study_gets_its_own_colour_and_mark() -> None:
     assert len({_color(v) for v in groups[1]}) == 4  # the wide controls differ by colour, not only by mark
     # no shade fades a line into the white axes: every colour keeps a channel under 0.8
     assert all(min(_color(v)[:3]) < 0.8 for g in groups for v in g)
+
+
+def test_match_section_says_when_the_parent_width_dense_model_already_reaches_fpe() -> None:
+    """Where dense at the parent's width is as good as FPE, no wider model is needed: the sentence says so
+    (it named the narrowest wider model before, as if FPE had gained)."""
+    import pandas as pd
+
+    from torchfpe.report.cells import match_section
+    from torchfpe.report.markdown import _Tables
+
+    rows = [{"neurons": 4, "variant": v, "seed": seed, "test_accuracy": acc + 0.001 * seed, "nonzero_parameters": nz}
+            for v, acc, nz in (("dense", 0.90, 100), ("random", 0.85, 100), ("wide2", 0.95, 200), ("wide3", 0.96, 300))
+            for seed in range(3)]
+    meta = {"data_name": "toy", "seeds": 3}
+    text = "\n".join(match_section(pd.DataFrame(rows), meta, ["neurons"], _Tables()))
+    assert "random FPE (85.1 %) is matched by the dense model with 1.00× the non-zeros (dense, the parent's width)" in text
+    better = [{**r, "test_accuracy": 0.92} if r["variant"] == "random" else r for r in rows]
+    text = "\n".join(match_section(pd.DataFrame(better), meta, ["neurons"], _Tables()))
+    assert "matched by the dense model with 2.00× the non-zeros (wide2)" in text
