@@ -305,3 +305,14 @@ def test_match_section_says_when_the_parent_width_dense_model_already_reaches_fp
     better = [{**r, "test_accuracy": 0.92} if r["variant"] == "random" else r for r in rows]
     text = "\n".join(match_section(pd.DataFrame(better), meta, ["neurons"], _Tables()))
     assert "matched by the dense model with 2.00× the non-zeros (wide2)" in text
+
+
+def test_the_dense_legend_names_only_the_fields_dense_ignores() -> None:
+    """Dense is the same line for every alpha but not for every width: the legend said "the same for every
+    neurons, alpha" in the classes figure, where dense differs by neurons."""
+    from torchfpe.report.cells import _ignored
+
+    lines = {(2, 2): "a", (2, 4): "a", (4, 2): "b", (4, 4): "b"}  # (neurons, alpha) -> dense's line
+    assert _ignored(lines, ["neurons", "alpha"]) == ["alpha"]
+    assert _ignored({(2, 2): "a", (4, 2): "a"}, ["neurons", "alpha"]) == ["neurons"]  # no pair differs in alpha
+    assert _ignored({(2,): "a"}, ["neurons"]) == []

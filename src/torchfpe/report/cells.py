@@ -11,6 +11,7 @@ by data-set name) appear only for a data set whose name matches. ``match`` adds 
 from __future__ import annotations
 
 import re
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -197,6 +198,19 @@ def _trends(frame: pd.DataFrame, axes: list[str]) -> list[str]:
     return [f"Trend of the relative gain along `{axis}`:", ""] + [f"- {s}" for s in out] + [""] if out else []
 
 
+def _ignored(lines: dict[tuple, Any], fields: list[str]) -> list[str]:
+    """The fields whose value never changes a line: every two cells that differ only in that field
+    draw the same line (dense ignores alpha, but not neurons)."""
+    ignored = []
+    for k, name in enumerate(fields):
+        keys = list(lines)
+        pairs = [(a, b) for n, a in enumerate(keys) for b in keys[n + 1:]
+                 if all(x == y for i, (x, y) in enumerate(zip(a, b)) if i != k)]
+        if pairs and all(lines[a] == lines[b] for a, b in pairs):
+            ignored.append(name)
+    return ignored
+
+
 def plot_cells(frame: pd.DataFrame, meta: dict, axes: list[str], out_dir: Path) -> list[tuple[str, str]]:
     """The metric and the gain against the first swept field: one colour per variant (the same in every
     figure), one line style and marker per value of the other swept fields (e.g. α), both legends shown."""
@@ -224,7 +238,7 @@ def plot_cells(frame: pd.DataFrame, meta: dict, axes: list[str], out_dir: Path) 
             ("relative_gain", "relative gain vs dense (%)", f"gain_vs_{axis}.png",
              f"Relative gain over dense vs {axis}")):
         fig, ax = plt.subplots(figsize=(8.4, 4.8))
-        drawn, variants_drawn, seen, dense_once = [], [], set(), False
+        drawn, variants_drawn, seen, dense_once, dense_lines = [], [], set(), False, {}
         for j, (cell, sub_cell) in enumerate(cells):
             for variant in ordered_variants(sub_cell["variant"]):
                 if key == "relative_gain" and variant == "dense":
@@ -238,6 +252,8 @@ def plot_cells(frame: pd.DataFrame, meta: dict, axes: list[str], out_dir: Path) 
                         xs.append(x)
                         sums.append(s)
                 series = (variant, tuple(xs), tuple(round(s.mean, 12) for s in sums))
+                if variant == "dense":
+                    dense_lines[tuple(cell)] = series
                 if variant == "dense" and series in seen:
                     dense_once = True
                     continue  # dense ignores e.g. alpha: its runs of another alpha are the same line again
@@ -268,7 +284,8 @@ def plot_cells(frame: pd.DataFrame, meta: dict, axes: list[str], out_dir: Path) 
                else _honest_ylim(ax, drawn, scale=100.0, min_span=10.0, zero=True))
         # two legends: colour = variant, line style and marker = the other swept fields' values
         colours = [Line2D([], [], color=_color(v), marker=mark(0, v) if not others else "o", linestyle="-",
-                          label=f"dense (the same for every {', '.join(others)})" if v == "dense" and dense_once
+                          label=f"dense (the same for every {', '.join(_ignored(dense_lines, others))})"
+                          if v == "dense" and dense_once and _ignored(dense_lines, others)
                           else _label(v)) for v in variants_drawn]
         legend = ax.legend(handles=colours, title="variant", fontsize=7, title_fontsize=7, loc="upper left",
                            bbox_to_anchor=(1.01, 1.0))
