@@ -12,16 +12,9 @@ from torch import nn
 
 import torchfpe
 from torchfpe import MaskedLinear, expand, nonzero_parameters
+from helpers import mlp
 
 
-def mlp(sizes, seed=0, dtype=torch.float32):
-    torch.manual_seed(seed)
-    layers = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(a, b, dtype=dtype))
-        if i < len(sizes) - 2:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
 
 
 def snapshot(model):

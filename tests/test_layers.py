@@ -12,16 +12,9 @@ import torchfpe
 from torchfpe import DropConnectLinear, MaskedLinear, expand, load_expanded, nonzero_parameters
 from torchfpe.core.layouts import ExpandedLayer, effective_parameters, expanded_layers
 from torchfpe.metrics import hidden_weights
+from helpers import mlp
 
 
-def mlp(sizes, seed=0):
-    torch.manual_seed(seed)
-    layers = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(a, b))
-        if i < len(sizes) - 2:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
 
 
 def test_masked_layer_meets_the_interface():

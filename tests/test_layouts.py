@@ -16,18 +16,15 @@ from torchfpe.core import expanded_layers
 from torchfpe.core.layouts import (LAYOUTS, BlockLinear, EllLinear, ExpandedLayer, LayoutError, PackedLinear,
                                    ParentLinear,
                                    auto_layouts, packable_layouts, register_layout)
+from helpers import mlp as _mlp
+
+
+def mlp(sizes, seed=0, dtype=torch.float64):
+    return _mlp(sizes, seed, dtype)
 
 FIXTURE = Path(__file__).parent / "fixtures" / "packed_v1.pt"
 
 
-def mlp(sizes, seed=0):
-    torch.manual_seed(seed)
-    layers = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(a, b, dtype=torch.float64))
-        if i < len(sizes) - 2:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
 
 
 def cloned(state):

@@ -15,21 +15,19 @@ from torch import nn
 
 import torchfpe
 from torchfpe import expand, nonzero_parameters, pack, unpack
-from torchfpe.core import BlockLinear, EllLinear, MaskedLinear, PackedLinear, ParentLinear, expanded_layers, \
+from torchfpe.core import BlockLinear, EllLinear, MaskedLinear, ParentLinear, expanded_layers, \
     load_expanded
 from torchfpe.core.layouts import stored_bytes
+
+from helpers import bias_grad_dense
+from helpers import mlp as _mlp
+from helpers import values_grad_dense as dense_from_values_grad
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 def mlp(sizes, seed=0, dtype=torch.float64):
-    torch.manual_seed(seed)
-    layers = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(a, b, dtype=dtype))
-        if i < len(sizes) - 2:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
+    return _mlp(sizes, seed, dtype)
 
 
 def expanded(split, sizes=(12, 8, 3), alpha=2, seed=0, **kwargs):
@@ -62,25 +60,8 @@ def assert_same_function(masked, packed, batch):
         assert torch.allclose(dense_m, rebuilt, atol=1e-10), name
         if layer_m.bias is not None:
             assert torch.allclose(layer_m.bias.grad * layer_m.bias_mask,
-                                  layer_p.effective_bias_grad(), atol=1e-10), name
+                                  bias_grad_dense(layer_p), atol=1e-10), name
 
-
-def dense_from_values_grad(layer):
-    """The packed layer's ``values.grad`` placed at its natural (out, in) positions."""
-    probe = copy.deepcopy(layer)
-    with torch.no_grad():
-        probe.values.copy_(layer.values.grad)
-    return probe.effective_weight().detach()
-
-
-def _bias_grad(self):
-    probe = copy.deepcopy(self)
-    with torch.no_grad():
-        probe.bias.copy_(self.bias.grad)
-    return probe.effective_bias().detach()
-
-
-PackedLinear.effective_bias_grad = _bias_grad  # every packed layout
 
 @pytest.fixture(autouse=True)
 def every_ell_path_on_small_layers(monkeypatch):

@@ -8,22 +8,19 @@ import warnings
 
 import pytest
 import torch
-from torch import nn
 
 import torchfpe
 from torchfpe import InvalidParameterError, expand, load_expanded, nonzero_parameters, pack, unpack
 from torchfpe.core import BlockLinear, MaskedLinear, ParentLinear, expanded_layers
 from torchfpe.core.layouts import native, parent, stored_bytes
+from helpers import bias_grad_dense, mlp as _mlp
+from helpers import values_grad_dense as value_grad_dense
 
 
 def mlp(sizes, seed=0, dtype=torch.float64):
-    torch.manual_seed(seed)
-    layers = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(a, b, dtype=dtype))
-        if i < len(sizes) - 2:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
+    return _mlp(sizes, seed, dtype)
+
+
 
 
 def expanded(split, sizes, alpha=2, seed=0, dtype=torch.float64, **kwargs):
@@ -38,19 +35,8 @@ def expanded(split, sizes, alpha=2, seed=0, dtype=torch.float64, **kwargs):
     return expand(mlp(sizes, seed, dtype), alpha, split, seed=seed, **kwargs)
 
 
-def value_grad_dense(layer):
-    """A packed layer's ``values.grad`` laid out at its natural (out, in) positions."""
-    probe = copy.deepcopy(layer)
-    with torch.no_grad():
-        probe.values.copy_(layer.values.grad)
-    return probe.effective_weight().detach()
 
 
-def bias_grad_dense(layer):
-    probe = copy.deepcopy(layer)
-    with torch.no_grad():
-        probe.bias.copy_(layer.bias.grad)
-    return probe.effective_bias().detach()
 
 
 def assert_same_function(masked, packed, batch, *, atol=1e-10, rtol=0.0, dtype=torch.float64):
