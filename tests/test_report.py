@@ -316,3 +316,12 @@ def test_the_dense_legend_names_only_the_fields_dense_ignores() -> None:
     assert _ignored(lines, ["neurons", "alpha"]) == ["alpha"]
     assert _ignored({(2, 2): "a", (4, 2): "a"}, ["neurons", "alpha"]) == ["neurons"]  # no pair differs in alpha
     assert _ignored({(2,): "a"}, ["neurons"]) == []
+
+
+def test_a_trend_that_rises_with_a_small_dip_says_so(tmp_path: Path) -> None:
+    """Dips under 0.5 points still count as rising, and the sentence says they were there."""
+    gains = {"random": [0.0, 0.002, -0.002, 0.016]}
+    records = _sweep_records("neurons", [2, 4, 8, 16], gains)
+    text = write_report(tmp_path, _meta("neurons", "neurons"), records).read_text()
+    assert "random: gain rises throughout (apart from dips under 0.5 points) (+0.0 % at 2, +0.2 % at 4, -0.2 % at 8" \
+           in text.replace("−", "-")

@@ -220,9 +220,9 @@ def trend_sentences(frame: pd.DataFrame, axis: str, key: str = "relative_gain") 
             continue
         steps = [b - a for (_, a), (_, b) in zip(pts, pts[1:])]
         if all(step >= -0.005 for step in steps) and pts[-1][1] - pts[0][1] >= 0.005:
-            shape = "rises throughout"
+            shape = "rises throughout" + (" (apart from dips under 0.5 points)" if min(steps) < -1e-9 else "")
         elif all(step <= 0.005 for step in steps) and pts[0][1] - pts[-1][1] >= 0.005:
-            shape = "falls throughout"
+            shape = "falls throughout" + (" (apart from rises under 0.5 points)" if max(steps) > 1e-9 else "")
         elif all(abs(m - pts[0][1]) < 0.005 for _, m in pts):
             shape = "stays flat"
         else:
