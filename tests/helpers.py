@@ -33,3 +33,20 @@ def bias_grad_dense(layer) -> torch.Tensor:
     with torch.no_grad():
         probe.bias.copy_(layer.bias.grad)
     return probe.effective_bias().detach()
+
+
+def cli(*args):
+    """``torchfpe ARGS`` run in-process (typer's CliRunner); arguments are turned into strings."""
+    from typer.testing import CliRunner
+
+    from torchfpe.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def one_error_line(result) -> str:
+    """The single ``error:`` line a failed command printed, with no traceback."""
+    assert "Traceback" not in result.output, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.output
+    return errors[0]

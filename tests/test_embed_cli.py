@@ -3,25 +3,13 @@
 import os
 
 import pytest
-from typer.testing import CliRunner
 
 pytest.importorskip("transformers")
 pytest.importorskip("PIL.Image")
 
 from test_data_extract import tiny_clip, write_images  # noqa: E402,F401 - fixture
 
-from torchfpe.cli import app  # noqa: E402
-
-
-def cli(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def one_error_line(result) -> str:
-    assert "Traceback" not in result.output, result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, result.output
-    return errors[0]
+from helpers import cli, one_error_line  # noqa: E402
 
 
 @pytest.fixture
