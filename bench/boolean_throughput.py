@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from torchfpe.experiments.boolean import EXPERIMENT as BOOLEAN
-from torchfpe.sweep import ResultStore, execute, make_jobs
+from torchfpe.lab.experiments.boolean import EXPERIMENT as BOOLEAN
+from torchfpe.lab.sweep import ResultStore, execute, make_jobs
 
 
 #: --smoke: a config small enough that the three ways take about a second (checks the script, not speed).

@@ -41,7 +41,7 @@ from torch import nn
 import torchfpe
 from torchfpe.core.layouts import stored_bytes
 from torchfpe.core.validation import InvalidParameterError
-from torchfpe.devices import resolve_device
+from torchfpe.lab.devices import resolve_device
 
 FULL = dict(widths=[4096, 8192], alphas=[4], splits=["random", "contiguous"], dtypes=["float32", "bfloat16"],
             batches=[1, 256], seeds=20)
@@ -160,7 +160,7 @@ def training_rows(grid: dict, device: torch.device, args) -> list[dict]:
 
 
 def study_rows(grid: dict, device: torch.device, args) -> dict:
-    from torchfpe import api
+    from torchfpe.lab import api
 
     folder = Path(tempfile.mkdtemp(prefix="torchfpe-gpu-"))
     try:

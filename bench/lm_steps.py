@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 import torchfpe
-from torchfpe.experiments import lm
+from torchfpe.lab.experiments import lm
 
 #: name -> (arch, d_model, layers, heads, d_ff, context, batch windows)
 SIZES = {

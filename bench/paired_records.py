@@ -62,7 +62,7 @@ def compare(a_records: list[dict], b_records: list[dict]) -> list[dict]:
 
 
 def smoke_folders(root: Path) -> tuple[Path, Path]:
-    from torchfpe import api
+    from torchfpe.lab import api
 
     tiny = {"n_vars": 12, "clauses": 3, "literals": 2, "train_size": 64, "test_size": 64, "warmup_epochs": 3,
             "epochs_after": 3}

@@ -4,7 +4,7 @@ dense blocks at the parent's cost) does to accuracy, against the independent "ra
 Two tasks, the same seeds for every split, FPE protocol (dense warm-up, expand, continue):
 
 - the Boolean headline (synthetic DNF, m = 8 clauses, h = 8 neurons, alpha = 2, the defaults of
-  ``torchfpe.experiments.boolean.BooleanConfig``), batched over seeds with ``torchfpe.batched``;
+  ``torchfpe.lab.experiments.boolean.BooleanConfig``), batched over seeds with ``torchfpe.lab.batched``;
   ``clause`` is included as the paper's upper reference;
 - "groups2"/"groups4": a split callable giving 2 or 4 random partitions, parent i using partition
   i mod G (sharing by groups of parents; packs into 2 or 4 groups of blocks);
@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from torchfpe import expand
-from torchfpe.batched import StackedMLP, fit_stacked, stacked_binary_accuracy
-from torchfpe.experiments.boolean import EXPERIMENT as BOOLEAN, init_model
-from torchfpe.experiments.protocol import batch_generator
+from torchfpe.lab.batched import StackedMLP, fit_stacked, stacked_binary_accuracy
+from torchfpe.lab.experiments.boolean import EXPERIMENT as BOOLEAN, init_model
+from torchfpe.lab.experiments.protocol import batch_generator
 from torchfpe.tasks import make_dnf
 
 

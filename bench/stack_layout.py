@@ -1,7 +1,7 @@
 """Where a stacked training step spends its time, on the Boolean headline shapes.
 
 Measures, with one thread: the first layer's batched product in the two layouts (examples × units,
-``x @ Wᵀ``, and units × examples, ``W @ xᵀ``, the one :class:`torchfpe.batched.StackedMLP` uses),
+``x @ Wᵀ``, and units × examples, ``W @ xᵀ``, the one :class:`torchfpe.lab.batched.StackedMLP` uses),
 their GFLOP/s, the time of one full stacked step, and the share of that step spent in matrix
 products (torch.profiler).
 
@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from torchfpe.batched import StackedMLP, fit_stacked
-from torchfpe.train import TrainSettings
+from torchfpe.lab.batched import StackedMLP, fit_stacked
+from torchfpe.lab.train import TrainSettings
 
 
 def best_of(fn, repeats: int = 5, number: int = 20) -> float:

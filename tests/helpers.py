@@ -39,7 +39,7 @@ def cli(*args):
     """``torchfpe ARGS`` run in-process (typer's CliRunner); arguments are turned into strings."""
     from typer.testing import CliRunner
 
-    from torchfpe.cli import app
+    from torchfpe.lab.cli import app
 
     return CliRunner().invoke(app, [str(a) for a in args])
 

@@ -5,9 +5,9 @@ import torch
 from torch import nn
 
 from torchfpe import expand
-from torchfpe.batched import StackedMLP, can_stack, fit_stacked
-from torchfpe.experiments.boolean import EXPERIMENT as BOOLEAN
-from torchfpe.train import TrainSettings, fit
+from torchfpe.lab.batched import StackedMLP, can_stack, fit_stacked
+from torchfpe.lab.experiments.boolean import EXPERIMENT as BOOLEAN
+from torchfpe.lab.train import TrainSettings, fit
 
 
 def tiny_models(count, widths=(6, 4, 1), seed=0, dtype=torch.float64):

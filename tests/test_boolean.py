@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from torchfpe.experiments.boolean import EXPERIMENT as BOOLEAN, TASK, init_model
-from torchfpe.experiments.protocol import task_variants
-from torchfpe.experiments.studies import groups, study_configs
+from torchfpe.lab.experiments.boolean import EXPERIMENT as BOOLEAN, TASK, init_model
+from torchfpe.lab.experiments.protocol import task_variants
+from torchfpe.lab.experiments.studies import groups, study_configs
 
 VARIANTS = task_variants(TASK)
 STUDIES = groups()["boolean"]

@@ -74,7 +74,7 @@ def test_expand_with_clause_shared_gives_the_same_child_pattern_for_every_parent
 
 
 def test_boolean_variant_clause_shared_runs():
-    from torchfpe.experiments.boolean import EXPERIMENT as BOOLEAN
+    from torchfpe.lab.experiments.boolean import EXPERIMENT as BOOLEAN
 
     records = BOOLEAN.run_batch([BOOLEAN.make_config(n_vars=12, clauses=3, literals=2, neurons=3, train_size=64,
                                                      test_size=64, warmup_epochs=2, epochs_after=2,

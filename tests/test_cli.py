@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from torchfpe.cli import app
+from torchfpe.lab.cli import app
 
 TINY = ["--set", "warmup_epochs=15", "--set", "epochs_after=15", "--set", "train_size=128", "--set", "test_size=128"]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -84,7 +84,7 @@ def test_bad_arguments_fail_with_a_message(tmp_path, args, words):
 
 
 def test_set_values_are_read_as_config_values():
-    from torchfpe.api import parse_overrides
+    from torchfpe.lab.api import parse_overrides
 
     assert parse_overrides("boolean", ["encoding=01", "lr=5e-3", "neurons=[8, 16]", "batch_size=null",
                                        "variants=dense+random", "n_vars=null", "alpha=4", "lr=1"]) == {

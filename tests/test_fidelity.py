@@ -85,8 +85,8 @@ def test_bad_arguments_raise(call):
 @pytest.fixture(scope="module")
 def tiny_store(tmp_path_factory):
     """A stored Boolean study of 3 seeds (dense, random, clause_shared), as `torchfpe reproduce boolean` writes."""
-    from torchfpe.experiments import boolean
-    from torchfpe.sweep.store import ResultStore, config_key
+    from torchfpe.lab.experiments import boolean
+    from torchfpe.lab.sweep.store import ResultStore, config_key
 
     path = tmp_path_factory.mktemp("fidelity") / "tiny"
     store = ResultStore(path)
@@ -103,7 +103,7 @@ def tiny_store(tmp_path_factory):
 def fidelity_cli(*args):
     from typer.testing import CliRunner
 
-    from torchfpe.cli import app
+    from torchfpe.lab.cli import app
 
     return CliRunner().invoke(app, ["fidelity", *map(str, args)])
 
@@ -133,7 +133,7 @@ def test_fidelity_driver_on_a_tiny_store(tiny_store, tmp_path):
 
 
 def test_fidelity_api_sections_and_usage_errors(tiny_store, tmp_path):
-    from torchfpe import api
+    from torchfpe.lab import api
     from torchfpe.core.validation import InvalidParameterError
 
     text = api.fidelity([tiny_store], sections="levels,regression")

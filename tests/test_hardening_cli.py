@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from torchfpe import api
-from torchfpe.cli import app
-from torchfpe.sweep import ResultStore, StoreError
+from torchfpe.lab import api
+from torchfpe.lab.cli import app
+from torchfpe.lab.sweep import ResultStore, StoreError
 
 TINY = ["--set", "warmup_epochs=5", "--set", "epochs_after=5", "--set", "train_size=64", "--set", "test_size=64"]
 TINY_OVERRIDES = {"warmup_epochs": 5, "epochs_after": 5, "train_size": 64, "test_size": 64}
@@ -151,7 +151,7 @@ def test_a_record_with_a_non_numeric_accuracy_is_an_error_naming_the_file(finish
 
 
 def test_accuracy_intervals_are_clipped_to_0_100():
-    from torchfpe.report.stats import summarize, summarize_accuracy
+    from torchfpe.lab.report.stats import summarize, summarize_accuracy
 
     values = [1.0, 1.0, 0.96]
     assert summarize(values).ci_high > 1.0  # the raw t-interval leaves [0, 1]
@@ -176,7 +176,7 @@ def test_a_second_writer_is_refused_with_a_clear_message(finished_store, tmp_pat
 # --------------------------------------------------------------------- defect 1: orphaned workers
 POOL_SCRIPT = textwrap.dedent("""
     import sys
-    from torchfpe.sweep import ResultStore, execute, make_jobs
+    from torchfpe.lab.sweep import ResultStore, execute, make_jobs
     configs = [dict(warmup_epochs=10**6, epochs_after=1, train_size=64, test_size=64, variants="dense", seed=s)
                for s in range(2)]
     execute(make_jobs("boolean", configs), ResultStore(sys.argv[1]), backend="process", workers=2, quiet=True)
@@ -264,7 +264,7 @@ def test_seed_counts_and_values_beyond_their_range_are_refused(tmp_path):
 
 
 def test_an_experiments_check_config_runs_before_anything_is_written(tmp_path, monkeypatch):
-    import torchfpe.experiments.boolean as boolean
+    import torchfpe.lab.experiments.boolean as boolean
 
     def check_config(config):
         raise ValueError(f"data for clauses={config.clauses} not found")

@@ -178,7 +178,7 @@ def test_numpy_integer_seeds_are_accepted_everywhere_and_equal_python_ints():
     import torchfpe
     import torchfpe.data
     import torchfpe.metrics
-    from torchfpe.experiments.boolean import BooleanConfig
+    from torchfpe.lab.experiments.boolean import BooleanConfig
     from torchfpe.tasks.dnf import DNFConfig, make_dnf
 
     model = mlp()

@@ -12,14 +12,14 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from torchfpe.experiments import protocol
+from torchfpe.lab.experiments import protocol
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytest.importorskip("transformers")
 
-from torchfpe.cli import app  # noqa: E402
+from torchfpe.lab.cli import app  # noqa: E402
 from torchfpe.data import text as text_module  # noqa: E402
-from torchfpe.experiments import lm  # noqa: E402
+from torchfpe.lab.experiments import lm  # noqa: E402
 
 TINY = dict(d_model=16, layers=1, heads=2, d_ff=16, context=16, batch_size=4, warmup_steps=3, steps_after=3,
             eval_bytes=256)
@@ -139,7 +139,7 @@ def test_relative_gain_is_signed_so_that_positive_is_better():
 
 def test_modified_variants_run_in_the_stacked_protocol_too():
     """The Boolean experiment (stacked) takes the same grammar; @carry runs there one model at a time."""
-    from torchfpe.experiments import boolean
+    from torchfpe.lab.experiments import boolean
 
     base = dict(warmup_epochs=3, epochs_after=3, train_size=200, test_size=200)
     variants = "dense+random+random@structured+random@carry"

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from torchfpe.batched import (StackedMLP, stacked_binary_accuracy, stacked_binary_loss,
+from torchfpe.lab.batched import (StackedMLP, stacked_binary_accuracy, stacked_binary_loss,
                               stacked_multiclass_accuracy, stacked_multiclass_loss)
-from torchfpe.experiments import boolean
-from torchfpe.train import binary_accuracy, multiclass_accuracy, multiclass_loss
+from torchfpe.lab.experiments import boolean
+from torchfpe.lab.train import binary_accuracy, multiclass_accuracy, multiclass_loss
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "boolean_records.json").read_text())
 

@@ -11,7 +11,7 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'torchfpe[ray]')")
 
-from torchfpe.sweep import ResultStore, execute, make_jobs  # noqa: E402
+from torchfpe.lab.sweep import ResultStore, execute, make_jobs  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
@@ -46,7 +46,7 @@ def test_ray_backend_runs_and_resumes(local_cluster, tmp_path):
 # ------------------------------------------------------------------ issue 13 B6: no orphans after SIGKILL
 SWEEP = """
 import sys
-from torchfpe.sweep import ResultStore, execute, make_jobs
+from torchfpe.lab.sweep import ResultStore, execute, make_jobs
 
 if __name__ == "__main__":
     quick = dict(warmup_epochs=1, epochs_after=1, train_size=64, test_size=64, variants="dense", neurons=4, seed=0)
@@ -121,8 +121,8 @@ def test_a_local_cluster_goes_when_the_command_is_killed(tmp_path):
 def test_the_guarded_local_cluster_is_given_each_units_device(tmp_path, monkeypatch):
     """A local cluster runs behind the guard process: every unit sent to it names the device (it used to
     be dropped there, so ``--device`` was silently ignored on ``--backend ray`` without ``--address``)."""
-    from torchfpe.sweep import ray_guard, runner
-    from torchfpe.sweep.unit import gpus_per_unit, run_unit
+    from torchfpe.lab.sweep import ray_guard, runner
+    from torchfpe.lab.sweep.unit import gpus_per_unit, run_unit
 
     sent = []
 

@@ -6,7 +6,7 @@ import json
 from typer.testing import CliRunner
 
 from test_real_experiments import NAME, embedding_file, fashion_dir  # noqa: F401 - fixtures
-from torchfpe.cli import app
+from torchfpe.lab.cli import app
 
 TINY = ["--set", "warmup_epochs=1", "--set", "epochs_after=1", "--backend", "local", "--quiet", "--seeds", "2"]
 
@@ -101,7 +101,8 @@ def test_a_store_written_before_data_files_were_recorded_stays_valid(tmp_path):
 
 def test_data_preparation_shows_a_spinner_unless_quiet(embedding_file, capsys, monkeypatch):  # noqa: F811
     """Issue 13 C1: the terminal was blank while the data were prepared (35 s for the stand-in)."""
-    from torchfpe import _status, api
+    from torchfpe import _status
+    from torchfpe.lab import api
 
     monkeypatch.setattr(_status, "QUIET_BELOW_S", 0.0)  # the tiny file loads at once: say so anyway
     configs = [dict(embeddings=embedding_file, neurons=4, seed=0)]

@@ -9,8 +9,8 @@ import torch
 from torchfpe.core.layouts import MaskedLinear
 from torchfpe.data import write_embeddings, write_idx
 from torchfpe.data.idx import FASHION_MNIST_FILES
-from torchfpe.experiments import cnn, deep, heads, protocol
-from torchfpe.experiments.studies import groups, study_configs
+from torchfpe.lab.experiments import cnn, deep, heads, protocol
+from torchfpe.lab.experiments.studies import groups, study_configs
 
 GROUPS = groups()
 
@@ -129,7 +129,7 @@ def test_cnn_expands_only_the_head_and_keeps_the_budget(fashion_dir):
 
 @pytest.mark.parametrize("group, study", [(g, s) for g in ("heads", "deep", "cnn") for s in GROUPS[g]])
 def test_each_study_end_to_end(group, study, embedding_file, fashion_dir, tmp_path):
-    from torchfpe import api
+    from torchfpe.lab import api
 
     chosen = GROUPS[group][study]
     overrides = dict(warmup_epochs=1, epochs_after=1)
@@ -156,8 +156,8 @@ def test_each_study_end_to_end(group, study, embedding_file, fashion_dir, tmp_pa
 
 
 def test_real_model_studies_have_layouts_and_fit_the_registry():
-    from torchfpe.experiments.registry import experiment
-    from torchfpe.report.constants import LAYOUTS
+    from torchfpe.lab.experiments.registry import experiment
+    from torchfpe.lab.report.constants import LAYOUTS
 
     for group in ("heads", "deep", "cnn"):
         for study in GROUPS[group].values():
@@ -180,7 +180,7 @@ def _records(dataset, standin, gains=(0.10, 0.20, 0.30)):
 
 def test_report_shows_paper_numbers_only_for_the_papers_data_set(tmp_path):
     HEADS = GROUPS["heads"]
-    from torchfpe.report import write_report
+    from torchfpe.lab.report import write_report
 
     meta = {"study": "width", "axis": ["neurons", "alpha"], "seeds": 3, "base": {"embeddings": "x", "neurons": 4,
             "alpha": 2, "variants": "dense+random", "seed": 0}, **HEADS["width"].meta}
@@ -195,7 +195,7 @@ def test_report_shows_paper_numbers_only_for_the_papers_data_set(tmp_path):
 
 def test_runs_pair_within_a_data_set_only(tmp_path):
     HEADS = GROUPS["heads"]
-    from torchfpe.report import write_report
+    from torchfpe.lab.report import write_report
 
     meta = {"study": "width", "axis": ["neurons"], "seeds": 3, "base": {"embeddings": "x", "neurons": 4, "alpha": 2,
             "variants": "dense+random", "seed": 0}, **HEADS["width"].meta}
@@ -245,7 +245,7 @@ def test_check_config_fails_on_bad_data_before_any_run(tmp_path, embedding_file)
 
 
 def test_heads_and_deep_default_to_real_features_and_old_run_keys_stand():
-    from torchfpe.sweep import config_key
+    from torchfpe.lab.sweep import config_key
 
     assert heads.HeadsConfig().embeddings == deep.DeepConfig().embeddings == "fashion-mnist-efficientnet"
     # keys computed by the code before steps_per_epoch existed (main at e73ad15): stored runs stay valid

@@ -1,4 +1,4 @@
-"""Tests for torchfpe.report: CSV, hand-computed numbers in report.md, figures, edge cases."""
+"""Tests for torchfpe.lab.report: CSV, hand-computed numbers in report.md, figures, edge cases."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from torchfpe.report import paired_test, summarize, trend_sentences, write_report
+from torchfpe.lab.report import paired_test, summarize, trend_sentences, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -248,7 +248,7 @@ def test_cells_figure_plots_a_studys_own_metric(tmp_path: Path, monkeypatch) -> 
     """An LM study names bits/byte as its metric: the first figure plots it unscaled, not the empty accuracy."""
     import pandas as pd
 
-    from torchfpe.report import cells
+    from torchfpe.lab.report import cells
 
     rows = [{"d_ff": d_ff, "variant": v, "seed": seed, "bits_per_byte": 3.0 - 0.1 * i + 0.01 * seed,
              "relative_gain": 0.0 if v == "dense" else 0.01 * i}
@@ -262,7 +262,7 @@ def test_cells_figure_plots_a_studys_own_metric(tmp_path: Path, monkeypatch) -> 
     figures = cells.plot_cells(pd.DataFrame(rows), meta, ["d_ff"], tmp_path)
     assert [name for name, _ in figures] == ["bits_per_byte_vs_d_ff.png", "gain_vs_d_ff.png"]
     _assert_png(tmp_path / "bits_per_byte_vs_d_ff.png")
-    from torchfpe.report.figures import _color
+    from torchfpe.lab.report.figures import _color
 
     first = {colour: (scale, means) for colour, scale, means in plotted[:3]}  # one colour per variant
     assert first[_color("dense")] == (1.0, [pytest.approx(3.005), pytest.approx(3.005)])
@@ -273,8 +273,8 @@ def test_cells_figure_plots_a_studys_own_metric(tmp_path: Path, monkeypatch) -> 
 def test_every_variant_of_a_study_gets_its_own_colour_and_mark() -> None:
     from matplotlib.colors import to_rgb
 
-    from torchfpe.report.figures import _marker
-    from torchfpe.report.figures import _color as colour
+    from torchfpe.lab.report.figures import _marker
+    from torchfpe.lab.report.figures import _color as colour
 
     def _color(variant):
         return to_rgb(colour(variant))
@@ -293,8 +293,8 @@ def test_match_section_says_when_the_parent_width_dense_model_already_reaches_fp
     (it named the narrowest wider model before, as if FPE had gained)."""
     import pandas as pd
 
-    from torchfpe.report.cells import match_section
-    from torchfpe.report.markdown import _Tables
+    from torchfpe.lab.report.cells import match_section
+    from torchfpe.lab.report.markdown import _Tables
 
     rows = [{"neurons": 4, "variant": v, "seed": seed, "test_accuracy": acc + 0.001 * seed, "nonzero_parameters": nz}
             for v, acc, nz in (("dense", 0.90, 100), ("random", 0.85, 100), ("wide2", 0.95, 200), ("wide3", 0.96, 300))
@@ -310,7 +310,7 @@ def test_match_section_says_when_the_parent_width_dense_model_already_reaches_fp
 def test_the_dense_legend_names_only_the_fields_dense_ignores() -> None:
     """Dense is the same line for every alpha but not for every width: the legend said "the same for every
     neurons, alpha" in the classes figure, where dense differs by neurons."""
-    from torchfpe.report.cells import _ignored
+    from torchfpe.lab.report.cells import _ignored
 
     lines = {(2, 2): "a", (2, 4): "a", (4, 2): "b", (4, 4): "b"}  # (neurons, alpha) -> dense's line
     assert _ignored(lines, ["neurons", "alpha"]) == ["alpha"]

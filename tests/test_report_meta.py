@@ -8,13 +8,13 @@ import pytest
 from scipy import stats
 
 from test_report import ACC, _headline_records, _meta
-from torchfpe.experiments.studies import groups
+from torchfpe.lab.experiments.studies import groups
 
 GROUPS = groups()
 STUDIES = GROUPS["boolean"]
-from torchfpe.report import write_report
-from torchfpe.report.stats import pairing_columns
-from torchfpe.report.write import resolve_meta
+from torchfpe.lab.report import write_report
+from torchfpe.lab.report.stats import pairing_columns
+from torchfpe.lab.report.write import resolve_meta
 
 
 def test_boolean_studies_carry_the_layout_the_legacy_name_implied():
@@ -28,7 +28,7 @@ def test_boolean_studies_carry_the_layout_the_legacy_name_implied():
 
 def test_headline_from_meta_equals_the_legacy_report(tmp_path: Path):
     """A meta.json written before studies carried meta and one written now give the same report."""
-    from torchfpe.experiments.studies import DATASET_NOTE
+    from torchfpe.lab.experiments.studies import DATASET_NOTE
 
     records = _headline_records()
     old = write_report(tmp_path / "old", {**_meta("headline"), "dataset_note": DATASET_NOTE}, records).read_text()
@@ -67,7 +67,7 @@ def test_pairing_uses_the_config_without_seed_and_the_data_set(tmp_path: Path):
 
 
 def test_every_group_study_names_a_known_layout():
-    from torchfpe.report.constants import LAYOUTS
+    from torchfpe.lab.report.constants import LAYOUTS
 
     for group, studies in GROUPS.items():
         for study in studies.values():
@@ -121,7 +121,7 @@ def test_a_lower_is_better_metric_drives_columns_tests_wording_and_figures(tmp_p
 
 
 def test_metric_meta_is_checked_and_accuracy_is_the_default():
-    from torchfpe.report.metric import ACCURACY, metric_of
+    from torchfpe.lab.report.metric import ACCURACY, metric_of
 
     assert metric_of({}) is ACCURACY and metric_of({"metric": {"key": "test_accuracy"}}) is ACCURACY
     assert metric_of({"metric": BPB}).train_key == "train_bits_per_byte"

@@ -3,7 +3,7 @@
 import pytest
 from scipy import stats
 
-from torchfpe.experiments.boolean import EXPERIMENT as BOOLEAN
+from torchfpe.lab.experiments.boolean import EXPERIMENT as BOOLEAN
 
 pytestmark = pytest.mark.slow
 

@@ -4,7 +4,7 @@ default) gains from FPE (CI runs it)."""
 import pytest
 
 from torchfpe.data.idx import FASHION_MNIST_DIR
-from torchfpe.experiments.heads import EXPERIMENT as HEADS
+from torchfpe.lab.experiments.heads import EXPERIMENT as HEADS
 
 pytestmark = pytest.mark.slow
 

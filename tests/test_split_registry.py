@@ -11,10 +11,10 @@ from torch import nn
 import torchfpe
 from torchfpe import SPLITS, expand, nonzero_parameters, pack, register_split
 from torchfpe.core import BlockLinear, InvalidParameterError, expanded_layers
-from torchfpe.experiments import protocol
-from torchfpe.experiments.boolean import TASK as BOOLEAN_TASK
-from torchfpe.experiments.cnn import TASK as CNN_TASK
-from torchfpe.experiments.heads import TASK as HEADS_TASK
+from torchfpe.lab.experiments import protocol
+from torchfpe.lab.experiments.boolean import TASK as BOOLEAN_TASK
+from torchfpe.lab.experiments.cnn import TASK as CNN_TASK
+from torchfpe.lab.experiments.heads import TASK as HEADS_TASK
 
 
 def mlp(sizes, seed=0):
@@ -106,7 +106,7 @@ def test_a_split_registered_from_outside_works_in_expand_and_pack(external_split
 
 
 def test_a_split_registered_from_outside_is_a_study_variant(external_split, tmp_path):
-    from torchfpe import api
+    from torchfpe.lab import api
 
     tiny = {"warmup_epochs": 5, "epochs_after": 5, "train_size": 64, "test_size": 64,
             "variants": "dense+random+reversed_test"}

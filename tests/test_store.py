@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from torchfpe.sweep import ResultStore, StoreError, config_key, execute, make_jobs
+from torchfpe.lab.sweep import ResultStore, StoreError, config_key, execute, make_jobs
 
 FAST = dict(warmup_epochs=5, epochs_after=5, train_size=64, test_size=64, variants="dense+random")
 
@@ -68,7 +68,7 @@ def test_meta_refuses_another_study(tmp_path):
 
 SWEEP_SCRIPT = textwrap.dedent("""
     import sys
-    from torchfpe.sweep import ResultStore, execute, make_jobs
+    from torchfpe.lab.sweep import ResultStore, execute, make_jobs
     configs = [dict(warmup_epochs=150, epochs_after=150, train_size=256, test_size=64, variants="dense+random",
                     neurons=n, seed=0) for n in range(2, 14)]
     execute(make_jobs("boolean", configs), ResultStore(sys.argv[1]), backend="local", quiet=True)

@@ -4,7 +4,7 @@
 
 For each d_ff and seed: the dense model after ``warmup_steps`` steps, exactly as in ``torchfpe reproduce
 lm`` (the protocol's parent, batch generator and training hook), then each variant built from it by
-the protocol (:func:`torchfpe.experiments.protocol.build_variant`) and scored on the test text at once.
+the protocol (:func:`torchfpe.lab.experiments.protocol.build_variant`) and scored on the test text at once.
 Prints a markdown table of mean ± std over seeds (bits/byte; the dense row is the warm model itself).
 Other config fields: ``--set field=value`` as for ``reproduce lm``.
 """
@@ -15,9 +15,9 @@ import argparse
 
 import torch
 
-from torchfpe import api
-from torchfpe.experiments import lm, protocol
-from torchfpe.report.stats import summarize
+from torchfpe.lab import api
+from torchfpe.lab.experiments import lm, protocol
+from torchfpe.lab.report.stats import summarize
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ Per cell of the swept fields and variant: the metric (mean ± std, two-sided 95 
 the relative gain over the dense run of the same seed (signed so that positive is better), a paired
 t-test of the metric against dense over seeds, and the FFN non-zero counts (incoming / outgoing
 layers) where the records carry them. Reads only ``records.csv``; statistics are the report's
-(:mod:`torchfpe.report.stats`). Until the report's layouts read a study's metric, this prints the
+(:mod:`torchfpe.lab.report.stats`). Until the report's layouts read a study's metric, this prints the
 LM tables the docs show.
 """
 
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from torchfpe.report.markdown import md_table
-from torchfpe.report.stats import ordered_variants, paired_test, summarize
+from torchfpe.lab.report.markdown import md_table
+from torchfpe.lab.report.stats import ordered_variants, paired_test, summarize
 
 
 def _num(value: float, digits: int) -> str:

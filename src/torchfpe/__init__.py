@@ -23,6 +23,9 @@ from .core import (
     register_split,
 )
 from .core import ExpandedLayer, pack, unpack
+from . import _moved
+
+_moved.install()  # the harness moved to torchfpe.lab; old paths alias it for one release
 
 __version__ = "0.1.0"
 

@@ -10,7 +10,7 @@ CLI_PACKAGES = ("typer", "click", "rich", "yaml", "pandas", "matplotlib", "scipy
 
 def main() -> None:
     try:
-        from .cli import app
+        from .lab.cli import app
     except ModuleNotFoundError as error:
         top = (error.name or "").split(".")[0]
         if top not in CLI_PACKAGES:

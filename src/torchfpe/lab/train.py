@@ -2,7 +2,7 @@
 
 The two-phase protocol of the paper: dense warm-up for T1 epochs, ``expand``, then T2 more epochs
 with a new optimizer of the same settings; the dense baseline keeps training (same optimizer) for
-T1 + T2 epochs in all. :mod:`torchfpe.batched` trains many same-shape models at once and gives the
+T1 + T2 epochs in all. :mod:`torchfpe.lab.batched` trains many same-shape models at once and gives the
 same numbers up to float rounding.
 """
 
@@ -28,7 +28,7 @@ class TrainSettings:
     batch_size: int | None = None  # None: full batch
 
     def __post_init__(self) -> None:
-        from .core.validation import Interval, Options, validate_dataclass
+        from ..core.validation import Interval, Options, validate_dataclass
 
         validate_dataclass(self, {
             "optimizer": [Options(OPTIMIZERS)], "lr": [Interval(float, 0.0, None, closed="neither")],

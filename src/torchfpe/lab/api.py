@@ -5,13 +5,13 @@ output folder) before it trains or writes anything, and raises exceptions instea
 
 - :class:`~torchfpe.core.validation.InvalidParameterError` for a caller's mistake (a bad name,
   value, sweep file or output folder); the CLI shows it as one line and exits 2;
-- :class:`~torchfpe.sweep.StoreError` for a result folder that cannot be used (corrupt or foreign
+- :class:`~torchfpe.lab.sweep.StoreError` for a result folder that cannot be used (corrupt or foreign
   files, another run writing to it, an incomplete report in strict mode); the CLI exits 1.
 
 ``run_study("boolean", "headline", seeds=2, overrides={"clauses": 12}, out="runs/m12")`` runs a
 study's grid through the resumable store and returns the path of its ``report.md``; ``device="cuda"``
 trains there (a runtime option: the stored runs, their keys and records are those of any device, see
-:mod:`torchfpe.devices`).
+:mod:`torchfpe.lab.devices`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .core.validation import Interval, InvalidParameterError, Options, check_param, invalid, plain_number
+from ..core.validation import Interval, InvalidParameterError, Options, check_param, invalid, plain_number
 
 __all__ = [
     "build_report", "config_fields", "fidelity", "parse_override", "parse_overrides", "run_study", "run_sweep_file",
@@ -377,7 +377,7 @@ def _make_jobs(experiment: str, config_dicts: list[dict], quiet: bool = True, de
     so a wrong path fails before ``meta.json`` is written. Loading the data can take a while (a
     built-in stand-in is built the first time it is asked for), so a spinner says so unless ``quiet``.
     """
-    from ._status import step
+    from .._status import step
 
     from .experiments.registry import experiment as registered
     from .sweep import make_jobs
@@ -398,7 +398,7 @@ def _make_jobs(experiment: str, config_dicts: list[dict], quiet: bool = True, de
     if check is not None:
         # Missing or corrupt data (torchfpe.data.DataError) is a runtime error, not a usage error: it
         # propagates as it is (exit 1 on the command line), still before anything is written.
-        from .data.embeddings import DataError
+        from ..data.embeddings import DataError
 
         distinct = list({job.config.without_seed(): job.config for job in jobs}.values())
         with step(f"preparing the {experiment} data", quiet) as say:
@@ -422,7 +422,7 @@ def _data_fields(config) -> str:
 
 def _python_call(function: str, *args, **kwargs) -> str:
     shown = [repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items() if v is not None]
-    return f"python -c 'torchfpe.api.{function}({', '.join(shown)})'"
+    return f"python -c 'torchfpe.lab.api.{function}({', '.join(shown)})'"
 
 
 def cli_command() -> str:
@@ -460,7 +460,7 @@ def _run_into(out: Path, meta: dict, experiment: str, jobs, *, backend: str, wor
 def _provenance_fields(store, backend: str, address: str | None) -> dict:
     """``provenance`` (what this run is made with) and ``provenance_earlier`` (what earlier runs into the
     same folder were made with, where that differs: a resumed folder may hold runs of several versions)."""
-    from ._provenance import provenance
+    from .provenance import provenance
 
     now = provenance(backend, address)
     old = store.read_meta() if (store.root / "meta.json").exists() else {}
@@ -477,7 +477,7 @@ def _checked_data_files(store, experiment: str, jobs) -> dict[str, str]:
     folder holding runs is refused once a file it recorded has changed (before anything is written).
     A folder from before digests were recorded has none to compare: the current files are recorded.
     """
-    from .data.digest import file_digest
+    from ..data.digest import file_digest
     from .experiments.registry import experiment as registered
     from .sweep import StoreError
 
@@ -508,7 +508,7 @@ def build_report(out: str | os.PathLike, *, strict: bool = False, quiet: bool = 
 
     Runs the folder's ``meta.json`` planned but the store lacks are listed in the report's header,
     which marks it incomplete; with ``strict=True`` that also raises :class:`IncompleteResultsError`
-    (after writing). A record whose accuracy is not a number is a :class:`~torchfpe.sweep.StoreError`
+    (after writing). A record whose accuracy is not a number is a :class:`~torchfpe.lab.sweep.StoreError`
     naming its file. ``quiet=False`` shows a spinner while the figures are drawn.
     """
     from .report import write_report
@@ -535,7 +535,7 @@ def build_report(out: str | os.PathLike, *, strict: bool = False, quiet: bool = 
     if missing:
         meta = {**meta, "incomplete": f"{len(missing)} of {len(planned_keys)} planned runs are missing: "
                                       f"{'; '.join(missing[:20])}{' …' if len(missing) > 20 else ''}"}
-    from ._status import step
+    from .._status import step
 
     try:
         with step(f"writing {out / 'report.md'} and its figures", quiet):
@@ -584,10 +584,10 @@ def fidelity(
     """The Boolean fidelity analysis of result folders (``torchfpe fidelity``); returns its markdown.
 
     ``stores``: folders written by ``torchfpe reproduce boolean`` (pooled in the regression section);
-    ``sections``: a subset of :data:`torchfpe.report.fidelity.SECTIONS` (a list or a comma-separated
+    ``sections``: a subset of :data:`torchfpe.lab.report.fidelity.SECTIONS` (a list or a comma-separated
     string; default all); ``out`` also writes the markdown to that file, ``csv`` the per-record
     readings. Every argument is checked before anything is read or written; a folder that cannot be
-    read raises :class:`~torchfpe.report.fidelity.FidelityError` (a StoreError).
+    read raises :class:`~torchfpe.lab.report.fidelity.FidelityError` (a StoreError).
     """
     from .report.fidelity import SECTIONS, analyse, write_csv
 

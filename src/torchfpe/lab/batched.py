@@ -3,7 +3,7 @@
 Why this is exact: the loss is the *sum* of each model's own mean loss, so each model's gradient is
 the one it would get alone, and Adam/AdamW/SGD update every entry independently of the others. So a
 stack of B models trained together follows the same trajectories as B separate runs, up to float
-rounding of the batched matrix products (tested against :mod:`torchfpe.train`). What it saves is
+rounding of the batched matrix products (tested against :mod:`torchfpe.lab.train`). What it saves is
 Python and kernel-launch overhead, which dominates small networks.
 """
 
@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .core.targets import ELEMENTWISE_MODULES, sequential_leaves
-from .core.layouts import ExpandedLayer, effective_parameters
+from ..core.targets import ELEMENTWISE_MODULES, sequential_leaves
+from ..core.layouts import ExpandedLayer, effective_parameters
 from .train import TrainSettings, batch_order, make_optimizer
 
 
@@ -224,6 +224,6 @@ def stacked_multiclass_accuracy(stack: StackedMLP, x: Tensor, y: Tensor) -> Tens
     return (logits.argmax(dim=1) == y).float().mean(dim=1)
 
 
-#: Stacked loss and accuracy per task kind (see :data:`torchfpe.train.LOSSES`).
+#: Stacked loss and accuracy per task kind (see :data:`torchfpe.lab.train.LOSSES`).
 STACKED_LOSSES = {"binary": stacked_binary_loss, "multiclass": stacked_multiclass_loss}
 STACKED_ACCURACIES = {"binary": stacked_binary_accuracy, "multiclass": stacked_multiclass_accuracy}

@@ -5,7 +5,7 @@ from __future__ import annotations
 def variant_order() -> tuple[str, ...]:
     """Display and sort order of the variants: dense, then the registered splits in registration order
     (:data:`torchfpe.core.splits.SPLITS`); other variants (``wide<scale>``) sort after, alphabetically."""
-    from ..core.splits import SPLITS
+    from ...core.splits import SPLITS
 
     return ("dense", *SPLITS)
 
@@ -13,7 +13,7 @@ def variant_order() -> tuple[str, ...]:
 def is_fpe(variant: str) -> bool:
     """Whether a variant is an FPE split (disjoint children), not dense, a control or a wider dense model; a
     split with modifiers (``random@structured``, ``random@carry``) is its split."""
-    from ..core.splits import SPLITS
+    from ...core.splits import SPLITS
     from ..experiments.protocol import split_of
 
     split = split_of(variant)

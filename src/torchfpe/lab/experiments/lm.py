@@ -6,7 +6,7 @@ The models are Hugging Face ``transformers`` models built from small configs (no
 biases), over 256 byte symbols, input and output embeddings tied. ``expand`` widens every FFN found
 by :func:`torchfpe.find_ffn_pairs`; attention, embeddings and norms are untouched.
 
-The protocol is the paper's two-phase one (:mod:`torchfpe.experiments.protocol`), counted in
+The protocol is the paper's two-phase one (:mod:`torchfpe.lab.experiments.protocol`), counted in
 optimizer steps: ``warmup_steps`` dense steps (T1), then the split, then ``steps_after`` steps (T2);
 dense trains T1 + T2 with one optimizer. A step is one minibatch of ``batch_size`` windows of
 ``context + 1`` bytes drawn uniformly from the training text (the seed fixes the draws, the
@@ -42,8 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core import find_ffn_pairs
-from ..core.validation import Interval, Options, invalid
+from ...core import find_ffn_pairs
+from ...core.validation import Interval, Options, invalid
 from ..train import make_optimizer
 from . import protocol
 from .studies import Study
@@ -167,7 +167,7 @@ class LMTask(protocol.Task):
         parts = {"training": len(text.train), "validation": len(text.val), "test": len(text.test)}
         short = min(parts, key=parts.get)
         if parts[short] < config.context + 2:
-            from ..data.text import TextError
+            from ...data.text import TextError
 
             raise TextError(f"{text.source}: {text.total} bytes of text are too short for context={config.context}: "
                             f"its {short} part ({parts[short]} bytes; 90/5/5 % train/validation/test) must hold a "
@@ -218,7 +218,7 @@ class LMTask(protocol.Task):
 
 
 def _text(config: "LMConfig"):
-    from ..data.text import load_text
+    from ...data.text import load_text
 
     return load_text(config.data_dir)
 

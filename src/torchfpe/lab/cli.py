@@ -1,4 +1,4 @@
-"""The ``torchfpe`` command line: thin wrappers that parse, call :mod:`torchfpe.api` and print.
+"""The ``torchfpe`` command line: thin wrappers that parse, call :mod:`torchfpe.lab.api` and print.
 
 Exit codes: 0 success, 1 a runtime error (a result folder that cannot be used, a missing package, an
 incomplete report), 2 a usage error (a bad option, value, sweep file or output folder). A user's
@@ -13,7 +13,7 @@ import click
 import typer
 
 from . import api
-from .core.validation import InvalidParameterError
+from ..core.validation import InvalidParameterError
 from .experiments.studies import groups
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -21,7 +21,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 reproduce_app = typer.Typer(no_args_is_help=True, help="Reproduce the paper's experiments.")
 app.add_typer(reproduce_app, name="reproduce")
 
-BACKEND_CHOICES = ("local", "process", "ray")  # torchfpe.sweep.BACKENDS, without importing the sweep stack
+BACKEND_CHOICES = ("local", "process", "ray")  # torchfpe.lab.sweep.BACKENDS, without importing the sweep stack
 #: Which extra installs a missing module (the CLI names it instead of showing a traceback).
 EXTRA_OF = {"ray": "ray", "transformers": "embed", "PIL": "embed", "pyarrow": "parquet", "mnist1d": "data",
             "sklearn": "data"}
@@ -227,14 +227,14 @@ def embed(
 ) -> None:
     """Embed images with a frozen image model into an .npz file for the embedding-classifier experiments."""
     def call() -> None:
-        from .data.embeddings import EmbeddingFileError, check_output_file
+        from ..data.embeddings import EmbeddingFileError, check_output_file
 
         try:  # before any work: an unwritable --out would otherwise surface after every image is encoded
             check_output_file(out, "--out")
         except EmbeddingFileError as error:
             raise InvalidParameterError(str(error)) from None
         try:
-            from .data.extract import extract_embeddings
+            from ..data.extract import extract_embeddings
         except ImportError as error:
             if getattr(error, "name", None) in ("torchfpe.data.extract", None) or "extract_embeddings" in str(error):
                 _fail("this torchfpe has no embedding extraction yet "

@@ -2,7 +2,7 @@
 
 The paper's vision experiment: a small MLP ``d → neurons (ReLU) → C`` over frozen image embeddings
 (CLIP in the paper; here any embedding file or a built-in stand-in, see :mod:`torchfpe.data`),
-trained with the two-phase protocol of :mod:`torchfpe.experiments.protocol` and multi-class
+trained with the two-phase protocol of :mod:`torchfpe.lab.experiments.protocol` and multi-class
 cross-entropy. FPE widens the hidden layer alpha-fold at the parent's non-zero count; the controls
 (overlap, DropConnect, static sparsity at the same width) and wider dense models (``wide<scale>``,
 about ``scale`` times the non-zeros) are variants of the same run.
@@ -46,9 +46,9 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from .. import metrics
-from ..core import SPLITS
-from ..core.validation import Interval, Predicate, invalid
+from ... import metrics
+from ...core import SPLITS
+from ...core.validation import Interval, Predicate, invalid
 from . import protocol
 from .studies import Study, real_meta
 
@@ -63,7 +63,7 @@ def load_embedding_set(embeddings: str, data_dir: str | None):
 
 @functools.lru_cache(maxsize=4)
 def _load_cached(embeddings: str, data_dir: str | None):
-    from ..data import load_embeddings
+    from ...data import load_embeddings
 
     return load_embeddings(embeddings, data_dir=data_dir, seed=0)
 
@@ -129,8 +129,8 @@ class HeadsTask(protocol.Task):
                           f"reads the {info['features']} features of {info['name']})", config.alpha)
 
     def files(self, config) -> tuple[str, ...]:
-        from ..data import BUILTINS, parse_name
-        from ..data.digest import fashion_mnist_paths
+        from ...data import BUILTINS, parse_name
+        from ...data.digest import fashion_mnist_paths
 
         feature_set = parse_name(config.embeddings)  # a real-feature set or a subset of one ("NAME:6000/1000")
         builtin = config.embeddings in BUILTINS or feature_set is not None

@@ -1,5 +1,5 @@
 """One unit of work (configs equal but for the seed), as every backend runs it: in this process, in a
-pool worker, in a Ray task, or in the Ray guard's cluster (:mod:`torchfpe.sweep.ray_guard`)."""
+pool worker, in a Ray task, or in the Ray guard's cluster (:mod:`torchfpe.lab.sweep.ray_guard`)."""
 
 from __future__ import annotations
 

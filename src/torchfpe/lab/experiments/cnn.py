@@ -26,8 +26,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from .. import metrics
-from ..core.validation import Interval
+from ... import metrics
+from ...core.validation import Interval
 from . import protocol
 from .heads import DTYPES
 from .studies import Study, real_meta
@@ -38,7 +38,7 @@ CLASSES = 10
 
 def load_images(data_dir: str | None):
     """Fashion-MNIST as uint8 images and int64 labels (:func:`torchfpe.data.load_fashion_mnist`)."""
-    from ..data import load_fashion_mnist
+    from ...data import load_fashion_mnist
 
     return load_fashion_mnist(data_dir)
 
@@ -105,7 +105,7 @@ class CNNTask(protocol.Task):
         self.data(config)
 
     def files(self, config: "CNNConfig") -> tuple[str, ...]:
-        from ..data.digest import fashion_mnist_paths
+        from ...data.digest import fashion_mnist_paths
 
         return () if config.data_dir is None else tuple(str(path) for path in fashion_mnist_paths(config.data_dir))
 

@@ -6,15 +6,15 @@ An experiment is:
   ``without_seed()``; building it validates every field (``make_config`` refuses unknown names);
 - ``run_batch(configs) -> list[dict]``: one flat record per (variant, seed) for configs equal but
   for their seed (what every runner calls: in-process, a process pool, Ray); with ``device=True``
-  at registration it also takes ``device=`` (a checked ``torch.device``, see :mod:`torchfpe.devices`)
+  at registration it also takes ``device=`` (a checked ``torch.device``, see :mod:`torchfpe.lab.devices`)
   and trains there; an experiment without it (``theory``: counting, no tensors) runs on the CPU;
 - ``check(config)``: optional checks that need files (missing or corrupt data), run before any work;
 - ``files(config)``: optional, the data files the config names by path; their content digests are
   recorded with the results, and a folder whose runs read a file that has since changed is refused;
-- ``studies``: its :class:`~torchfpe.experiments.studies.Study` grids, each in a command group
+- ``studies``: its :class:`~torchfpe.lab.experiments.studies.Study` grids, each in a command group
   (``torchfpe reproduce <group> --study <name>``).
 
-Experiments of the protocol register through :func:`torchfpe.experiments.protocol.register`. A new
+Experiments of the protocol register through :func:`torchfpe.lab.experiments.protocol.register`. A new
 experiment is one module in this package that calls it: the modules here are imported on the first
 lookup, so the runners, the store, the CLI and the report find it by name without any other edit.
 An experiment registered from outside the package works in-process.
@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.validation import InvalidParameterError, build_config
+from ...core.validation import InvalidParameterError, build_config
 
 
 @dataclass(frozen=True)

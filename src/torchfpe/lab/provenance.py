@@ -19,7 +19,7 @@ def provenance(backend: str | None = None, address: str | None = None) -> dict:
     import numpy
     import torch
 
-    from . import __version__
+    from .. import __version__
 
     commit, dirty = _git_commit()
     return {

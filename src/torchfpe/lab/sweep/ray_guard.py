@@ -3,7 +3,7 @@
 ``ray.init()`` in the command's own process starts the cluster's processes as its children with
 "fate sharing", but the agents the raylet starts (``ray::DashboardAgent``, ``ray::RuntimeEnvAgent``)
 outlive a SIGKILL of the command: they are re-parented to init and stay. So a command that needs a
-local cluster runs it in this guard process instead (``python -m torchfpe.sweep.ray_guard``, in a
+local cluster runs it in this guard process instead (``python -m torchfpe.lab.sweep.ray_guard``, in a
 session of its own so that a terminal's Ctrl-C reaches only the command). The guard:
 
 1. becomes a *child subreaper* (Linux ``prctl(PR_SET_CHILD_SUBREAPER)``): every process of the cluster

@@ -46,7 +46,7 @@ def _header(meta: dict) -> list[str]:
     out += ["Command:", "", "```bash", str(meta.get("command", "")), "```", ""]
     out += [f"- Date: {meta.get('date', DASH)}"]
     if meta.get("provenance"):  # meta.json files written before it was recorded have none
-        from .._provenance import describe
+        from ..provenance import describe
 
         out.append(f"- Made with: {describe(meta['provenance'])}")
         for earlier in meta.get("provenance_earlier") or []:

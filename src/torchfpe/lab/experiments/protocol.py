@@ -41,7 +41,7 @@ What an experiment provides is a :class:`Task` (the contract):
   of the same seed, signed so that a positive gain is better (default ``test_accuracy``, higher).
 - ``train(model, config, data, length, generator, optimizer=None) -> optimizer`` and
   ``evaluate(model, config, data) -> dict``: how a model is trained for ``length`` units and what is
-  measured (default: :func:`torchfpe.train.fit` for ``length`` epochs on ``x_train``/``y_train``, and
+  measured (default: :func:`torchfpe.lab.train.fit` for ``length`` epochs on ``x_train``/``y_train``, and
   train and test accuracy). A task that overrides either is trained one model at a time.
 
 A config is a frozen dataclass derived from :class:`ProtocolConfig` (epochs; a ``neurons`` width), or
@@ -51,12 +51,12 @@ adds its own fields (with ``constraints()`` and ``check()`` for its own rules), 
 (``task: ClassVar``) and its phase fields (``phase_fields: ClassVar``). :func:`register` makes it an
 experiment of the registry (one call per experiment module).
 
-:func:`run_batch` trains the seeds of one config as stacks (:mod:`torchfpe.batched`) where the
+:func:`run_batch` trains the seeds of one config as stacks (:mod:`torchfpe.lab.batched`) where the
 models are plain MLPs, else one model at a time; :func:`run_single` is the one-model reference path
 that the stacks must agree with. Both return one flat record per (variant, seed).
 
 **The device.** Both take ``device=`` (``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``; checked by
-:func:`torchfpe.devices.resolve_device`), a runtime option that is no config field, so run keys and
+:func:`torchfpe.lab.devices.resolve_device`), a runtime option that is no config field, so run keys and
 stacks are the same on every device. The protocol builds each seed's ``Data`` and parent on the CPU
 (so seeded draws are the same everywhere), moves the data to the device once (:meth:`Data.to`) and
 trains and evaluates every model there; ``expand`` and the records work on CPU copies. A task never
@@ -77,11 +77,11 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from .. import metrics
+from ... import metrics
 from ..devices import resolve_device
 from ..batched import STACKED_ACCURACIES, STACKED_LOSSES, StackedMLP, _signature, can_stack, fit_stacked
-from ..core import BIAS_POLICIES, BUDGETS, SPLITS, carry_optimizer, expand, nonzero_parameters
-from ..core.validation import Interval, InvalidParameterError, Options, Predicate, plain_number, validate_dataclass
+from ...core import BIAS_POLICIES, BUDGETS, SPLITS, carry_optimizer, expand, nonzero_parameters
+from ...core.validation import Interval, InvalidParameterError, Options, Predicate, plain_number, validate_dataclass
 from ..train import ACCURACIES, LOSSES, OPTIMIZERS, TrainSettings, fit
 
 WIDE = re.compile(r"^wide(\d+(?:\.\d+)?)$")
@@ -509,7 +509,7 @@ def run_batch(task: Task, configs: Sequence, device: str | torch.device | None =
     """Train the runs of ``configs`` (equal but for the seed) as stacks on ``device``; same records as
     ``run_single``.
 
-    Models that :class:`~torchfpe.batched.StackedMLP` cannot stack (e.g. a CNN), tasks with their own
+    Models that :class:`~torchfpe.lab.batched.StackedMLP` cannot stack (e.g. a CNN), tasks with their own
     ``train`` or ``evaluate``, and variants that carry the optimizer run one seed at a time through
     :func:`run_single`.
     """

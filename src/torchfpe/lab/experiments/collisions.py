@@ -13,7 +13,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .. import metrics
+from ... import metrics
 from .boolean import boolean_meta
 from .registry import register_experiment
 from .studies import Study
@@ -28,7 +28,7 @@ class TheoryConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        from ..core.validation import Interval, invalid, validate_dataclass
+        from ...core.validation import Interval, invalid, validate_dataclass
 
         count = Interval(int, 1)
         validate_dataclass(self, {"k": [count], "alpha": [Interval(int, 2)], "n_vars": [count], "trials": [count],

@@ -41,7 +41,7 @@ imported lazily), :mod:`.sections` (per-study parts of ``report.md``) and :mod:`
 (:func:`records_frame`, :func:`write_report`), :mod:`.cells` (the real-model layouts). Every
 public name is re-exported here, except those of :mod:`.fidelity` (the Boolean fidelity analysis of
 stored runs, ``torchfpe fidelity``), which stays a submodule so that ``python -m
-torchfpe.report.fidelity`` runs without a second copy of it.
+torchfpe.lab.report.fidelity`` runs without a second copy of it.
 """
 
 from .cells import cells_section, match_section, paper_key

@@ -10,10 +10,10 @@ the splits. Every variant of a run shares the data and the dense warm-up:
 - ``static_sparse``: the width alpha·h under a random fixed mask drawn at initialisation
   (Golubeva et al. 2021), trained from scratch for T1 + T2 epochs.
 
-The protocol itself lives in :mod:`torchfpe.experiments.protocol`; this module is its
+The protocol itself lives in :mod:`torchfpe.lab.experiments.protocol`; this module is its
 :class:`BooleanTask` (data, parent model, clause map, interference metrics), the config and the
 studies, registered as the experiment ``boolean``: ``EXPERIMENT.run_batch(configs)`` trains the runs
-of several seeds at once with :mod:`torchfpe.batched`; ``EXPERIMENT.run_single(config)`` is the
+of several seeds at once with :mod:`torchfpe.lab.batched`; ``EXPERIMENT.run_single(config)`` is the
 one-model-at-a-time reference path that it must agree with.
 """
 
@@ -25,10 +25,10 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..core.validation import Interval, InvalidParameterError, Options, invalid
+from ...core.validation import Interval, InvalidParameterError, Options, invalid
 
-from .. import metrics
-from ..tasks import DNFConfig, make_dnf
+from ... import metrics
+from ...tasks import DNFConfig, make_dnf
 from . import protocol
 from .studies import DATASET_NOTE, Study
 
@@ -103,7 +103,7 @@ class BooleanConfig(protocol.ProtocolConfig):
             object.__setattr__(self, "n_vars", max(48, 2 * self.clauses * self.literals))
 
     def constraints(self) -> dict:
-        from ..tasks.dnf import ENCODINGS, SAMPLINGS, VARIABLE_MODES
+        from ...tasks.dnf import ENCODINGS, SAMPLINGS, VARIABLE_MODES
 
         count = Interval(int, 1)
         return {

@@ -8,7 +8,7 @@ with :func:`torchfpe.tasks.make_formula` and builds numbered tables (:class:`.ma
    every FPE variant against dense and of ``clause_shared`` against ``clause``;
 2. **coverage**: per config and variant, how many hidden units still hold a whole clause
    (:func:`torchfpe.metrics.whole_clause_cover`) next to the balanced-partition theory of the random
-   split (:func:`torchfpe.experiments.collisions.balanced_same_child_probability`);
+   split (:func:`torchfpe.lab.experiments.collisions.balanced_same_child_probability`);
 3. **levels**: per config and variant, each reading's mean ± std over seeds;
 4. **regression**: each metric's fold change (variant / dense, same config and seed) against the
    relative accuracy gain, for six readings (input-level, clause-relevant inputs, clauses; capacity
@@ -17,9 +17,9 @@ with :func:`torchfpe.tasks.make_formula` and builds numbered tables (:class:`.ma
 
 The command is ``torchfpe fidelity STORE [STORE ...] [--out FILE.md] [--csv FILE.csv]
 [--sections accuracy,coverage,levels,regression]``;
-from Python, :func:`torchfpe.api.fidelity`. A store that cannot be read (no ``meta.json``, a corrupt
+from Python, :func:`torchfpe.lab.api.fidelity`. A store that cannot be read (no ``meta.json``, a corrupt
 run file, runs that are not Boolean) raises :class:`FidelityError`, a
-:class:`~torchfpe.sweep.StoreError` naming the file.
+:class:`~torchfpe.lab.sweep.StoreError` naming the file.
 """
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .. import metrics
+from ... import metrics
 from ..experiments.boolean import EXPERIMENT as BOOLEAN
 from ..experiments.collisions import balanced_same_child_probability
 from ..sweep.store import ResultStore, StoreError
-from ..tasks import make_formula
+from ...tasks import make_formula
 from .markdown import _Tables
 from .stats import fmt_ci, fmt_fixed, fmt_num, fmt_p, fmt_pct, fmt_pm, ordered_variants, paired_test, summarize
 

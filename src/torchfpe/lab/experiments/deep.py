@@ -7,14 +7,14 @@ layer after it gets alpha copies of each column; the budget prunes globally back
 non-zero count. One alpha fits every layer as long as ``alpha <= neurons`` (the smallest fan-in),
 so no per-layer alpha is needed for the default grid.
 
-Everything else (data, defaults, controls, records) is as in :mod:`torchfpe.experiments.heads`.
+Everything else (data, defaults, controls, records) is as in :mod:`torchfpe.lab.experiments.heads`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..core.validation import Interval, invalid
+from ...core.validation import Interval, invalid
 from .heads import HeadsConfig, register
 from .studies import Study, real_meta
 

@@ -1,12 +1,12 @@
 """Studies: grids of configs, by command group (see docs/reproduction.md).
 
 Each experiment module declares its studies beside its config and registers them with it
-(:mod:`torchfpe.experiments.registry`); :func:`groups` collects them by command group. A
+(:mod:`torchfpe.lab.experiments.registry`); :func:`groups` collects them by command group. A
 :class:`Study` names its experiment, the swept fields (``axes``), the fixed fields (``base``) and
 ``meta``: how its report is laid out and what it compares against, copied into ``meta.json``:
 
 - ``layout``: ``headline`` | ``sweep`` | ``grid`` | ``theory`` | ``cells`` | ``match`` (see
-  :data:`torchfpe.report.constants.LAYOUTS`);
+  :data:`torchfpe.lab.report.constants.LAYOUTS`);
 - ``dataset``: the data's name where records carry no ``dataset`` field (Boolean);
 - ``dataset_note``: one sentence on where the data come from;
 - ``paper``: the paper's numbers and the data set they belong to (shown only where it matches);

@@ -2,7 +2,7 @@
 
 The same ``run_batch(configs)`` of an experiment is what every backend calls; backends differ only
 in where the call happens. Jobs that differ only in their seed are grouped into one *unit* and
-trained as one stack (:mod:`torchfpe.batched`). Only the parent process writes to the store, one
+trained as one stack (:mod:`torchfpe.lab.batched`). Only the parent process writes to the store, one
 file per finished run, so a killed sweep loses only the units in flight.
 """
 
@@ -185,7 +185,7 @@ def _terminated(signum, frame) -> None:
 def _run_ray(units, threads: int, address: str | None, save: Callable, device: str | None = None) -> None:
     """Run units on Ray: an existing cluster (``address``, or one this process already joined), else a
     local cluster started for this call in a guard process that stops it when this process ends in any
-    way, SIGKILL included (see :mod:`torchfpe.sweep.ray_guard`)."""
+    way, SIGKILL included (see :mod:`torchfpe.lab.sweep.ray_guard`)."""
     try:
         import ray
     except ImportError:
@@ -212,7 +212,7 @@ def _run_ray(units, threads: int, address: str | None, save: Callable, device: s
 
 
 class _RayGuard:
-    """This process's end of :mod:`torchfpe.sweep.ray_guard`: start the guard, run units, stop it."""
+    """This process's end of :mod:`torchfpe.lab.sweep.ray_guard`: start the guard, run units, stop it."""
 
     def __enter__(self) -> "_RayGuard":
         import subprocess
@@ -221,7 +221,7 @@ class _RayGuard:
 
         self.log = tempfile.TemporaryFile()  # the guard's stderr (Ray's own messages), shown if it fails
         # a session of its own: a terminal's Ctrl-C reaches only this process, which then stops the guard
-        self.process = subprocess.Popen([sys.executable, "-m", "torchfpe.sweep.ray_guard"], stdin=subprocess.PIPE,
+        self.process = subprocess.Popen([sys.executable, "-m", "torchfpe.lab.sweep.ray_guard"], stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, stderr=self.log, text=True, start_new_session=True)
         if self._receive()[0] != "ready":
             raise self._failure("the guard did not start")

@@ -14,7 +14,7 @@ import re
 
 import torch
 
-from .core.validation import InvalidParameterError
+from ..core.validation import InvalidParameterError
 
 #: The device kinds experiments train on (``cuda`` takes an index: ``cuda:1``).
 KINDS = ("cpu", "cuda", "mps")

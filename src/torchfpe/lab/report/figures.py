@@ -88,7 +88,7 @@ def _color(variant: str) -> Any:
 
 
 def _base_color(name: str) -> Any:
-    from ..core.splits import SPLITS
+    from ...core.splits import SPLITS
 
     if name == "dense":
         return DENSE_COLOUR
