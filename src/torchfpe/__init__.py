@@ -15,6 +15,7 @@ from .core import (
     apply_masks_,
     carry_optimizer,
     expand,
+    expand_,
     find_ffn_pairs,
     find_hidden_pairs,
     InvalidParameterError,
@@ -32,6 +33,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BIAS_POLICIES", "BUDGETS", "SPLITS", "DropConnectLinear", "ExpansionReport", "MaskedLinear",
-    "InvalidParameterError", "apply_masks_", "carry_optimizer", "expand", "find_ffn_pairs", "find_hidden_pairs", "load_expanded",
+    "InvalidParameterError", "apply_masks_", "carry_optimizer", "expand", "expand_", "find_ffn_pairs", "find_hidden_pairs", "load_expanded",
     "nonzero_parameters", "trainable_positions", "__version__", "ExpandedLayer", "pack", "unpack", "register_split",
 ]
