@@ -36,3 +36,12 @@ __all__ = [
     "InvalidParameterError", "apply_masks_", "carry_optimizer", "expand", "expand_", "find_ffn_pairs", "find_hidden_pairs", "load_expanded",
     "nonzero_parameters", "trainable_positions", "__version__", "ExpandedLayer", "pack", "unpack", "register_split",
 ]
+
+
+def __getattr__(name: str):
+    """``torchfpe.FPECallback`` needs transformers: loaded on first use, so ``import torchfpe`` stays torch-only."""
+    if name == "FPECallback":
+        from .integrations.trainer import FPECallback
+
+        return FPECallback
+    raise AttributeError(f"module 'torchfpe' has no attribute {name!r}")
