@@ -21,6 +21,20 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 reproduce_app = typer.Typer(no_args_is_help=True, help="Reproduce the paper's experiments.")
 app.add_typer(reproduce_app, name="reproduce")
 
+
+def _print_version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        typer.echo(f"torchfpe {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                          help="Show torchfpe's version and exit.")) -> None:
+    pass
+
 BACKEND_CHOICES = ("local", "process", "ray")  # torchfpe.lab.sweep.BACKENDS, without importing the sweep stack
 #: Which extra installs a missing module (the CLI names it instead of showing a traceback).
 EXTRA_OF = {"ray": "ray", "transformers": "embed", "PIL": "embed", "pyarrow": "parquet", "mnist1d": "data",
