@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -109,6 +110,9 @@ def test_bad_arguments_and_unsupported_setups_are_refused(tmp_path):
         torchfpe.FPECallback(at_step=1, alpha=1)
     with pytest.raises(InvalidParameterError, match="torch_compile"):
         torchfpe.FPECallback(at_step=1, alpha=2).on_train_begin(arguments(tmp_path, torch_compile=True), None, None)
+    for setup, word in (({"world_size": 2}, "DDP"), ({"fsdp": "full_shard"}, "FSDP")):
+        with pytest.raises(InvalidParameterError, match=word):
+            torchfpe.FPECallback(at_step=1, alpha=2).on_train_begin(SimpleNamespace(**setup), None, None)
 
 
 def _layers_save_dicts() -> bool:
