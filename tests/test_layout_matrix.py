@@ -1,4 +1,4 @@
-"""Rows of docs/workflow.md's works/doesn't table, per layout: autocast and torch.export (issue 20 item 8)."""
+"""Rows of docs/workflow.md's works/doesn't table, per layout: autocast, torch.export, torch.compile (issue 20 item 8)."""
 
 from __future__ import annotations
 
@@ -43,3 +43,17 @@ def test_torch_export_gives_the_same_outputs(layout):
     x = torch.randn(4, 8, generator=torch.Generator().manual_seed(0))
     exported = torch.export.export(model, (x,))
     assert torch.equal(exported.module()(x), model(x))
+
+
+@pytest.mark.slow  # inductor compiles C++ on CPU: 30-80 s per layout on the shared 2-core machine
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_torch_compile_gives_the_same_outputs_and_trains(layout):
+    model = model_in(layout)
+    x = torch.randn(4, 8, generator=torch.Generator().manual_seed(0))
+    compiled = torch.compile(model)
+    if layout != "dropconnect":  # its training-time drop is random
+        torch.testing.assert_close(compiled(x), model(x))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    compiled(x).square().mean().backward()
+    optimizer.step()
+    assert all(layer.masked_out_nonzero() == 0 for _, layer in expanded_layers(model))
