@@ -31,7 +31,7 @@ CARRIED = (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD)
 
 
 def carry_optimizer(optimizer: torch.optim.Optimizer, parent: nn.Module, wide: nn.Module, *,
-                    in_place: bool = False, scheduler=None) -> torch.optim.Optimizer:
+                    in_place: bool = False, scheduler: object | None = None) -> torch.optim.Optimizer:
     """The optimizer's state carried from ``parent``'s parameters to ``wide``'s: a new optimizer, or ``optimizer`` itself.
 
     Args:
@@ -107,7 +107,7 @@ def rebind_optimizer_(optimizer: torch.optim.Optimizer, groups: list[list[nn.Par
             optimizer.state[param] = state
 
 
-def _schedulers_of(scheduler, optimizer: torch.optim.Optimizer, inner: torch.optim.Optimizer) -> list:
+def _schedulers_of(scheduler: object | None, optimizer: torch.optim.Optimizer, inner: torch.optim.Optimizer) -> list:
     """The torch schedulers inside ``scheduler`` (wrappers, SequentialLR), each checked to step ``optimizer``."""
     if scheduler is None:
         return []
