@@ -251,8 +251,9 @@ def encode_texts(
 ) -> np.ndarray:
     """Sentence embeddings of ``texts``: float32 (len(texts), 384), each row of norm 1.
 
-    Texts are batched in order of length (less padding, as sentence-transformers does) and the rows
-    come back in the order given. ``encoder``: a loaded one to reuse (its own ``max_length`` and
+    Texts are batched longest first (less padding, as sentence-transformers does; the slow batches come
+    first, so a progress display's estimate of the time left errs long, never short) and the rows come
+    back in the order given. ``encoder``: a loaded one to reuse (its own ``max_length`` and
     device then apply); ``progress``/``task``: a display (:func:`torchfpe.data.encode._progress`) to
     advance by each batch.
     """
@@ -261,7 +262,7 @@ def encode_texts(
     if encoder is None:
         encoder = minilm_encoder(device, max_length=max_length)
     out = np.zeros((len(texts), MINILM_DIM), dtype=np.float32)
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
         out[rows] = encoder.encode([texts[i] for i in rows])
