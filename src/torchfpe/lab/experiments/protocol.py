@@ -82,7 +82,8 @@ from ..devices import resolve_device
 from ..batched import STACKED_ACCURACIES, STACKED_LOSSES, StackedMLP, _signature, can_stack, fit_stacked
 from ...core import BIAS_POLICIES, BUDGETS, SPLITS, carry_optimizer, expand, nonzero_parameters
 from ...core.validation import Interval, InvalidParameterError, Options, Predicate, plain_number, validate_dataclass
-from ..train import ACCURACIES, LOSSES, OPTIMIZERS, TrainSettings, fit
+from ...core.optim import OPTIMIZERS
+from ..train import ACCURACIES, LOSSES, TrainSettings, fit, optimizer_names
 
 WIDE = re.compile(r"^wide(\d+(?:\.\d+)?)$")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -152,9 +153,11 @@ def variants_help(allowed: Sequence[str]) -> str:
            f"{', '.join(BUDGETS)})"
 
 
-def check_variants(variants: Sequence[str], allowed: Sequence[str], budget: str | None = None) -> None:
+def check_variants(variants: Sequence[str], allowed: Sequence[str], budget: str | None = None,
+                   optimizer: str | None = None) -> None:
     """Raise ValueError unless ``variants`` is a non-empty list of distinct names :func:`parse_variant` reads
-    within ``allowed``, and each split fits its budget (``budget``: the config's, for unmodified splits)."""
+    within ``allowed``, each split fits its budget (``budget``: the config's, for unmodified splits), and
+    ``@carry`` is named only with an optimizer registered as carried (``optimizer``: the config's)."""
     if not variants:
         raise ValueError(f"variants must be a non-empty subset of {variants_help(allowed)}, got {tuple(variants)!r}")
     for name in variants:
@@ -163,6 +166,11 @@ def check_variants(variants: Sequence[str], allowed: Sequence[str], budget: str 
         except ValueError as error:
             raise ValueError(f"{error}; variants must be a non-empty subset of {variants_help(allowed)}, got "
                              f"{tuple(variants)!r}") from None
+        if variant.carry and optimizer in OPTIMIZERS and not OPTIMIZERS[optimizer].carried:
+            carried = ", ".join(OPTIMIZERS.where(carried=True))
+            raise ValueError(f"variant {name!r}: @{CARRY} carries the warm-up optimizer's state, but "
+                             f"optimizer={optimizer!r} is not registered as carried (carried: {carried}); drop "
+                             f"@{CARRY} or choose a carried optimizer")
         chosen = variant.budget or budget
         split = SPLITS[variant.split] if variant.split else None
         if chosen == "structured" and split is not None and not (split.partition and split.widens
@@ -290,7 +298,7 @@ class ProtocolBase:
         self.normalise()
         validate_dataclass(self, self.constraints(), type(self).__name__)
         try:  # each name is known (the constraint); here the rules between names and with the budget
-            check_variants(self.variants, task_variants(self.task), self.budget)
+            check_variants(self.variants, task_variants(self.task), self.budget, self.optimizer)
         except ValueError as error:
             raise InvalidParameterError(f"the 'variants' parameter of {type(self).__name__}: {error}") from None
         self.check()
@@ -319,7 +327,7 @@ class ProtocolBase:
         return {
             "alpha": [Interval(int, 2)], "bias": [Options(BIAS_POLICIES)],
             "budget": [Options(BUDGETS)], "dropconnect_p": [Interval(float, 0.0, 1.0, closed="left"), None],
-            "optimizer": [Options(OPTIMIZERS)], "lr": [Interval(float, 0.0, None, closed="neither")],
+            "optimizer": [Options(optimizer_names())], "lr": [Interval(float, 0.0, None, closed="neither")],
             "weight_decay": [Interval(float, 0.0)], "batch_size": [count, None],
             **{name: [Interval(int, 0)] for name in self.phase_fields},
             "dtype": [Options(tuple(DTYPES))],
