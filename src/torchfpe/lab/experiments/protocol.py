@@ -33,6 +33,8 @@ What an experiment provides is a :class:`Task` (the contract):
 - ``expand_kwargs(config, split, data) -> dict``: extra arguments of ``expand`` for a variant's split
   (``layers=``, ``pairs=``, or a per-layer ``split=`` mapping).
 - ``record_extras(config, variant, model, data) -> dict``: fields added to each record.
+- ``schedule(config) -> (config, dict)``: the config the protocol trains instead (records keep the
+  asked config's fields and gain the dict's); default: the config itself.
 - ``check(config)``: checks that need files, run before any work (default: none).
 - ``fold_keys``: record fields whose variant / dense ratio is recorded as ``<key>_fold``.
 - ``wide_parent(config, scale)``: a wider dense model, only for ``wide<scale>`` variants.
@@ -250,6 +252,12 @@ class Task:
     def record_extras(self, config, variant: str, model: nn.Module, data: Data) -> dict:
         return {}
 
+    def schedule(self, config) -> tuple[Any, dict]:
+        """The config the protocol trains for ``config`` and the fields each of its records gains
+        (default: the config itself, none). Records keep the fields of the config asked for, so run keys
+        do not change (the heads' fixed step counts become whole passes here)."""
+        return config, {}
+
     def train(self, model: nn.Module, config, data: Data, length: int, generator: torch.Generator,
               optimizer: torch.optim.Optimizer | None = None) -> torch.optim.Optimizer:
         """Train ``model`` in place for ``length`` units of the task (here epochs over ``x_train``); returns
@@ -383,14 +391,25 @@ def _protocol_fields(cls: type) -> set[str]:
     return {f.name for base in bases for f in dataclasses.fields(base)}
 
 
-def register(name: str, config: type[ProtocolConfig], studies: Sequence = ()):
-    """Make ``config`` (a :class:`ProtocolConfig` subclass naming its ``task``) the experiment ``name``."""
+def register(name: str, config: type[ProtocolBase], studies: Sequence = ()):
+    """Make ``config`` (a :class:`ProtocolBase` subclass naming its ``task``) the experiment ``name``.
+
+    The one registration of a protocol experiment: its capabilities follow from the protocol and the
+    task, never passed by hand. It trains tensors, so it takes ``device=`` (:func:`run_batch` and
+    :func:`run_single` resolve it); whether it stacks follows from :meth:`Task.stacks`. A task that
+    trains another config than the one asked for says so in :meth:`Task.schedule`, not by wrapping.
+    """
     from .registry import register_experiment
 
     task = config.task
     return register_experiment(name, config, functools.partial(run_batch, task),
                                run_single=functools.partial(run_single, task), check=functools.partial(_check, task),
-                               files=functools.partial(_files, task), studies=studies, device=True)
+                               files=functools.partial(_files, task), studies=studies, device=trains_on_device(task))
+
+
+def trains_on_device(task: Task) -> bool:
+    """Whether the experiment of ``task`` takes ``device=``: every protocol task trains tensors there."""
+    return isinstance(task, Task)
 
 
 def _check(task: Task, config) -> None:
@@ -476,9 +495,29 @@ def _sorted(records: list[dict], variants: Sequence[str]) -> list[dict]:
 
 
 # -------------------------------------------------------------------------------- one model at a time
+def scheduled_run(task: Task, configs: Sequence, train) -> list[dict]:
+    """``train(configs the task schedules)``; each record keeps the fields of the config asked for (same
+    seed) and gains the task's schedule fields (:meth:`Task.schedule`)."""
+    configs = list(configs)
+    plans = [task.schedule(c) for c in configs]
+    if all(ran is asked and not extra for asked, (ran, extra) in zip(configs, plans)):
+        return train(configs)
+    asked = {c.seed: (c.to_dict(), extra) for c, (_, extra) in zip(configs, plans)}
+    records = train([ran for ran, _ in plans])
+    for record in records:
+        fields, extra = asked[record["seed"]]
+        record.update(fields, **extra)
+    return records
+
+
 def run_single(task: Task, config, device: str | torch.device | None = None) -> list[dict]:
     """The reference path: every variant of one run trained one model at a time (on ``device``)."""
     device = resolve_device(device, "run_single")
+    return scheduled_run(task, [config], lambda ran: train_single(task, ran[0], device))
+
+
+def train_single(task: Task, config, device: torch.device) -> list[dict]:
+    """:func:`run_single` of a scheduled config on a resolved device."""
     data = task.data(config)
     on = data.to(device)  # moved once; ``data`` (CPU) feeds expand and the records
     warmup, after = config.phase_lengths()
@@ -527,11 +566,16 @@ def run_batch(task: Task, configs: Sequence, device: str | torch.device | None =
         return []
     if len({c.without_seed() for c in configs}) != 1:
         raise ValueError("run_batch needs configs that differ only in their seed; group them first")
+    return scheduled_run(task, configs, lambda ran: train_batch(task, ran, device))
+
+
+def train_batch(task: Task, configs: list, device: torch.device) -> list[dict]:
+    """:func:`run_batch` of scheduled configs (equal but for the seed) on a resolved device."""
     first = configs[0]
     carries = any(parse_variant(v).carry for v in first.variants)
     parents = [task.parent(c) for c in configs] if task.stacks() and not carries else []
     if not parents or not can_stack(parents[:1]):  # each parent is seeded by its config (global RNG untouched)
-        return _sorted([r for c in configs for r in run_single(task, c, device)], first.variants)
+        return _sorted([r for c in configs for r in train_single(task, c, device)], first.variants)
     settings = first.settings()
     loss_fn, accuracy = STACKED_LOSSES[task.kind], STACKED_ACCURACIES[task.kind]
     datas = [task.data(c) for c in configs]
