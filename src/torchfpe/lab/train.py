@@ -112,9 +112,3 @@ def binary_accuracy(model: nn.Module, x: Tensor, y: Tensor, eval_batch: int | No
 def multiclass_accuracy(model: nn.Module, x: Tensor, y: Tensor, eval_batch: int | None = None) -> float:
     """Fraction of integer labels matched by the arg-max logit."""
     return float((_logits(model, x, eval_batch).argmax(dim=1) == y).float().mean())
-
-
-#: Loss and accuracy of one model per task kind: ``binary`` (one logit, 0/1 targets, BCE) and
-#: ``multiclass`` (C logits, integer labels, cross-entropy).
-LOSSES = {"binary": binary_loss, "multiclass": multiclass_loss}
-ACCURACIES = {"binary": binary_accuracy, "multiclass": multiclass_accuracy}

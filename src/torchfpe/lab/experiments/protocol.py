@@ -23,8 +23,9 @@ that names other fields in ``phase_fields`` (the language models' ``warmup_steps
 
 What an experiment provides is a :class:`Task` (the contract):
 
-- ``kind``: ``"binary"`` (one logit, 0/1 targets) or ``"multiclass"`` (C logits, integer labels);
-  picks the loss (BCE / cross-entropy) and the accuracy.
+- ``kind``: a registered task kind (:data:`torchfpe.lab.kinds.TASK_KINDS`: ``"binary"``, one logit and
+  0/1 targets; ``"multiclass"``, C logits and integer labels; or one registered from outside): its
+  loss, its measured record fields, their stacked forms and the metric.
 - ``provides``: what its splits may ask for (``"clauses"``, ``"data"``), given by
   ``split_inputs(config, data) -> dict``; the variants a config may name follow from it.
 - ``data(config) -> Data``: train and test tensors of one seed (and any ``info`` the task needs).
@@ -40,11 +41,12 @@ What an experiment provides is a :class:`Task` (the contract):
 - ``wide_parent(config, scale)``: a wider dense model, only for ``wide<scale>`` variants.
 - ``eval_batch``: evaluate in chunks of this many examples (None: one pass).
 - ``metric`` and ``higher_is_better``: the record field ``relative_gain`` compares with the dense run
-  of the same seed, signed so that a positive gain is better (default ``test_accuracy``, higher).
+  of the same seed, signed so that a positive gain is better (default: the kind's metric and direction).
 - ``train(model, config, data, length, generator, optimizer=None) -> optimizer`` and
   ``evaluate(model, config, data) -> dict``: how a model is trained for ``length`` units and what is
-  measured (default: :func:`torchfpe.lab.train.fit` for ``length`` epochs on ``x_train``/``y_train``, and
-  train and test accuracy). A task that overrides either is trained one model at a time.
+  measured (default: :func:`torchfpe.lab.train.fit` for ``length`` epochs on ``x_train``/``y_train``
+  with the kind's loss, and the kind's measured fields). A task that overrides either, or whose kind
+  does not stack, is trained one model at a time.
 
 A config is a frozen dataclass derived from :class:`ProtocolConfig` (epochs; a ``neurons`` width), or
 from :class:`ProtocolBase` (the fields every protocol experiment shares) for a task that counts its
@@ -81,11 +83,12 @@ from torch import Tensor, nn
 
 from ... import metrics
 from ..devices import resolve_device
-from ..batched import STACKED_ACCURACIES, STACKED_LOSSES, StackedMLP, _signature, can_stack, fit_stacked
+from ..batched import StackedMLP, _signature, can_stack, fit_stacked
 from ...core import BIAS_POLICIES, BUDGETS, SPLITS, carry_optimizer, expand, nonzero_parameters
 from ...core.validation import Interval, InvalidParameterError, Options, Predicate, plain_number, validate_dataclass
 from ...core.optim import OPTIMIZERS
-from ..train import ACCURACIES, LOSSES, TrainSettings, fit, optimizer_names
+from ..kinds import TaskKind, get_task_kind
+from ..train import TrainSettings, fit, optimizer_names
 
 WIDE = re.compile(r"^wide(\d+(?:\.\d+)?)$")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -209,12 +212,25 @@ class Data:
 class Task:
     """Base class with the optional hooks' defaults; see the module docstring for the contract."""
 
-    kind: str = "binary"
+    kind: str = "binary"  # a registered task kind (torchfpe.lab.kinds.TASK_KINDS)
     provides: tuple[str, ...] = ()  # what its splits may ask for: "clauses", "data"
     fold_keys: tuple[str, ...] = ()
     eval_batch: int | None = None  # evaluate in chunks of this many examples (None: one pass)
-    metric: str = "test_accuracy"  # the record field relative_gain compares with dense
-    higher_is_better: bool = True
+
+    @property
+    def task_kind(self) -> TaskKind:
+        """The registered record of :attr:`kind` (looked up at call time)."""
+        return get_task_kind(self.kind, f"{type(self).__name__}.kind")
+
+    @property
+    def metric(self) -> str:
+        """The record field relative_gain compares with dense (default: the kind's metric)."""
+        return self.task_kind.metric
+
+    @property
+    def higher_is_better(self) -> bool:
+        """The direction of :attr:`metric` (declared by the kind)."""
+        return self.task_kind.field(self.metric).higher_is_better
 
     def data(self, config) -> Data:
         raise NotImplementedError
@@ -237,7 +253,7 @@ class Task:
     def stacks(self) -> bool:
         """Whether :func:`run_batch` may train this task's models as stacks: the stacked trainer reproduces
         the default :meth:`train` and :meth:`evaluate` only."""
-        return type(self).train is Task.train and type(self).evaluate is Task.evaluate
+        return type(self).train is Task.train and type(self).evaluate is Task.evaluate and self.task_kind.stacks
 
     def parent(self, config) -> nn.Module:
         raise NotImplementedError
@@ -263,14 +279,12 @@ class Task:
         """Train ``model`` in place for ``length`` units of the task (here epochs over ``x_train``); returns
         the optimizer (a new one of the config's settings unless ``optimizer`` is given)."""
         return fit(model, data.x_train, data.y_train, length, config.settings(), optimizer=optimizer,
-                   generator=generator, loss_fn=LOSSES[self.kind])
+                   generator=generator, loss_fn=self.task_kind.loss)
 
     def evaluate(self, model: nn.Module, config, data: Data) -> dict:
-        """The measured fields of one record (here test and train accuracy); :attr:`metric` is one of them."""
-        accuracy = ACCURACIES[self.kind]
-        train_acc = accuracy(model, data.x_train, data.y_train, self.eval_batch)
-        return {"test_accuracy": accuracy(model, data.x_test, data.y_test, self.eval_batch),
-                "train_accuracy": train_acc}
+        """The measured fields of one record (the kind's, e.g. test and train accuracy); :attr:`metric` is
+        one of them."""
+        return self.task_kind.evaluate(model, data.x_train, data.y_train, data.x_test, data.y_test, self.eval_batch)
 
 
 # ------------------------------------------------------------------------------------- the config
@@ -577,7 +591,7 @@ def train_batch(task: Task, configs: list, device: torch.device) -> list[dict]:
     if not parents or not can_stack(parents[:1]):  # each parent is seeded by its config (global RNG untouched)
         return _sorted([r for c in configs for r in train_single(task, c, device)], first.variants)
     settings = first.settings()
-    loss_fn, accuracy = STACKED_LOSSES[task.kind], STACKED_ACCURACIES[task.kind]
+    kind = task.task_kind
     datas = [task.data(c) for c in configs]
     x_train, y_train, x_test, y_test = (  # moved to the device once
         _stack([getattr(d, name) for d in datas], device) for name in ("x_train", "y_train", "x_test", "y_test"))
@@ -585,15 +599,14 @@ def train_batch(task: Task, configs: list, device: torch.device) -> list[dict]:
 
     def train(stack, index, epochs_, generators, optimizer=None):
         return fit_stacked(stack, _take(x_train, index), _take(y_train, index), epochs_, settings, optimizer=optimizer,
-                           generators=generators, loss_fn=loss_fn)
+                           generators=generators, loss_fn=kind.stacked_loss)
 
     def finish(stack: StackedMLP, owners: list[tuple[Any, str, int]]):
         index = torch.tensor([i for _, _, i in owners])
-        train_acc = accuracy(stack, _take(x_train, index), _take(y_train, index))
-        test_acc = accuracy(stack, _take(x_test, index), _take(y_test, index))
-        for model, (config, variant, i), a, b in zip(stack.unstack(), owners, train_acc, test_acc):
-            measured = {"test_accuracy": float(b), "train_accuracy": float(a)}
-            records.append(make_record(task, config, variant, model.cpu(), measured, datas[i]))
+        measured = kind.evaluate_stacked(stack, _take(x_train, index), _take(y_train, index),
+                                         _take(x_test, index), _take(y_test, index))
+        for model, (config, variant, i), fields in zip(stack.unstack(), owners, measured):
+            records.append(make_record(task, config, variant, model.cpu(), fields, datas[i]))
 
     everyone = torch.arange(len(configs))
     torch.manual_seed(first.seed)  # DropConnect's masks come from the global generator
