@@ -556,18 +556,20 @@ def _describe_run(meta: dict, key: str) -> str:
 
 
 def _check_record(record: Any, path: Path, metric_key: str = "test_accuracy") -> None:
+    from .kinds import fraction_fields
     from .sweep import StoreError
 
     value = record.get(metric_key)
     if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
         raise StoreError(f"{path}: record field {metric_key!r} must be a number, got {value!r}; the file is corrupt: "
                          "move it away and re-run")
+    fractions = fraction_fields()  # declared by the registered task kinds
     for name, value in record.items():
-        if name.endswith("accuracy") and value is not None and (
+        if name in fractions and value is not None and (
                 isinstance(value, bool) or not isinstance(value, numbers.Real)):
             raise StoreError(f"{path}: record field {name!r} must be a number, got {value!r}; the file is corrupt: "
                              "move it away and re-run")
-        if name.endswith("accuracy") and isinstance(value, numbers.Real) and math.isfinite(value) \
+        if name in fractions and isinstance(value, numbers.Real) and math.isfinite(value) \
                 and not 0.0 <= value <= 1.0:
             raise StoreError(f"{path}: record field {name!r} must be a fraction in [0, 1], got {value!r}; the file "
                              "is corrupt: move it away and re-run")

@@ -170,7 +170,7 @@ def fit_stacked(
     """Train all models of ``stack`` on their own data ``x`` (B, N, in), ``y`` (B, N).
 
     ``loss_fn(logits (B, out, N), targets (B, N))`` must sum the models' own mean losses
-    (:data:`STACKED_LOSSES`)."""
+    (a task kind's ``stacked_loss``, :mod:`torchfpe.lab.kinds`)."""
     if x.shape[0] != stack.count or y.shape[0] != stack.count:
         raise ValueError(f"x and y need a leading axis of {stack.count} models, got {tuple(x.shape)} and {tuple(y.shape)}")
     optimizer = optimizer or make_optimizer([p for p in stack.parameters() if p.requires_grad], settings)
@@ -222,8 +222,3 @@ def stacked_multiclass_accuracy(stack: StackedMLP, x: Tensor, y: Tensor) -> Tens
     logits = stack.forward_transposed(x.transpose(1, 2))  # (B, C, N)
     stack.train()
     return (logits.argmax(dim=1) == y).float().mean(dim=1)
-
-
-#: Stacked loss and accuracy per task kind (see :data:`torchfpe.lab.train.LOSSES`).
-STACKED_LOSSES = {"binary": stacked_binary_loss, "multiclass": stacked_multiclass_loss}
-STACKED_ACCURACIES = {"binary": stacked_binary_accuracy, "multiclass": stacked_multiclass_accuracy}

@@ -15,7 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...core.validation import Interval, invalid
-from .heads import HeadsConfig, register
+from . import protocol
+from .heads import HeadsConfig
 from .studies import Study, real_meta
 
 
@@ -43,4 +44,4 @@ STUDIES = (
            "warmup_epochs": 20, "epochs_after": 20}, default_seeds=5, group="deep", meta=real_meta("cells")),
 )
 
-EXPERIMENT = register("deep", DeepConfig, STUDIES)
+EXPERIMENT = protocol.register("deep", DeepConfig, STUDIES)
