@@ -1,0 +1,194 @@
+"""Triton kernels of the ``block`` layout: one launch multiplies every block, permutations folded in.
+
+The product (``BlockLinear``'s, see :mod:`torchfpe.core.layouts.block`) for ``x`` (n, in_features)::
+
+    y[n, position[b * rows + r]] = sum_c x[n, gather[b * chunk + c]] values[b, c, r] + bias[b * rows + r]
+
+``gather`` (blocks * chunk, or ``None`` for the contiguous chunks ``b * chunk + c``) is the input
+position each block reads; ``in_features`` there marks padding and reads 0. ``position`` (blocks *
+rows) is where each block row lands in the output (-1: a padding row, never written). So the
+input gather and the output restore cost no copies: the kernels read and write through them.
+
+Contract: ``position`` holds each output column 0..``out_width`` - 1 exactly once (the output is
+not zero-filled); ``values`` is contiguous; ``x``, ``values`` and ``bias`` share one dtype (float32,
+bfloat16 or float16); sums are accumulated in float32. float32 products use IEEE precision unless
+``torch.backends.cuda.matmul.allow_tf32`` is set (the rule cuBLAS follows for ``F.linear``).
+
+Backward: ``grad_x`` by one launch over (batch tile, chunk tile, block), accumulated with atomic
+adds in float32 where an input is read by several blocks (several parent groups; the summation
+order then varies in the last bits from run to run), plain stores where each input is read once;
+``grad_values`` by one launch over (chunk tile, row tile, block), then 0.0 at the holes.
+"""
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from ._common import dot, dot_precision, interpreted, tile
+
+
+@triton.jit
+def _forward_kernel(x_ptr, values_ptr, bias_ptr, gather_ptr, position_ptr, y_ptr,
+                    n, in_features, chunk, rows, stride_x, stride_y,
+                    HAS_BIAS: tl.constexpr, HAS_GATHER: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+                    BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr):
+    pid_n, pid_r, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+    offs_r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    n_ok, r_ok = offs_n < n, offs_r < rows
+    block_values = values_ptr + b.to(tl.int64) * chunk * rows
+    acc = tl.zeros((BLOCK_N, BLOCK_R), dtype=tl.float32)
+    for c0 in range(0, chunk, BLOCK_C):
+        offs_c = c0 + tl.arange(0, BLOCK_C)
+        c_ok = offs_c < chunk
+        if HAS_GATHER:
+            cols = tl.load(gather_ptr + b * chunk + offs_c, mask=c_ok, other=in_features).to(tl.int64)
+        else:
+            cols = (b * chunk + offs_c).to(tl.int64)
+        col_ok = c_ok & (cols < in_features)
+        xt = tl.load(x_ptr + offs_n[:, None] * stride_x + cols[None, :], mask=n_ok[:, None] & col_ok[None, :],
+                     other=0.0)
+        v = tl.load(block_values + offs_c[:, None] * rows + offs_r[None, :], mask=c_ok[:, None] & r_ok[None, :],
+                    other=0.0)
+        acc = dot(xt, v, acc, PRECISION, UPCAST)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + b * rows + offs_r, mask=r_ok, other=0.0).to(tl.float32)[None, :]
+    position = tl.load(position_ptr + b * rows + offs_r, mask=r_ok, other=-1).to(tl.int64)
+    tl.store(y_ptr + offs_n[:, None] * stride_y + position[None, :], acc.to(y_ptr.dtype.element_ty),
+             mask=n_ok[:, None] & (position >= 0)[None, :])
+
+
+@triton.jit
+def _grad_input_kernel(grad_ptr, values_ptr, gather_ptr, position_ptr, out_ptr,
+                       n, in_features, chunk, rows, stride_g, stride_out,
+                       HAS_GATHER: tl.constexpr, ATOMIC: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+                       BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr):
+    pid_n, pid_c, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    n_ok, c_ok = offs_n < n, offs_c < chunk
+    block_values = values_ptr + b.to(tl.int64) * chunk * rows
+    acc = tl.zeros((BLOCK_N, BLOCK_C), dtype=tl.float32)
+    for r0 in range(0, rows, BLOCK_R):
+        offs_r = r0 + tl.arange(0, BLOCK_R)
+        r_ok = offs_r < rows
+        position = tl.load(position_ptr + b * rows + offs_r, mask=r_ok, other=-1).to(tl.int64)
+        g = tl.load(grad_ptr + offs_n[:, None] * stride_g + position[None, :],
+                    mask=n_ok[:, None] & (position >= 0)[None, :], other=0.0)
+        vt = tl.load(block_values + offs_c[None, :] * rows + offs_r[:, None], mask=c_ok[None, :] & r_ok[:, None],
+                     other=0.0)
+        acc = dot(g, vt, acc, PRECISION, UPCAST)
+    if HAS_GATHER:
+        cols = tl.load(gather_ptr + b * chunk + offs_c, mask=c_ok, other=in_features).to(tl.int64)
+    else:
+        cols = (b * chunk + offs_c).to(tl.int64)
+    keep = n_ok[:, None] & (c_ok & (cols < in_features))[None, :]
+    target = out_ptr + offs_n[:, None] * stride_out + cols[None, :]
+    if ATOMIC:
+        tl.atomic_add(target, acc, mask=keep)
+    else:
+        tl.store(target, acc.to(out_ptr.dtype.element_ty), mask=keep)
+
+
+@triton.jit
+def _grad_values_kernel(grad_ptr, x_ptr, gather_ptr, position_ptr, out_ptr,
+                        n, in_features, chunk, rows, stride_g, stride_x,
+                        HAS_GATHER: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+                        BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr):
+    pid_c, pid_r, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    offs_r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    c_ok, r_ok = offs_c < chunk, offs_r < rows
+    if HAS_GATHER:
+        cols = tl.load(gather_ptr + b * chunk + offs_c, mask=c_ok, other=in_features).to(tl.int64)
+    else:
+        cols = (b * chunk + offs_c).to(tl.int64)
+    col_ok = c_ok & (cols < in_features)
+    position = tl.load(position_ptr + b * rows + offs_r, mask=r_ok, other=-1).to(tl.int64)
+    row_ok = position >= 0
+    acc = tl.zeros((BLOCK_C, BLOCK_R), dtype=tl.float32)
+    for n0 in range(0, n, BLOCK_N):
+        offs_n = (n0 + tl.arange(0, BLOCK_N)).to(tl.int64)
+        n_ok = offs_n < n
+        xt = tl.load(x_ptr + offs_n[None, :] * stride_x + cols[:, None], mask=col_ok[:, None] & n_ok[None, :],
+                     other=0.0)
+        g = tl.load(grad_ptr + offs_n[:, None] * stride_g + position[None, :], mask=n_ok[:, None] & row_ok[None, :],
+                    other=0.0)
+        acc = dot(xt, g, acc, PRECISION, UPCAST)
+    target = out_ptr + b.to(tl.int64) * chunk * rows + offs_c[:, None] * rows + offs_r[None, :]
+    tl.store(target, acc.to(out_ptr.dtype.element_ty), mask=c_ok[:, None] & r_ok[None, :])
+
+
+#: Under the interpreter the products are taken in float32 (see :func:`._common.dot`).
+_UPCAST = interpreted(_forward_kernel)
+
+
+def _rowmajor(t: Tensor) -> Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def forward(x: Tensor, values: Tensor, bias: Optional[Tensor], gather: Optional[Tensor], position: Tensor,
+            out_width: int) -> Tensor:
+    """The block product ``(n, in_features) -> (n, out_width)`` (module doc), no autograd."""
+    x, values = _rowmajor(x), values.contiguous()
+    n, in_features = x.shape
+    blocks, chunk, rows = values.shape
+    y = x.new_empty(n, out_width)
+    if n == 0:
+        return y
+    block_n, block_c, block_r = tile(n, 16, 64), tile(chunk, 16, 64), tile(rows, 16, 64)
+    grid = (triton.cdiv(n, block_n), triton.cdiv(rows, block_r), blocks)
+    _forward_kernel[grid](x, values, bias if bias is not None else values, gather if gather is not None else position,
+                          position, y, n, in_features, chunk, rows, x.stride(0), y.stride(0),
+                          HAS_BIAS=bias is not None, HAS_GATHER=gather is not None, PRECISION=dot_precision(x.dtype),
+                          UPCAST=_UPCAST,
+                          BLOCK_N=block_n, BLOCK_C=block_c, BLOCK_R=block_r)
+    return y
+
+
+def grad_input(grad: Tensor, values: Tensor, gather: Optional[Tensor], position: Tensor, in_features: int,
+               atomic: bool) -> Tensor:
+    """``d loss / d x`` (n, in_features) from the output gradient; ``atomic`` where an input is read
+    by more than one block (then summed in float32)."""
+    grad, values = _rowmajor(grad), values.contiguous()
+    n = grad.shape[0]
+    blocks, chunk, rows = values.shape
+    out = torch.zeros(n, in_features, device=grad.device, dtype=torch.float32 if atomic else grad.dtype)
+    if n == 0:
+        return out.to(grad.dtype)
+    block_n, block_c, block_r = tile(n, 16, 64), tile(chunk, 16, 64), tile(rows, 16, 64)
+    grid = (triton.cdiv(n, block_n), triton.cdiv(chunk, block_c), blocks)
+    _grad_input_kernel[grid](grad, values, gather if gather is not None else position, position, out, n, in_features,
+                             chunk, rows, grad.stride(0), out.stride(0), HAS_GATHER=gather is not None,
+                             ATOMIC=atomic, PRECISION=dot_precision(grad.dtype),
+                             UPCAST=_UPCAST, BLOCK_N=block_n, BLOCK_C=block_c,
+                             BLOCK_R=block_r)
+    return out.to(grad.dtype)
+
+
+def grad_values(grad: Tensor, x: Tensor, values: Tensor, gather: Optional[Tensor], position: Tensor,
+                holes: Optional[Tensor]) -> Tensor:
+    """``d loss / d values`` (blocks, chunk, rows), 0.0 at the flat positions ``holes``."""
+    grad, x = _rowmajor(grad), _rowmajor(x)
+    n, in_features = x.shape
+    blocks, chunk, rows = values.shape
+    out = torch.empty(blocks, chunk, rows, device=values.device, dtype=values.dtype)
+    block_n, block_c, block_r = tile(n, 16, 64), tile(chunk, 16, 64), tile(rows, 16, 64)
+    grid = (triton.cdiv(chunk, block_c), triton.cdiv(rows, block_r), blocks)
+    _grad_values_kernel[grid](grad, x, gather if gather is not None else position, position, out, n, in_features,
+                              chunk, rows, grad.stride(0), x.stride(0), HAS_GATHER=gather is not None,
+                              PRECISION=dot_precision(x.dtype),
+                              UPCAST=_UPCAST, BLOCK_N=block_n, BLOCK_C=block_c, BLOCK_R=block_r)
+    if holes is not None and holes.numel():
+        out.view(-1).index_fill_(0, holes, 0.0)
+    return out
+
+
+def grad_bias(grad: Tensor, position: Tensor) -> Tensor:
+    """``d loss / d bias`` per block row (blocks * rows): the output column's sum, 0.0 at padding rows."""
+    sums = grad.sum(dim=0, dtype=torch.float32)
+    real = position >= 0
+    return torch.where(real, sums[position.long().clamp(min=0)], 0.0).to(grad.dtype)
