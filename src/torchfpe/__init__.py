@@ -20,6 +20,7 @@ from .core import (
     InvalidParameterError,
     load_expanded,
     nonzero_parameters,
+    trainable_positions,
     register_split,
 )
 from .core import ExpandedLayer, pack, unpack
@@ -32,5 +33,5 @@ __version__ = "0.1.0"
 __all__ = [
     "BIAS_POLICIES", "BUDGETS", "SPLITS", "DropConnectLinear", "ExpansionReport", "MaskedLinear",
     "InvalidParameterError", "apply_masks_", "carry_optimizer", "expand", "find_ffn_pairs", "find_hidden_pairs", "load_expanded",
-    "nonzero_parameters", "__version__", "ExpandedLayer", "pack", "unpack", "register_split",
+    "nonzero_parameters", "trainable_positions", "__version__", "ExpandedLayer", "pack", "unpack", "register_split",
 ]

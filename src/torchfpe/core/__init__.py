@@ -1,6 +1,6 @@
 """The FPE operator: ``expand``, split strategies, masked layers and the non-zero budget (torch only)."""
 
-from .budget import BUDGETS, nonzero_parameters
+from .budget import BUDGETS, nonzero_parameters, trainable_positions
 from .expand import BIAS_POLICIES, ExpansionReport, LayerChange, expand, load_expanded
 from .layouts import (BlockLinear, DropConnectLinear, EllLinear, ExpandedLayer, LayoutError, MaskedLinear, PackedLinear,
                       ParentLinear,
@@ -14,7 +14,7 @@ __all__ = [
     "BIAS_POLICIES", "BUDGETS", "ELEMENTWISE_MODULES", "SPLITS", "Split", "get_split", "register_split",
     "FFN_PATTERNS", "DropConnectLinear", "ExpansionReport", "InvalidParameterError", "LayerChange", "MaskedLinear",
     "apply_masks_", "carry_optimizer", "expand", "find_ffn_pairs", "find_hidden_pairs", "load_expanded",
-    "nonzero_parameters", "BlockLinear", "EllLinear", "ExpandedLayer", "LayoutError", "PackedLinear", "ParentLinear",
+    "nonzero_parameters", "trainable_positions", "BlockLinear", "EllLinear", "ExpandedLayer", "LayoutError", "PackedLinear", "ParentLinear",
     "expanded_layers",
     "pack", "register_layout", "stored_bytes", "unpack",
 ]
