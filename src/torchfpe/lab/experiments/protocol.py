@@ -33,6 +33,7 @@ What an experiment provides is a :class:`Task` (the contract):
 - ``expand_kwargs(config, split, data) -> dict``: extra arguments of ``expand`` for a variant's split
   (``layers=``, ``pairs=``, or a per-layer ``split=`` mapping).
 - ``record_extras(config, variant, model, data) -> dict``: fields added to each record.
+- ``split_seed(config) -> int``: the seed of ``expand``'s split masks (default ``config.seed``).
 - ``check(config)``: checks that need files, run before any work (default: none).
 - ``fold_keys``: record fields whose variant / dense ratio is recorded as ``<key>_fold``.
 - ``wide_parent(config, scale)``: a wider dense model, only for ``wide<scale>`` variants.
@@ -242,6 +243,10 @@ class Task:
     def record_extras(self, config, variant: str, model: nn.Module, data: Data) -> dict:
         return {}
 
+    def split_seed(self, config) -> int:
+        """The seed of ``expand``'s generator (the split masks); a task with separate streams derives its own."""
+        return config.seed
+
     def train(self, model: nn.Module, config, data: Data, length: int, generator: torch.Generator,
               optimizer: torch.optim.Optimizer | None = None) -> torch.optim.Optimizer:
         """Train ``model`` in place for ``length`` units of the task (here epochs over ``x_train``); returns
@@ -425,7 +430,7 @@ def build_variant(task: Task, config, variant: str, warm: nn.Module, data: Data)
     kwargs = {"split": split.name, **{need: inputs[need] for need in split.needs},
               **({"dropconnect_p": config.dropconnect_p} if "dropconnect_p" in split.options else {}),
               **task.expand_kwargs(config, split.name, data)}
-    return expand(source, config.alpha, seed=config.seed, bias=config.bias, budget=parsed.budget or config.budget,
+    return expand(source, config.alpha, seed=task.split_seed(config), bias=config.bias, budget=parsed.budget or config.budget,
                   **kwargs)
 
 
