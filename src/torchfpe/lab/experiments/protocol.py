@@ -36,6 +36,7 @@ What an experiment provides is a :class:`Task` (the contract):
 - ``record_extras(config, variant, model, data) -> dict``: fields added to each record.
 - ``schedule(config) -> (config, dict)``: the config the protocol trains instead (records keep the
   asked config's fields and gain the dict's); default: the config itself.
+- ``split_seed(config) -> int``: the seed of ``expand``'s split masks (default ``config.seed``).
 - ``check(config)``: checks that need files, run before any work (default: none).
 - ``fold_keys``: record fields whose variant / dense ratio is recorded as ``<key>_fold``.
 - ``wide_parent(config, scale)``: a wider dense model, only for ``wide<scale>`` variants.
@@ -274,6 +275,10 @@ class Task:
         do not change (the heads' fixed step counts become whole passes here)."""
         return config, {}
 
+    def split_seed(self, config) -> int:
+        """The seed of ``expand``'s generator (the split masks); a task with separate streams derives its own."""
+        return config.seed
+
     def train(self, model: nn.Module, config, data: Data, length: int, generator: torch.Generator,
               optimizer: torch.optim.Optimizer | None = None) -> torch.optim.Optimizer:
         """Train ``model`` in place for ``length`` units of the task (here epochs over ``x_train``); returns
@@ -466,7 +471,7 @@ def build_variant(task: Task, config, variant: str, warm: nn.Module, data: Data)
     kwargs = {"split": split.name, **{need: inputs[need] for need in split.needs},
               **({"dropconnect_p": config.dropconnect_p} if "dropconnect_p" in split.options else {}),
               **task.expand_kwargs(config, split.name, data)}
-    return expand(source, config.alpha, seed=config.seed, bias=config.bias, budget=parsed.budget or config.budget,
+    return expand(source, config.alpha, seed=task.split_seed(config), bias=config.bias, budget=parsed.budget or config.budget,
                   **kwargs)
 
 
