@@ -109,7 +109,16 @@ def check_lm_steps(data: dict) -> None:
         assert row["width_run_cpu_seconds"] > 0 and row["tokens_per_step"] == row["batch"] * row["context"]
 
 
-RESULT_CHECKS = {"packed.py": check_packed, "gpu.py": check_gpu, "lm_steps.py": check_lm_steps, "boolean_throughput.py": check_boolean_throughput,
+def check_memory(data: dict) -> None:
+    assert data["rows"] and data["complete"]
+    for row in data["rows"]:
+        assert set(row["resident"]) == {"parent", "masked", "packed"} and row["resident_ratio"]["parent"] == 1.0
+        # the masked layout holds a dense weight and a boolean mask per expanded layer: more than the parent
+        assert row["resident"]["masked"] > row["resident"]["parent"] and row["layouts"]
+        assert all(b > 0 for model in row["peak_extra"].values() for b in model.values())
+
+
+RESULT_CHECKS = {"memory.py": check_memory, "packed.py": check_packed, "gpu.py": check_gpu, "lm_steps.py": check_lm_steps, "boolean_throughput.py": check_boolean_throughput,
                  "shared_split_accuracy.py": check_shared_split_accuracy, "stack_layout.py": check_stack_layout}
 
 
