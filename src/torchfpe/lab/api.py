@@ -303,7 +303,7 @@ def run_sweep_file(
         study = spec["study"]
         if study not in studies:
             raise InvalidParameterError(f"{path}: unknown study {study!r} for experiment {experiment!r}; the study "
-                                        f"names the report layout, one of: {', '.join(studies)}")
+                                        f"names the report page, one of: {', '.join(studies)}")
     elif experiment == "theory":
         study = "theory"
     else:
@@ -311,7 +311,7 @@ def run_sweep_file(
         if study not in studies:  # any other single swept field gets the per-cell tables
             study = "metrics"
         if study not in studies:
-            raise InvalidParameterError(f"{path}: no report layout for this sweep; add 'study:' (one of "
+            raise InvalidParameterError(f"{path}: no report page for this sweep; add 'study:' (one of "
                                         f"{', '.join(studies)})")
     jobs = _make_jobs(experiment, grid_configs(axes, base, seed_list), quiet, device, "run_sweep_file")
     out_path = resolve_out(out if out is not None else Path("runs") / path.stem)
@@ -540,7 +540,7 @@ def build_report(out: str | os.PathLike, *, strict: bool = False, quiet: bool = 
     try:
         with step(f"writing {out / 'report.md'} and its figures", quiet):
             report = write_report(out, meta, records)
-    except ValueError as error:  # e.g. a meta.json naming a study no report layout knows
+    except ValueError as error:  # e.g. a meta.json naming a study no report page knows
         raise StoreError(f"{out / 'meta.json'}: {error}") from None
     if missing and strict:
         raise IncompleteResultsError(f"report written but incomplete ({report}): {meta['incomplete']}; re-run the "

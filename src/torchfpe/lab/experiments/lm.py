@@ -285,9 +285,9 @@ class LMConfig(protocol.ProtocolBase):
 
 
 # ------------------------------------------------------------------------------------------ studies
-def lm_meta(layout: str) -> dict:
-    """What an LM study's report needs: its layout, the data note, and the metric (lower bits/byte is better)."""
-    return {"layout": layout, "metric": NEXT_BYTE.report_metric("test bits/byte"),
+def lm_meta(page: str) -> dict:
+    """What an LM study's report needs: its page, the data note, and the metric (lower bits/byte is better)."""
+    return {"page": page, "metric": NEXT_BYTE.report_metric("test bits/byte"),
             "dataset_note": "byte-level UTF-8 text, by default the King James Bible from the Debian package bible-kjv, "
                             "else the --data FILE|DIR the data set's name in each table gives; the first 90 % trains, "
                             "the next 5 % validates, the last 5 % tests (contiguous parts)"}

@@ -21,6 +21,7 @@ from .constants import DASH, is_fpe
 from .figures import (LINESTYLES, MARKERS, _ci_text, _color, _cut_text, _errorbar, _honest_ylim, _marker, _metric_ylim,
                       _pyplot, _save, _seed_count, _seeds_text, _use_log_x, dodge)
 from .markdown import _figure_md, _Tables
+from .pages import page_name, register_page
 from .sections import _paired_values, trend_sentences
 from .metric import metric_of
 from .stats import (_axis_key, _column, _constant, _ok, fmt_ci, fmt_p, fmt_pm, fmt_value, ordered_variants,
@@ -308,13 +309,19 @@ def plot_cells(frame: pd.DataFrame, meta: dict, axes: list[str], out_dir: Path) 
     return figures
 
 
+def cells_section_page(frame: pd.DataFrame, meta: dict, records: list[dict], out_dir: Path,
+                       tables: _Tables) -> list[str]:
+    """The ``cells`` and ``match`` pages' section (the page's signature)."""
+    return cells_section(frame, meta, out_dir, tables)
+
+
 def cells_section(frame: pd.DataFrame, meta: dict, out_dir: Path, tables: _Tables) -> list[str]:
     axes = cell_axes(frame, meta)
     metric = metric_of(meta)
     what = "Accuracy" if metric.is_accuracy else metric.name.capitalize()
     out = [f"## {what} and relative gain per {', '.join(f'`{a}`' for a in axes) or 'variant'}", ""]
     out += [accuracy_table(frame, meta, axes, tables), ""]
-    if meta.get("layout") == "match":
+    if page_name(meta) == "match":
         out += match_section(frame, meta, [a for a in axes], tables)
     out += _trends(frame, axes)
     out += paper_section(frame, meta, tables)
@@ -322,3 +329,8 @@ def cells_section(frame: pd.DataFrame, meta: dict, out_dir: Path, tables: _Table
     if figures:
         out += ["### Figures", ""] + [_figure_md(name, caption) for name, caption in figures]
     return out
+
+
+register_page("cells", cells_section_page, description="real-model grids: the metric and gain per cell with spreads, "
+              "CIs and paired tests")
+register_page("match", cells_section_page, description="cells, plus how much wider dense must be to match FPE")

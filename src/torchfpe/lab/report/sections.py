@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .constants import (
+    THEORY_FIELDS,
     DASH,
     DATA_NAME,
     FOLD_METRICS,
@@ -28,6 +29,7 @@ from .figures import (
     plot_sweep,
 )
 from .markdown import _figure_md, _Tables
+from .pages import register_page
 from .metric import ACCURACY, Metric, metric_of
 from .stats import (
     _axis_key,
@@ -336,3 +338,15 @@ def theory_section(frame: pd.DataFrame, meta: dict, out_dir: Path, tables: _Tabl
     out.append(_figure_md("collisions.png", f"Collision and coverage probability vs α for clauses of "
                                             f"{DATA_NAME} formulas (log scale)."))
     return out
+
+
+# ------------------------------------------------------------------------------------- the pages
+register_page("headline", lambda frame, meta, records, out, tables: headline_section(frame, meta, records, out, tables),
+              description="variant table, paired tests, interference metrics, heat maps")
+register_page("sweep", lambda frame, meta, records, out, tables: sweep_section(frame, meta, out, tables),
+              needs_axis=True, description="one swept field: metric and gain against it")
+register_page("grid", lambda frame, meta, records, out, tables: metrics_section(frame, meta, out, tables),
+              needs_axis=True, description="fold change of the interference metrics against the gain over a grid")
+register_page("theory", lambda frame, meta, records, out, tables: theory_section(frame, meta, out, tables),
+              needs_variant=False, columns=THEORY_FIELDS, sort_by=("k", "alpha"),
+              description="collision probabilities: Monte Carlo against theory")
