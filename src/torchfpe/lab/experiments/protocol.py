@@ -113,24 +113,48 @@ class Variant:
     budget: str | None = None
     carry: bool = False
 
+    @property
+    def modifiers(self) -> tuple[str, ...]:
+        """The split's modifiers in the order the name writes them (``("structured", "carry")``)."""
+        return tuple(m for m in (self.budget, CARRY if self.carry else None) if m)
+
+
+def variant_name(split: str, budget: str | None = None, carry: bool = False) -> str:
+    """The one writer of the grammar: ``<split>[@<budget>][@carry]``."""
+    return "@".join([split, *([budget] if budget else []), *([CARRY] if carry else [])])
+
+
+def read_variant(name: object) -> Variant | None:
+    """A variant name read by the grammar alone, whether or not its split is registered in this process
+    (a report reads records of splits registered elsewhere); None where the name is no variant."""
+    if not isinstance(name, str):
+        return None
+    if name == "dense":
+        return Variant(name, "dense")
+    wide = WIDE.match(name)
+    if wide and float(wide.group(1)) > 0:
+        return Variant(name, "wide", scale=float(wide.group(1)))
+    modified = MODIFIED.match(name)
+    if modified is None:
+        return None
+    return Variant(name, "split", split=modified["split"], budget=modified["budget"],
+                   carry=modified["carry"] is not None)
+
 
 def parse_variant(name: str, allowed: Sequence[str] | None = None) -> Variant:
     """Read a variant name: ``dense``, ``wide<scale>``, ``<split>``, ``<split>@<budget>``, ``<split>@carry`` or
-    ``<split>@<budget>@carry``; ``allowed`` (default: every name) is what the task offers (``"wide"``: any
-    ``wide<scale>``). Raises ValueError naming the variant and what is allowed."""
+    ``<split>@<budget>@carry``, whose split is registered; ``allowed`` (default: every name) is what the task
+    offers (``"wide"``: any ``wide<scale>``). Raises ValueError naming the variant and what is allowed."""
     allowed = tuple(allowed) if allowed is not None else ("dense", *SPLITS, "wide")
     if not isinstance(name, str):
         raise ValueError(f"a variant is a name, got {name!r}")
-    if name == "dense" and "dense" in allowed:
-        return Variant(name, "dense")
-    wide = WIDE.match(name)
-    if wide and "wide" in allowed and float(wide.group(1)) > 0:
-        return Variant(name, "wide", scale=float(wide.group(1)))
-    modified = MODIFIED.match(name)
-    split = modified and SPLITS.get(modified["split"])
+    variant = read_variant(name)
+    if variant is not None and variant.kind in ("dense", "wide") and variant.kind in allowed:
+        return variant
+    split = SPLITS.get(variant.split) if variant is not None and variant.kind == "split" else None
     if split is None or split.name not in allowed:
         raise ValueError(f"unknown variant {name!r}")
-    budget, carry = modified["budget"], modified["carry"] is not None
+    budget, carry = variant.budget, variant.carry
     if carry and split.at_init:
         raise ValueError(f"variant {name!r}: @{CARRY} carries the warm-up optimizer into an expansion of the "
                          f"warmed-up model, but {split.name!r} is drawn at initialisation and has no warm-up")
@@ -182,7 +206,7 @@ def check_variants(variants: Sequence[str], allowed: Sequence[str], budget: str 
                                                                   and not split.whole_model):
             raise ValueError(f"budget='structured' gives every child a disjoint share of its parent's weights, so "
                              f"it needs a partition split; variant {name!r} ({split.name!r}) is not one (drop it, "
-                             f"or give it another budget, e.g. {split.name}@global)")
+                             f"or give it another budget, e.g. {variant_name(split.name, 'global')})")
     repeated = sorted({v for v in variants if list(variants).count(v) > 1})
     if repeated:
         raise ValueError(f"variants name {repeated} more than once")

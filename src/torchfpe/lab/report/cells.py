@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .constants import DASH, is_fpe
+from .constants import DASH, is_fpe, wide_scale
 from .figures import (LINESTYLES, MARKERS, _ci_text, _color, _cut_text, _errorbar, _honest_ylim, _marker, _metric_ylim,
                       _pyplot, _save, _seed_count, _seeds_text, _use_log_x, dodge)
 from .markdown import _figure_md, _Tables
@@ -27,7 +27,6 @@ from .metric import metric_of
 from .stats import (_axis_key, _column, _constant, _ok, fmt_ci, fmt_p, fmt_pm, fmt_value, ordered_variants,
                     paired_test, study_axes, summarize)
 
-WIDE = re.compile(r"^wide(\d+(?:\.\d+)?)$")
 
 
 def _cells(frame: pd.DataFrame, axes: list[str]) -> list[tuple[tuple, pd.DataFrame]]:
@@ -52,8 +51,8 @@ def _paired_vs_dense(sub: pd.DataFrame, meta: dict, variant: str):
 def _label(variant: str) -> str:
     if is_fpe(variant) or variant == "dense":
         return variant
-    wide = WIDE.match(variant)
-    return f"dense ×{wide.group(1)} non-zeros" if wide else f"{variant} (control)"
+    scale = wide_scale(variant)
+    return f"dense ×{scale:g} non-zeros" if scale is not None else f"{variant} (control)"
 
 
 def cell_axes(frame: pd.DataFrame, meta: dict) -> list[str]:
@@ -147,7 +146,7 @@ def paper_section(frame: pd.DataFrame, meta: dict, tables: _Tables) -> list[str]
 def match_section(frame: pd.DataFrame, meta: dict, axes: list[str], tables: _Tables) -> list[str]:
     """How many non-zeros a dense model needs to reach FPE: wide<scale> runs against each FPE split."""
     metric = metric_of(meta)
-    wides = sorted({v for v in frame["variant"].unique() if WIDE.match(str(v))}, key=lambda v: float(WIDE.match(v).group(1)))
+    wides = sorted({str(v) for v in frame["variant"].unique() if wide_scale(v) is not None}, key=wide_scale)
     fpe = [v for v in ordered_variants(frame["variant"]) if is_fpe(v)]
     if not wides or not fpe:
         return []
@@ -173,7 +172,7 @@ def match_section(frame: pd.DataFrame, meta: dict, axes: list[str], tables: _Tab
             sentences.append(
                 f"{where}: {split} FPE ({metric.with_unit(target.mean)}) is matched by the dense model with "
                 f"{reached[1]:.2f}× the non-zeros ({reached[0]})." if reached else
-                f"{where}: no wider dense model up to {WIDE.match(wides[-1]).group(1)}× the non-zeros reached "
+                f"{where}: no wider dense model up to {wide_scale(wides[-1]):g}× the non-zeros reached "
                 f"{split} FPE ({metric.with_unit(target.mean)}).")
     out.append(tables(list(axes) + ["FPE split", f"FPE {metric.header}{metric.unit}", "dense variant",
                                     "non-zeros / parent", f"dense {metric.header}{metric.unit}",
@@ -194,7 +193,7 @@ def _trends(frame: pd.DataFrame, axes: list[str]) -> list[str]:
     out = []
     for cell, sub in _cells(frame, others):
         prefix = ", ".join(f"{a} = {fmt_value(v)}" for a, v in zip(others, cell))
-        sub = sub[~sub["variant"].astype(str).str.match(WIDE.pattern)]  # trends of FPE and controls only
+        sub = sub[sub["variant"].map(wide_scale).isna()]  # trends of FPE and controls only
         out += [f"{prefix}: {s}" if prefix else s for s in trend_sentences(sub, axis)]
     return [f"Trend of the relative gain along `{axis}`:", ""] + [f"- {s}" for s in out] + [""] if out else []
 

@@ -20,6 +20,20 @@ def is_fpe(variant: str) -> bool:
     return split is not None and not SPLITS[split].control
 
 
+def read_variant(variant: object):
+    """A stored variant name read by the protocol's one grammar reader
+    (:func:`torchfpe.lab.experiments.protocol.read_variant`), or None."""
+    from ..experiments.protocol import read_variant as read
+
+    return read(str(variant)) if variant is not None else None
+
+
+def wide_scale(variant: object) -> float | None:
+    """The scale of a ``wide<scale>`` variant (a wider dense model), else None."""
+    parsed = read_variant(variant)
+    return parsed.scale if parsed is not None and parsed.kind == "wide" else None
+
+
 #: The paper's headline test accuracies (%), Boolean DNF with 8 clauses, 8 neurons, alpha = 2.
 PAPER_ACCURACY: dict[str, float] = {"dense": 78.7, "random": 88.7, "clause": 99.4}
 #: The config in which the paper reports :data:`PAPER_ACCURACY`.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .constants import DATA_NAME, DPI, FOLD_METRICS, HEATMAP_VARIANTS
+from .constants import DATA_NAME, DPI, FOLD_METRICS, HEATMAP_VARIANTS, read_variant, wide_scale
 from .stats import (
     Summary,
     _axis_key,
@@ -66,7 +65,8 @@ _MARKERS = {"global": "v", "outgoing": "s", "structured": "^", "layerwise": "P",
 
 def _marker(variant: str) -> str:
     """The marker of a variant in line plots: its last modifier's (:data:`_MARKERS`), else a circle."""
-    modifiers = str(variant).split("@")[1:]
+    parsed = read_variant(variant)
+    modifiers = parsed.modifiers if parsed is not None else ()
     return _MARKERS.get(modifiers[-1], "o") if modifiers else "o"
 
 
@@ -74,7 +74,9 @@ def _color(variant: str) -> Any:
     """A fixed colour per variant (see :data:`SPLIT_COLOURS`), the same in every figure; a split with
     modifiers (``random@structured``, ``random@carry``) gets its split's hue, lightened or darkened per
     modifier (:data:`_SHADES`)."""
-    name, *modifiers = str(variant).split("@")
+    parsed = read_variant(variant)
+    name = (parsed.split or parsed.name) if parsed is not None else str(variant)
+    modifiers = parsed.modifiers if parsed is not None else ()
     base = _base_color(name)
     if not modifiers:
         return base
@@ -92,17 +94,14 @@ def _base_color(name: str) -> Any:
 
     if name == "dense":
         return DENSE_COLOUR
-    wide = _WIDE.match(name)
-    if wide:  # a sequential shade by scale alone (so the same in every figure): 1x light .. 3x and more dark
-        scale = min(max(float(wide.group(1)), 1.0), 3.0)
+    scale = wide_scale(name)
+    if scale is not None:  # a sequential shade by scale alone (so the same in every figure): 1x light .. 3x dark
+        scale = min(max(scale, 1.0), 3.0)
         shade = 0.78 - 0.6 * np.log2(scale) / np.log2(3.0)
         return (shade, shade, shade)
     names = list(SPLITS)
     index = names.index(name) if name in names else len(names) + sum(map(ord, name))
     return SPLIT_COLOURS[index % len(SPLIT_COLOURS)]
-
-
-_WIDE = re.compile(r"^wide(\d+(?:\.\d+)?)$")
 
 
 def _seed_count(frame: pd.DataFrame) -> int | None:
