@@ -280,8 +280,9 @@ class LMConfig(protocol.ProtocolBase):
         if self.arch == "llama" and (self.d_model // self.heads) % 2:
             raise invalid("heads", owner, f"a divisor of d_model={self.d_model} leaving an even head size (LLaMA's "
                           "rotary embeddings rotate pairs)", self.heads)
-        if self.alpha > self.d_model:
-            raise invalid("alpha", owner, f"an int in [2, d_model={self.d_model}] (the FFN's fan-in)", self.alpha)
+
+    def alpha_limit(self) -> tuple[int, str, str]:
+        return self.d_model, f"d_model={self.d_model}", "the FFN's fan-in"
 
 
 # ------------------------------------------------------------------------------------------ studies

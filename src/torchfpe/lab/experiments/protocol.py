@@ -85,7 +85,8 @@ from ... import metrics
 from ..devices import resolve_device
 from ..batched import StackedMLP, _signature, can_stack, fit_stacked
 from ...core import BIAS_POLICIES, BUDGETS, SPLITS, carry_optimizer, expand, nonzero_parameters
-from ...core.validation import Interval, InvalidParameterError, Options, Predicate, plain_number, validate_dataclass
+from ...core.validation import (Interval, InvalidParameterError, Options, Predicate, invalid, plain_number,
+                                validate_dataclass)
 from ...core.optim import OPTIMIZERS
 from ..kinds import TaskKind, get_task_kind
 from ..train import TrainSettings, fit, optimizer_names
@@ -348,6 +349,9 @@ class ProtocolBase:
         except ValueError as error:
             raise InvalidParameterError(f"the 'variants' parameter of {type(self).__name__}: {error}") from None
         self.check()
+        limit = self.alpha_limit()
+        if limit is not None:
+            check_alpha(self, *limit)
 
     def normalise(self) -> None:
         """Turn accepted spellings into the stored form before validation (frozen: object.__setattr__)."""
@@ -385,6 +389,12 @@ class ProtocolBase:
     def check(self) -> None:
         """Rules across fields, after each field is valid (a subclass adds its own)."""
 
+    def alpha_limit(self) -> tuple[int, str, str] | None:
+        """alpha's upper bound where the config alone fixes it: (the smallest fan-in its expansion splits,
+        how the bound is shown, why), checked by :func:`check_alpha` after :meth:`check`; None where only
+        the data tell (the task's ``check`` calls :func:`check_alpha` then)."""
+        return None
+
     def phase_lengths(self) -> tuple[int, int]:
         """(T1, T2): the dense warm-up and the training after the split, in the task's unit."""
         first, second = self.phase_fields
@@ -421,6 +431,13 @@ class ProtocolConfig(ProtocolBase):
 
     def constraints(self) -> dict:
         return {"neurons": [Interval(int, 1)], **super().constraints()}
+
+
+def check_alpha(config, limit: int, shown: str, reason: str) -> None:
+    """The one check of alpha's upper bound in the harness: a parent unit splits into at most as many
+    children as the inputs it reads (``expand`` refuses more, after work has started)."""
+    if config.alpha > limit:
+        raise invalid("alpha", type(config).__name__, f"an int in [2, {shown}] ({reason})", config.alpha)
 
 
 def _protocol_fields(cls: type) -> set[str]:
