@@ -83,7 +83,7 @@ from torch import Tensor, nn
 
 from ... import metrics
 from ..devices import resolve_device
-from ..batched import StackedMLP, _signature, can_stack, fit_stacked
+from ..batched import StackedMLP, stack_signature, can_stack, fit_stacked
 from ...core import BIAS_POLICIES, BUDGETS, SPLITS, carry_optimizer, expand, nonzero_parameters
 from ...core.validation import (Interval, InvalidParameterError, Options, Predicate, invalid, plain_number,
                                 validate_dataclass)
@@ -667,7 +667,7 @@ def train_batch(task: Task, configs: list, device: torch.device) -> list[dict]:
             continue
         for i, config in enumerate(configs):
             model = build_variant(task, config, variant, warm[i], datas[i])
-            groups.setdefault(repr((_signature(model), phase(variant))), []).append((model, (config, variant, i)))
+            groups.setdefault(repr((stack_signature(model), phase(variant))), []).append((model, (config, variant, i)))
     for members in groups.values():
         owners = [owner for _, owner in members]
         phase_ = phase(owners[0][1])

@@ -7,9 +7,9 @@ from pathlib import Path
 import pandas as pd
 
 from .constants import CONFIG_FIELDS, EXCLUDED_CSV_KEYS, LEGACY_PAPER, RESULT_FIELDS
-from .markdown import _base_table, _header, _Tables
+from .markdown import base_table, report_header, Tables
 from .pages import PAGE_KEY, OLD_PAGE_KEY, page_of, with_page_key
-from .stats import _axis_key, data_name, study_axes, variant_rank
+from .stats import axis_key, data_name, study_axes, variant_rank
 
 
 def records_frame(records: list[dict], meta: dict) -> pd.DataFrame:
@@ -29,11 +29,11 @@ def records_frame(records: list[dict], meta: dict) -> pd.DataFrame:
     sort_cols = [c for c in sort_cols if c in frame.columns]
     keys_fn = []
     for c in sort_cols:
-        keys_fn.append(frame[c].map(_axis_key))
+        keys_fn.append(frame[c].map(axis_key))
     if "variant" in frame.columns:
         keys_fn.append(frame["variant"].map(variant_rank))
     if "seed" in frame.columns:
-        keys_fn.append(frame["seed"].map(_axis_key))
+        keys_fn.append(frame["seed"].map(axis_key))
     order = sorted(range(len(frame)), key=lambda i: tuple(k.iloc[i] for k in keys_fn))
     return frame.iloc[order].reset_index(drop=True)
 
@@ -86,9 +86,9 @@ def write_report(out_dir: str | Path, meta: dict, records: list[dict]) -> Path:
     frame = records_frame(list(records), meta)
     frame.to_csv(out / "records.csv", index=False)
 
-    tables = _Tables(meta["data_name"])
-    lines = _header(meta)
-    lines += [_base_table(meta, tables), ""]
+    tables = Tables(meta["data_name"])
+    lines = report_header(meta)
+    lines += [base_table(meta, tables), ""]
     if frame.empty:
         lines += ["No records were given; nothing to report.", ""]
     elif page.needs_variant and "variant" not in frame.columns:
