@@ -49,6 +49,14 @@ def test_an_optimizer_registered_from_outside_trains_every_non_carry_variant(rms
         carry_optimizer(torch.optim.RMSprop(mlp([6, 4, 3]).parameters()), mlp([6, 4, 3]), expand(mlp([6, 4, 3]), 2))
 
 
+def test_an_optimizer_registered_from_outside_runs_a_study(rmsprop, tmp_path):
+    from torchfpe.lab import api
+
+    report = api.run_study("boolean", "headline", seeds=1, out=tmp_path / "run", backend="local", quiet=True,
+                           overrides={**TINY, "optimizer": "rmsprop_test", "variants": "dense+random+random@outgoing"})
+    assert "rmsprop_test" in report.read_text()
+
+
 def test_carry_is_refused_at_config_time_for_an_optimizer_not_carried(rmsprop, tmp_path):
     with pytest.raises(InvalidParameterError, match="optimizer='rmsprop_test' is not registered as carried"):
         BOOLEAN.make_config(**TINY, optimizer="rmsprop_test", variants="dense+random@carry")

@@ -74,7 +74,7 @@ def regression():
                               stacked_measure=stacked_mse, measured="mse", higher_is_better=False)
     study = Study("width", "regression_test", "a regression MLP: widths", {"neurons": (4, 6)},
                   {"variants": "dense+random"}, default_seeds=2, group="regression_test",
-                  meta={"layout": "sweep", "metric": kind.report_metric("test MSE")})
+                  meta={"page": "sweep", "metric": kind.report_metric("test MSE")})
     experiment = protocol.register("regression_test", RegressionConfig, (study,))
     yield kind, experiment
     TASK_KINDS.remove("regression_test")

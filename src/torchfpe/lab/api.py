@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.validation import Interval, InvalidParameterError, Options, check_param, invalid, plain_number
+from .devices import device_name
 
 __all__ = [
     "build_report", "config_fields", "fidelity", "parse_override", "parse_overrides", "run_study", "run_sweep_file",
@@ -205,7 +206,7 @@ def run_study(
     check_param("seeds", seeds, [Interval(int, 1, MAX_SEEDS), None], "run_study")
     seeds = plain_number(seeds)
     _check_runner(backend, workers, address, quiet, "run_study")
-    device = _check_device(device, "run_study")
+    device = device_name(device, "run_study")  # checked against this machine before any work or write
     if overrides is not None and not isinstance(overrides, Mapping):
         raise invalid("overrides", "run_study", "a mapping of config field -> value, or None", overrides)
     overrides = {name: [plain_number(v) for v in value] if isinstance(value, list) else plain_number(value)
@@ -255,7 +256,7 @@ def run_sweep_file(
     from .experiments.studies import grid_configs
 
     _check_runner(backend, workers, address, quiet, "run_sweep_file")
-    device = _check_device(device, "run_sweep_file")
+    device = device_name(device, "run_sweep_file")
     path = Path(path)
     spec = _read_sweep_file(path)
     unknown = sorted(set(spec) - set(SWEEP_KEYS))
@@ -303,7 +304,7 @@ def run_sweep_file(
         study = spec["study"]
         if study not in studies:
             raise InvalidParameterError(f"{path}: unknown study {study!r} for experiment {experiment!r}; the study "
-                                        f"names the report layout, one of: {', '.join(studies)}")
+                                        f"names the report page, one of: {', '.join(studies)}")
     elif experiment == "theory":
         study = "theory"
     else:
@@ -311,7 +312,7 @@ def run_sweep_file(
         if study not in studies:  # any other single swept field gets the per-cell tables
             study = "metrics"
         if study not in studies:
-            raise InvalidParameterError(f"{path}: no report layout for this sweep; add 'study:' (one of "
+            raise InvalidParameterError(f"{path}: no report page for this sweep; add 'study:' (one of "
                                         f"{', '.join(studies)})")
     jobs = _make_jobs(experiment, grid_configs(axes, base, seed_list), quiet, device, "run_sweep_file")
     out_path = resolve_out(out if out is not None else Path("runs") / path.stem)
@@ -352,15 +353,6 @@ def _check_runner(backend, workers, address, quiet, owner: str) -> None:
     check_param("workers", workers, [Interval(int, 1), None], owner)
     check_param("address", address, [str, None], owner)
     check_param("quiet", quiet, [bool], owner)
-
-
-def _check_device(device, owner: str) -> str:
-    """The device checked against this machine (before any work or write), as the runners pass it."""
-    from .devices import resolve_device
-
-    if device is not None and not isinstance(device, str) and type(device).__name__ != "device":
-        raise invalid("device", owner, "a device name: cpu, cuda, cuda:N or mps", device)
-    return str(resolve_device(device, owner))
 
 
 def _option_hint(name: str) -> str:
@@ -540,7 +532,7 @@ def build_report(out: str | os.PathLike, *, strict: bool = False, quiet: bool = 
     try:
         with step(f"writing {out / 'report.md'} and its figures", quiet):
             report = write_report(out, meta, records)
-    except ValueError as error:  # e.g. a meta.json naming a study no report layout knows
+    except ValueError as error:  # e.g. a meta.json naming a study no report page knows
         raise StoreError(f"{out / 'meta.json'}: {error}") from None
     if missing and strict:
         raise IncompleteResultsError(f"report written but incomplete ({report}): {meta['incomplete']}; re-run the "

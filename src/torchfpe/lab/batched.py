@@ -35,7 +35,7 @@ def _layout(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return leaves
 
 
-def _signature(model: nn.Module) -> list:
+def stack_signature(model: nn.Module) -> list:
     sig = []
     for _, module in _layout(model):
         if isinstance(module, nn.Linear):
@@ -49,8 +49,8 @@ def _signature(model: nn.Module) -> list:
 def can_stack(models: Sequence[nn.Module]) -> bool:
     """Whether ``models`` share one layout (module types, shapes, dtypes) and so can be stacked."""
     try:
-        first = _signature(models[0])
-        return all(_signature(m) == first for m in models[1:])
+        first = stack_signature(models[0])
+        return all(stack_signature(m) == first for m in models[1:])
     except TypeError:
         return False
 

@@ -48,7 +48,7 @@ from torch import nn
 
 from ... import metrics
 from ...core import SPLITS
-from ...core.validation import Interval, Predicate, invalid
+from ...core.validation import Interval, Predicate
 from . import protocol
 from .studies import Study, real_meta
 
@@ -124,9 +124,8 @@ class HeadsTask(protocol.Task):
         """Load the config's data before any run (a missing or bad file, too many classes: ValueError),
         and check that alpha fits the first layer's fan-in (the embedding's features)."""
         info = self.data(config).info
-        if config.alpha > info["features"]:
-            raise invalid("alpha", type(config).__name__, f"an int in [2, {info['features']}] (the first hidden layer "
-                          f"reads the {info['features']} features of {info['name']})", config.alpha)
+        protocol.check_alpha(config, info["features"], str(info["features"]),
+                             f"the first hidden layer reads the {info['features']} features of {info['name']}")
 
     def files(self, config) -> tuple[str, ...]:
         from ...data import BUILTINS, parse_name

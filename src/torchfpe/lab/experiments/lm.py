@@ -280,14 +280,15 @@ class LMConfig(protocol.ProtocolBase):
         if self.arch == "llama" and (self.d_model // self.heads) % 2:
             raise invalid("heads", owner, f"a divisor of d_model={self.d_model} leaving an even head size (LLaMA's "
                           "rotary embeddings rotate pairs)", self.heads)
-        if self.alpha > self.d_model:
-            raise invalid("alpha", owner, f"an int in [2, d_model={self.d_model}] (the FFN's fan-in)", self.alpha)
+
+    def alpha_limit(self) -> tuple[int, str, str]:
+        return self.d_model, f"d_model={self.d_model}", "the FFN's fan-in"
 
 
 # ------------------------------------------------------------------------------------------ studies
-def lm_meta(layout: str) -> dict:
-    """What an LM study's report needs: its layout, the data note, and the metric (lower bits/byte is better)."""
-    return {"layout": layout, "metric": NEXT_BYTE.report_metric("test bits/byte"),
+def lm_meta(page: str) -> dict:
+    """What an LM study's report needs: its page, the data note, and the metric (lower bits/byte is better)."""
+    return {"page": page, "metric": NEXT_BYTE.report_metric("test bits/byte"),
             "dataset_note": "byte-level UTF-8 text, by default the King James Bible from the Debian package bible-kjv, "
                             "else the --data FILE|DIR the data set's name in each table gives; the first 90 % trains, "
                             "the next 5 % validates, the last 5 % tests (contiguous parts)"}

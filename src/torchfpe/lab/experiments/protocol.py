@@ -84,9 +84,10 @@ from torch import Tensor, nn
 
 from ... import metrics
 from ..devices import resolve_device
-from ..batched import StackedMLP, _signature, can_stack, fit_stacked
+from ..batched import StackedMLP, stack_signature, can_stack, fit_stacked
 from ...core import BIAS_POLICIES, BUDGETS, SPLITS, carry_optimizer, expand, nonzero_parameters
-from ...core.validation import Interval, InvalidParameterError, Options, Predicate, plain_number, validate_dataclass
+from ...core.validation import (Interval, InvalidParameterError, Options, Predicate, invalid, plain_number,
+                                validate_dataclass)
 from ...core.optim import OPTIMIZERS
 from ..kinds import TaskKind, get_task_kind
 from ..train import TrainSettings, fit, optimizer_names
@@ -114,24 +115,48 @@ class Variant:
     budget: str | None = None
     carry: bool = False
 
+    @property
+    def modifiers(self) -> tuple[str, ...]:
+        """The split's modifiers in the order the name writes them (``("structured", "carry")``)."""
+        return tuple(m for m in (self.budget, CARRY if self.carry else None) if m)
+
+
+def variant_name(split: str, budget: str | None = None, carry: bool = False) -> str:
+    """The one writer of the grammar: ``<split>[@<budget>][@carry]``."""
+    return "@".join([split, *([budget] if budget else []), *([CARRY] if carry else [])])
+
+
+def read_variant(name: object) -> Variant | None:
+    """A variant name read by the grammar alone, whether or not its split is registered in this process
+    (a report reads records of splits registered elsewhere); None where the name is no variant."""
+    if not isinstance(name, str):
+        return None
+    if name == "dense":
+        return Variant(name, "dense")
+    wide = WIDE.match(name)
+    if wide and float(wide.group(1)) > 0:
+        return Variant(name, "wide", scale=float(wide.group(1)))
+    modified = MODIFIED.match(name)
+    if modified is None:
+        return None
+    return Variant(name, "split", split=modified["split"], budget=modified["budget"],
+                   carry=modified["carry"] is not None)
+
 
 def parse_variant(name: str, allowed: Sequence[str] | None = None) -> Variant:
     """Read a variant name: ``dense``, ``wide<scale>``, ``<split>``, ``<split>@<budget>``, ``<split>@carry`` or
-    ``<split>@<budget>@carry``; ``allowed`` (default: every name) is what the task offers (``"wide"``: any
-    ``wide<scale>``). Raises ValueError naming the variant and what is allowed."""
+    ``<split>@<budget>@carry``, whose split is registered; ``allowed`` (default: every name) is what the task
+    offers (``"wide"``: any ``wide<scale>``). Raises ValueError naming the variant and what is allowed."""
     allowed = tuple(allowed) if allowed is not None else ("dense", *SPLITS, "wide")
     if not isinstance(name, str):
         raise ValueError(f"a variant is a name, got {name!r}")
-    if name == "dense" and "dense" in allowed:
-        return Variant(name, "dense")
-    wide = WIDE.match(name)
-    if wide and "wide" in allowed and float(wide.group(1)) > 0:
-        return Variant(name, "wide", scale=float(wide.group(1)))
-    modified = MODIFIED.match(name)
-    split = modified and SPLITS.get(modified["split"])
+    variant = read_variant(name)
+    if variant is not None and variant.kind in ("dense", "wide") and variant.kind in allowed:
+        return variant
+    split = SPLITS.get(variant.split) if variant is not None and variant.kind == "split" else None
     if split is None or split.name not in allowed:
         raise ValueError(f"unknown variant {name!r}")
-    budget, carry = modified["budget"], modified["carry"] is not None
+    budget, carry = variant.budget, variant.carry
     if carry and split.at_init:
         raise ValueError(f"variant {name!r}: @{CARRY} carries the warm-up optimizer into an expansion of the "
                          f"warmed-up model, but {split.name!r} is drawn at initialisation and has no warm-up")
@@ -183,7 +208,7 @@ def check_variants(variants: Sequence[str], allowed: Sequence[str], budget: str 
                                                                   and not split.whole_model):
             raise ValueError(f"budget='structured' gives every child a disjoint share of its parent's weights, so "
                              f"it needs a partition split; variant {name!r} ({split.name!r}) is not one (drop it, "
-                             f"or give it another budget, e.g. {split.name}@global)")
+                             f"or give it another budget, e.g. {variant_name(split.name, 'global')})")
     repeated = sorted({v for v in variants if list(variants).count(v) > 1})
     if repeated:
         raise ValueError(f"variants name {repeated} more than once")
@@ -329,6 +354,9 @@ class ProtocolBase:
         except ValueError as error:
             raise InvalidParameterError(f"the 'variants' parameter of {type(self).__name__}: {error}") from None
         self.check()
+        limit = self.alpha_limit()
+        if limit is not None:
+            check_alpha(self, *limit)
 
     def normalise(self) -> None:
         """Turn accepted spellings into the stored form before validation (frozen: object.__setattr__)."""
@@ -366,6 +394,12 @@ class ProtocolBase:
     def check(self) -> None:
         """Rules across fields, after each field is valid (a subclass adds its own)."""
 
+    def alpha_limit(self) -> tuple[int, str, str] | None:
+        """alpha's upper bound where the config alone fixes it: (the smallest fan-in its expansion splits,
+        how the bound is shown, why), checked by :func:`check_alpha` after :meth:`check`; None where only
+        the data tell (the task's ``check`` calls :func:`check_alpha` then)."""
+        return None
+
     def phase_lengths(self) -> tuple[int, int]:
         """(T1, T2): the dense warm-up and the training after the split, in the task's unit."""
         first, second = self.phase_fields
@@ -402,6 +436,13 @@ class ProtocolConfig(ProtocolBase):
 
     def constraints(self) -> dict:
         return {"neurons": [Interval(int, 1)], **super().constraints()}
+
+
+def check_alpha(config, limit: int, shown: str, reason: str) -> None:
+    """The one check of alpha's upper bound in the harness: a parent unit splits into at most as many
+    children as the inputs it reads (``expand`` refuses more, after work has started)."""
+    if config.alpha > limit:
+        raise invalid("alpha", type(config).__name__, f"an int in [2, {shown}] ({reason})", config.alpha)
 
 
 def _protocol_fields(cls: type) -> set[str]:
@@ -631,7 +672,7 @@ def train_batch(task: Task, configs: list, device: torch.device) -> list[dict]:
             continue
         for i, config in enumerate(configs):
             model = build_variant(task, config, variant, warm[i], datas[i])
-            groups.setdefault(repr((_signature(model), phase(variant))), []).append((model, (config, variant, i)))
+            groups.setdefault(repr((stack_signature(model), phase(variant))), []).append((model, (config, variant, i)))
     for members in groups.values():
         owners = [owner for _, owner in members]
         phase_ = phase(owners[0][1])
