@@ -188,15 +188,18 @@ def run_study(
     quiet: bool = False,
     command: str | None = None,
     device: str | None = "cpu",
+    plugins: Sequence[str] = (),
 ) -> Path:
     """Run one study of a group (``torchfpe reproduce <group> --study <study>``); returns report.md's path.
 
     ``overrides`` replace config fields; a list replaces a swept axis (``{"neurons": [8, 16]}``).
     The default ``out`` is ``runs/<group>-<study>``; re-running with the same folder completes only
-    the missing runs. ``command`` is recorded in the report (default: this Python call).
+    the missing runs. ``command`` is recorded in the report (default: this Python call). ``plugins``:
+    modules (names or .py paths) imported here and in every worker first (:mod:`torchfpe.lab.plugins`).
     """
     from .experiments.studies import groups, study_configs
 
+    _load_plugins(plugins, "run_study")
     known = groups()
     check_param("group", group, [Options(tuple(known))], "run_study")
     studies = known[group]
@@ -229,6 +232,7 @@ def run_study(
     seeds = seeds if seeds is not None else chosen.default_seeds
     config_dicts = study_configs(chosen, seeds, overrides)
     jobs = _make_jobs(experiment, config_dicts, quiet, device)
+    _check_workers(experiment, jobs, backend)
     base = jobs[0].config.to_dict()
     out_path = resolve_out(out if out is not None else Path("runs") / f"{group}-{study}")
     meta = {"study": study, "group": group, "axes": list(chosen.axes), "seeds": seeds, "base": base,
@@ -249,11 +253,14 @@ def run_sweep_file(
     quiet: bool = False,
     command: str | None = None,
     device: str | None = "cpu",
+    plugins: Sequence[str] = (),
 ) -> Path:
-    """Run a sweep file (YAML: ``experiment``, ``study``, ``grid``, ``base``, ``seeds``, ``name``); returns report.md's path."""
+    """Run a sweep file (YAML: ``experiment``, ``study``, ``grid``, ``base``, ``seeds``, ``name``); returns report.md's
+    path. ``plugins`` as for :func:`run_study`."""
     from .experiments.registry import experiments
     from .experiments.studies import grid_configs
 
+    _load_plugins(plugins, "run_sweep_file")
     _check_runner(backend, workers, address, quiet, "run_sweep_file")
     device = _check_device(device, "run_sweep_file")
     path = Path(path)
@@ -314,6 +321,7 @@ def run_sweep_file(
             raise InvalidParameterError(f"{path}: no report layout for this sweep; add 'study:' (one of "
                                         f"{', '.join(studies)})")
     jobs = _make_jobs(experiment, grid_configs(axes, base, seed_list), quiet, device, "run_sweep_file")
+    _check_workers(experiment, jobs, backend)
     out_path = resolve_out(out if out is not None else Path("runs") / path.stem)
     meta = {"study": study, "group": studies[study].group, "axes": names, "seeds": len(seed_list),
             "base": dict(base), "grid": dict(grid), "name": spec.get("name", path.stem), **studies[study].meta}
@@ -352,6 +360,24 @@ def _check_runner(backend, workers, address, quiet, owner: str) -> None:
     check_param("workers", workers, [Interval(int, 1), None], owner)
     check_param("address", address, [str, None], owner)
     check_param("quiet", quiet, [bool], owner)
+
+
+def _load_plugins(plugins, owner: str) -> None:
+    """Import the plugin modules (and the installed entry points) before any name is looked up."""
+    from . import plugins as door
+
+    if isinstance(plugins, (str, os.PathLike)):
+        plugins = [plugins]
+    if not isinstance(plugins, Sequence):
+        raise invalid("plugins", owner, "a list of module names or .py files", plugins)
+    door.load(plugins, owner=owner)
+
+
+def _check_workers(experiment: str, jobs, backend: str) -> None:
+    """Refuse a pool or Ray run that uses something only this process knows (before anything is written)."""
+    from .plugins import check_reachable
+
+    check_reachable(experiment, [job.config.to_dict() for job in jobs], backend)
 
 
 def _check_device(device, owner: str) -> str:

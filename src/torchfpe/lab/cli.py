@@ -16,10 +16,42 @@ from . import api
 from ..core.validation import InvalidParameterError
 from .experiments.studies import groups
 
+
+class _StudyGroups(typer.core.TyperGroup):
+    """``torchfpe reproduce <group>``: one command per registered command group, built when it is asked
+    for, so that the groups and studies a ``--plugin`` module registers are there too."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(groups())
+
+    def get_command(self, ctx: click.Context, name: str) -> Optional[click.Command]:
+        studies = groups().get(name)
+        if studies is None:
+            return None
+        one = typer.Typer()
+        one.command(name)(_make_reproduce(name, studies))
+        return typer.main.get_command(one)
+
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Fixed Parameter Expansion: reproduce the paper's experiments, run sweeps, build reports.")
-reproduce_app = typer.Typer(no_args_is_help=True, help="Reproduce the paper's experiments.")
+reproduce_app = typer.Typer(cls=_StudyGroups, no_args_is_help=True, help="Reproduce the paper's experiments.")
 app.add_typer(reproduce_app, name="reproduce")
+
+
+@app.callback()
+def _options(
+    plugin: list[str] = typer.Option([], "--plugin", metavar="MODULE",
+                                     help="import a module that registers splits, layouts, optimizers or experiments "
+                                     "(a module name or a .py file; repeatable); every worker imports it too"),
+) -> None:
+    """Options of every command (before the command's name): torchfpe --plugin mine reproduce boolean ..."""
+    from . import plugins
+
+    try:
+        plugins.load(plugin, owner="torchfpe")
+    except (InvalidParameterError, plugins.PluginError) as error:
+        _fail(str(error), 2 if isinstance(error, InvalidParameterError) else 1)
 
 BACKEND_CHOICES = ("local", "process", "ray")  # torchfpe.lab.sweep.BACKENDS, without importing the sweep stack
 #: Which extra installs a missing module (the CLI names it instead of showing a traceback).
@@ -134,10 +166,6 @@ def _make_reproduce(group: str, studies: dict) -> Callable:
     descriptions = "; ".join(f"{name}: {s.description}" for name, s in studies.items())
     reproduce.__doc__ = f"Reproduce the paper's {group} results (default study: {default}).\n\n\b\n{descriptions}"
     return reproduce
-
-
-for _group, _studies in groups().items():
-    reproduce_app.command(_group)(_make_reproduce(_group, _studies))
 
 
 # -------------------------------------------------------------------------------------------- sweep
