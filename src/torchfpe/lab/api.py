@@ -206,6 +206,7 @@ def run_study(
     check_param("study", study, [Options(tuple(studies))], f"run_study (group {group!r})")
     chosen = studies[study]
     check_param("seeds", seeds, [Interval(int, 1, MAX_SEEDS), None], "run_study")
+    check_param("out", out, [str, os.PathLike, None], "run_study")
     seeds = plain_number(seeds)
     _check_runner(backend, workers, address, quiet, "run_study")
     device = _check_device(device, "run_study")
@@ -234,13 +235,15 @@ def run_study(
     jobs = _make_jobs(experiment, config_dicts, quiet, device)
     _check_workers(experiment, jobs, backend)
     base = jobs[0].config.to_dict()
-    out_path = resolve_out(out if out is not None else Path("runs") / f"{group}-{study}")
+    out_path = Path(out if out is not None else Path("runs") / f"{group}-{study}")
+    made = not out_path.exists()
+    out_path = resolve_out(out_path)
     meta = {"study": study, "group": group, "axes": list(chosen.axes), "seeds": seeds, "base": base,
             "overrides": overrides, "description": chosen.description, **chosen.meta}
     command = command or _python_call("run_study", group, study, seeds=seeds, overrides=overrides or None, out=out,
                                       device=None if device == "cpu" else device)
     return _run_into(out_path, meta, experiment, jobs, backend=backend, workers=workers, address=address,
-                     quiet=quiet, command=command, device=device)
+                     quiet=quiet, command=command, device=device, made=made)
 
 
 def run_sweep_file(
@@ -263,6 +266,8 @@ def run_sweep_file(
     _load_plugins(plugins, "run_sweep_file")
     _check_runner(backend, workers, address, quiet, "run_sweep_file")
     device = _check_device(device, "run_sweep_file")
+    check_param("path", path, [str, os.PathLike], "run_sweep_file")
+    check_param("out", out, [str, os.PathLike, None], "run_sweep_file")
     path = Path(path)
     spec = _read_sweep_file(path)
     unknown = sorted(set(spec) - set(SWEEP_KEYS))
@@ -322,12 +327,14 @@ def run_sweep_file(
                                         f"{', '.join(studies)})")
     jobs = _make_jobs(experiment, grid_configs(axes, base, seed_list), quiet, device, "run_sweep_file")
     _check_workers(experiment, jobs, backend)
-    out_path = resolve_out(out if out is not None else Path("runs") / path.stem)
+    out_path = Path(out if out is not None else Path("runs") / path.stem)
+    made = not out_path.exists()
+    out_path = resolve_out(out_path)
     meta = {"study": study, "group": studies[study].group, "axes": names, "seeds": len(seed_list),
             "base": dict(base), "grid": dict(grid), "name": spec.get("name", path.stem), **studies[study].meta}
     command = command or _python_call("run_sweep_file", str(path), out=out, device=None if device == "cpu" else device)
     return _run_into(out_path, meta, experiment, jobs, backend=backend, workers=workers, address=address,
-                     quiet=quiet, command=command, device=device)
+                     quiet=quiet, command=command, device=device, made=made)
 
 
 def _read_sweep_file(path: Path) -> dict:
@@ -457,7 +464,8 @@ def cli_command() -> str:
 
 
 def _run_into(out: Path, meta: dict, experiment: str, jobs, *, backend: str, workers: int | None,
-              address: str | None, quiet: bool, command: str, device: str = "cpu") -> Path:
+              address: str | None, quiet: bool, command: str, device: str = "cpu", made: bool = True) -> Path:
+    """Run the jobs into the folder ``out`` and write its report; ``made``: ``out`` was created by this call."""
     from .experiments.studies import DATASET_NOTE
     from .sweep import ResultStore, execute
 
@@ -472,12 +480,18 @@ def _run_into(out: Path, meta: dict, experiment: str, jobs, *, backend: str, wor
         "planned": {job.key: {name: job.config.to_dict().get(name) for name in varying} for job in jobs},
     }
     store = ResultStore(out)
+    fresh = not any(out.iterdir())  # made or found empty: a failure before the first run leaves it as it was
     with store.lock():
-        meta["data_files"] = _checked_data_files(store, experiment, jobs)
-        meta.update(_provenance_fields(store, backend, address))
-        store.write_meta(meta)
-        summary = execute(jobs, store, backend=backend, workers=workers, address=address, quiet=quiet,
-                          description=meta["study"], device=device)
+        try:
+            meta["data_files"] = _checked_data_files(store, experiment, jobs)
+            meta.update(_provenance_fields(store, backend, address))
+            store.write_meta(meta)
+            summary = execute(jobs, store, backend=backend, workers=workers, address=address, quiet=quiet,
+                              description=meta["study"], device=device)
+        except BaseException:
+            if fresh:
+                store.discard_if_empty(keep_folder=not made)
+            raise
         if not quiet:
             print(f"{summary['done']} runs done, {summary['skipped']} already in {out}")
         return build_report(out, quiet=quiet)

@@ -6,6 +6,7 @@ mistake is one line on stderr, never a traceback; ``--debug`` shows the tracebac
 """
 
 import enum
+import re
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -112,12 +113,30 @@ def _error_line(error: BaseException) -> tuple[str, int]:
         return str(error), 2
     if isinstance(error, KeyboardInterrupt):
         return "interrupted; finished runs are kept in the store: re-run the same command to complete the rest", 130
+    if _out_of_memory(error):
+        return (f"out of memory while training ({_first_sentence(error)}); lower batch_size (--set batch_size=...) or "
+                "the model's size"), 1
     if isinstance(error, ModuleNotFoundError):
         top = (error.name or "").split(".")[0]
         return f"missing Python package {top!r}: pip install 'torchfpe[{EXTRA_OF.get(top, 'experiments')}]'", 1
     if type(error).__module__.startswith("torchfpe."):  # our own errors (store, report, data) are written for the user
         return str(error), 1
     return f"{type(error).__name__}: {error} (re-run with --debug for the traceback)", 1
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """An allocation that failed: Python's MemoryError, torch's CUDA/MPS OutOfMemoryError or its CPU allocator's."""
+    import torch
+
+    if isinstance(error, (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError))):
+        return True
+    return isinstance(error, RuntimeError) and ("can't allocate memory" in str(error) or "out of memory" in str(error))
+
+
+def _first_sentence(error: BaseException) -> str:
+    """The allocator's own words without its source location (``[enforce fail at alloc_cpu.cpp:127] err == 0.``)."""
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return re.sub(r"^\[enforce fail at [^\]]*\]\s*err == 0\.\s*", "", text).strip()
 
 
 # ------------------------------------------------------------------------------------------ reproduce
