@@ -95,7 +95,7 @@ def test_other_bad_sources(tmp_path):
     with pytest.raises(EmbeddingFileError, match="data.csv: unknown embedding file type .csv"):
         load_embeddings(tmp_path / "data.csv")
     (tmp_path / "junk.npz").write_bytes(b"this is not a zip")
-    with pytest.raises(EmbeddingFileError, match="junk.npz: not a readable .npz"):
+    with pytest.raises(EmbeddingFileError, match="junk.npz: not a valid .npz file"):
         load_embeddings(tmp_path / "junk.npz")
     pickled = tmp_path / "pickled.npz"
     np.savez(pickled, **good_arrays(), class_names=np.array(["a", 1, None], dtype=object))

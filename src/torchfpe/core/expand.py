@@ -289,8 +289,8 @@ def expand(
             inputs), ``"static_sparse"`` (width alpha·h under one random fixed mask per layer with the
             parent's count), ``"dropconnect"`` (parent width, DropConnect on incoming weights).
             :func:`torchfpe.register_split` adds one.
-        seed: seeds every random choice; ``None`` draws one from torch's global generator (the
-            report records it).
+        seed: seeds every random choice; ``None`` draws a fresh one (the report records it). Torch's
+            global generator is neither read nor advanced.
         pairs: (incoming, outgoing) or gated (gate, up, down) module paths to expand; required for
             models that are not ``nn.Sequential``. Consecutive pairs may share a layer.
         clauses: input indices of each clause, for splits that need clauses.
@@ -337,8 +337,8 @@ def expand(
                      if p.split is not None and "clauses" in p.split.needs and p.leader is None}
     checked_clauses = _check_clauses(clauses, clause_layers) if clause_layers else None
     checked_data = _check_data(data, plans)
-    if seed is None:
-        seed = int(torch.randint(0, 2**62, (1,)))
+    if seed is None:  # a fresh seed (the report records it): torch's global generator is left alone
+        seed = torch.Generator().seed() % 2**62
     generator = torch.Generator().manual_seed(seed)
     options = {"alpha": alpha, "dropconnect_p": dropconnect_p}
 
@@ -391,7 +391,8 @@ def expand(
     report.model_positions_before = trainable_positions(model) - sum(plan.read_as_pruned for plan in plans)
     expanded = copy.deepcopy(model)
     for plan in plans:
-        layer = (plan.split or _OUTGOING).build_layer(plan, options)
+        with torch.random.fork_rng(devices=[]):  # a layer's constructor initialises from the global generator
+            layer = (plan.split or _OUTGOING).build_layer(plan, options)
         parent = plan.parent
         layer.parent_features = getattr(parent, "parent_features", None) or (parent.in_features, parent.out_features)
         layer.train(parent.training)

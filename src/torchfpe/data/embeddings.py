@@ -171,12 +171,30 @@ def _string_scalar(value: np.ndarray) -> str | None:
     return str(value.item()) if value.ndim == 0 and value.dtype.kind == "U" else None
 
 
+#: How a zip archive (what numpy.savez writes) starts: a file's local header, or an empty archive's end record.
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+
+
+def open_npz(path: Path, where: str):
+    """``np.load(path, allow_pickle=False)`` of an .npz archive; anything else is an :class:`EmbeddingFileError`
+    saying it is not a valid .npz file (never numpy's advice to load pickled data)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError as error:
+        raise EmbeddingFileError(f"{where}: cannot be read ({error.strerror})") from None
+    if head not in ZIP_MAGIC:
+        raise EmbeddingFileError(f"{where}: not a valid .npz file (an .npz is a zip archive of arrays, as numpy.savez "
+                                 "writes it; this file is not a zip archive)")
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as error:  # a damaged archive (zipfile's, OS errors)
+        raise EmbeddingFileError(f"{where}: not a valid .npz file (a damaged zip archive: {error})") from None
+
+
 def read_npz(path: Path) -> EmbeddingSet:
     where = str(path)
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except Exception as error:  # zipfile/pickle/OS errors all mean "not a readable .npz"
-        raise EmbeddingFileError(f"{where}: not a readable .npz file ({error})") from None
+    archive = open_npz(path, where)
     with archive:
         missing = [k for k in NPZ_KEYS if k not in archive.files]
         if missing:

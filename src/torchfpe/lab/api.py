@@ -189,21 +189,25 @@ def run_study(
     quiet: bool = False,
     command: str | None = None,
     device: str | None = "cpu",
+    plugins: Sequence[str] = (),
 ) -> Path:
     """Run one study of a group (``torchfpe reproduce <group> --study <study>``); returns report.md's path.
 
     ``overrides`` replace config fields; a list replaces a swept axis (``{"neurons": [8, 16]}``).
     The default ``out`` is ``runs/<group>-<study>``; re-running with the same folder completes only
-    the missing runs. ``command`` is recorded in the report (default: this Python call).
+    the missing runs. ``command`` is recorded in the report (default: this Python call). ``plugins``:
+    modules (names or .py paths) imported here and in every worker first (:mod:`torchfpe.lab.plugins`).
     """
     from .experiments.studies import groups, study_configs
 
+    _load_plugins(plugins, "run_study")
     known = groups()
     check_param("group", group, [Options(tuple(known))], "run_study")
     studies = known[group]
     check_param("study", study, [Options(tuple(studies))], f"run_study (group {group!r})")
     chosen = studies[study]
     check_param("seeds", seeds, [Interval(int, 1, MAX_SEEDS), None], "run_study")
+    check_param("out", out, [str, os.PathLike, None], "run_study")
     seeds = plain_number(seeds)
     _check_runner(backend, workers, address, quiet, "run_study")
     device = device_name(device, "run_study")  # checked against this machine before any work or write
@@ -230,14 +234,17 @@ def run_study(
     seeds = seeds if seeds is not None else chosen.default_seeds
     config_dicts = study_configs(chosen, seeds, overrides)
     jobs = _make_jobs(experiment, config_dicts, quiet, device)
+    _check_workers(experiment, jobs, backend)
     base = jobs[0].config.to_dict()
-    out_path = resolve_out(out if out is not None else Path("runs") / f"{group}-{study}")
+    out_path = Path(out if out is not None else Path("runs") / f"{group}-{study}")
+    made = not out_path.exists()
+    out_path = resolve_out(out_path)
     meta = {"study": study, "group": group, "axes": list(chosen.axes), "seeds": seeds, "base": base,
             "overrides": overrides, "description": chosen.description, **chosen.meta}
     command = command or _python_call("run_study", group, study, seeds=seeds, overrides=overrides or None, out=out,
                                       device=None if device == "cpu" else device)
     return _run_into(out_path, meta, experiment, jobs, backend=backend, workers=workers, address=address,
-                     quiet=quiet, command=command, device=device)
+                     quiet=quiet, command=command, device=device, made=made)
 
 
 def run_sweep_file(
@@ -250,13 +257,18 @@ def run_sweep_file(
     quiet: bool = False,
     command: str | None = None,
     device: str | None = "cpu",
+    plugins: Sequence[str] = (),
 ) -> Path:
-    """Run a sweep file (YAML: ``experiment``, ``study``, ``grid``, ``base``, ``seeds``, ``name``); returns report.md's path."""
+    """Run a sweep file (YAML: ``experiment``, ``study``, ``grid``, ``base``, ``seeds``, ``name``); returns report.md's
+    path. ``plugins`` as for :func:`run_study`."""
     from .experiments.registry import experiments
     from .experiments.studies import grid_configs
 
+    _load_plugins(plugins, "run_sweep_file")
     _check_runner(backend, workers, address, quiet, "run_sweep_file")
     device = device_name(device, "run_sweep_file")
+    check_param("path", path, [str, os.PathLike], "run_sweep_file")
+    check_param("out", out, [str, os.PathLike, None], "run_sweep_file")
     path = Path(path)
     spec = _read_sweep_file(path)
     unknown = sorted(set(spec) - set(SWEEP_KEYS))
@@ -315,12 +327,15 @@ def run_sweep_file(
             raise InvalidParameterError(f"{path}: no report page for this sweep; add 'study:' (one of "
                                         f"{', '.join(studies)})")
     jobs = _make_jobs(experiment, grid_configs(axes, base, seed_list), quiet, device, "run_sweep_file")
-    out_path = resolve_out(out if out is not None else Path("runs") / path.stem)
+    _check_workers(experiment, jobs, backend)
+    out_path = Path(out if out is not None else Path("runs") / path.stem)
+    made = not out_path.exists()
+    out_path = resolve_out(out_path)
     meta = {"study": study, "group": studies[study].group, "axes": names, "seeds": len(seed_list),
             "base": dict(base), "grid": dict(grid), "name": spec.get("name", path.stem), **studies[study].meta}
     command = command or _python_call("run_sweep_file", str(path), out=out, device=None if device == "cpu" else device)
     return _run_into(out_path, meta, experiment, jobs, backend=backend, workers=workers, address=address,
-                     quiet=quiet, command=command, device=device)
+                     quiet=quiet, command=command, device=device, made=made)
 
 
 def _read_sweep_file(path: Path) -> dict:
@@ -353,6 +368,24 @@ def _check_runner(backend, workers, address, quiet, owner: str) -> None:
     check_param("workers", workers, [Interval(int, 1), None], owner)
     check_param("address", address, [str, None], owner)
     check_param("quiet", quiet, [bool], owner)
+
+
+def _load_plugins(plugins, owner: str) -> None:
+    """Import the plugin modules (and the installed entry points) before any name is looked up."""
+    from . import plugins as door
+
+    if isinstance(plugins, (str, os.PathLike)):
+        plugins = [plugins]
+    if not isinstance(plugins, Sequence):
+        raise invalid("plugins", owner, "a list of module names or .py files", plugins)
+    door.load(plugins, owner=owner)
+
+
+def _check_workers(experiment: str, jobs, backend: str) -> None:
+    """Refuse a pool or Ray run that uses something only this process knows (before anything is written)."""
+    from .plugins import check_reachable
+
+    check_reachable(experiment, [job.config.to_dict() for job in jobs], backend)
 
 
 def _option_hint(name: str) -> str:
@@ -423,7 +456,8 @@ def cli_command() -> str:
 
 
 def _run_into(out: Path, meta: dict, experiment: str, jobs, *, backend: str, workers: int | None,
-              address: str | None, quiet: bool, command: str, device: str = "cpu") -> Path:
+              address: str | None, quiet: bool, command: str, device: str = "cpu", made: bool = True) -> Path:
+    """Run the jobs into the folder ``out`` and write its report; ``made``: ``out`` was created by this call."""
     from .experiments.studies import DATASET_NOTE
     from .sweep import ResultStore, execute
 
@@ -438,12 +472,18 @@ def _run_into(out: Path, meta: dict, experiment: str, jobs, *, backend: str, wor
         "planned": {job.key: {name: job.config.to_dict().get(name) for name in varying} for job in jobs},
     }
     store = ResultStore(out)
+    fresh = not any(out.iterdir())  # made or found empty: a failure before the first run leaves it as it was
     with store.lock():
-        meta["data_files"] = _checked_data_files(store, experiment, jobs)
-        meta.update(_provenance_fields(store, backend, address))
-        store.write_meta(meta)
-        summary = execute(jobs, store, backend=backend, workers=workers, address=address, quiet=quiet,
-                          description=meta["study"], device=device)
+        try:
+            meta["data_files"] = _checked_data_files(store, experiment, jobs)
+            meta.update(_provenance_fields(store, backend, address))
+            store.write_meta(meta)
+            summary = execute(jobs, store, backend=backend, workers=workers, address=address, quiet=quiet,
+                              description=meta["study"], device=device)
+        except BaseException:
+            if fresh:
+                store.discard_if_empty(keep_folder=not made)
+            raise
         if not quiet:
             print(f"{summary['done']} runs done, {summary['skipped']} already in {out}")
         return build_report(out, quiet=quiet)

@@ -72,6 +72,8 @@ class StackedMLP(nn.Module):
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
         self.dropconnect: list[float] = []
+        #: Model b's DropConnect draws come from generator b (``fit_stacked`` sets its generators); None: the global one.
+        self.drop_generators: Sequence[torch.Generator] | None = None
         masks: list[Tensor | None] = []
         bias_masks: list[Tensor | None] = []
         for position, (path, module) in enumerate(layouts[0]):
@@ -108,8 +110,16 @@ class StackedMLP(nn.Module):
             bias = bias * bias_mask
         p = self.dropconnect[index]
         if self.training and p > 0:
-            weight = weight * (torch.rand_like(weight) >= p) / (1.0 - p)
+            weight = weight * (self._uniform(weight) >= p) / (1.0 - p)
         return weight, bias
+
+    def _uniform(self, weight: Tensor) -> Tensor:
+        """Uniform draws shaped like the stacked ``weight``: each model's from its own generator, drawn on
+        the CPU, so a run's draws do not depend on which runs share its stack (nor on the device)."""
+        if self.drop_generators is None:
+            return torch.rand_like(weight)
+        draws = [torch.rand(weight.shape[1:], generator=g, dtype=weight.dtype) for g in self.drop_generators]
+        return torch.stack(draws).to(weight.device)
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, N, in) → (B, N, out)."""
@@ -187,6 +197,7 @@ def fit_stacked(
     # about as much as the step's matmuls (measured 2x per step at B = 15, batch 2048, 1280 inputs).
     shared = x.stride(0) == 0 and y.stride(0) == 0
     buffer = None
+    stack.drop_generators = list(generators) if generators else None  # each run's DropConnect draws are its own
     for indices in zip(*orders):
         if indices[0] is None:
             xb_t, yb = x_t, y

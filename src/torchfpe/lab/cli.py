@@ -6,6 +6,7 @@ mistake is one line on stderr, never a traceback; ``--debug`` shows the tracebac
 """
 
 import enum
+import re
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -16,10 +17,42 @@ from . import api
 from ..core.validation import InvalidParameterError
 from .experiments.studies import groups
 
+
+class _StudyGroups(typer.core.TyperGroup):
+    """``torchfpe reproduce <group>``: one command per registered command group, built when it is asked
+    for, so that the groups and studies a ``--plugin`` module registers are there too."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(groups())
+
+    def get_command(self, ctx: click.Context, name: str) -> Optional[click.Command]:
+        studies = groups().get(name)
+        if studies is None:
+            return None
+        one = typer.Typer()
+        one.command(name)(_make_reproduce(name, studies))
+        return typer.main.get_command(one)
+
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Fixed Parameter Expansion: reproduce the paper's experiments, run sweeps, build reports.")
-reproduce_app = typer.Typer(no_args_is_help=True, help="Reproduce the paper's experiments.")
+reproduce_app = typer.Typer(cls=_StudyGroups, no_args_is_help=True, help="Reproduce the paper's experiments.")
 app.add_typer(reproduce_app, name="reproduce")
+
+
+@app.callback()
+def _options(
+    plugin: list[str] = typer.Option([], "--plugin", metavar="MODULE",
+                                     help="import a module that registers splits, layouts, optimizers or experiments "
+                                     "(a module name or a .py file; repeatable); every worker imports it too"),
+) -> None:
+    """Options of every command (before the command's name): torchfpe --plugin mine reproduce boolean ..."""
+    from . import plugins
+
+    try:
+        plugins.load(plugin, owner="torchfpe")
+    except (InvalidParameterError, plugins.PluginError) as error:
+        _fail(str(error), 2 if isinstance(error, InvalidParameterError) else 1)
 
 BACKEND_CHOICES = ("local", "process", "ray")  # torchfpe.lab.sweep.BACKENDS, without importing the sweep stack
 #: Which extra installs a missing module (the CLI names it instead of showing a traceback).
@@ -80,12 +113,30 @@ def _error_line(error: BaseException) -> tuple[str, int]:
         return str(error), 2
     if isinstance(error, KeyboardInterrupt):
         return "interrupted; finished runs are kept in the store: re-run the same command to complete the rest", 130
+    if _out_of_memory(error):
+        return (f"out of memory while training ({_first_sentence(error)}); lower batch_size (--set batch_size=...) or "
+                "the model's size"), 1
     if isinstance(error, ModuleNotFoundError):
         top = (error.name or "").split(".")[0]
         return f"missing Python package {top!r}: pip install 'torchfpe[{EXTRA_OF.get(top, 'experiments')}]'", 1
     if type(error).__module__.startswith("torchfpe."):  # our own errors (store, report, data) are written for the user
         return str(error), 1
     return f"{type(error).__name__}: {error} (re-run with --debug for the traceback)", 1
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """An allocation that failed: Python's MemoryError, torch's CUDA/MPS OutOfMemoryError or its CPU allocator's."""
+    import torch
+
+    if isinstance(error, (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError))):
+        return True
+    return isinstance(error, RuntimeError) and ("can't allocate memory" in str(error) or "out of memory" in str(error))
+
+
+def _first_sentence(error: BaseException) -> str:
+    """The allocator's own words without its source location (``[enforce fail at alloc_cpu.cpp:127] err == 0.``)."""
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return re.sub(r"^\[enforce fail at [^\]]*\]\s*err == 0\.\s*", "", text).strip()
 
 
 # ------------------------------------------------------------------------------------------ reproduce
@@ -134,10 +185,6 @@ def _make_reproduce(group: str, studies: dict) -> Callable:
     descriptions = "; ".join(f"{name}: {s.description}" for name, s in studies.items())
     reproduce.__doc__ = f"Reproduce the paper's {group} results (default study: {default}).\n\n\b\n{descriptions}"
     return reproduce
-
-
-for _group, _studies in groups().items():
-    reproduce_app.command(_group)(_make_reproduce(_group, _studies))
 
 
 # -------------------------------------------------------------------------------------------- sweep

@@ -17,7 +17,8 @@ An experiment is:
 Experiments of the protocol register through :func:`torchfpe.lab.experiments.protocol.register`. A new
 experiment is one module in this package that calls it: the modules here are imported on the first
 lookup, so the runners, the store, the CLI and the report find it by name without any other edit.
-An experiment registered from outside the package works in-process.
+An experiment registered from outside the package (a ``--plugin`` module or a ``torchfpe.plugins`` entry
+point, see :mod:`torchfpe.lab.plugins`) works the same, with every backend.
 """
 
 from __future__ import annotations
@@ -86,6 +87,9 @@ def _discover() -> None:
     package = importlib.import_module(__package__)
     for module in pkgutil.iter_modules(package.__path__):
         importlib.import_module(f"{__package__}.{module.name}")
+    from ..plugins import load_entry_points
+
+    load_entry_points()  # installed plugins (the torchfpe.plugins entry points) register theirs after ours
 
 
 def experiments() -> dict[str, Experiment]:

@@ -53,9 +53,13 @@ def plan_units(jobs: Sequence[Job], workers: int, max_batch: int = 64) -> list[l
     return units
 
 
-def _unit_args(unit: Sequence[Job]) -> tuple[str, list[dict]]:
-    """What a worker needs to run a unit: the experiment name and plain config dicts (picklable)."""
-    return unit[0].experiment, [job.config.to_dict() for job in unit]
+def _unit_args(unit: Sequence[Job], threads: int | None, device: str | None) -> tuple:
+    """What a worker needs to run a unit (picklable): :func:`run_unit`'s arguments, the experiment name,
+    plain config dicts, threads, device, and the plugins to import first (:mod:`torchfpe.lab.plugins`)."""
+    from ..plugins import for_workers
+
+    configs = [job.config.to_dict() for job in unit]
+    return unit[0].experiment, configs, threads, device, for_workers(unit[0].experiment, configs)
 
 
 def _init_worker(threads: int, parent: int | None = None) -> None:
@@ -138,7 +142,7 @@ def _execute(jobs, store, *, backend, workers, threads, address, quiet, descript
 
         if backend == "local":
             for unit in units:
-                save(run_unit(*_unit_args(unit), threads, device))
+                save(run_unit(*_unit_args(unit, threads, device)))
         elif backend == "process":
             _run_process_pool(units, workers, threads, save, device)
         else:
@@ -159,7 +163,7 @@ def _run_process_pool(units, workers: int, threads: int, save: Callable, device:
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminated) if in_main_thread else None
     try:
-        futures = [pool.submit(run_unit, *_unit_args(unit), threads, device) for unit in units]
+        futures = [pool.submit(run_unit, *_unit_args(unit, threads, device)) for unit in units]
         for future in as_completed(futures):
             save(future.result())
     except BaseException:
@@ -194,7 +198,7 @@ def _run_ray(units, threads: int, address: str | None, save: Callable, device: s
 
     if address is None and not ray.is_initialized() and ray_guard.available():
         with _RayGuard() as guard:
-            for results in guard.run([(*_unit_args(unit), threads, device) for unit in units]):
+            for results in guard.run([_unit_args(unit, threads, device) for unit in units]):
                 save(results)
         return
     started_here = not ray.is_initialized()
@@ -202,7 +206,7 @@ def _run_ray(units, threads: int, address: str | None, save: Callable, device: s
         ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     try:
         remote = ray.remote(num_cpus=1, num_gpus=gpus_per_unit(device))(run_unit)
-        pending = [remote.remote(*_unit_args(unit), threads, device) for unit in units]
+        pending = [remote.remote(*_unit_args(unit, threads, device)) for unit in units]
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
             save(ray.get(ready[0]))
