@@ -258,21 +258,23 @@ def fidelity(
 # -------------------------------------------------------------------------------------------- embed
 @app.command()
 def embed(
-    source: str = typer.Argument(..., help="an image folder (train/ and test/, one subfolder per class), or a built-in "
-                                 "image set: fashion-mnist, font-chars"),
-    model: str = typer.Option(..., "--model", help="efficientnet-lite0|1|2 (offline, ImageNet weights), or a CLIP model "
-                              "folder or Hugging Face hub name"),
+    source: str = typer.Argument(..., help="images: a folder (train/ and test/, one subfolder per class) or a built-in "
+                                 "image set (fashion-mnist, font-chars); text (with --model all-minilm-l6-v2): "
+                                 "fortunes, a folder of .txt files laid out the same way, or a CSV of text,label"),
+    model: str = typer.Option(..., "--model", help="efficientnet-lite0|1|2 (offline, ImageNet weights), a CLIP model "
+                              "folder or Hugging Face hub name, or all-minilm-l6-v2 (text, offline)"),
     out: Path = typer.Option(..., "--out", help="the embedding file to write (.npz)"),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="images per forward pass"),
     device: str = typer.Option("cpu", "--device", help="torch device, e.g. cpu or cuda"),
     image_size: Optional[int] = typer.Option(None, "--image-size", min=32, help="EfficientNet input size in pixels "
                                              "(default: the model's own, 224 for Lite0)"),
     data: Optional[Path] = typer.Option(None, "--data", help="the raw files of a built-in image set (Fashion-MNIST's "
-                                        "IDX folder, or a fonts folder for font-chars)"),
+                                        "IDX folder, a fonts folder for font-chars, or the fortunes folder)"),
+    max_length: int = typer.Option(128, "--max-length", min=1, help="text only: tokens per text (longer texts are cut)"),
     quiet: bool = quiet_option(),
     debug: bool = debug_option(),
 ) -> None:
-    """Embed images with a frozen image model into an .npz file for the embedding-classifier experiments."""
+    """Embed images (or texts) with a frozen model into an .npz file for the embedding-classifier experiments."""
     def call() -> None:
         from ..data.embeddings import EmbeddingFileError, check_output_file
 
@@ -280,6 +282,13 @@ def embed(
             check_output_file(out, "--out")
         except EmbeddingFileError as error:
             raise InvalidParameterError(str(error)) from None
+        from ..data.textembed import extract_text_embeddings, is_text_encoder_name
+
+        if is_text_encoder_name(model):
+            path = extract_text_embeddings(source, out, model=model, batch_size=batch_size, max_length=max_length,
+                                           device=device, data_dir=data, quiet=quiet)
+            typer.echo(f"embeddings: {path}")
+            return
         try:
             from ..data.extract import extract_embeddings
         except ImportError as error:
