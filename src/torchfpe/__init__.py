@@ -22,12 +22,14 @@ from .core import (
     nonzero_parameters,
     register_split,
 )
-from .core import ExpandedLayer, pack, unpack
+from .core import ExpandedLayer, FPEConfig, pack, unpack
+from .integrations import from_pretrained, save_pretrained
 
-__version__ = "0.1.0"
+from .core.config import VERSION as __version__  # one place: core/config.py
 
 __all__ = [
     "BIAS_POLICIES", "BUDGETS", "SPLITS", "DropConnectLinear", "ExpansionReport", "MaskedLinear",
     "InvalidParameterError", "apply_masks_", "carry_optimizer", "expand", "find_ffn_pairs", "find_hidden_pairs", "load_expanded",
     "nonzero_parameters", "__version__", "ExpandedLayer", "pack", "unpack", "register_split",
+    "FPEConfig", "from_pretrained", "save_pretrained",
 ]
