@@ -22,7 +22,7 @@ from .core import (
     nonzero_parameters,
     register_split,
 )
-from .core import ExpandedLayer, FPEConfig, pack, unpack
+from .core import ExpandedLayer, FPEConfig, bake, pack, summary, unpack
 from .integrations import from_pretrained, save_pretrained
 
 from .core.config import VERSION as __version__  # one place: core/config.py
@@ -31,5 +31,5 @@ __all__ = [
     "BIAS_POLICIES", "BUDGETS", "SPLITS", "DropConnectLinear", "ExpansionReport", "MaskedLinear",
     "InvalidParameterError", "apply_masks_", "carry_optimizer", "expand", "find_ffn_pairs", "find_hidden_pairs", "load_expanded",
     "nonzero_parameters", "__version__", "ExpandedLayer", "pack", "unpack", "register_split",
-    "FPEConfig", "from_pretrained", "save_pretrained",
+    "FPEConfig", "bake", "from_pretrained", "save_pretrained", "summary",
 ]
