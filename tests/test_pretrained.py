@@ -164,3 +164,21 @@ def test_hugging_face_models_rebuild_from_their_directories_in_a_fresh_process(t
     assert done.returncode == 0, done.stderr[-3000:]
     found = dict(line.split(" ", 1) for line in done.stdout.strip().splitlines())
     assert found == expected
+
+
+def test_a_trainer_checkpoint_of_a_packed_model_saves_and_resumes(tmp_path):
+    """Trainer writes checkpoints with safetensors (a dict in the state_dict made it fail) and resumes from them."""
+    pytest.importorskip("accelerate")
+    parent = tiny("gpt2")
+    wide = pack(expand(parent, 2, "random", pairs=torchfpe.find_ffn_pairs(parent), seed=0)).train()
+    data = [{"input_ids": row, "labels": row} for row in torch.randint(0, 50, (8, 8), generator=torch.Generator().manual_seed(2))]
+    arguments = transformers.TrainingArguments(output_dir=str(tmp_path), max_steps=2, save_steps=1, per_device_train_batch_size=4,
+                                               report_to=[], use_cpu=True, save_only_model=False, disable_tqdm=True)
+    transformers.Trainer(model=wide, args=arguments, train_dataset=data).train()
+    checkpoint = tmp_path / "checkpoint-1"
+    assert (checkpoint / "model.safetensors").is_file()
+    count = torchfpe.nonzero_parameters(wide)
+    resumed = pack(expand(tiny("gpt2"), 2, "random", pairs=torchfpe.find_ffn_pairs(parent), seed=0))
+    transformers.Trainer(model=resumed, args=arguments, train_dataset=data).train(resume_from_checkpoint=str(checkpoint))
+    assert torchfpe.nonzero_parameters(resumed) == count
+    assert all(torch.equal(a, b) for a, b in zip(resumed.state_dict().values(), wide.state_dict().values()))
