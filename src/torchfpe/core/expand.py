@@ -26,7 +26,8 @@ from torch import Tensor, nn
 from .budget import BUDGETS, nonzero_parameters, prune_smallest_
 from .config import ATTRIBUTE, FPEConfig, recorded
 from .layouts.base import LAYOUTS, ExpandedLayer, effective_parameters, expanded_layers, layout_of
-from .layouts.metadata import LAYOUT_KEY, LEGACY_KEY, encode_layout_state, is_layout_key, saved_layout_state
+from .layouts.metadata import (LAYOUT_KEY, LEGACY_KEY, check_stored, encode_layout_state, is_layout_key,
+                               saved_layout_state)
 from .layouts.masked import MaskedLinear
 from .splits import SPLITS, Split, get_split, user_split
 from .targets import as_linear, check_not_shared, features, is_conv1d, resolve_pairs, set_submodule
@@ -566,8 +567,8 @@ def load_expanded(model: nn.Module, state_dict: Mapping[str, Tensor], *, strict:
 
     Every layer whose entries in ``state_dict`` describe an expanded layer (its ``fpe_layout`` tensor,
     or in older files its ``_extra_state`` dict, names a layout: ``masked``, ``dropconnect`` or a
-    packed one; or, in files saved before layouts were recorded, it has a ``weight_mask``) is rebuilt in that layout with the saved shapes, then the
-    whole state is loaded. A DropConnect layer gets its ``p`` back. Checked before anything is
+    packed one; or, in files saved before layouts were recorded, it has a ``weight_mask``) is rebuilt
+    in that layout with the saved shapes, then the whole state is loaded. A DropConnect layer gets its ``p`` back. Checked before anything is
     returned: each such layer exists in ``model`` as an ``nn.Linear``, a GPT-2 ``Conv1D`` (read as the
     linear layer it computes, as ``expand`` reads it) or an expanded layer whose shape fits the saved one
     (the parent's shape recorded at expansion, or the saved shape itself), and no stored weight is
@@ -635,6 +636,7 @@ def load_expanded(model: nn.Module, state_dict: Mapping[str, Tensor], *, strict:
                 f"saved from an expansion of a {expected} (outputs x inputs) layer; load it into the parent "
                 "architecture it was expanded from"
             )
+        check_stored(extra, state_dict, prefix, where)
         try:
             layer = LAYOUTS[extra["layout"]].empty_from_state(extra, tensors, device=old.weight.device
                                                               if isinstance(getattr(old, "weight", None), Tensor)
