@@ -173,13 +173,17 @@ def test_tampered_metadata_and_block_values_are_refused_naming_the_key():
             assert "\n" not in str(error.value)
 
 
-def test_a_deleted_index_tensor_is_refused_naming_the_key():
-    block = pack(expand(mlp([12, 10, 3]), 2, "random", seed=0, bias="zero"), "block")
-    state = block.state_dict()
-    key = next(key for key in state if key.endswith("in_index"))
-    del state[key]
-    with pytest.raises(InvalidParameterError, match=f"'{key}' is missing"):
-        load_expanded(mlp([12, 10, 3]), state)
+@pytest.mark.parametrize("name", sorted(LAYOUTS))
+def test_any_deleted_tensor_is_refused_naming_the_key(name):
+    state = model_in_layout(name).state_dict()
+    for key in [key for key in state if not key.endswith("fpe_layout") and key.startswith(("0.", "2."))]:
+        meta = state.get(key.split(".")[0] + ".fpe_layout")
+        if meta is None or decode_layout_state(meta, key)["layout"] != name:
+            continue
+        partial = {k: v for k, v in state.items() if k != key}
+        with pytest.raises(InvalidParameterError, match=f"'{key}' is missing") as error:
+            load_expanded(mlp(), partial)
+        assert "\n" not in str(error.value)
 
 
 def test_load_expanded_refuses_numpy_arrays_naming_the_key():
@@ -212,3 +216,19 @@ def test_apply_masks_refuses_none():
     with pytest.raises(InvalidParameterError, match="the 'model' parameter of apply_masks_ must be"):
         apply_masks_(None)
 
+
+
+def test_a_model_that_is_one_expanded_layer_round_trips(tmp_path):
+    layer = pack(expand(mlp([6, 4, 2]), 2, seed=0))[0]
+    save_file(layer.state_dict(), tmp_path / "layer.safetensors")
+    loaded = load_expanded(torch.nn.Linear(6, 4, dtype=torch.float64), load_file(tmp_path / "layer.safetensors"))
+    x = torch.randn(3, 6, dtype=torch.float64)
+    assert type(loaded) is type(layer) and torch.equal(loaded(x), layer(x))
+
+
+def test_the_torchscript_onnx_exporter_reads_the_state(tmp_path):
+    """It detached every state_dict value ('dict' object has no attribute 'detach' before)."""
+    pytest.importorskip("onnx")
+    model = expand(mlp(), 2, seed=0).float().eval()
+    torch.onnx.export(model, (torch.randn(2, SIZES[0]),), str(tmp_path / "model.onnx"), dynamo=False)
+    assert (tmp_path / "model.onnx").stat().st_size > 0

@@ -26,8 +26,10 @@ import torch
 from torch import Tensor, nn
 
 from .budget import BUDGETS, nonzero_parameters, prune_smallest_, trainable_positions
+from .config import ATTRIBUTE, FPEConfig, recorded
 from .layouts.base import LAYOUTS, ExpandedLayer, effective_parameters, expanded_layers, layout_of
-from .layouts.metadata import LAYOUT_KEY, LEGACY_KEY, encode_layout_state, is_layout_key, saved_layout_state
+from .layouts.metadata import (LAYOUT_KEY, LEGACY_KEY, check_stored, encode_layout_state, is_layout_key,
+                               saved_layout_state)
 from .layouts.masked import MaskedLinear
 from .splits import SPLITS, Split, get_split, user_split
 from .targets import as_linear, check_not_shared, features, is_conv1d, resolve_pairs, set_submodule
@@ -73,6 +75,7 @@ class ExpansionReport:
     model_nonzero_after: int = 0
     model_positions_before: int = 0
     model_positions_after: int = 0
+    config: FPEConfig | None = None  # the arguments, as expand records them on the model
 
     @property
     def excess(self) -> int:
@@ -259,9 +262,10 @@ def _check_budget(plans: Sequence[LayerPlan], budget: str) -> None:
 # ------------------------------------------------------------------------------------------ expand
 def expand(
     model: nn.Module,
-    alpha: int,
+    alpha: int | None = None,
     split: SplitSpec | Mapping[str, SplitSpec] = "random",
     *,
+    config: FPEConfig | None = None,
     seed: int | None = None,
     pairs: Sequence[tuple[str, ...]] | None = None,
     clauses: Sequence[Sequence[int]] | None = None,
@@ -305,7 +309,27 @@ def expand(
             construction; copied biases are then pruned within their layer), or ``"none"``.
         dropconnect_p: drop probability for ``split="dropconnect"`` (default ``1 - 1/alpha``).
         return_report: also return an :class:`ExpansionReport`.
+        config: an :class:`~torchfpe.core.config.FPEConfig` (e.g. read from a saved directory) in
+            place of ``alpha`` .. ``dropconnect_p``; ``data`` and ``return_report`` may be given beside it.
+
+    The returned model carries the arguments as ``model.fpe_config`` (an ``FPEConfig``; also
+    ``report.config``), which :func:`torchfpe.save_pretrained` writes.
     """
+    if config is not None:
+        given = {"alpha": alpha, "split": split, "seed": seed, "pairs": pairs, "clauses": clauses, "layers": layers,
+                 "bias": bias, "budget": budget, "dropconnect_p": dropconnect_p}
+        defaults = {"split": "random", "bias": "copy", "budget": "global"}
+        both = [name for name, value in given.items()
+                if not (value is None or (isinstance(value, str) and value == defaults.get(name)))]
+        if not isinstance(config, FPEConfig):
+            raise invalid("config", "expand", "an FPEConfig or None", config)
+        if both:
+            raise InvalidParameterError(f"expand got config and {both[0]!r}; pass the expansion's arguments either "
+                                        "in config or one by one")
+        return expand(model, **config.expand_kwargs(), data=data, return_report=return_report)
+    if alpha is None:
+        raise InvalidParameterError("expand needs alpha (children per parent unit, an int >= 2) or config")
+    given_pairs = pairs  # recorded as passed (resolving turns gated triples into pairs and companions)
     # ---------------------------------------------------------------- prepare: every check first
     params = dict(model=model, alpha=alpha, seed=seed, layers=layers, bias=bias, budget=budget,
                   dropconnect_p=dropconnect_p, return_report=return_report)
@@ -404,6 +428,9 @@ def expand(
             nonzero_split=plan.nonzero_split, nonzero_after=_layer_nonzero(plan.weight, plan.bias), frozen=frozen))
     report.model_nonzero_after = nonzero_parameters(expanded)
     report.model_positions_after = trainable_positions(expanded)
+    report.config = recorded(alpha, split, seed, given_pairs, layers, checked_clauses if clauses is not None else None,
+                             bias, budget, dropconnect_p, {name: s.name for name, s in splits.items()})
+    setattr(expanded, ATTRIBUTE, report.config)
     if budget != "none" and report.excess < 0:
         warnings.warn(
             f"expand ends {-report.excess} trainable positions below the parent's {report.model_positions_before} "
@@ -560,8 +587,8 @@ def load_expanded(model: nn.Module, state_dict: Mapping[str, Tensor], *, strict:
 
     Every layer whose entries in ``state_dict`` describe an expanded layer (its ``fpe_layout`` tensor,
     or in older files its ``_extra_state`` dict, names a layout: ``masked``, ``dropconnect`` or a
-    packed one; or, in files saved before layouts were recorded, it has a ``weight_mask``) is rebuilt in that layout with the saved shapes, then the
-    whole state is loaded. A DropConnect layer gets its ``p`` back. Checked before anything is
+    packed one; or, in files saved before layouts were recorded, it has a ``weight_mask``) is rebuilt
+    in that layout with the saved shapes, then the whole state is loaded. A DropConnect layer gets its ``p`` back. Checked before anything is
     returned: each such layer exists in ``model`` as an ``nn.Linear``, a GPT-2 ``Conv1D`` (read as the
     linear layer it computes, as ``expand`` reads it) or an expanded layer whose shape fits the saved one
     (the parent's shape recorded at expansion, or the saved shape itself), and no stored weight is
@@ -629,6 +656,7 @@ def load_expanded(model: nn.Module, state_dict: Mapping[str, Tensor], *, strict:
                 f"saved from an expansion of a {expected} (outputs x inputs) layer; load it into the parent "
                 "architecture it was expanded from"
             )
+        check_stored(extra, state_dict, prefix, where)
         try:
             layer = LAYOUTS[extra["layout"]].empty_from_state(extra, tensors, device=old.weight.device
                                                               if isinstance(getattr(old, "weight", None), Tensor)

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from ..validation import InvalidParameterError
-from .metadata import LAYOUT_KEY, encode_layout_state, saved_layout_state
+from .metadata import LAYOUT_KEY, check_stored, encode_layout_state, saved_layout_state
 
 #: layout name -> class; filled by :func:`register_layout`, read by ``pack`` and ``load_expanded``.
 LAYOUTS: dict[str, type[ExpandedLayer]] = {}
@@ -231,6 +231,16 @@ class ExpandedLayer(ABC):
         parent = state.get("parent_features")
         self.parent_features = None if parent is None else (int(parent[0]), int(parent[1]))
 
+    def register_parameter(self, name: str, param) -> None:
+        """Refuse ``torch.nn.utils.prune`` (its first step registers ``<name>_orig``): it would replace
+        the layer's fixed masks by its own and change the non-zero count behind FPE's back."""
+        if name.endswith("_orig") and getattr(self, "_parameters", None) is not None \
+                and name[: -len("_orig")] in ("weight", "bias", self.weight_parameter):
+            raise InvalidParameterError(
+                f"a {self.layout!r} layer's masks are fixed by FPE; torch.nn.utils.prune would replace them (it "
+                f"registers {name!r}): prune the parent before torchfpe.expand, or torchfpe.bake(model) first")
+        super().register_parameter(name, param)
+
     # -- saving and loading: metadata as the tensor ``fpe_layout`` (format 2); dicts of format 1 still load
     def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
         super()._save_to_state_dict(destination, prefix, keep_vars)
@@ -252,11 +262,7 @@ class ExpandedLayer(ABC):
                     f"{where}: state_dict key {key!r} does not fit this layer: {error}; a saved expanded model "
                     "loads with torchfpe.load_expanded(parent, state_dict), which rebuilds each layer to the saved "
                     "shapes") from None
-            missing = [name for name in saved.get("stored", ()) if prefix + name not in state_dict]
-            if missing:
-                raise InvalidParameterError(
-                    f"{where}: state_dict key {prefix + missing[0]!r} is missing, but the saved {saved['layout']!r} "
-                    f"layer stores it (its {key!r} lists {saved['stored']}); the state_dict is incomplete")
+            check_stored(saved, state_dict, prefix, where)
         self._check_saved_state(state_dict, prefix, saved)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
