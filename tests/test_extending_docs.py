@@ -23,7 +23,7 @@ def test_every_python_block_of_the_extending_page_runs(tmp_path):
             (tmp_path / named.group(1)).write_text(block, encoding="utf-8")
         else:
             script.append(block)
-    assert len(script) >= 4 and len(blocks()) - len(script) == 3  # the split, layout and experiment files
+    assert len(script) >= 4 and len(blocks()) - len(script) == 4  # the split, layout, optimizer and experiment files
     (tmp_path / "page.py").write_text("\n".join(script), encoding="utf-8")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "page.py"], cwd=tmp_path, env=env, capture_output=True, text=True,

@@ -163,6 +163,27 @@ def test_a_split_registered_in_a_function_is_refused_before_the_pool_starts(isol
     assert not out.exists()
 
 
+def test_an_optimizer_registered_in_a_function_is_refused_before_the_pool_starts(isolated, tmp_path):
+    import torch
+
+    from torchfpe.core.optim import OPTIMIZERS, register_optimizer
+    from torchfpe.core.validation import InvalidParameterError
+    from torchfpe.lab import api
+
+    class NotebookSGD(torch.optim.SGD):
+        pass
+
+    register_optimizer("notebook_sgd", NotebookSGD, settings=("lr",))
+    try:
+        out = tmp_path / "out"
+        with pytest.raises(InvalidParameterError, match="optimizer 'notebook_sgd' is registered in this process only"):
+            api.run_study("boolean", "headline", seeds=1, overrides={"variants": "dense", "optimizer": "notebook_sgd"},
+                          out=out, backend="process", quiet=True)
+        assert not out.exists()
+    finally:
+        OPTIMIZERS.remove("notebook_sgd")
+
+
 def test_the_plugins_travel_with_each_unit(isolated, tmp_path):
     from torchfpe.lab import plugins
     from torchfpe.lab.sweep.runner import Job, _unit_args, make_jobs

@@ -189,6 +189,7 @@ def _door_modules() -> set[str]:
 def _registered() -> Iterator[tuple[str, str, tuple[object, ...]]]:
     """(kind, name, the objects that define it) of everything registered that a config may name."""
     from ..core.layouts import LAYOUTS
+    from ..core.optim import OPTIMIZERS
     from ..core.splits import SPLITS
     from .experiments.registry import experiments
 
@@ -196,6 +197,8 @@ def _registered() -> Iterator[tuple[str, str, tuple[object, ...]]]:
         yield "split", name, (split.fn, type(split))
     for name, cls in LAYOUTS.items():
         yield "layout", name, (cls,)
+    for name, spec in OPTIMIZERS.items():
+        yield "optimizer", name, (spec.cls, spec.build)
     for name, registered in experiments().items():
         yield "experiment", name, (registered.config, registered.run_batch)
 
