@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._common import dot, dot_precision, interpreted, tile
+from ._common import batch_tile, dot, dot_precision, interpreted, tile
 
 
 @triton.jit
@@ -130,6 +130,12 @@ def _rowmajor(t: Tensor) -> Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
+def _tiles(n: int, chunk: int, rows: int, dtype: torch.dtype) -> dict:
+    block_n, warps = batch_tile(n, dtype)
+    return dict(BLOCK_N=block_n, BLOCK_C=tile(chunk, 16, 64), BLOCK_R=tile(rows, 16, 64), num_warps=warps,
+                PRECISION=dot_precision(dtype), UPCAST=_UPCAST)
+
+
 def forward(x: Tensor, values: Tensor, bias: Optional[Tensor], gather: Optional[Tensor], position: Tensor,
             out_width: int) -> Tensor:
     """The block product ``(n, in_features) -> (n, out_width)`` (module doc), no autograd."""
@@ -139,13 +145,11 @@ def forward(x: Tensor, values: Tensor, bias: Optional[Tensor], gather: Optional[
     y = x.new_empty(n, out_width)
     if n == 0:
         return y
-    block_n, block_c, block_r = tile(n, 16, 64), tile(chunk, 16, 64), tile(rows, 16, 64)
-    grid = (triton.cdiv(n, block_n), triton.cdiv(rows, block_r), blocks)
-    _forward_kernel[grid](x, values, bias if bias is not None else values, gather if gather is not None else position,
+    tiles = _tiles(n, chunk, rows, x.dtype)
+    grid = (triton.cdiv(n, tiles["BLOCK_N"]), triton.cdiv(rows, tiles["BLOCK_R"]), blocks)
+    _forward_kernel[grid](x, values, values if bias is None else bias, position if gather is None else gather,
                           position, y, n, in_features, chunk, rows, x.stride(0), y.stride(0),
-                          HAS_BIAS=bias is not None, HAS_GATHER=gather is not None, PRECISION=dot_precision(x.dtype),
-                          UPCAST=_UPCAST,
-                          BLOCK_N=block_n, BLOCK_C=block_c, BLOCK_R=block_r)
+                          HAS_BIAS=bias is not None, HAS_GATHER=gather is not None, **tiles)
     return y
 
 
@@ -159,13 +163,11 @@ def grad_input(grad: Tensor, values: Tensor, gather: Optional[Tensor], position:
     out = torch.zeros(n, in_features, device=grad.device, dtype=torch.float32 if atomic else grad.dtype)
     if n == 0:
         return out.to(grad.dtype)
-    block_n, block_c, block_r = tile(n, 16, 64), tile(chunk, 16, 64), tile(rows, 16, 64)
-    grid = (triton.cdiv(n, block_n), triton.cdiv(chunk, block_c), blocks)
-    _grad_input_kernel[grid](grad, values, gather if gather is not None else position, position, out, n, in_features,
+    tiles = _tiles(n, chunk, rows, grad.dtype)
+    grid = (triton.cdiv(n, tiles["BLOCK_N"]), triton.cdiv(chunk, tiles["BLOCK_C"]), blocks)
+    _grad_input_kernel[grid](grad, values, position if gather is None else gather, position, out, n, in_features,
                              chunk, rows, grad.stride(0), out.stride(0), HAS_GATHER=gather is not None,
-                             ATOMIC=atomic, PRECISION=dot_precision(grad.dtype),
-                             UPCAST=_UPCAST, BLOCK_N=block_n, BLOCK_C=block_c,
-                             BLOCK_R=block_r)
+                             ATOMIC=atomic, **tiles)
     return out.to(grad.dtype)
 
 
@@ -176,12 +178,10 @@ def grad_values(grad: Tensor, x: Tensor, values: Tensor, gather: Optional[Tensor
     n, in_features = x.shape
     blocks, chunk, rows = values.shape
     out = torch.empty(blocks, chunk, rows, device=values.device, dtype=values.dtype)
-    block_n, block_c, block_r = tile(n, 16, 64), tile(chunk, 16, 64), tile(rows, 16, 64)
-    grid = (triton.cdiv(chunk, block_c), triton.cdiv(rows, block_r), blocks)
-    _grad_values_kernel[grid](grad, x, gather if gather is not None else position, position, out, n, in_features,
-                              chunk, rows, grad.stride(0), x.stride(0), HAS_GATHER=gather is not None,
-                              PRECISION=dot_precision(x.dtype),
-                              UPCAST=_UPCAST, BLOCK_N=block_n, BLOCK_C=block_c, BLOCK_R=block_r)
+    tiles = _tiles(n, chunk, rows, x.dtype)
+    grid = (triton.cdiv(chunk, tiles["BLOCK_C"]), triton.cdiv(rows, tiles["BLOCK_R"]), blocks)
+    _grad_values_kernel[grid](grad, x, position if gather is None else gather, position, out, n, in_features,
+                              chunk, rows, grad.stride(0), x.stride(0), HAS_GATHER=gather is not None, **tiles)
     if holes is not None and holes.numel():
         out.view(-1).index_fill_(0, holes, 0.0)
     return out

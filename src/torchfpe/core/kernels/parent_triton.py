@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._common import dot, dot_precision, interpreted, tile
+from ._common import batch_tile, dot, dot_precision, interpreted, tile
 
 
 @triton.jit
@@ -161,9 +161,11 @@ def _kids(alpha: int) -> int:
     return 1 << max(0, alpha - 1).bit_length()
 
 
-def _tiles(n: int, alpha: int) -> tuple[int, int, int]:
-    """(BLOCK_N, BLOCK_I, BLOCK_J): about 64 children's columns a tile, whatever alpha."""
-    return tile(n, 16, 64), max(16, 64 // _kids(alpha)), 32
+def _tiles(n: int, alpha: int, dtype: torch.dtype) -> dict:
+    """Launch settings: about 64 children's columns a parent tile, whatever alpha."""
+    block_n, warps = batch_tile(n, dtype)
+    return dict(BLOCK_N=block_n, BLOCK_I=max(16, 64 // _kids(alpha)), BLOCK_J=32, KIDS=_kids(alpha), num_warps=warps,
+                PRECISION=dot_precision(dtype), UPCAST=_UPCAST)
 
 
 def forward(x: Tensor, values: Tensor, child_bits: Tensor, bias: Optional[Tensor], gather: Optional[Tensor],
@@ -175,14 +177,12 @@ def forward(x: Tensor, values: Tensor, child_bits: Tensor, bias: Optional[Tensor
     y = x.new_empty(n, alpha * rows)
     if n == 0:
         return y
-    block_n, block_i, block_j = _tiles(n, alpha)
-    grid = (triton.cdiv(n, block_n), triton.cdiv(rows, block_i))
-    _forward_kernel[grid](x, values, child_bits, bias if bias is not None else values,
-                          gather if gather is not None else child_bits, y, n, rows, cols, child_bits.shape[2], alpha,
-                          x.stride(0), y.stride(0), BITS=child_bits.shape[0], KIDS=_kids(alpha),
-                          HAS_BIAS=bias is not None, HAS_GATHER=gather is not None, PRECISION=dot_precision(x.dtype),
-                          UPCAST=_UPCAST,
-                          BLOCK_N=block_n, BLOCK_I=block_i, BLOCK_J=block_j)
+    tiles = _tiles(n, alpha, x.dtype)
+    grid = (triton.cdiv(n, tiles["BLOCK_N"]), triton.cdiv(rows, tiles["BLOCK_I"]))
+    _forward_kernel[grid](x, values, child_bits, values if bias is None else bias,
+                          child_bits if gather is None else gather, y, n, rows, cols, child_bits.shape[2], alpha,
+                          x.stride(0), y.stride(0), BITS=child_bits.shape[0], HAS_BIAS=bias is not None,
+                          HAS_GATHER=gather is not None, **tiles)
     return y
 
 
@@ -194,13 +194,11 @@ def grad_input(grad: Tensor, values: Tensor, child_bits: Tensor, gather: Optiona
     out = grad.new_empty(n, cols)
     if n == 0:
         return out
-    block_n, block_i, block_j = _tiles(n, alpha)
-    grid = (triton.cdiv(n, block_n), triton.cdiv(cols, block_j))
-    _grad_input_kernel[grid](grad, values, child_bits, gather if gather is not None else child_bits, out, n, rows,
-                             cols, child_bits.shape[2], alpha, grad.stride(0), out.stride(0), BITS=child_bits.shape[0],
-                             KIDS=_kids(alpha), HAS_GATHER=gather is not None, PRECISION=dot_precision(grad.dtype),
-                             UPCAST=_UPCAST,
-                             BLOCK_N=block_n, BLOCK_I=block_i, BLOCK_J=block_j)
+    tiles = _tiles(n, alpha, grad.dtype)
+    grid = (triton.cdiv(n, tiles["BLOCK_N"]), triton.cdiv(cols, tiles["BLOCK_J"]))
+    _grad_input_kernel[grid](grad, values, child_bits, child_bits if gather is None else gather, out, n, rows, cols,
+                             child_bits.shape[2], alpha, grad.stride(0), out.stride(0), BITS=child_bits.shape[0],
+                             HAS_GATHER=gather is not None, **tiles)
     return out
 
 
@@ -211,13 +209,11 @@ def grad_values(grad: Tensor, x: Tensor, values: Tensor, child_bits: Tensor, gat
     n = x.shape[0]
     rows, cols = values.shape
     out = torch.empty(rows, cols, device=values.device, dtype=values.dtype)
-    block_n, block_i, block_j = _tiles(n, alpha)
-    grid = (triton.cdiv(cols, block_j), triton.cdiv(rows, block_i))
-    _grad_values_kernel[grid](grad, x, child_bits, gather if gather is not None else child_bits, out, n, rows, cols,
+    tiles = _tiles(n, alpha, x.dtype)
+    grid = (triton.cdiv(cols, tiles["BLOCK_J"]), triton.cdiv(rows, tiles["BLOCK_I"]))
+    _grad_values_kernel[grid](grad, x, child_bits, child_bits if gather is None else gather, out, n, rows, cols,
                               child_bits.shape[2], alpha, grad.stride(0), x.stride(0), BITS=child_bits.shape[0],
-                              KIDS=_kids(alpha), HAS_GATHER=gather is not None, PRECISION=dot_precision(x.dtype),
-                              UPCAST=_UPCAST,
-                              BLOCK_N=block_n, BLOCK_I=block_i, BLOCK_J=block_j)
+                              HAS_GATHER=gather is not None, **tiles)
     if holes is not None and holes.numel():
         out.view(-1).index_fill_(0, holes, 0.0)
     return out
