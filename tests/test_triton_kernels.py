@@ -97,14 +97,15 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("batch", [1, 6])  # the parent forward's one-example kernel, then its tl.dot kernel
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
 @pytest.mark.parametrize("sizes,split,alpha,layout,served", CASES,
                          ids=[f"{len(c[0])-1}layers-{c[1]}-a{c[2]}-{c[3]}" for c in CASES])
-def test_kernels_match_masked_and_torch_path(triton_here, sizes, split, alpha, layout, served, dtype):
+def test_kernels_match_masked_and_torch_path(triton_here, sizes, split, alpha, layout, served, dtype, batch):
     masked, packed = build(sizes, split, alpha, layout, dtype)
     generator = torch.Generator().manual_seed(2)
-    x = torch.randn(3, sizes[0], generator=generator).to(DEVICE, dtype)
-    weights = torch.randn(3, sizes[-1], generator=generator).to(DEVICE)
+    x = torch.randn(batch, sizes[0], generator=generator).to(DEVICE, dtype)
+    weights = torch.randn(batch, sizes[-1], generator=generator).to(DEVICE)
     got = run(packed, x, weights)
     assert set(triton_here) == served
     kernels.DEVICES = ("cuda",) if DEVICE.type == "cpu" else ()  # the layers' torch paths (fixture restores)
@@ -201,4 +202,4 @@ def test_kernels_compile_for_the_gpu():
     done = subprocess.run([sys.executable, str(script), "90"], capture_output=True, text=True, env=env, timeout=600,
                           check=False)
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
-    assert done.stdout.count("ok ") == 12
+    assert done.stdout.count("ok ") == 14

@@ -17,6 +17,10 @@ alpha times the parent's, as the masked layout's (a child's columns differ per p
 tile holds fewer). Sums are accumulated in float32; float32 products use IEEE precision unless
 ``torch.backends.cuda.matmul.allow_tf32`` is set.
 
+Up to ``ONE_EXAMPLE_MAX_BATCH`` examples the forward takes another kernel: one example a program,
+each parent row's products summed per child in registers (no tile of 16 examples to pad, which in
+float32 IEEE would cost more than reading the values).
+
 Backward: ``grad_x`` by one launch over (batch tile, input tile), each parent tile's children
 expanded again (plain stores: ``gather`` is a permutation); ``grad_values`` by one launch over
 (input tile, parent tile) computing every child's product and keeping the entry's own child's,
@@ -79,6 +83,37 @@ def _forward_kernel(x_ptr, values_ptr, bits_ptr, bias_ptr, gather_ptr, y_ptr,
         acc += tl.load(bias_ptr + unit, mask=unit_ok, other=0.0).to(tl.float32)[None, :]
     tl.store(y_ptr + offs_n[:, None] * stride_y + unit[None, :], acc.to(y_ptr.dtype.element_ty),
              mask=n_ok[:, None] & unit_ok[None, :])
+
+
+@triton.jit
+def _forward_one_kernel(x_ptr, values_ptr, bits_ptr, bias_ptr, gather_ptr, y_ptr,
+                        rows, cols, width, alpha, stride_x, stride_y,
+                        BITS: tl.constexpr, KIDS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_GATHER: tl.constexpr,
+                        BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
+    """One example a program (axis 0), no ``tl.dot``: each parent row's products summed per child."""
+    example, pid_i = tl.program_id(0).to(tl.int64), tl.program_id(1)
+    offs_i = (pid_i * BLOCK_I + tl.arange(0, BLOCK_I)).to(tl.int64)
+    i_ok = offs_i < rows
+    kids = tl.arange(0, KIDS)
+    acc = tl.zeros((BLOCK_I, KIDS), dtype=tl.float32)
+    for j0 in range(0, cols, BLOCK_J):
+        offs_j = (j0 + tl.arange(0, BLOCK_J)).to(tl.int64)
+        j_ok = offs_j < cols
+        if HAS_GATHER:
+            x_cols = tl.load(gather_ptr + offs_j, mask=j_ok, other=0).to(tl.int64)
+        else:
+            x_cols = offs_j
+        xv = tl.load(x_ptr + example * stride_x + x_cols, mask=j_ok, other=0.0).to(tl.float32)
+        entry_ok = i_ok[:, None] & j_ok[None, :]
+        v = tl.load(values_ptr + offs_i[:, None] * cols + offs_j[None, :], mask=entry_ok, other=0.0).to(tl.float32)
+        child = _child_ids(bits_ptr, offs_i[:, None], offs_j[None, :], entry_ok, rows * width, width, BITS)  # (I, J)
+        products = v * xv[None, :]
+        acc += tl.sum(tl.where(child[:, None, :] == kids[None, :, None], products[:, None, :], 0.0), axis=2)
+    unit = offs_i[:, None] * alpha + kids[None, :]
+    unit_ok = i_ok[:, None] & (kids < alpha)[None, :]
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + unit, mask=unit_ok, other=0.0).to(tl.float32)
+    tl.store(y_ptr + example * stride_y + unit, acc.to(y_ptr.dtype.element_ty), mask=unit_ok)
 
 
 @triton.jit
@@ -153,6 +188,10 @@ def _grad_values_kernel(grad_ptr, x_ptr, bits_ptr, gather_ptr, out_ptr,
 _UPCAST = interpreted(_forward_kernel)
 
 
+#: Batches up to this size take :func:`_forward_one_kernel` (a guess, not measured: bench/gpu.py times batch 1).
+ONE_EXAMPLE_MAX_BATCH = 4
+
+
 def _rowmajor(t: Tensor) -> Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
@@ -170,19 +209,27 @@ def _tiles(n: int, alpha: int, dtype: torch.dtype) -> dict:
 
 def forward(x: Tensor, values: Tensor, child_bits: Tensor, bias: Optional[Tensor], gather: Optional[Tensor],
             alpha: int) -> Tensor:
-    """The parent-order product ``(n, in_features) -> (n, alpha * rows)`` (module doc), no autograd."""
+    """The parent-order product ``(n, in_features) -> (n, alpha * rows)`` (module doc), no autograd.
+    Up to :data:`ONE_EXAMPLE_MAX_BATCH` examples one example a program (no padding to 16 rows; the
+    programs of one parent tile run side by side, so the values come from DRAM about once)."""
     x, values, child_bits = _rowmajor(x), values.contiguous(), child_bits.contiguous()
     n = x.shape[0]
     rows, cols = values.shape
     y = x.new_empty(n, alpha * rows)
     if n == 0:
         return y
+    shared = dict(BITS=child_bits.shape[0], HAS_BIAS=bias is not None, HAS_GATHER=gather is not None)
+    bias_arg, gather_arg = values if bias is None else bias, child_bits if gather is None else gather
+    if n <= ONE_EXAMPLE_MAX_BATCH:
+        block_i = 16
+        _forward_one_kernel[(n, triton.cdiv(rows, block_i))](
+            x, values, child_bits, bias_arg, gather_arg, y, rows, cols, child_bits.shape[2], alpha, x.stride(0),
+            y.stride(0), KIDS=_kids(alpha), BLOCK_I=block_i, BLOCK_J=max(32, 512 // _kids(alpha)), **shared)
+        return y
     tiles = _tiles(n, alpha, x.dtype)
     grid = (triton.cdiv(n, tiles["BLOCK_N"]), triton.cdiv(rows, tiles["BLOCK_I"]))
-    _forward_kernel[grid](x, values, child_bits, values if bias is None else bias,
-                          child_bits if gather is None else gather, y, n, rows, cols, child_bits.shape[2], alpha,
-                          x.stride(0), y.stride(0), BITS=child_bits.shape[0], HAS_BIAS=bias is not None,
-                          HAS_GATHER=gather is not None, **tiles)
+    _forward_kernel[grid](x, values, child_bits, bias_arg, gather_arg, y, n, rows, cols, child_bits.shape[2], alpha,
+                          x.stride(0), y.stride(0), **shared, **tiles)
     return y
 
 
