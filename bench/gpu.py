@@ -17,10 +17,12 @@ the device, in float32 and bfloat16:
 - ``rows``: forward time without gradients at each batch of ``dense`` (the parent ``nn.Linear``,
   cuBLAS), ``masked`` (the reference, alpha times the parent's weights), ``block`` and ``parent``
   (Triton), ``block_torch`` (the block layout's batched cuBLAS product, kernels off); forward +
-  backward (``train/...``) at the batches in ``train_batches``. Each time is
-  ``triton.testing.do_bench``'s median (the L2 cache flushed before each call), with the bytes
-  the variant must move (its stored tensors once, the input and the output), the bandwidth that
-  makes and its share of the device's peak, and the parent's useful FLOP/s.
+  backward (``train/...``) at the batches in ``train_batches``. ``ms`` is
+  ``triton.testing.do_bench``'s median (the L2 cache cleared before each call: GPU time, weights
+  read from memory), ``loop_ms`` a loop of back-to-back calls (host overhead included, L2 warm:
+  what an eager Python loop sees at batch 1). With each: the bytes the variant must move (its
+  stored tensors once, the input and the output), the bandwidth that makes at ``ms`` and its share
+  of the device's peak, and the parent's useful FLOP/s.
 
 The peak is the device's datasheet bandwidth where its name is in :data:`PEAKS`, else the measured
 bandwidth of a large device-to-device copy (both are in the JSON). float32 products are IEEE
@@ -60,10 +62,6 @@ FLOORS = {"float32": 1e-5, "bfloat16": 1e-2}
 
 
 # ------------------------------------------------------------------------------------------ setup
-def smoke_on_cpu(args) -> bool:
-    return args.smoke and not torch.cuda.is_available()
-
-
 def kernels_module(interpret: bool):
     """``torchfpe.core.kernels``, with the CPU added to its devices when interpreting; ``None``
     when Triton is not installed."""
@@ -112,8 +110,9 @@ def synchronise(device: torch.device) -> None:
 
 
 def milliseconds(fn, device: torch.device, args) -> float:
-    """Median milliseconds per call: ``triton.testing.do_bench`` on CUDA (L2 flushed before each
-    call), else a few rounds of ``time.perf_counter``."""
+    """Median milliseconds per call on a cold L2: ``triton.testing.do_bench`` on CUDA (it clears
+    the L2 cache before each call and times the call alone between events, so the host's launch
+    overhead hides behind the clearing), else a few rounds of ``time.perf_counter``."""
     if device.type == "cuda":
         try:
             from triton.testing import do_bench
@@ -121,14 +120,22 @@ def milliseconds(fn, device: torch.device, args) -> float:
             do_bench = None
         if do_bench is not None:
             return float(do_bench(fn, warmup=args.warmup_ms, rep=args.rep_ms, return_mode="median"))
+    return loop_milliseconds(fn, device, args)
+
+
+def loop_milliseconds(fn, device: torch.device, args) -> float:
+    """Milliseconds per call of a loop of back-to-back calls (what a Python loop sees: host
+    overhead included, the L2 cache warm), median of a few rounds."""
     fn()
     synchronise(device)
     rounds = []
-    for _ in range(3 if args.smoke else 7):
-        start = time.perf_counter()
-        fn()
+    for _ in range(2 if args.smoke else 5):
+        calls, start = 0, time.perf_counter()
+        while calls < (1 if args.smoke else 3) or time.perf_counter() - start < (0.005 if args.smoke else 0.05):
+            fn()
+            calls += 1
         synchronise(device)
-        rounds.append((time.perf_counter() - start) * 1e3)
+        rounds.append((time.perf_counter() - start) * 1e3 / calls)
     return statistics.median(rounds)
 
 
@@ -243,8 +250,9 @@ def time_rows(layers: dict, kernels, device: torch.device, dtype_name: str, shap
                     layer(x)
             with context:
                 ms = milliseconds(forward, device, args)
-            entry = {"ms": round(ms, 5), "bytes": moved, "gbs": round(moved / ms / 1e6, 1),
-                     "parent_tflops": round(useful_flops / ms / 1e9, 3)}
+                loop_ms = loop_milliseconds(forward, device, args) if device.type == "cuda" else ms  # same off CUDA
+            entry = {"ms": round(ms, 5), "loop_ms": round(loop_ms, 5), "bytes": moved,
+                     "gbs": round(moved / ms / 1e6, 1), "parent_tflops": round(useful_flops / ms / 1e9, 3)}
             if peak:
                 entry["pct_peak"] = round(100 * moved / ms / 1e6 / peak, 1)
             row["variants"][name] = entry
@@ -256,28 +264,32 @@ def time_rows(layers: dict, kernels, device: torch.device, dtype_name: str, shap
                 def train(layer=layer, params=params, xg=xg, gy=gy):
                     torch.autograd.grad(layer(xg), [xg, *params], gy)
                 row["variants"][f"train/{name}"] = {"ms": round(milliseconds(train, device, args), 5)}
-        dense_ms = row["variants"]["dense"]["ms"]
-        train_dense = row["variants"].get("train/dense", {}).get("ms")
+        dense, train_dense = row["variants"]["dense"], row["variants"].get("train/dense", {})
         for name, entry in row["variants"].items():
-            base = train_dense if name.startswith("train/") else dense_ms
-            entry["ratio_to_dense"] = round(entry["ms"] / base, 3)
+            base = train_dense if name.startswith("train/") else dense
+            entry["ratio_to_dense"] = round(entry["ms"] / base["ms"], 3)
+            if "loop_ms" in entry:
+                entry["loop_ratio_to_dense"] = round(entry["loop_ms"] / base["loop_ms"], 3)
         rows.append(row)
         print(f"{in_features}->{out_features} a={alpha} {dtype_name} b={batch}: "
               + ", ".join(f"{k} {v['ratio_to_dense']}x" for k, v in row["variants"].items()), flush=True)
     return rows
 
 
-def table(result: dict) -> str:
-    """The forward rows as a markdown table (ratios to the parent's cuBLAS time; bandwidth as % of peak)."""
+def table(result: dict, key: str = "ratio_to_dense") -> str:
+    """The forward rows as a markdown table: times as ratios to the parent's cuBLAS time (``key``:
+    ``ratio_to_dense``, cold-L2 GPU time, or ``loop_ratio_to_dense``, a Python loop's), and the
+    Triton layouts' bandwidth (cold L2) with its share of the peak."""
     names = ["masked", "block", "block_torch", "parent"]
-    lines = ["| in→out | α | dtype | batch | dense ms | " + " | ".join(f"{n} ×" for n in names)
+    dense_column = "dense ms" if key == "ratio_to_dense" else "dense loop ms"
+    lines = [f"| in→out | α | dtype | batch | {dense_column} | " + " | ".join(f"{n} ×" for n in names)
              + " | block GB/s (% peak) | parent GB/s (% peak) |",
              "|---" * (5 + len(names) + 2) + "|"]
     for row in result["rows"]:
         v = row["variants"]
-        cells = [f"{row['in']}→{row['out']}", str(row["alpha"]), row["dtype"], str(row["batch"]),
-                 f"{v['dense']['ms']:.4f}"]
-        cells += [f"{v[n]['ratio_to_dense']:.2f}" if n in v else "–" for n in names]
+        dense_ms = v["dense"]["ms" if key == "ratio_to_dense" else "loop_ms"]
+        cells = [f"{row['in']}→{row['out']}", str(row["alpha"]), row["dtype"], str(row["batch"]), f"{dense_ms:.4f}"]
+        cells += [f"{v[n][key]:.2f}" if n in v else "–" for n in names]
         for n in ("block", "parent"):
             cells.append(f"{v[n]['gbs']:.0f} ({v[n].get('pct_peak', '–')})" if n in v else "–")
         lines.append("| " + " | ".join(cells) + " |")
@@ -289,8 +301,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", help="where to measure (default cuda; a --smoke run defaults to cuda if present, "
                                          "else cpu with the kernels interpreted)")
-    parser.add_argument("--budget", type=float, default=300.0,
-                        help="seconds after which no further configuration is started (default 300)")
+    parser.add_argument("--budget", type=float, default=240.0,
+                        help="seconds after which no further shape is started (default 240)")
     parser.add_argument("--warmup-ms", type=float, default=25.0, help="do_bench warm-up per timing (ms)")
     parser.add_argument("--rep-ms", type=float, default=100.0, help="do_bench measuring time per timing (ms)")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes, to check the script; needs --out")
@@ -347,7 +359,9 @@ def main() -> None:
     print()
     if interpret:
         print("(the kernels ran under Triton's interpreter on the CPU: these times are not GPU times)")
-    print(table(result))
+    print("forward, cold L2 (GPU time per call):\n" + table(result))
+    print("\nforward, a Python loop of calls (host overhead included, L2 warm):\n"
+          + table(result, "loop_ratio_to_dense"))
     failed = [c for c in result["checks"] if not c["ok"]]
     print(f"\nchecks: {len(result['checks']) - len(failed)}/{len(result['checks'])} ok"
           + "".join(f"\n  NOT OK: {c}" for c in failed))

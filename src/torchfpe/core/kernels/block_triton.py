@@ -30,7 +30,7 @@ from torch import Tensor
 from ._common import batch_tile, dot, dot_precision, interpreted, tile
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n"])  # one build for every batch size
 def _forward_kernel(x_ptr, values_ptr, bias_ptr, gather_ptr, position_ptr, y_ptr,
                     n, in_features, chunk, rows, stride_x, stride_y,
                     HAS_BIAS: tl.constexpr, HAS_GATHER: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
@@ -61,7 +61,7 @@ def _forward_kernel(x_ptr, values_ptr, bias_ptr, gather_ptr, position_ptr, y_ptr
              mask=n_ok[:, None] & (position >= 0)[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n"])  # one build for every batch size
 def _grad_input_kernel(grad_ptr, values_ptr, gather_ptr, position_ptr, out_ptr,
                        n, in_features, chunk, rows, stride_g, stride_out,
                        HAS_GATHER: tl.constexpr, ATOMIC: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
@@ -93,7 +93,7 @@ def _grad_input_kernel(grad_ptr, values_ptr, gather_ptr, position_ptr, out_ptr,
         tl.store(target, acc.to(out_ptr.dtype.element_ty), mask=keep)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n"])  # one build for every batch size
 def _grad_values_kernel(grad_ptr, x_ptr, gather_ptr, position_ptr, out_ptr,
                         n, in_features, chunk, rows, stride_g, stride_x,
                         HAS_GATHER: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,

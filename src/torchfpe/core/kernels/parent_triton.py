@@ -49,7 +49,7 @@ def _child_ids(bits_ptr, row, col, mask, plane_size, width, BITS: tl.constexpr):
     return child
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n"])  # one build for every batch size
 def _forward_kernel(x_ptr, values_ptr, bits_ptr, bias_ptr, gather_ptr, y_ptr,
                     n, rows, cols, width, alpha, stride_x, stride_y,
                     BITS: tl.constexpr, KIDS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_GATHER: tl.constexpr,
@@ -116,7 +116,7 @@ def _forward_one_kernel(x_ptr, values_ptr, bits_ptr, bias_ptr, gather_ptr, y_ptr
     tl.store(y_ptr + example * stride_y + unit, acc.to(y_ptr.dtype.element_ty), mask=unit_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n"])  # one build for every batch size
 def _grad_input_kernel(grad_ptr, values_ptr, bits_ptr, gather_ptr, out_ptr,
                        n, rows, cols, width, alpha, stride_g, stride_out,
                        BITS: tl.constexpr, KIDS: tl.constexpr, HAS_GATHER: tl.constexpr, PRECISION: tl.constexpr,
@@ -149,7 +149,7 @@ def _grad_input_kernel(grad_ptr, values_ptr, bits_ptr, gather_ptr, out_ptr,
              mask=n_ok[:, None] & j_ok[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n"])  # one build for every batch size
 def _grad_values_kernel(grad_ptr, x_ptr, bits_ptr, gather_ptr, out_ptr,
                         n, rows, cols, width, alpha, stride_g, stride_x,
                         BITS: tl.constexpr, KIDS: tl.constexpr, HAS_GATHER: tl.constexpr, PRECISION: tl.constexpr,
