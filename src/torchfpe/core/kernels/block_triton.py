@@ -61,6 +61,34 @@ def _forward_kernel(x_ptr, values_ptr, bias_ptr, gather_ptr, position_ptr, y_ptr
              mask=n_ok[:, None] & (position >= 0)[None, :])
 
 
+@triton.jit
+def _forward_one_kernel(x_ptr, values_ptr, bias_ptr, gather_ptr, position_ptr, y_ptr,
+                        in_features, chunk, rows, stride_x, stride_y,
+                        HAS_BIAS: tl.constexpr, HAS_GATHER: tl.constexpr, BLOCK_C: tl.constexpr,
+                        BLOCK_R: tl.constexpr):
+    """One example a program (axis 0), no ``tl.dot``: a block's rows summed over its chunk."""
+    example, pid_r, b = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
+    offs_r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    r_ok = offs_r < rows
+    block_values = values_ptr + b.to(tl.int64) * chunk * rows
+    acc = tl.zeros((BLOCK_R,), dtype=tl.float32)
+    for c0 in range(0, chunk, BLOCK_C):
+        offs_c = c0 + tl.arange(0, BLOCK_C)
+        c_ok = offs_c < chunk
+        if HAS_GATHER:
+            cols = tl.load(gather_ptr + b * chunk + offs_c, mask=c_ok, other=in_features).to(tl.int64)
+        else:
+            cols = (b * chunk + offs_c).to(tl.int64)
+        xv = tl.load(x_ptr + example * stride_x + cols, mask=c_ok & (cols < in_features), other=0.0).to(tl.float32)
+        v = tl.load(block_values + offs_c[:, None] * rows + offs_r[None, :], mask=c_ok[:, None] & r_ok[None, :],
+                    other=0.0).to(tl.float32)
+        acc += tl.sum(v * xv[:, None], axis=0)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + b * rows + offs_r, mask=r_ok, other=0.0).to(tl.float32)
+    position = tl.load(position_ptr + b * rows + offs_r, mask=r_ok, other=-1).to(tl.int64)
+    tl.store(y_ptr + example * stride_y + position, acc.to(y_ptr.dtype.element_ty), mask=position >= 0)
+
+
 @triton.jit(do_not_specialize=["n"])  # one build for every batch size
 def _grad_input_kernel(grad_ptr, values_ptr, gather_ptr, position_ptr, out_ptr,
                        n, in_features, chunk, rows, stride_g, stride_out,
@@ -126,6 +154,10 @@ def _grad_values_kernel(grad_ptr, x_ptr, gather_ptr, position_ptr, out_ptr,
 _UPCAST = interpreted(_forward_kernel)
 
 
+#: Batches up to this size take :func:`_forward_one_kernel` (a guess, not measured: bench/gpu.py times batch 1).
+ONE_EXAMPLE_MAX_BATCH = 4
+
+
 def _rowmajor(t: Tensor) -> Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
@@ -138,18 +170,26 @@ def _tiles(n: int, chunk: int, rows: int, dtype: torch.dtype) -> dict:
 
 def forward(x: Tensor, values: Tensor, bias: Optional[Tensor], gather: Optional[Tensor], position: Tensor,
             out_width: int) -> Tensor:
-    """The block product ``(n, in_features) -> (n, out_width)`` (module doc), no autograd."""
+    """The block product ``(n, in_features) -> (n, out_width)`` (module doc), no autograd; up to
+    :data:`ONE_EXAMPLE_MAX_BATCH` examples one example a program (no tile of 16 examples to pad)."""
     x, values = _rowmajor(x), values.contiguous()
     n, in_features = x.shape
     blocks, chunk, rows = values.shape
     y = x.new_empty(n, out_width)
     if n == 0:
         return y
+    bias_arg, gather_arg = values if bias is None else bias, position if gather is None else gather
+    flags = dict(HAS_BIAS=bias is not None, HAS_GATHER=gather is not None)
+    if n <= ONE_EXAMPLE_MAX_BATCH:
+        block_r = tile(rows, 16, 128)
+        _forward_one_kernel[(n, triton.cdiv(rows, block_r), blocks)](
+            x, values, bias_arg, gather_arg, position, y, in_features, chunk, rows, x.stride(0), y.stride(0),
+            BLOCK_C=max(16, 8192 // block_r), BLOCK_R=block_r, **flags)
+        return y
     tiles = _tiles(n, chunk, rows, x.dtype)
     grid = (triton.cdiv(n, tiles["BLOCK_N"]), triton.cdiv(rows, tiles["BLOCK_R"]), blocks)
-    _forward_kernel[grid](x, values, values if bias is None else bias, position if gather is None else gather,
-                          position, y, n, in_features, chunk, rows, x.stride(0), y.stride(0),
-                          HAS_BIAS=bias is not None, HAS_GATHER=gather is not None, **tiles)
+    _forward_kernel[grid](x, values, bias_arg, gather_arg, position, y, n, in_features, chunk, rows, x.stride(0),
+                          y.stride(0), **flags, **tiles)
     return y
 
 
