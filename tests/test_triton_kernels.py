@@ -203,3 +203,24 @@ def test_kernels_compile_for_the_gpu():
                           check=False)
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     assert done.stdout.count("ok ") == 16
+
+
+def test_cpu_use_never_imports_triton():
+    """``import torchfpe`` and packed layers on the CPU import neither Triton nor the kernel modules
+    (beyond what ``import torch`` itself loads): the core needs torch alone."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, torch\n"
+            "before = set(sys.modules)\n"
+            "import torchfpe\n"
+            "model = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3))\n"
+            "for layout in ('block', {'0': 'parent'}):\n"
+            "    torchfpe.pack(torchfpe.expand(model, 2, 'random', seed=0), layout)(torch.randn(2, 8)).sum().backward()\n"
+            "new = set(sys.modules) - before\n"
+            "print(sorted(m for m in new if m.split('.')[0] == 'triton' or 'core.kernels.' in m))\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"), env.get("PYTHONPATH", "")])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert out.strip() == "[]"
