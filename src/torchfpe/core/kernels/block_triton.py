@@ -14,6 +14,9 @@ not zero-filled); ``values`` is contiguous; ``x``, ``values`` and ``bias`` share
 bfloat16 or float16); sums are accumulated in float32. float32 products use IEEE precision unless
 ``torch.backends.cuda.matmul.allow_tf32`` is set (the rule cuBLAS follows for ``F.linear``).
 
+Up to ``ONE_EXAMPLE_MAX_BATCH`` examples the forward takes one example a program, without
+``tl.dot`` (whose tiles of at least 16 examples would be mostly padding).
+
 Backward: ``grad_x`` by one launch over (batch tile, chunk tile, block), accumulated with atomic
 adds in float32 where an input is read by several blocks (several parent groups; the summation
 order then varies in the last bits from run to run), plain stores where each input is read once;
