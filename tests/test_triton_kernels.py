@@ -94,13 +94,15 @@ CASES = [
     ([8, 4, 3], "contiguous", 4, "block", {"block"}),  # contiguous chunks, block order out
     ([8, 4, 4, 3], "random", 4, "block", {"block"}),  # holes, several groups: atomic input gradient
     ([8, 4, 4, 3], "contiguous", 2, "auto", {"block"}),  # a middle layer reading block order
+    ([37, 21, 3], "random", 3, "parent", {"parent"}),  # odd sizes: several tiles, ragged edges
+    ([37, 21, 3], "random", 2, "block", {"block"}),
 ]
 
 
 @pytest.mark.parametrize("batch", [1, 6])  # the forward's one-example kernels, then the tl.dot kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
 @pytest.mark.parametrize("sizes,split,alpha,layout,served", CASES,
-                         ids=[f"{len(c[0])-1}layers-{c[1]}-a{c[2]}-{c[3]}" for c in CASES])
+                         ids=["x".join(map(str, c[0])) + f"-{c[1]}-a{c[2]}-{c[3]}" for c in CASES])
 def test_kernels_match_masked_and_torch_path(triton_here, sizes, split, alpha, layout, served, dtype, batch):
     masked, packed = build(sizes, split, alpha, layout, dtype)
     generator = torch.Generator().manual_seed(2)
