@@ -117,6 +117,19 @@ def test_kernels_match_masked_and_torch_path(triton_here, sizes, split, alpha, l
     assert_close(got, torch_path, dtype)  # in half types both round once per layer
 
 
+@pytest.mark.parametrize("split,layout", [("contiguous", "block"), ("random", "parent")])
+def test_several_tiles_along_every_axis(triton_here, split, layout):
+    """Sizes above one tile in every loop: 40 examples (float32 tiles of 32), 150 inputs (block
+    chunks of 75 in tiles of 64), 70 parents (rows in tiles of 64)."""
+    masked, packed = build([150, 70, 3], split, 2, layout)
+    generator = torch.Generator().manual_seed(6)
+    x = torch.randn(40, 150, generator=generator).to(DEVICE)
+    weights = torch.randn(40, 3, generator=generator).to(DEVICE)
+    got = run(packed, x, weights)
+    assert set(triton_here) == {layout}
+    assert_close(got, run(masked, x, weights), torch.float32)
+
+
 @pytest.mark.parametrize("layout", ["parent", "block"])
 def test_permuted_input_and_leading_dimensions(triton_here, layout):
     """A layer reading its input in another order (the previous layer's block order) and a 3-d
