@@ -94,17 +94,20 @@ CASES = [
     ([8, 4, 3], "contiguous", 4, "block", {"block"}),  # contiguous chunks, block order out
     ([8, 4, 4, 3], "random", 4, "block", {"block"}),  # holes, several groups: atomic input gradient
     ([8, 4, 4, 3], "contiguous", 2, "auto", {"block"}),  # a middle layer reading block order
+    ([37, 21, 3], "random", 3, "parent", {"parent"}),  # odd sizes: several tiles, ragged edges
+    ([37, 21, 3], "random", 2, "block", {"block"}),
 ]
 
 
+@pytest.mark.parametrize("batch", [1, 6])  # the forward's one-example kernels, then the tl.dot kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
 @pytest.mark.parametrize("sizes,split,alpha,layout,served", CASES,
-                         ids=[f"{len(c[0])-1}layers-{c[1]}-a{c[2]}-{c[3]}" for c in CASES])
-def test_kernels_match_masked_and_torch_path(triton_here, sizes, split, alpha, layout, served, dtype):
+                         ids=["x".join(map(str, c[0])) + f"-{c[1]}-a{c[2]}-{c[3]}" for c in CASES])
+def test_kernels_match_masked_and_torch_path(triton_here, sizes, split, alpha, layout, served, dtype, batch):
     masked, packed = build(sizes, split, alpha, layout, dtype)
     generator = torch.Generator().manual_seed(2)
-    x = torch.randn(3, sizes[0], generator=generator).to(DEVICE, dtype)
-    weights = torch.randn(3, sizes[-1], generator=generator).to(DEVICE)
+    x = torch.randn(batch, sizes[0], generator=generator).to(DEVICE, dtype)
+    weights = torch.randn(batch, sizes[-1], generator=generator).to(DEVICE)
     got = run(packed, x, weights)
     assert set(triton_here) == served
     kernels.DEVICES = ("cuda",) if DEVICE.type == "cpu" else ()  # the layers' torch paths (fixture restores)
@@ -112,6 +115,19 @@ def test_kernels_match_masked_and_torch_path(triton_here, sizes, split, alpha, l
     reference = run(masked.to(torch.float32), x.float(), weights)  # float32 masked model of the same values
     assert_close(got, reference, dtype)
     assert_close(got, torch_path, dtype)  # in half types both round once per layer
+
+
+@pytest.mark.parametrize("split,layout", [("contiguous", "block"), ("random", "parent")])
+def test_several_tiles_along_every_axis(triton_here, split, layout):
+    """Sizes above one tile in every loop: 40 examples (float32 tiles of 32), 150 inputs (block
+    chunks of 75 in tiles of 64), 70 parents (rows in tiles of 64)."""
+    masked, packed = build([150, 70, 3], split, 2, layout)
+    generator = torch.Generator().manual_seed(6)
+    x = torch.randn(40, 150, generator=generator).to(DEVICE)
+    weights = torch.randn(40, 3, generator=generator).to(DEVICE)
+    got = run(packed, x, weights)
+    assert set(triton_here) == {layout}
+    assert_close(got, run(masked, x, weights), torch.float32)
 
 
 @pytest.mark.parametrize("layout", ["parent", "block"])
@@ -182,3 +198,44 @@ def test_custom_ops_compile_into_one_graph(triton_here, layout):
     packed.zero_grad()
     packed(x).sum().backward()
     torch.testing.assert_close(eager_grad, packed[0].values.grad)
+
+
+def test_kernels_compile_for_the_gpu():
+    """Every kernel builds to a cubin for sm_90 (H100) in float32 and bfloat16: the interpreter
+    above accepts programs the GPU compiler refuses. In a subprocess, with the interpreter off."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import triton.backends
+
+    if "nvidia" not in triton.backends.backends:
+        pytest.skip("this Triton has no NVIDIA backend")
+    script = Path(__file__).with_name("triton_compile_check.py")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"), env.get("PYTHONPATH", "")])
+    done = subprocess.run([sys.executable, str(script), "90"], capture_output=True, text=True, env=env, timeout=600,
+                          check=False)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert done.stdout.count("ok ") == 16
+
+
+def test_cpu_use_never_imports_triton():
+    """``import torchfpe`` and packed layers on the CPU import neither Triton nor the kernel modules
+    (beyond what ``import torch`` itself loads): the core needs torch alone."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, torch\n"
+            "before = set(sys.modules)\n"
+            "import torchfpe\n"
+            "model = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3))\n"
+            "for layout in ('block', {'0': 'parent'}):\n"
+            "    torchfpe.pack(torchfpe.expand(model, 2, 'random', seed=0), layout)(torch.randn(2, 8)).sum().backward()\n"
+            "new = set(sys.modules) - before\n"
+            "print(sorted(m for m in new if m.split('.')[0] == 'triton' or 'core.kernels.' in m))\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"), env.get("PYTHONPATH", "")])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert out.strip() == "[]"

@@ -9,9 +9,10 @@ tensor asks: the core still needs torch alone (``pip install 'torchfpe[gpu]'`` a
 
 Modules: :mod:`.block_triton` and :mod:`.parent_triton` (the kernels and their launchers),
 :mod:`.custom_ops` (``torch.library`` custom ops with autograd and fake impls, so ``torch.compile`` keeps
-one graph). ``TORCHFPE_TRITON=0`` turns the kernels off. The kernels were written and checked for
-exactness under ``TRITON_INTERPRET=1`` on a CPU (tests/test_triton_kernels.py); no GPU was lent
-to that session, so their speed is unmeasured (bench/gpu.py measures it).
+one graph). ``TORCHFPE_TRITON=0`` turns the kernels off. The kernels were checked for exactness
+under ``TRITON_INTERPRET=1`` on a CPU and compiled to sm_90 cubins without a GPU
+(tests/test_triton_kernels.py, tests/triton_compile_check.py); no GPU was lent to that session,
+so they have not run on one and their speed is unmeasured (bench/gpu.py measures both).
 """
 
 from __future__ import annotations

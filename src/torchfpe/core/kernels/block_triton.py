@@ -14,6 +14,9 @@ not zero-filled); ``values`` is contiguous; ``x``, ``values`` and ``bias`` share
 bfloat16 or float16); sums are accumulated in float32. float32 products use IEEE precision unless
 ``torch.backends.cuda.matmul.allow_tf32`` is set (the rule cuBLAS follows for ``F.linear``).
 
+Up to ``ONE_EXAMPLE_MAX_BATCH`` examples the forward takes one example a program, without
+``tl.dot`` (whose tiles of at least 16 examples would be mostly padding).
+
 Backward: ``grad_x`` by one launch over (batch tile, chunk tile, block), accumulated with atomic
 adds in float32 where an input is read by several blocks (several parent groups; the summation
 order then varies in the last bits from run to run), plain stores where each input is read once;
@@ -27,10 +30,10 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._common import dot, dot_precision, interpreted, tile
+from ._common import batch_tile, dot, dot_precision, interpreted, tile
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n"])  # one build for every batch size
 def _forward_kernel(x_ptr, values_ptr, bias_ptr, gather_ptr, position_ptr, y_ptr,
                     n, in_features, chunk, rows, stride_x, stride_y,
                     HAS_BIAS: tl.constexpr, HAS_GATHER: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
@@ -62,6 +65,34 @@ def _forward_kernel(x_ptr, values_ptr, bias_ptr, gather_ptr, position_ptr, y_ptr
 
 
 @triton.jit
+def _forward_one_kernel(x_ptr, values_ptr, bias_ptr, gather_ptr, position_ptr, y_ptr,
+                        in_features, chunk, rows, stride_x, stride_y,
+                        HAS_BIAS: tl.constexpr, HAS_GATHER: tl.constexpr, BLOCK_C: tl.constexpr,
+                        BLOCK_R: tl.constexpr):
+    """One example a program (axis 0), no ``tl.dot``: a block's rows summed over its chunk."""
+    example, pid_r, b = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
+    offs_r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    r_ok = offs_r < rows
+    block_values = values_ptr + b.to(tl.int64) * chunk * rows
+    acc = tl.zeros((BLOCK_R,), dtype=tl.float32)
+    for c0 in range(0, chunk, BLOCK_C):
+        offs_c = c0 + tl.arange(0, BLOCK_C)
+        c_ok = offs_c < chunk
+        if HAS_GATHER:
+            cols = tl.load(gather_ptr + b * chunk + offs_c, mask=c_ok, other=in_features).to(tl.int64)
+        else:
+            cols = (b * chunk + offs_c).to(tl.int64)
+        xv = tl.load(x_ptr + example * stride_x + cols, mask=c_ok & (cols < in_features), other=0.0).to(tl.float32)
+        v = tl.load(block_values + offs_c[:, None] * rows + offs_r[None, :], mask=c_ok[:, None] & r_ok[None, :],
+                    other=0.0).to(tl.float32)
+        acc += tl.sum(v * xv[:, None], axis=0)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + b * rows + offs_r, mask=r_ok, other=0.0).to(tl.float32)
+    position = tl.load(position_ptr + b * rows + offs_r, mask=r_ok, other=-1).to(tl.int64)
+    tl.store(y_ptr + example * stride_y + position, acc.to(y_ptr.dtype.element_ty), mask=position >= 0)
+
+
+@triton.jit(do_not_specialize=["n"])  # one build for every batch size
 def _grad_input_kernel(grad_ptr, values_ptr, gather_ptr, position_ptr, out_ptr,
                        n, in_features, chunk, rows, stride_g, stride_out,
                        HAS_GATHER: tl.constexpr, ATOMIC: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
@@ -93,7 +124,7 @@ def _grad_input_kernel(grad_ptr, values_ptr, gather_ptr, position_ptr, out_ptr,
         tl.store(target, acc.to(out_ptr.dtype.element_ty), mask=keep)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n"])  # one build for every batch size
 def _grad_values_kernel(grad_ptr, x_ptr, gather_ptr, position_ptr, out_ptr,
                         n, in_features, chunk, rows, stride_g, stride_x,
                         HAS_GATHER: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
@@ -126,26 +157,42 @@ def _grad_values_kernel(grad_ptr, x_ptr, gather_ptr, position_ptr, out_ptr,
 _UPCAST = interpreted(_forward_kernel)
 
 
+#: Batches up to this size take :func:`_forward_one_kernel` (a guess, not measured: bench/gpu.py times batch 1).
+ONE_EXAMPLE_MAX_BATCH = 4
+
+
 def _rowmajor(t: Tensor) -> Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
+def _tiles(n: int, chunk: int, rows: int, dtype: torch.dtype) -> dict:
+    block_n, warps = batch_tile(n, dtype)
+    return dict(BLOCK_N=block_n, BLOCK_C=tile(chunk, 16, 64), BLOCK_R=tile(rows, 16, 64), num_warps=warps,
+                PRECISION=dot_precision(dtype), UPCAST=_UPCAST)
+
+
 def forward(x: Tensor, values: Tensor, bias: Optional[Tensor], gather: Optional[Tensor], position: Tensor,
             out_width: int) -> Tensor:
-    """The block product ``(n, in_features) -> (n, out_width)`` (module doc), no autograd."""
+    """The block product ``(n, in_features) -> (n, out_width)`` (module doc), no autograd; up to
+    :data:`ONE_EXAMPLE_MAX_BATCH` examples one example a program (no tile of 16 examples to pad)."""
     x, values = _rowmajor(x), values.contiguous()
     n, in_features = x.shape
     blocks, chunk, rows = values.shape
     y = x.new_empty(n, out_width)
     if n == 0:
         return y
-    block_n, block_c, block_r = tile(n, 16, 64), tile(chunk, 16, 64), tile(rows, 16, 64)
-    grid = (triton.cdiv(n, block_n), triton.cdiv(rows, block_r), blocks)
-    _forward_kernel[grid](x, values, bias if bias is not None else values, gather if gather is not None else position,
-                          position, y, n, in_features, chunk, rows, x.stride(0), y.stride(0),
-                          HAS_BIAS=bias is not None, HAS_GATHER=gather is not None, PRECISION=dot_precision(x.dtype),
-                          UPCAST=_UPCAST,
-                          BLOCK_N=block_n, BLOCK_C=block_c, BLOCK_R=block_r)
+    bias_arg, gather_arg = values if bias is None else bias, position if gather is None else gather
+    flags = dict(HAS_BIAS=bias is not None, HAS_GATHER=gather is not None)
+    if n <= ONE_EXAMPLE_MAX_BATCH:
+        block_r = tile(rows, 16, 128)
+        _forward_one_kernel[(n, triton.cdiv(rows, block_r), blocks)](
+            x, values, bias_arg, gather_arg, position, y, in_features, chunk, rows, x.stride(0), y.stride(0),
+            BLOCK_C=max(16, 8192 // block_r), BLOCK_R=block_r, **flags)
+        return y
+    tiles = _tiles(n, chunk, rows, x.dtype)
+    grid = (triton.cdiv(n, tiles["BLOCK_N"]), triton.cdiv(rows, tiles["BLOCK_R"]), blocks)
+    _forward_kernel[grid](x, values, bias_arg, gather_arg, position, y, n, in_features, chunk, rows, x.stride(0),
+                          y.stride(0), **flags, **tiles)
     return y
 
 
@@ -159,13 +206,11 @@ def grad_input(grad: Tensor, values: Tensor, gather: Optional[Tensor], position:
     out = torch.zeros(n, in_features, device=grad.device, dtype=torch.float32 if atomic else grad.dtype)
     if n == 0:
         return out.to(grad.dtype)
-    block_n, block_c, block_r = tile(n, 16, 64), tile(chunk, 16, 64), tile(rows, 16, 64)
-    grid = (triton.cdiv(n, block_n), triton.cdiv(chunk, block_c), blocks)
-    _grad_input_kernel[grid](grad, values, gather if gather is not None else position, position, out, n, in_features,
+    tiles = _tiles(n, chunk, rows, grad.dtype)
+    grid = (triton.cdiv(n, tiles["BLOCK_N"]), triton.cdiv(chunk, tiles["BLOCK_C"]), blocks)
+    _grad_input_kernel[grid](grad, values, position if gather is None else gather, position, out, n, in_features,
                              chunk, rows, grad.stride(0), out.stride(0), HAS_GATHER=gather is not None,
-                             ATOMIC=atomic, PRECISION=dot_precision(grad.dtype),
-                             UPCAST=_UPCAST, BLOCK_N=block_n, BLOCK_C=block_c,
-                             BLOCK_R=block_r)
+                             ATOMIC=atomic, **tiles)
     return out.to(grad.dtype)
 
 
@@ -176,12 +221,10 @@ def grad_values(grad: Tensor, x: Tensor, values: Tensor, gather: Optional[Tensor
     n, in_features = x.shape
     blocks, chunk, rows = values.shape
     out = torch.empty(blocks, chunk, rows, device=values.device, dtype=values.dtype)
-    block_n, block_c, block_r = tile(n, 16, 64), tile(chunk, 16, 64), tile(rows, 16, 64)
-    grid = (triton.cdiv(chunk, block_c), triton.cdiv(rows, block_r), blocks)
-    _grad_values_kernel[grid](grad, x, gather if gather is not None else position, position, out, n, in_features,
-                              chunk, rows, grad.stride(0), x.stride(0), HAS_GATHER=gather is not None,
-                              PRECISION=dot_precision(x.dtype),
-                              UPCAST=_UPCAST, BLOCK_N=block_n, BLOCK_C=block_c, BLOCK_R=block_r)
+    tiles = _tiles(n, chunk, rows, x.dtype)
+    grid = (triton.cdiv(chunk, tiles["BLOCK_C"]), triton.cdiv(rows, tiles["BLOCK_R"]), blocks)
+    _grad_values_kernel[grid](grad, x, position if gather is None else gather, position, out, n, in_features,
+                              chunk, rows, grad.stride(0), x.stride(0), HAS_GATHER=gather is not None, **tiles)
     if holes is not None and holes.numel():
         out.view(-1).index_fill_(0, holes, 0.0)
     return out

@@ -17,6 +17,10 @@ alpha times the parent's, as the masked layout's (a child's columns differ per p
 tile holds fewer). Sums are accumulated in float32; float32 products use IEEE precision unless
 ``torch.backends.cuda.matmul.allow_tf32`` is set.
 
+Up to ``ONE_EXAMPLE_MAX_BATCH`` examples the forward takes another kernel: one example a program,
+each parent row's products summed per child in registers (no tile of 16 examples to pad, which in
+float32 IEEE would cost more than reading the values).
+
 Backward: ``grad_x`` by one launch over (batch tile, input tile), each parent tile's children
 expanded again (plain stores: ``gather`` is a permutation); ``grad_values`` by one launch over
 (input tile, parent tile) computing every child's product and keeping the entry's own child's,
@@ -30,7 +34,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._common import dot, dot_precision, interpreted, tile
+from ._common import batch_tile, dot, dot_precision, interpreted, tile
 
 
 @triton.jit
@@ -45,7 +49,7 @@ def _child_ids(bits_ptr, row, col, mask, plane_size, width, BITS: tl.constexpr):
     return child
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n"])  # one build for every batch size
 def _forward_kernel(x_ptr, values_ptr, bits_ptr, bias_ptr, gather_ptr, y_ptr,
                     n, rows, cols, width, alpha, stride_x, stride_y,
                     BITS: tl.constexpr, KIDS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_GATHER: tl.constexpr,
@@ -82,6 +86,37 @@ def _forward_kernel(x_ptr, values_ptr, bits_ptr, bias_ptr, gather_ptr, y_ptr,
 
 
 @triton.jit
+def _forward_one_kernel(x_ptr, values_ptr, bits_ptr, bias_ptr, gather_ptr, y_ptr,
+                        rows, cols, width, alpha, stride_x, stride_y,
+                        BITS: tl.constexpr, KIDS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_GATHER: tl.constexpr,
+                        BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
+    """One example a program (axis 0), no ``tl.dot``: each parent row's products summed per child."""
+    example, pid_i = tl.program_id(0).to(tl.int64), tl.program_id(1)
+    offs_i = (pid_i * BLOCK_I + tl.arange(0, BLOCK_I)).to(tl.int64)
+    i_ok = offs_i < rows
+    kids = tl.arange(0, KIDS)
+    acc = tl.zeros((BLOCK_I, KIDS), dtype=tl.float32)
+    for j0 in range(0, cols, BLOCK_J):
+        offs_j = (j0 + tl.arange(0, BLOCK_J)).to(tl.int64)
+        j_ok = offs_j < cols
+        if HAS_GATHER:
+            x_cols = tl.load(gather_ptr + offs_j, mask=j_ok, other=0).to(tl.int64)
+        else:
+            x_cols = offs_j
+        xv = tl.load(x_ptr + example * stride_x + x_cols, mask=j_ok, other=0.0).to(tl.float32)
+        entry_ok = i_ok[:, None] & j_ok[None, :]
+        v = tl.load(values_ptr + offs_i[:, None] * cols + offs_j[None, :], mask=entry_ok, other=0.0).to(tl.float32)
+        child = _child_ids(bits_ptr, offs_i[:, None], offs_j[None, :], entry_ok, rows * width, width, BITS)  # (I, J)
+        products = v * xv[None, :]
+        acc += tl.sum(tl.where(child[:, None, :] == kids[None, :, None], products[:, None, :], 0.0), axis=2)
+    unit = offs_i[:, None] * alpha + kids[None, :]
+    unit_ok = i_ok[:, None] & (kids < alpha)[None, :]
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + unit, mask=unit_ok, other=0.0).to(tl.float32)
+    tl.store(y_ptr + example * stride_y + unit, acc.to(y_ptr.dtype.element_ty), mask=unit_ok)
+
+
+@triton.jit(do_not_specialize=["n"])  # one build for every batch size
 def _grad_input_kernel(grad_ptr, values_ptr, bits_ptr, gather_ptr, out_ptr,
                        n, rows, cols, width, alpha, stride_g, stride_out,
                        BITS: tl.constexpr, KIDS: tl.constexpr, HAS_GATHER: tl.constexpr, PRECISION: tl.constexpr,
@@ -114,7 +149,7 @@ def _grad_input_kernel(grad_ptr, values_ptr, bits_ptr, gather_ptr, out_ptr,
              mask=n_ok[:, None] & j_ok[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n"])  # one build for every batch size
 def _grad_values_kernel(grad_ptr, x_ptr, bits_ptr, gather_ptr, out_ptr,
                         n, rows, cols, width, alpha, stride_g, stride_x,
                         BITS: tl.constexpr, KIDS: tl.constexpr, HAS_GATHER: tl.constexpr, PRECISION: tl.constexpr,
@@ -153,6 +188,10 @@ def _grad_values_kernel(grad_ptr, x_ptr, bits_ptr, gather_ptr, out_ptr,
 _UPCAST = interpreted(_forward_kernel)
 
 
+#: Batches up to this size take :func:`_forward_one_kernel` (a guess, not measured: bench/gpu.py times batch 1).
+ONE_EXAMPLE_MAX_BATCH = 4
+
+
 def _rowmajor(t: Tensor) -> Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
@@ -161,28 +200,36 @@ def _kids(alpha: int) -> int:
     return 1 << max(0, alpha - 1).bit_length()
 
 
-def _tiles(n: int, alpha: int) -> tuple[int, int, int]:
-    """(BLOCK_N, BLOCK_I, BLOCK_J): about 64 children's columns a tile, whatever alpha."""
-    return tile(n, 16, 64), max(16, 64 // _kids(alpha)), 32
+def _tiles(n: int, alpha: int, dtype: torch.dtype) -> dict:
+    """Launch settings: about 64 children's columns a parent tile, whatever alpha."""
+    block_n, warps = batch_tile(n, dtype)
+    return dict(BLOCK_N=block_n, BLOCK_I=max(16, 64 // _kids(alpha)), BLOCK_J=32, KIDS=_kids(alpha), num_warps=warps,
+                PRECISION=dot_precision(dtype), UPCAST=_UPCAST)
 
 
 def forward(x: Tensor, values: Tensor, child_bits: Tensor, bias: Optional[Tensor], gather: Optional[Tensor],
             alpha: int) -> Tensor:
-    """The parent-order product ``(n, in_features) -> (n, alpha * rows)`` (module doc), no autograd."""
+    """The parent-order product ``(n, in_features) -> (n, alpha * rows)`` (module doc), no autograd.
+    Up to :data:`ONE_EXAMPLE_MAX_BATCH` examples one example a program (no padding to 16 rows; the
+    programs of one parent tile run side by side, so the values come from DRAM about once)."""
     x, values, child_bits = _rowmajor(x), values.contiguous(), child_bits.contiguous()
     n = x.shape[0]
     rows, cols = values.shape
     y = x.new_empty(n, alpha * rows)
     if n == 0:
         return y
-    block_n, block_i, block_j = _tiles(n, alpha)
-    grid = (triton.cdiv(n, block_n), triton.cdiv(rows, block_i))
-    _forward_kernel[grid](x, values, child_bits, bias if bias is not None else values,
-                          gather if gather is not None else child_bits, y, n, rows, cols, child_bits.shape[2], alpha,
-                          x.stride(0), y.stride(0), BITS=child_bits.shape[0], KIDS=_kids(alpha),
-                          HAS_BIAS=bias is not None, HAS_GATHER=gather is not None, PRECISION=dot_precision(x.dtype),
-                          UPCAST=_UPCAST,
-                          BLOCK_N=block_n, BLOCK_I=block_i, BLOCK_J=block_j)
+    shared = dict(BITS=child_bits.shape[0], HAS_BIAS=bias is not None, HAS_GATHER=gather is not None)
+    bias_arg, gather_arg = values if bias is None else bias, child_bits if gather is None else gather
+    if n <= ONE_EXAMPLE_MAX_BATCH:
+        block_i = 16
+        _forward_one_kernel[(n, triton.cdiv(rows, block_i))](
+            x, values, child_bits, bias_arg, gather_arg, y, rows, cols, child_bits.shape[2], alpha, x.stride(0),
+            y.stride(0), KIDS=_kids(alpha), BLOCK_I=block_i, BLOCK_J=max(32, 512 // _kids(alpha)), **shared)
+        return y
+    tiles = _tiles(n, alpha, x.dtype)
+    grid = (triton.cdiv(n, tiles["BLOCK_N"]), triton.cdiv(rows, tiles["BLOCK_I"]))
+    _forward_kernel[grid](x, values, child_bits, bias_arg, gather_arg, y, n, rows, cols, child_bits.shape[2], alpha,
+                          x.stride(0), y.stride(0), **shared, **tiles)
     return y
 
 
@@ -194,13 +241,11 @@ def grad_input(grad: Tensor, values: Tensor, child_bits: Tensor, gather: Optiona
     out = grad.new_empty(n, cols)
     if n == 0:
         return out
-    block_n, block_i, block_j = _tiles(n, alpha)
-    grid = (triton.cdiv(n, block_n), triton.cdiv(cols, block_j))
-    _grad_input_kernel[grid](grad, values, child_bits, gather if gather is not None else child_bits, out, n, rows,
-                             cols, child_bits.shape[2], alpha, grad.stride(0), out.stride(0), BITS=child_bits.shape[0],
-                             KIDS=_kids(alpha), HAS_GATHER=gather is not None, PRECISION=dot_precision(grad.dtype),
-                             UPCAST=_UPCAST,
-                             BLOCK_N=block_n, BLOCK_I=block_i, BLOCK_J=block_j)
+    tiles = _tiles(n, alpha, grad.dtype)
+    grid = (triton.cdiv(n, tiles["BLOCK_N"]), triton.cdiv(cols, tiles["BLOCK_J"]))
+    _grad_input_kernel[grid](grad, values, child_bits, child_bits if gather is None else gather, out, n, rows, cols,
+                             child_bits.shape[2], alpha, grad.stride(0), out.stride(0), BITS=child_bits.shape[0],
+                             HAS_GATHER=gather is not None, **tiles)
     return out
 
 
@@ -211,13 +256,11 @@ def grad_values(grad: Tensor, x: Tensor, values: Tensor, child_bits: Tensor, gat
     n = x.shape[0]
     rows, cols = values.shape
     out = torch.empty(rows, cols, device=values.device, dtype=values.dtype)
-    block_n, block_i, block_j = _tiles(n, alpha)
-    grid = (triton.cdiv(cols, block_j), triton.cdiv(rows, block_i))
-    _grad_values_kernel[grid](grad, x, child_bits, gather if gather is not None else child_bits, out, n, rows, cols,
+    tiles = _tiles(n, alpha, x.dtype)
+    grid = (triton.cdiv(cols, tiles["BLOCK_J"]), triton.cdiv(rows, tiles["BLOCK_I"]))
+    _grad_values_kernel[grid](grad, x, child_bits, child_bits if gather is None else gather, out, n, rows, cols,
                               child_bits.shape[2], alpha, grad.stride(0), x.stride(0), BITS=child_bits.shape[0],
-                              KIDS=_kids(alpha), HAS_GATHER=gather is not None, PRECISION=dot_precision(x.dtype),
-                              UPCAST=_UPCAST,
-                              BLOCK_N=block_n, BLOCK_I=block_i, BLOCK_J=block_j)
+                              HAS_GATHER=gather is not None, **tiles)
     if holes is not None and holes.numel():
         out.view(-1).index_fill_(0, holes, 0.0)
     return out
