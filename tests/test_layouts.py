@@ -13,7 +13,7 @@ from torch import nn
 import torchfpe
 from torchfpe import InvalidParameterError, expand, load_expanded, pack, unpack
 from torchfpe.core import expanded_layers
-from torchfpe.core.layouts import (LAYOUTS, BlockLinear, EllLinear, ExpandedLayer, LayoutError, PackedLinear,
+from torchfpe.core.layouts import (LAYOUTS, BlockLinear, decode_layout_state, EllLinear, ExpandedLayer, LayoutError, PackedLinear,
                                    ParentLinear,
                                    auto_layouts, packable_layouts, register_layout)
 from helpers import mlp as _mlp
@@ -212,15 +212,19 @@ def test_files_saved_by_the_first_packed_layouts_still_load_and_repack_identical
         loaded = load_expanded(mlp(case["sizes"], seed=9), state)
         assert [layer.layout for _, layer in expanded_layers(loaded)] == case["layouts"], name
         assert torch.allclose(loaded(case["x"]), case["y"], atol=1e-12), name
-        # the format is unchanged: packing the same masks again writes the same keys, dtypes, values, extras
+        # the tensors are unchanged: packing the same masks again writes the same keys, dtypes and values;
+        # the metadata dict of _extra_state is now the fpe_layout tensor (format 2), with the same fields
         names = [path for path, _ in expanded_layers(loaded)]
         again = pack(unpack(loaded), dict(zip(names, case["layouts"]))).state_dict()
-        assert list(again) == list(state), name
+        assert list(again) == [key.replace("_extra_state", "fpe_layout") for key in state], name
         for key, value in state.items():
             if isinstance(value, torch.Tensor):
                 assert again[key].dtype == value.dtype and torch.equal(again[key], value), (name, key)
             else:
-                assert again[key] == value, (name, key)
+                new_key = key.replace("_extra_state", "fpe_layout")
+                decoded = decode_layout_state(again[new_key], new_key)
+                assert decoded.pop("format") == 2 and decoded.pop("stored")
+                assert decoded == value, (name, key)
 
 
 def test_old_files_cover_every_stored_tensor_of_the_packed_layouts():

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from .budget import BUDGETS, nonzero_parameters, prune_smallest_
 from .layouts.base import LAYOUTS, ExpandedLayer, effective_parameters, expanded_layers, layout_of
+from .layouts.metadata import LAYOUT_KEY, LEGACY_KEY, encode_layout_state, is_layout_key, saved_layout_state
 from .layouts.masked import MaskedLinear
 from .splits import SPLITS, Split, get_split, user_split
 from .targets import as_linear, check_not_shared, features, is_conv1d, resolve_pairs, set_submodule
@@ -522,34 +523,61 @@ def _keep_requires_grad(old: nn.Module, new: nn.Module) -> bool:
     return not any(p.requires_grad for p in old.parameters(recurse=False))
 
 
+def _keep_frozen(old: nn.Module, layer: ExpandedLayer) -> None:
+    """Freeze the roles of ``layer`` that are frozen in the model's layer ``old`` (the model's flags win)."""
+    if isinstance(old, ExpandedLayer):
+        frozen = set(old.frozen_roles())
+    else:
+        frozen = {role for role in ("weight", "bias")
+                  if isinstance(getattr(old, role, None), nn.Parameter) and not getattr(old, role).requires_grad}
+    for role, param in layer.role_parameters().items():
+        if role in frozen:
+            param.requires_grad_(False)
+
+
 def load_expanded(model: nn.Module, state_dict: Mapping[str, Tensor], *, strict: bool = True) -> nn.Module:
     """Load a saved expanded ``state_dict`` into a fresh copy of the *parent* architecture.
 
-    Every layer whose entries in ``state_dict`` describe an expanded layer (its extra state names a
-    layout: ``masked``, ``dropconnect`` or a packed one; or, in files saved before layouts were
-    recorded, it has a ``weight_mask``) is rebuilt in that layout with the saved shapes, then the
+    Every layer whose entries in ``state_dict`` describe an expanded layer (its ``fpe_layout`` tensor,
+    or in older files its ``_extra_state`` dict, names a layout: ``masked``, ``dropconnect`` or a
+    packed one; or, in files saved before layouts were recorded, it has a ``weight_mask``) is rebuilt in that layout with the saved shapes, then the
     whole state is loaded. A DropConnect layer gets its ``p`` back. Checked before anything is
     returned: each such layer exists in ``model`` as an ``nn.Linear``, a GPT-2 ``Conv1D`` (read as the
     linear layer it computes, as ``expand`` reads it) or an expanded layer whose shape fits the saved one
     (the parent's shape recorded at expansion, or the saved shape itself), and no stored weight is
     non-zero outside its mask. Floating tensors take ``model``'s dtype (as ``load_state_dict`` does), so
-    a float32 file loads into a float64 parent. ``model`` itself is never modified; the loaded copy is
-    returned.
+    a float32 file loads into a float64 parent. ``requires_grad``: a weight or bias is frozen when the
+    file records it frozen or the model's layer has it frozen (a frozen parent stays frozen). Every
+    value is a torch tensor (``_extra_state`` dicts of older files aside). ``model`` itself is never
+    modified; the loaded copy is returned.
     """
     check_param("model", model, [nn.Module], "load_expanded")
     check_param("state_dict", state_dict, [Mapping], "load_expanded")
+    for key, value in state_dict.items():
+        if not isinstance(value, Tensor) and not str(key).endswith(LEGACY_KEY):
+            kind = f"{type(value).__module__}.{type(value).__name__}".removeprefix("builtins.")
+            raise InvalidParameterError(f"state_dict key {key!r} holds a {kind}, not a torch tensor; load_expanded "
+                                        "reads what model.state_dict() returns (convert arrays with torch.from_numpy)")
     state = dict(state_dict)
     extras: dict[str, dict] = {}
     for key, value in state_dict.items():
-        if key.endswith("_extra_state") and layout_of(value) is not None:
-            extras[key[: -len("_extra_state")].rstrip(".")] = dict(value)
+        if is_layout_key(key) or key.endswith(LEGACY_KEY):
+            suffix = LAYOUT_KEY if is_layout_key(key) else LEGACY_KEY
+            path = key[: -len(suffix)].rstrip(".")
+            extra = saved_layout_state(state_dict, f"{path}." if path else "")
+            if extra is None:
+                continue  # another module's own extra state
+            if layout_of(extra) is None:
+                raise InvalidParameterError(f"state_dict key {key!r} names the layout {extra['layout']!r}, which is not "
+                                            f"registered ({', '.join(LAYOUTS)}); import the module that registers it")
+            extras[path] = extra
     for key, mask in state_dict.items():
         path = key[: -len("weight_mask")].rstrip(".")
         if key.endswith("weight_mask") and path not in extras and isinstance(mask, Tensor) and mask.dim() == 2:
             # saved before layouts were recorded: a masked layer of unknown parent
             extras[path] = {"layout": "masked", "in_features": mask.shape[1], "out_features": mask.shape[0],
                             "parent_features": None}
-            state[f"{path}._extra_state" if path else "_extra_state"] = extras[path]
+            state[f"{path}.{LAYOUT_KEY}" if path else LAYOUT_KEY] = encode_layout_state(extras[path])
 
     loaded = copy.deepcopy(model)
     for path, extra in extras.items():
@@ -587,6 +615,7 @@ def load_expanded(model: nn.Module, state_dict: Mapping[str, Tensor], *, strict:
                                                               else None)
         except (KeyError, ValueError, TypeError, RuntimeError) as error:
             raise InvalidParameterError(f"{where}: the saved {extra['layout']!r} layer is inconsistent: {error}") from None
+        _keep_frozen(old, layer)
         dtype = next((t.dtype for t in old.parameters(recurse=False) if t.is_floating_point()), None)
         if dtype is not None:  # as load_state_dict does: the model's dtype, the checkpoint's values
             layer.to(dtype=dtype)

@@ -155,10 +155,10 @@ class EllLinear(PackedLinear):
     def layout_state(self) -> dict:
         return {**super().layout_state(), "width": self.width}
 
-    def set_extra_state(self, state: dict) -> None:
-        super().set_extra_state(state)
+    def apply_layout_state(self, state: Mapping) -> None:
+        super().apply_layout_state(state)
         if state.get("width") != self.width:
-            raise ValueError(f"saved row width {state.get('width')} is not this layer's {self.width}")
+            raise ValueError(f"its row width {state.get('width')} is not this layer's {self.width}")
 
     def check_saved(self, saved: SavedTensors) -> None:
         index = saved.indices("in_index")

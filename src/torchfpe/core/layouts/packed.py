@@ -77,17 +77,16 @@ def positions_of(natural_of_position: Tensor) -> Tensor:
 class SavedTensors:
     """The tensors one packed layer is about to load, read for checks; errors name the full key."""
 
-    def __init__(self, state_dict: Mapping, prefix: str, layer: nn.Module) -> None:
-        self.state_dict, self.prefix, self.layer = state_dict, prefix, layer
+    def __init__(self, state_dict: Mapping, prefix: str, layer: nn.Module, saved: Mapping | None = None) -> None:
+        self.state_dict, self.prefix, self.layer, self.saved = state_dict, prefix, layer, saved
         self.where = f"layer {prefix[:-1]!r}" if prefix else "the model's top-level layer"
 
     def error(self, name: str, message: str) -> InvalidParameterError:
         return InvalidParameterError(f"{self.where}: state_dict key {self.prefix + name!r} {message}")
 
     def extra(self) -> Mapping:
-        """The saved extra state when it is there (it is applied after the tensors), else the layer's."""
-        saved = self.state_dict.get(self.prefix + "_extra_state")
-        return saved if isinstance(saved, Mapping) else self.layer.layout_state()
+        """The saved metadata when it is there, else the layer's."""
+        return self.saved if self.saved is not None else self.layer.layout_state()
 
     def raw(self, name: str) -> Tensor | None:
         value = self.state_dict.get(self.prefix + name)
@@ -174,11 +173,8 @@ class PackedLinear(ExpandedLayer, nn.Module):
     def check_saved(self, saved: SavedTensors) -> None:
         """Refuse (``raise saved.error(name, ...)``) saved index tensors that do not describe a layer."""
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs) -> None:
-        self.check_saved(SavedTensors(state_dict, prefix, self))  # before any tensor of this layer is copied
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
+    def _check_saved_state(self, state_dict: Mapping, prefix: str, saved: dict | None) -> None:
+        self.check_saved(SavedTensors(state_dict, prefix, self, saved))  # before any tensor of this layer is copied
 
     def cached_weight(self, build) -> Tensor:
         """``build()`` (a dense weight), kept until the values change: for calls without gradients on

@@ -291,10 +291,10 @@ class ParentLinear(PackedLinear):
     def layout_state(self) -> dict:
         return {**super().layout_state(), "row_factor": self.row_factor, "col_factor": self.col_factor}
 
-    def set_extra_state(self, state: dict) -> None:
-        super().set_extra_state(state)
+    def apply_layout_state(self, state: Mapping) -> None:
+        super().apply_layout_state(state)
         if (state.get("row_factor"), state.get("col_factor")) != (self.row_factor, self.col_factor):
-            raise ValueError(f"saved factors {(state.get('row_factor'), state.get('col_factor'))} are not this "
+            raise ValueError(f"its factors {(state.get('row_factor'), state.get('col_factor'))} are not this "
                              f"layer's {(self.row_factor, self.col_factor)}")
 
     def check_saved(self, saved: SavedTensors) -> None:
@@ -320,6 +320,21 @@ class ParentLinear(PackedLinear):
                 raise saved.error("hole_bits", f"holds {holes.dtype} of shape {tuple(holes.shape)}; the layer's "
                                   f"{self.parent_rows}x{self.parent_cols} values need {need} uint8 bytes")
         saved.check_permutation("in_natural")
+        self._check_legacy_holes(saved)
+
+    def _check_legacy_holes(self, saved: SavedTensors) -> None:
+        """A file of format 1 records no list of its tensors: one without ``hole_bits`` whose values
+        hold exact zeros lost it (a live weight is never exactly 0.0: ``expand`` masks exact zeros), and
+        loading it would make the pruned entries trainable."""
+        if self.hole_bits is not None or (saved.saved is not None and "stored" in saved.saved):
+            return
+        values = saved.raw("values")
+        if values is None or tuple(values.shape) != tuple(self.values.shape):
+            return
+        zeros = int((values == 0).sum())
+        if zeros:
+            raise saved.error("hole_bits", f"is missing but {saved.prefix + 'values'!r} holds {zeros} exact zeros "
+                                           "(pruned entries, which hole_bits marks); without it they would train")
 
     @classmethod
     def empty_from_state(cls, extra: dict, tensors: Mapping[str, Tensor], device=None) -> ParentLinear:
