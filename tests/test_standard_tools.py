@@ -124,3 +124,28 @@ def test_ddp_gloo_two_processes(layout, tmp_path):
     changed = [k for k, v in fresh.state_dict().items() if isinstance(v, torch.Tensor) and v.is_floating_point()
                and not torch.equal(v, ranks[0]["state"][k])]
     assert changed  # the ranks trained (and agree), not merely stayed at their common start
+
+
+def test_compile_the_parent_layouts_compiled_kernels_without_graph_breaks(monkeypatch):
+    """The parent layout's C++ kernels are torch operators (torch.library), so a traced graph holds them."""
+    from torchfpe.core.layouts import native, parent
+
+    if not native.ready():
+        pytest.skip("no compiled kernels here (compiler, ninja, AVX-512)")
+    monkeypatch.setattr(parent, "NATIVE_MIN_SIZE", 0)  # the small test layer takes the kernels' path
+    wide, packed = packed_model("parent", sizes=(40, 24, 5), alpha=4)
+    for batch, path in ((2, "native"), (70, "tiled")):
+        layer = dict(expanded_layers(packed))["0"]
+        assert layer.path(batch, True, torch.device("cpu"), torch.float32) == path
+        torch._dynamo.reset()
+        x = torch.randn(batch, 40)
+        explained = torch._dynamo.explain(lambda x: packed(x).square().sum())(x)
+        assert explained.graph_break_count == 0, explained.break_reasons
+        packed.zero_grad(set_to_none=True)
+        packed(x).square().sum().backward()
+        expected = [p.grad.clone() for p in packed.parameters()]
+        packed.zero_grad(set_to_none=True)
+        compiled = torch.compile(packed, fullgraph=True, backend="aot_eager")
+        compiled(x).square().sum().backward()
+        for grad, p in zip(expected, packed.parameters()):
+            assert torch.allclose(p.grad, grad, atol=1e-5), batch
