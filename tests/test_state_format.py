@@ -212,3 +212,19 @@ def test_apply_masks_refuses_none():
     with pytest.raises(InvalidParameterError, match="the 'model' parameter of apply_masks_ must be"):
         apply_masks_(None)
 
+
+
+def test_a_model_that_is_one_expanded_layer_round_trips(tmp_path):
+    layer = pack(expand(mlp([6, 4, 2]), 2, seed=0))[0]
+    save_file(layer.state_dict(), tmp_path / "layer.safetensors")
+    loaded = load_expanded(torch.nn.Linear(6, 4, dtype=torch.float64), load_file(tmp_path / "layer.safetensors"))
+    x = torch.randn(3, 6, dtype=torch.float64)
+    assert type(loaded) is type(layer) and torch.equal(loaded(x), layer(x))
+
+
+def test_the_torchscript_onnx_exporter_reads_the_state(tmp_path):
+    """It detached every state_dict value ('dict' object has no attribute 'detach' before)."""
+    pytest.importorskip("onnx")
+    model = expand(mlp(), 2, seed=0).float().eval()
+    torch.onnx.export(model, (torch.randn(2, SIZES[0]),), str(tmp_path / "model.onnx"), dynamo=False)
+    assert (tmp_path / "model.onnx").stat().st_size > 0

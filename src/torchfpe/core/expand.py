@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from .budget import BUDGETS, nonzero_parameters, prune_smallest_
+from .config import ATTRIBUTE, FPEConfig, recorded
 from .layouts.base import LAYOUTS, ExpandedLayer, effective_parameters, expanded_layers, layout_of
 from .layouts.metadata import LAYOUT_KEY, LEGACY_KEY, encode_layout_state, is_layout_key, saved_layout_state
 from .layouts.masked import MaskedLinear
@@ -64,6 +65,7 @@ class ExpansionReport:
     layers: list[LayerChange] = field(default_factory=list)
     model_nonzero_before: int = 0
     model_nonzero_after: int = 0
+    config: FPEConfig | None = None  # the arguments, as expand records them on the model
 
     @property
     def excess(self) -> int:
@@ -245,9 +247,10 @@ def _check_budget(plans: Sequence[LayerPlan], budget: str) -> None:
 # ------------------------------------------------------------------------------------------ expand
 def expand(
     model: nn.Module,
-    alpha: int,
+    alpha: int | None = None,
     split: SplitSpec | Mapping[str, SplitSpec] = "random",
     *,
+    config: FPEConfig | None = None,
     seed: int | None = None,
     pairs: Sequence[tuple[str, ...]] | None = None,
     clauses: Sequence[Sequence[int]] | None = None,
@@ -291,7 +294,27 @@ def expand(
             construction; copied biases are then pruned within their layer), or ``"none"``.
         dropconnect_p: drop probability for ``split="dropconnect"`` (default ``1 - 1/alpha``).
         return_report: also return an :class:`ExpansionReport`.
+        config: an :class:`~torchfpe.core.config.FPEConfig` (e.g. read from a saved directory) in
+            place of ``alpha`` .. ``dropconnect_p``; ``data`` and ``return_report`` may be given beside it.
+
+    The returned model carries the arguments as ``model.fpe_config`` (an ``FPEConfig``; also
+    ``report.config``), which :func:`torchfpe.save_pretrained` writes.
     """
+    if config is not None:
+        given = {"alpha": alpha, "split": split, "seed": seed, "pairs": pairs, "clauses": clauses, "layers": layers,
+                 "bias": bias, "budget": budget, "dropconnect_p": dropconnect_p}
+        defaults = {"split": "random", "bias": "copy", "budget": "global"}
+        both = [name for name, value in given.items()
+                if not (value is None or (isinstance(value, str) and value == defaults.get(name)))]
+        if not isinstance(config, FPEConfig):
+            raise invalid("config", "expand", "an FPEConfig or None", config)
+        if both:
+            raise InvalidParameterError(f"expand got config and {both[0]!r}; pass the expansion's arguments either "
+                                        "in config or one by one")
+        return expand(model, **config.expand_kwargs(), data=data, return_report=return_report)
+    if alpha is None:
+        raise InvalidParameterError("expand needs alpha (children per parent unit, an int >= 2) or config")
+    given_pairs = pairs  # recorded as passed (resolving turns gated triples into pairs and companions)
     # ---------------------------------------------------------------- prepare: every check first
     params = dict(model=model, alpha=alpha, seed=seed, layers=layers, bias=bias, budget=budget,
                   dropconnect_p=dropconnect_p, return_report=return_report)
@@ -385,6 +408,9 @@ def expand(
             shape_after=tuple(plan.weight.shape), nonzero_before=plan.nonzero_before,
             nonzero_split=plan.nonzero_split, nonzero_after=_layer_nonzero(plan.weight, plan.bias), frozen=frozen))
     report.model_nonzero_after = nonzero_parameters(expanded)
+    report.config = recorded(alpha, split, seed, given_pairs, layers, checked_clauses if clauses is not None else None,
+                             bias, budget, dropconnect_p, {name: s.name for name, s in splits.items()})
+    setattr(expanded, ATTRIBUTE, report.config)
     if budget != "none" and report.excess < 0:
         warnings.warn(
             f"expand ends {-report.excess} non-zero parameters below the parent's {report.model_nonzero_before} "

@@ -231,6 +231,16 @@ class ExpandedLayer(ABC):
         parent = state.get("parent_features")
         self.parent_features = None if parent is None else (int(parent[0]), int(parent[1]))
 
+    def register_parameter(self, name: str, param) -> None:
+        """Refuse ``torch.nn.utils.prune`` (its first step registers ``<name>_orig``): it would replace
+        the layer's fixed masks by its own and change the non-zero count behind FPE's back."""
+        if name.endswith("_orig") and getattr(self, "_parameters", None) is not None \
+                and name[: -len("_orig")] in ("weight", "bias", self.weight_parameter):
+            raise InvalidParameterError(
+                f"a {self.layout!r} layer's masks are fixed by FPE; torch.nn.utils.prune would replace them (it "
+                f"registers {name!r}): prune the parent before torchfpe.expand, or torchfpe.bake(model) first")
+        super().register_parameter(name, param)
+
     # -- saving and loading: metadata as the tensor ``fpe_layout`` (format 2); dicts of format 1 still load
     def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
         super()._save_to_state_dict(destination, prefix, keep_vars)
