@@ -19,7 +19,7 @@ Modules:
   default ``random``); its compiled CPU kernels are in :mod:`.native`;
 - :mod:`.ell`: ``ell`` (:class:`EllLinear`), each row's live values and input indices (ELLPACK),
   for any masks;
-- :mod:`.packing`: :func:`pack`, :func:`unpack`, :func:`stored_bytes`.
+- :mod:`.packing`: :func:`pack`, :func:`unpack`, :func:`stored_bytes`, :func:`mark_fixed_buffers` (for DDP).
 
 **The contract.** Every layout subclasses :class:`ExpandedLayer` and implements ``effective_weight``,
 ``effective_bias``, ``dense_weight_mask``, ``dense_bias_mask`` (dense views in natural unit order),
@@ -57,7 +57,7 @@ from .packed import PackedLinear
 from .block import BlockLinear  # each layout registers itself when its module is imported
 from .ell import EllLinear
 from .parent import ParentLinear
-from .packing import pack, pack_layer, stored_bytes, unpack
+from .packing import fixed_buffer_names, mark_fixed_buffers, pack, pack_layer, stored_bytes, unpack
 
 __all__ = [
     "LAYOUTS", "LAYOUT_KEY", "decode_layout_state", "encode_layout_state", "saved_layout_state", "BlockLinear", "DropConnectLinear", "EllLinear", "ExpandedLayer", "LayoutError", "MaskedLinear",

@@ -21,7 +21,7 @@ from .. import kernels
 from ..validation import InvalidParameterError
 from .base import LayoutError, register_layout
 from .masked import MaskedLinear
-from .packed import PackedLinear, SavedTensors, compact, pack_bits, positions_of, row_factor, stored_bias, unpack_bits
+from .packed import PackedLinear, SavedTensors, autocast_operands, compact, pack_bits, positions_of, row_factor, stored_bias, unpack_bits
 
 #: Below this many examples a block layer copies its input into block order first (measured faster
 #: for batch 1 on one thread); above, the batched product reads the strided view.
@@ -470,8 +470,11 @@ class BlockLinear(PackedLinear):
             y = kernels.forward(self, input)
             if y is not None:
                 return y
-        if input.dim() == 2 and input.shape[0] == 1 and not (self.live is not None and torch.is_grad_enabled()
-                                                             and self.values.requires_grad):
+        # The two branches on the batch size are eager-mode speed-ups only: traced (torch.compile,
+        # torch.export) the layer takes one path for every batch size, so no guard pins the batch.
+        eager = not torch.compiler.is_compiling()
+        masked_grad = self.live is not None and torch.is_grad_enabled() and self.values.requires_grad
+        if eager and input.dim() == 2 and input.shape[0] == 1 and not masked_grad:
             return self._forward_one(input)
         leading = input.shape[:-1]
         x = input.reshape(-1, self.in_features)
@@ -482,12 +485,13 @@ class BlockLinear(PackedLinear):
             if self.pad_input:
                 x = F.pad(x, (0, 1))
             xb = x.index_select(1, self.gather).view(n, self.blocks, self.chunk).transpose(0, 1)
-        if n <= BLOCK_COPY_MAX_BATCH:
+        if eager and n <= BLOCK_COPY_MAX_BATCH:
             xb = xb.contiguous()
         bias = self._masked_bias()
         bias = None if bias is None else bias.view(self.blocks, 1, self.rows)
-        if self.live is not None and torch.is_grad_enabled() and self.values.requires_grad:
-            y = _BlockProduct.apply(xb, self.values, bias, self.hole_positions)
+        if masked_grad:
+            xb, values, bias = autocast_operands(xb.device, xb, self.values, bias)
+            y = _BlockProduct.apply(xb, values, bias, self.hole_positions)
         elif bias is None:
             y = torch.bmm(xb, self.values)
         else:

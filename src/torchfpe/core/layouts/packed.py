@@ -36,6 +36,20 @@ class _MaskGrad(torch.autograd.Function):
         return grad * mask, None
 
 
+def autocast_operands(device: torch.device, *tensors: Tensor | None) -> tuple[Tensor | None, ...]:
+    """The floating ``tensors`` in autocast's dtype where autocast is on for ``device``, else unchanged.
+
+    What ``cast_inputs`` of :func:`torch.amp.custom_fwd` does, for whichever device the layer is on (the
+    decorator fixes one device type). A custom autograd Function fed these runs its forward and its
+    backward in one dtype, as autocast's own ``F.linear`` would; gradients reach the float32 weights
+    through the cast, in float32.
+    """
+    if not torch.is_autocast_enabled(device.type):
+        return tensors
+    dtype = torch.get_autocast_dtype(device.type)
+    return tuple(t.to(dtype) if t is not None and t.is_floating_point() and t.dtype != dtype else t for t in tensors)
+
+
 def pack_bits(mask: Tensor) -> Tensor:
     """A boolean tensor as bytes, 8 entries a byte (the first entry in the lowest bit)."""
     flat = mask.reshape(-1).to(torch.uint8)

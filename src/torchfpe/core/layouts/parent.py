@@ -62,51 +62,6 @@ COMPILED_MAX_BATCH = 16
 MIN_FILL = 0.5
 
 
-class _NativeProduct(torch.autograd.Function):
-    """The compiled kernels' product and its backward; value gradients 0.0 at the holes."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, values: Tensor, layer: ParentLinear) -> Tensor:  # noqa: D102
-        kernels = native.kernels()
-        ctx.save_for_backward(x, values)
-        ctx.layer = layer
-        return kernels.forward(values, layer.child_bits, x, layer.row_factor)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # noqa: D102
-        x, values = ctx.saved_tensors
-        layer = ctx.layer
-        need_x, need_v = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_x, grad_v = native.kernels().backward(values, layer.child_bits, x, grad.contiguous(), layer.row_factor,
-                                                   need_x, need_v)
-        if need_v and layer.hole_positions is not None:
-            grad_v.view(-1).index_fill_(0, layer.hole_positions, 0.0)
-        return (grad_x if need_x else None), (grad_v if need_v else None), None
-
-
-class _TiledProduct(torch.autograd.Function):
-    """The compiled kernels' product for large batches (tiles of examples, each child's columns in order)."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, values: Tensor, layer: ParentLinear) -> Tensor:  # noqa: D102
-        order, starts = layer.column_order()
-        ctx.save_for_backward(x, values)
-        ctx.layer = layer
-        return native.kernels().forward_tiled(values, order, starts, x, layer.row_factor, 0)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # noqa: D102
-        x, values = ctx.saved_tensors
-        layer = ctx.layer
-        need_x, need_v = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        order, starts = layer.column_order()
-        grad_x, grad_v = native.kernels().backward_tiled(values, layer.child_bits, order, starts, x, grad,
-                                                         layer.row_factor, need_x, need_v, 0)
-        if need_v and layer.hole_positions is not None:
-            grad_v.view(-1).index_fill_(0, layer.hole_positions, 0.0)
-        return (grad_x if need_x else None), (grad_v if need_v else None), None
-
-
 def parent_order_sum(x: Tensor, values: Tensor, child: Tensor, children: int) -> Tensor:
     """``y[n, children * i + k] = sum_j values[i, j] x[n, j] [child[i, j] == k]`` in torch, for
     ``torch.compile`` to fuse into one pass over ``values`` (accumulated in float32, or float64 for it)."""
@@ -369,18 +324,21 @@ class ParentLinear(PackedLinear):
             cached = self.__dict__["_column_order"] = (order, starts.contiguous())
         return cached
 
-    def path(self, batch: int, training: bool, device: torch.device, dtype: torch.dtype) -> str:
+    def path(self, batch: int | None, training: bool, device: torch.device, dtype: torch.dtype) -> str:
         """Which product a batch takes: ``native`` (the compiled CPU kernels for small batches), ``tiled``
         (theirs for large batches), ``compiled`` (torch.compile, e.g. Triton on CUDA) or ``dense`` (see
-        the module constants)."""
-        if (device.type in COMPILED_DEVICES and not training and batch <= COMPILED_MAX_BATCH and self.child is not None
-                and self.col_factor == 1 and not self.__dict__.get("_compile_failed", False)):
+        the module constants). ``batch=None``: any batch size (a traced graph takes one path for all)."""
+        if (device.type in COMPILED_DEVICES and not training and batch is not None and batch <= COMPILED_MAX_BATCH
+                and self.child_bits is not None and self.col_factor == 1
+                and not self.__dict__.get("_compile_failed", False)):
             return "compiled"
         if (device.type != "cpu" or dtype != torch.float32 or self.col_factor != 1 or self.row_factor == 1
                 or not native.supports(self.row_factor) or self.parent_rows * self.parent_cols < NATIVE_MIN_SIZE):
             return "dense"
-        if native.kernels() is None:
+        if not native.ready():
             return "dense"
+        if batch is None:
+            return "tiled"  # correct at any batch size
         return "native" if batch <= (NATIVE_GRAD_MAX_BATCH if training else NATIVE_MAX_BATCH) else "tiled"
 
     def forward(self, input: Tensor) -> Tensor:  # noqa: A002
@@ -394,14 +352,16 @@ class ParentLinear(PackedLinear):
             x = x.index_select(1, self.in_gather)
         bias = self._masked_bias()
         training = torch.is_grad_enabled() and (self.values.requires_grad or input.requires_grad)
-        path = self.path(x.shape[0], training, x.device, x.dtype)
+        batch = None if torch.compiler.is_compiling() else x.shape[0]
+        path = self.path(batch, training, x.device, x.dtype)
         y = self._compiled(x) if path == "compiled" else None
-        if path in ("native", "tiled"):
-            product = _NativeProduct if path == "native" else _TiledProduct
-            y = product.apply(x.contiguous(), self.values, self)
-            if bias is not None:
-                y = y + bias
-        elif y is not None:
+        if path == "native":
+            y = native.parent_forward(self.values, self.child_bits, x.contiguous(), self.row_factor, self.hole_positions)
+        elif path == "tiled":
+            order, starts = self.column_order()
+            y = native.parent_forward_tiled(self.values, self.child_bits, order, starts, x.contiguous(),
+                                            self.row_factor, self.hole_positions)
+        if y is not None:
             if bias is not None:
                 y = y + bias
         elif not training and self.parent_rows * self.parent_cols < NATIVE_MIN_SIZE:
