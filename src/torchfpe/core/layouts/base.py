@@ -29,7 +29,7 @@ may convert a masked layer to it: the class provides ``from_masked``), ``auto_or
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import ABCMeta, abstractmethod
 from collections.abc import Mapping
 from typing import ClassVar
 
@@ -97,8 +97,12 @@ def layout_of(extra: object) -> str | None:
     return None
 
 
-class ExpandedLayer(ABC):
+class ExpandedLayer(metaclass=ABCMeta):
     """Mixin marking an expanded layer and stating the contract every layout meets (see module doc).
+
+    A metaclass, not ``ABC`` as a base: ``ABC`` (``__slots__ = ()``) as the first base made the layout
+    classes' C-level base differ from ``FSDPModule``'s, so FSDP2's ``fully_shard`` (which sets
+    ``module.__class__`` to ``FSDP<Name>(FSDPModule, <Name>)``) failed with "object layout differs".
 
     A layout is ``class MyLinear(ExpandedLayer, nn.Module)`` (or a subclass of a packed base) that
     implements the abstract methods below and is decorated with :func:`register_layout`.
