@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from .layouts.base import ExpandedLayer, expanded_layers
 from .layouts.masked import MaskedLinear
 from .targets import features, is_conv1d
-from .validation import InvalidParameterError, check_param
+from .validation import InvalidParameterError, check_param, invalid
 
 # ------------------------------------------------------------------------------------- the registry
 #: What a builder is given: the training settings by name (``lr``, ``weight_decay``, ``momentum`` …);
@@ -164,39 +164,114 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def carry_optimizer(optimizer: torch.optim.Optimizer, parent: nn.Module, wide: nn.Module) -> torch.optim.Optimizer:
-    """A new optimizer of ``optimizer``'s class and hyperparameters over ``wide``'s parameters, state carried.
+def carry_optimizer(optimizer: torch.optim.Optimizer, parent: nn.Module, wide: nn.Module, *,
+                    in_place: bool = False, scheduler: object | None = None) -> torch.optim.Optimizer:
+    """The optimizer's state carried from ``parent``'s parameters to ``wide``'s: a new optimizer, or ``optimizer`` itself.
 
     Args:
         optimizer: an optimizer of a class registered with ``carried=True`` in :data:`OPTIMIZERS`
-            (``torch.optim.Adam``, ``AdamW``, ``SGD`` with or without momentum) over
-            ``parent``'s parameters (any subset, any parameter groups).
+            (``torch.optim.Adam``, ``AdamW``, ``SGD`` with or without momentum) over ``parent``'s
+            parameters (any subset, any parameter groups), or a wrapper that holds one as ``.optimizer``
+            (accelerate's ``AcceleratedOptimizer``, which the ``transformers.Trainer`` steps).
         parent: the model the optimizer trains.
         wide: ``torch.expand(parent, ...)``'s result, in the masked layout (carry before ``pack``).
+        in_place: re-bind ``optimizer`` itself to ``wide``'s parameters (its ``param_groups`` and
+            ``state``, through any wrapper) and return it, so whatever steps that object (a learning-rate
+            scheduler, a Trainer) keeps stepping it, on the wide model. Default: a new optimizer, and
+            ``optimizer`` is not modified.
+        scheduler: the learning-rate scheduler that steps ``optimizer`` (a ``torch.optim.lr_scheduler``
+            one, or a wrapper holding one as ``.scheduler``). Without ``in_place`` it is re-bound to the
+            returned optimizer, its position in the schedule kept; with ``in_place`` it needs nothing.
 
-    Returns an optimizer with the same parameter groups (each group's hyperparameters kept) over the
-    matching parameters of ``wide``: an expanded layer's moments are the parent's repeated as its
-    weights were (each child's are the parent's under the child's mask; a copied outgoing column gets
-    its parent column's state) and 0 where pruned; every other parameter's state is copied; ``step``
-    is kept. ``optimizer`` and ``parent`` are not modified. Build a new learning-rate scheduler on
-    the returned optimizer.
+    An expanded layer's moments are the parent's repeated as its weights were (each child's are the
+    parent's under the child's mask; a copied outgoing column gets its parent column's state) and 0
+    where pruned; every other parameter's state is copied; ``step`` and each group's hyperparameters
+    (learning rate included) are kept. ``parent`` is not modified.
     """
     owner = "carry_optimizer"
     check_param("optimizer", optimizer, [torch.optim.Optimizer], owner)
     check_param("parent", parent, [nn.Module], owner)
     check_param("wide", wide, [nn.Module], owner)
-    if type(optimizer) not in carried_classes():
-        shown = ", ".join(cls.__name__ for cls in carried_classes())
+    check_param("in_place", in_place, [bool], owner)
+    inner = unwrap_optimizer(optimizer)
+    schedulers = _schedulers_of(scheduler, optimizer, inner)
+    names = {id(p): name for name, p in parent.named_parameters()}
+    groups, carried = _carried(inner, names, parent.get_submodule, wide)
+    if in_place:
+        rebind_optimizer_(inner, groups, carried)
+        return optimizer
+    accepted = inspect.signature(type(inner).__init__).parameters
+    fresh = type(inner)([{**{key: value for key, value in group.items() if key != "params"}, "params": params}
+                         for group, params in zip(inner.param_groups, groups)],
+                        **{k: v for k, v in inner.defaults.items() if k in accepted})
+    for param, state in carried:
+        if state:
+            fresh.state[param] = state
+    for one in schedulers:
+        one.optimizer = fresh
+    return fresh
+
+
+def unwrap_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The torch optimizer inside wrappers that hold it as ``.optimizer`` (accelerate's, the Trainer's).
+
+    Raises :class:`InvalidParameterError` unless it is one whose state ``carry_optimizer`` can map.
+    """
+    inner, wrappers = optimizer, []
+    carried_types = carried_classes()
+    while type(inner) not in carried_types and isinstance(getattr(inner, "optimizer", None), torch.optim.Optimizer):
+        wrappers.append(type(inner).__name__)
+        inner = inner.optimizer
+    if type(inner) not in carried_types:
+        inside = f" (inside {' > '.join(wrappers)})" if wrappers else ""
         raise InvalidParameterError(
-            f"carry_optimizer carries the state of the optimizers registered with carried=True ({shown}); got "
-            f"{type(optimizer).__module__}.{type(optimizer).__name__}: build a fresh optimizer over the wide model's "
-            "parameters instead")
+            f"carry_optimizer carries the state of the optimizers registered with carried=True "
+            f"({', '.join(cls.__name__ for cls in carried_types)}); got "
+            f"{type(inner).__module__}.{type(inner).__name__}{inside}: build a fresh optimizer over the wide "
+            "model's parameters instead")
+    return inner
+
+
+def rebind_optimizer_(optimizer: torch.optim.Optimizer, groups: list[list[nn.Parameter]],
+                      carried: list[tuple[nn.Parameter, dict]]) -> None:
+    """Point ``optimizer``'s groups at new parameters and replace its state (the object stays the same)."""
+    for group, params in zip(optimizer.param_groups, groups):
+        group["params"] = params
+    optimizer.state.clear()
+    for param, state in carried:
+        if state:
+            optimizer.state[param] = state
+
+
+def _schedulers_of(scheduler: object | None, optimizer: torch.optim.Optimizer, inner: torch.optim.Optimizer) -> list:
+    """The torch schedulers inside ``scheduler`` (wrappers, SequentialLR), each checked to step ``optimizer``."""
+    if scheduler is None:
+        return []
+    found, todo = [], [scheduler]
+    while todo:
+        one = todo.pop()
+        while not hasattr(one, "optimizer") and hasattr(one, "scheduler"):
+            one = one.scheduler  # accelerate's AcceleratedScheduler
+        if not hasattr(one, "optimizer"):
+            raise invalid("scheduler", "carry_optimizer", "a learning-rate scheduler (it has .optimizer)", scheduler)
+        if one.optimizer is not optimizer and one.optimizer is not inner:
+            raise InvalidParameterError("the scheduler steps another optimizer than the one passed to "
+                                        "carry_optimizer; pass the scheduler built on that optimizer")
+        found.append(one)
+        todo.extend(getattr(one, "_schedulers", []))  # SequentialLR, ChainedScheduler
+    return found
+
+
+def _carried(optimizer: torch.optim.Optimizer, names: dict[int, str], parent_layer, wide: nn.Module):
+    """Each group's parameters in ``wide`` and each one's carried state; ``names``: id of a parent parameter -> name.
+
+    ``parent_layer(path)`` returns the parent's module at ``path`` (its expanded layers' sources).
+    """
     packed = [(path, layer) for path, layer in expanded_layers(wide) if not isinstance(layer, MaskedLinear)]
     if packed:
         raise InvalidParameterError(f"layer {packed[0][0]!r} of wide is in the packed {packed[0][1].layout!r} layout; "
                                     "carry the optimizer on the model torchfpe.expand returns (masked), before "
                                     "torchfpe.pack")
-    names = {id(p): name for name, p in parent.named_parameters()}
     wide_parameters = dict(wide.named_parameters())
     groups, carried, seen = [], [], set()
     for index, group in enumerate(optimizer.param_groups):
@@ -214,22 +289,18 @@ def carry_optimizer(optimizer: torch.optim.Optimizer, parent: nn.Module, wide: n
             if id(new) in seen:
                 raise InvalidParameterError(f"parameter {name!r} is in the optimizer twice")
             seen.add(id(new))
-            carried.append((new, _carried_state(optimizer.state.get(param, {}), name, param, new, parent, wide)))
+            state = optimizer.state.get(param, {})
+            carried.append((new, _carried_state(state, name, param, new, parent_layer, wide)))
             params.append(new)
-        groups.append({**{key: value for key, value in group.items() if key != "params"}, "params": params})
-    accepted = inspect.signature(type(optimizer).__init__).parameters
-    fresh = type(optimizer)(groups, **{k: v for k, v in optimizer.defaults.items() if k in accepted})
-    for param, state in carried:
-        if state:
-            fresh.state[param] = state
-    return fresh
+        groups.append(params)
+    return groups, carried
 
 
-def _carried_state(state: dict, name: str, old: Tensor, new: Tensor, parent: nn.Module, wide: nn.Module) -> dict:
+def _carried_state(state: dict, name: str, old: Tensor, new: Tensor, parent_layer, wide: nn.Module) -> dict:
     """One parameter's state in ``wide``: mapped like the weights of an expanded layer, else copied."""
     path, _, role = name.rpartition(".")
-    layer = wide.get_submodule(path) if path else wide
-    source = parent.get_submodule(path) if path else parent
+    layer = wide.get_submodule(path)
+    source = parent_layer(path)
     mapping = _expansion_map(path, role, layer, source, old, new)
     out = {}
     for key, value in state.items():

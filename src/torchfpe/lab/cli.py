@@ -40,11 +40,21 @@ reproduce_app = typer.Typer(cls=_StudyGroups, no_args_is_help=True, help="Reprod
 app.add_typer(reproduce_app, name="reproduce")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        typer.echo(f"torchfpe {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _options(
     plugin: list[str] = typer.Option([], "--plugin", metavar="MODULE",
                                      help="import a module that registers splits, layouts, optimizers or experiments "
                                      "(a module name or a .py file; repeatable); every worker imports it too"),
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Show torchfpe's version and exit."),
 ) -> None:
     """Options of every command (before the command's name): torchfpe --plugin mine reproduce boolean ..."""
     from . import plugins
