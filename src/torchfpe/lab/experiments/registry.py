@@ -83,6 +83,12 @@ def register_experiment(name: str, config: type, run_batch: Callable, *, run_sin
     return experiment
 
 
+def unregister_experiment(name: str) -> Experiment | None:
+    """Remove the experiment ``name`` from the registry (a test's or a notebook's own); returns it, or None
+    where no such experiment was registered."""
+    return _EXPERIMENTS.pop(name, None)
+
+
 def _discover() -> None:
     """Import every module of this package once, so each registers itself."""
     global _discovered
