@@ -97,3 +97,41 @@ def test_auto_is_the_default_and_unknown_layouts_are_refused(tmp_path):
     with pytest.raises(InvalidParameterError, match=r"the 'layout' parameter of run_study must be .*packed"):
         api.run_study("boolean", "headline", seeds=1, out=tmp_path / "x", layout="dense", quiet=True)
     assert not (tmp_path / "x").exists()
+
+
+class Reached(Exception):
+    """Raised by the recorder once the layout has reached the protocol."""
+
+
+def test_the_layout_given_reaches_the_protocol_and_travels_with_each_unit(monkeypatch, tmp_path):
+    """From the CLI through api.run_study and the runner to the protocol (local backend, in this process);
+    a pool worker or a Ray task gets it as one of run_unit's arguments, beside the device."""
+    from torchfpe.lab.experiments import protocol
+    from torchfpe.lab.sweep.runner import _unit_args, make_jobs
+    from torchfpe.lab.sweep.unit import run_unit
+
+    seen = []
+
+    def recorder(layout, owner="layout"):
+        seen.append(layout)
+        raise Reached
+
+    monkeypatch.setattr(protocol, "check_train_layout", recorder)
+    with pytest.raises(Reached):
+        api.run_study("boolean", "headline", seeds=1, out=tmp_path / "a", backend="local", quiet=True,
+                      layout="packed", overrides={"warmup_epochs": 1, "epochs_after": 1})
+    assert seen == ["packed"]
+    jobs = make_jobs("boolean", [{"variants": "dense+random", "seed": 0}])
+    unit = _unit_args(jobs, 1, "cpu", "masked")
+    assert unit[3:5] == ("cpu", "masked")
+    with pytest.raises(Reached):
+        run_unit(*unit)
+    assert seen == ["packed", "masked"]
+
+
+def test_the_cli_takes_layout_and_refuses_an_unknown_one(tmp_path):
+    from helpers import cli
+
+    result = cli("reproduce", "boolean", "--layout", "dense", "--out", tmp_path / "b", "--quiet")
+    assert result.exit_code == 2 and "the 'layout' parameter of run_study must be" in result.output
+    assert not (tmp_path / "b").exists()
