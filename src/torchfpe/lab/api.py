@@ -321,20 +321,7 @@ def run_sweep_file(
         axes[name] = values
     names = list(axes)
     studies = {s.name: s for s in known[experiment].studies}
-    if "study" in spec:
-        study = spec["study"]
-        if study not in studies:
-            raise InvalidParameterError(f"{path}: unknown study {study!r} for experiment {experiment!r}; the study "
-                                        f"names the report page, one of: {', '.join(studies)}")
-    elif experiment == "theory":
-        study = "theory"
-    else:
-        study = "headline" if not names else "metrics" if len(names) > 1 else names[0]
-        if study not in studies:  # any other single swept field gets the per-cell tables
-            study = "metrics"
-        if study not in studies:
-            raise InvalidParameterError(f"{path}: no report page for this sweep; add 'study:' (one of "
-                                        f"{', '.join(studies)})")
+    study = _sweep_study(path, spec, experiment, studies, names)
     jobs = _make_jobs(experiment, grid_configs(axes, base, seed_list), quiet, device, "run_sweep_file")
     _check_workers(experiment, jobs, backend)
     out_path = Path(out if out is not None else Path("runs") / path.stem)
@@ -346,6 +333,26 @@ def run_sweep_file(
                                       layout=None if layout == "auto" else layout)
     return _run_into(out_path, meta, experiment, jobs, backend=backend, workers=workers, address=address,
                      quiet=quiet, command=command, device=device, made=made, layout=layout)
+
+
+def _sweep_study(path: Path, spec: Mapping, experiment: str, studies: Mapping[str, Any], names: list[str]) -> str:
+    """The study whose report page a sweep file's results get: the one its ``study:`` names; else (files
+    written without it) the old rule (``headline`` for no swept field, the study named after the one swept
+    field, ``metrics`` for several), then the experiment's study sweeping exactly these fields, then its only
+    study."""
+    if "study" in spec:
+        study = spec["study"]
+        if study not in studies:
+            raise InvalidParameterError(f"{path}: unknown study {study!r} for experiment {experiment!r}; the study "
+                                        f"names the report page, one of: {', '.join(studies)}")
+        return study
+    guesses = ["headline" if not names else "metrics" if len(names) > 1 else names[0], "metrics",
+               *(name for name, s in studies.items() if set(s.axes) == set(names)),
+               *(studies if len(studies) == 1 else ())]
+    for guess in guesses:
+        if guess in studies:
+            return guess
+    raise InvalidParameterError(f"{path}: no report page for this sweep; add 'study:' (one of {', '.join(studies)})")
 
 
 def _read_sweep_file(path: Path) -> dict:
