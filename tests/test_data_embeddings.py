@@ -126,10 +126,10 @@ def test_write_embeddings_is_validated_and_atomic(tmp_path):
 
 def test_select_classes_relabels():
     arrays = good_arrays(classes=4)
-    from torchfpe.data.embeddings import _to_set, validate_arrays
+    from torchfpe.data.embeddings import to_embedding_set, validate_arrays
 
-    data = _to_set(validate_arrays("t", arrays["X_train"], arrays["y_train"], arrays["X_test"], arrays["y_test"],
-                                   list("abcd")), name="t", standin=False, note="")
+    data = to_embedding_set(validate_arrays("t", arrays["X_train"], arrays["y_train"], arrays["X_test"],
+                                            arrays["y_test"], list("abcd")), name="t", standin=False, note="")
     sub = data.select_classes([3, 1])
     assert sub.class_names == ["d", "b"] and sub.y_train.tolist() == [1] * 4 + [0] * 4
     np.testing.assert_array_equal(sub.x_train[:4].numpy(), data.x_train[4:8].numpy())

@@ -79,7 +79,7 @@ def regression():
     yield kind, experiment
     TASK_KINDS.remove("regression_test")
     registry.experiments()  # the package's modules are imported before the temporary one is dropped
-    vars(registry)["_EXPERIMENTS"].pop("regression_test", None)
+    registry.unregister_experiment("regression_test")
 
 
 def test_the_kind_declares_its_fields_and_metric(regression):

@@ -155,7 +155,10 @@ def validate_arrays(
     return xs["X_train"], remap[ys["y_train"]], xs["X_test"], remap[ys["y_test"]], names
 
 
-def _to_set(arrays, *, name: str, standin: bool, note: str, meta: Mapping[str, str] | None = None) -> EmbeddingSet:
+def to_embedding_set(arrays, *, name: str, standin: bool, note: str,
+                     meta: Mapping[str, str] | None = None) -> EmbeddingSet:
+    """An :class:`EmbeddingSet` from checked arrays (``validate_arrays``'s five: x and y of train and test,
+    class names), as every reader and writer of embedding sets builds one."""
     x_train, y_train, x_test, y_test, names = arrays
     return EmbeddingSet(
         x_train=torch.from_numpy(x_train), y_train=torch.from_numpy(y_train),
@@ -225,7 +228,7 @@ def read_npz(path: Path) -> EmbeddingSet:
     standin = _string_scalar(extras["standin"]) if "standin" in extras else None
     meta = {key: text for key, value in extras.items()
             if key not in ("class_names", "name", "note", "standin") and (text := _string_scalar(value)) is not None}
-    return _to_set(checked, name=name or path.name, standin=standin == "true",
+    return to_embedding_set(checked, name=name or path.name, standin=standin == "true",
                    note=note or f"embeddings loaded from {path}", meta={**meta, "file": str(path)})
 
 
@@ -268,7 +271,7 @@ def read_parquet(path: Path) -> EmbeddingSet:
                 raise EmbeddingFileError(f"{where}: label {int(label)} has several class names {sorted(names)[:3]}")
             class_names[int(label)] = str(names.pop())
     checked = validate_arrays(where, vectors[train], labels[train], vectors[test], labels[test], class_names)
-    return _to_set(checked, name=path.name, standin=False, note=f"embeddings loaded from {path}",
+    return to_embedding_set(checked, name=path.name, standin=False, note=f"embeddings loaded from {path}",
                    meta={"file": str(path)})
 
 

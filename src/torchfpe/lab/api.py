@@ -11,7 +11,8 @@ output folder) before it trains or writes anything, and raises exceptions instea
 ``run_study("boolean", "headline", seeds=2, overrides={"clauses": 12}, out="runs/m12")`` runs a
 study's grid through the resumable store and returns the path of its ``report.md``; ``device="cuda"``
 trains there (a runtime option: the stored runs, their keys and records are those of any device, see
-:mod:`torchfpe.lab.devices`).
+:mod:`torchfpe.lab.devices`); ``layout="packed"`` trains phase 2's expanded models packed where they train
+one at a time (a runtime option too, default ``"auto"``: see :mod:`torchfpe.lab.train_layout`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any
 
 from ..core.validation import Interval, InvalidParameterError, Options, check_param, invalid, plain_number
 from .devices import device_name
+from .train_layout import check_train_layout
 
 __all__ = [
     "build_report", "config_fields", "fidelity", "parse_override", "parse_overrides", "run_study", "run_sweep_file",
@@ -190,6 +192,7 @@ def run_study(
     command: str | None = None,
     device: str | None = "cpu",
     plugins: Sequence[str] = (),
+    layout: str = "auto",
 ) -> Path:
     """Run one study of a group (``torchfpe reproduce <group> --study <study>``); returns report.md's path.
 
@@ -197,6 +200,8 @@ def run_study(
     The default ``out`` is ``runs/<group>-<study>``; re-running with the same folder completes only
     the missing runs. ``command`` is recorded in the report (default: this Python call). ``plugins``:
     modules (names or .py paths) imported here and in every worker first (:mod:`torchfpe.lab.plugins`).
+    ``layout``: ``"auto"``, ``"masked"`` or ``"packed"``, the layout phase 2 trains in
+    (:mod:`torchfpe.lab.train_layout`; not part of a run key, like ``device``).
     """
     from .experiments.studies import groups, study_configs
 
@@ -211,6 +216,7 @@ def run_study(
     seeds = plain_number(seeds)
     _check_runner(backend, workers, address, quiet, "run_study")
     device = device_name(device, "run_study")  # checked against this machine before any work or write
+    layout = check_train_layout(layout, "run_study")
     if overrides is not None and not isinstance(overrides, Mapping):
         raise invalid("overrides", "run_study", "a mapping of config field -> value, or None", overrides)
     overrides = {name: [plain_number(v) for v in value] if isinstance(value, list) else plain_number(value)
@@ -242,9 +248,10 @@ def run_study(
     meta = {"study": study, "group": group, "axes": list(chosen.axes), "seeds": seeds, "base": base,
             "overrides": overrides, "description": chosen.description, **chosen.meta}
     command = command or _python_call("run_study", group, study, seeds=seeds, overrides=overrides or None, out=out,
-                                      device=None if device == "cpu" else device)
+                                      device=None if device == "cpu" else device,
+                                      layout=None if layout == "auto" else layout)
     return _run_into(out_path, meta, experiment, jobs, backend=backend, workers=workers, address=address,
-                     quiet=quiet, command=command, device=device, made=made)
+                     quiet=quiet, command=command, device=device, made=made, layout=layout)
 
 
 def run_sweep_file(
@@ -258,15 +265,17 @@ def run_sweep_file(
     command: str | None = None,
     device: str | None = "cpu",
     plugins: Sequence[str] = (),
+    layout: str = "auto",
 ) -> Path:
     """Run a sweep file (YAML: ``experiment``, ``study``, ``grid``, ``base``, ``seeds``, ``name``); returns report.md's
-    path. ``plugins`` as for :func:`run_study`."""
+    path. ``plugins`` and ``layout`` as for :func:`run_study`."""
     from .experiments.registry import experiments
     from .experiments.studies import grid_configs
 
     _load_plugins(plugins, "run_sweep_file")
     _check_runner(backend, workers, address, quiet, "run_sweep_file")
     device = device_name(device, "run_sweep_file")
+    layout = check_train_layout(layout, "run_sweep_file")
     check_param("path", path, [str, os.PathLike], "run_sweep_file")
     check_param("out", out, [str, os.PathLike, None], "run_sweep_file")
     path = Path(path)
@@ -312,20 +321,7 @@ def run_sweep_file(
         axes[name] = values
     names = list(axes)
     studies = {s.name: s for s in known[experiment].studies}
-    if "study" in spec:
-        study = spec["study"]
-        if study not in studies:
-            raise InvalidParameterError(f"{path}: unknown study {study!r} for experiment {experiment!r}; the study "
-                                        f"names the report page, one of: {', '.join(studies)}")
-    elif experiment == "theory":
-        study = "theory"
-    else:
-        study = "headline" if not names else "metrics" if len(names) > 1 else names[0]
-        if study not in studies:  # any other single swept field gets the per-cell tables
-            study = "metrics"
-        if study not in studies:
-            raise InvalidParameterError(f"{path}: no report page for this sweep; add 'study:' (one of "
-                                        f"{', '.join(studies)})")
+    study = _sweep_study(path, spec, experiment, studies, names)
     jobs = _make_jobs(experiment, grid_configs(axes, base, seed_list), quiet, device, "run_sweep_file")
     _check_workers(experiment, jobs, backend)
     out_path = Path(out if out is not None else Path("runs") / path.stem)
@@ -333,9 +329,30 @@ def run_sweep_file(
     out_path = resolve_out(out_path)
     meta = {"study": study, "group": studies[study].group, "axes": names, "seeds": len(seed_list),
             "base": dict(base), "grid": dict(grid), "name": spec.get("name", path.stem), **studies[study].meta}
-    command = command or _python_call("run_sweep_file", str(path), out=out, device=None if device == "cpu" else device)
+    command = command or _python_call("run_sweep_file", str(path), out=out, device=None if device == "cpu" else device,
+                                      layout=None if layout == "auto" else layout)
     return _run_into(out_path, meta, experiment, jobs, backend=backend, workers=workers, address=address,
-                     quiet=quiet, command=command, device=device, made=made)
+                     quiet=quiet, command=command, device=device, made=made, layout=layout)
+
+
+def _sweep_study(path: Path, spec: Mapping, experiment: str, studies: Mapping[str, Any], names: list[str]) -> str:
+    """The study whose report page a sweep file's results get: the one its ``study:`` names; else (files
+    written without it) the old rule (``headline`` for no swept field, the study named after the one swept
+    field, ``metrics`` for several), then the experiment's study sweeping exactly these fields, then its only
+    study."""
+    if "study" in spec:
+        study = spec["study"]
+        if study not in studies:
+            raise InvalidParameterError(f"{path}: unknown study {study!r} for experiment {experiment!r}; the study "
+                                        f"names the report page, one of: {', '.join(studies)}")
+        return study
+    guesses = ["headline" if not names else "metrics" if len(names) > 1 else names[0], "metrics",
+               *(name for name, s in studies.items() if set(s.axes) == set(names)),
+               *(studies if len(studies) == 1 else ())]
+    for guess in guesses:
+        if guess in studies:
+            return guess
+    raise InvalidParameterError(f"{path}: no report page for this sweep; add 'study:' (one of {', '.join(studies)})")
 
 
 def _read_sweep_file(path: Path) -> dict:
@@ -456,7 +473,8 @@ def cli_command() -> str:
 
 
 def _run_into(out: Path, meta: dict, experiment: str, jobs, *, backend: str, workers: int | None,
-              address: str | None, quiet: bool, command: str, device: str = "cpu", made: bool = True) -> Path:
+              address: str | None, quiet: bool, command: str, device: str = "cpu", made: bool = True,
+              layout: str = "auto") -> Path:
     """Run the jobs into the folder ``out`` and write its report; ``made``: ``out`` was created by this call."""
     from .experiments.studies import DATASET_NOTE
     from .sweep import ResultStore, execute
@@ -465,7 +483,7 @@ def _run_into(out: Path, meta: dict, experiment: str, jobs, *, backend: str, wor
     varying = [*axes, "seed"]
     meta = {
         **meta, "axis": axes[0] if len(axes) == 1 else (axes or None),
-        "command": command, "date": _dt.date.today().isoformat(), "device": device,
+        "command": command, "date": _dt.date.today().isoformat(), "device": device, "layout": layout,
         "dataset_note": meta.get("dataset_note", DATASET_NOTE), "experiment": experiment,
         "keys": [job.key for job in jobs],
         # what each run is, for naming missing runs in the report
@@ -479,7 +497,7 @@ def _run_into(out: Path, meta: dict, experiment: str, jobs, *, backend: str, wor
             meta.update(_provenance_fields(store, backend, address))
             store.write_meta(meta)
             summary = execute(jobs, store, backend=backend, workers=workers, address=address, quiet=quiet,
-                              description=meta["study"], device=device)
+                              description=meta["study"], device=device, layout=layout)
         except BaseException:
             if fresh:
                 store.discard_if_empty(keep_folder=not made)

@@ -92,6 +92,12 @@ def device_option():
                         "run keys and records are those of any device)")
 
 
+def layout_option():
+    return typer.Option("auto", "--layout", help="layout phase 2 trains expanded models in: auto, masked or packed "
+                        "(a runtime option: run keys and records are those of any layout; stacks train masked; "
+                        "auto packs where that is measured faster, see torchfpe.lab.train_layout)")
+
+
 def quiet_option():
     return typer.Option(False, "--quiet", help="no progress bar")
 
@@ -172,6 +178,7 @@ def _make_reproduce(group: str, studies: dict) -> Callable:
         workers: Optional[int] = workers_option(),
         address: Optional[str] = address_option(),
         device: str = device_option(),
+        layout: str = layout_option(),
         quiet: bool = quiet_option(),
         debug: bool = debug_option(),
     ) -> None:
@@ -187,7 +194,7 @@ def _make_reproduce(group: str, studies: dict) -> Callable:
                     overrides[name] = str(value)
             report = api.run_study(group, study.value, seeds=seeds, overrides=overrides, out=out, backend=backend.value,
                                    workers=workers, address=address, quiet=quiet, command=api.cli_command(),
-                                   device=device)
+                                   device=device, layout=layout)
             typer.echo(f"report: {report}")
 
         _handled(debug, call)
@@ -206,6 +213,7 @@ def sweep(
     workers: Optional[int] = workers_option(),
     address: Optional[str] = address_option(),
     device: str = device_option(),
+    layout: str = layout_option(),
     quiet: bool = quiet_option(),
     debug: bool = debug_option(),
 ) -> None:
@@ -220,7 +228,7 @@ def sweep(
     """
     def call() -> None:
         report = api.run_sweep_file(sweep_file, out=out, backend=backend.value, workers=workers, address=address,
-                                    quiet=quiet, command=api.cli_command(), device=device)
+                                    quiet=quiet, command=api.cli_command(), device=device, layout=layout)
         typer.echo(f"report: {report}")
 
     _handled(debug, call)

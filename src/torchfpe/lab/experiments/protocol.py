@@ -67,6 +67,18 @@ stacks are the same on every device. The protocol builds each seed's ``Data`` an
 trains and evaluates every model there; ``expand`` and the records work on CPU copies. A task never
 needs to be told the device: a hook that makes tensors for a model or for data it is handed uses
 their device (``data.device``, ``next(model.parameters()).device``).
+
+**The layout.** Both also take ``layout=`` (``"auto"``, ``"masked"``, ``"packed"``; checked by
+:func:`torchfpe.lab.train_layout.check_train_layout`), the layout phase 2 trains an expanded model in,
+a runtime option like the device (no config field, no part of a run key). A model trained one at a
+time is packed (``torchfpe.pack``) after ``expand`` and before it moves to the device, where the
+option says so (:func:`torchfpe.lab.train_layout.for_training`; ``auto``'s rule and the measurement
+behind it are in that module), and unpacked again before its record is made, so a task's hooks that
+read weights (``record_extras``) always see the masked layout; :meth:`Task.train` and
+:meth:`Task.evaluate` get the packed model and must not assume the masked layout's attributes. Stacks
+(:mod:`torchfpe.lab.batched`: many seeds as batched masked products) and ``@carry`` variants
+(:func:`torchfpe.carry_optimizer` needs the masked layout) always train masked. Records are those of
+the masked layout up to float rounding.
 """
 
 from __future__ import annotations
@@ -84,6 +96,7 @@ from torch import Tensor, nn
 
 from ... import metrics
 from ..devices import resolve_device
+from ..train_layout import check_train_layout, for_records, for_training
 from ..batched import StackedMLP, stack_signature, can_stack, fit_stacked
 from ...core import BIAS_POLICIES, BUDGETS, SPLITS, carry_optimizer, expand, nonzero_parameters
 from ...core.validation import (Interval, InvalidParameterError, Options, Predicate, invalid, plain_number,
@@ -455,8 +468,8 @@ def register(name: str, config: type[ProtocolBase], studies: Sequence = ()):
     """Make ``config`` (a :class:`ProtocolBase` subclass naming its ``task``) the experiment ``name``.
 
     The one registration of a protocol experiment: its capabilities follow from the protocol and the
-    task, never passed by hand. It trains tensors, so it takes ``device=`` (:func:`run_batch` and
-    :func:`run_single` resolve it); whether it stacks follows from :meth:`Task.stacks`. A task that
+    task, never passed by hand. It trains tensors, so it takes ``device=`` and ``layout=`` (:func:`run_batch`
+    and :func:`run_single` resolve them); whether it stacks follows from :meth:`Task.stacks`. A task that
     trains another config than the one asked for says so in :meth:`Task.schedule`, not by wrapping.
     """
     from .registry import register_experiment
@@ -464,7 +477,8 @@ def register(name: str, config: type[ProtocolBase], studies: Sequence = ()):
     task = config.task
     return register_experiment(name, config, functools.partial(run_batch, task),
                                run_single=functools.partial(run_single, task), check=functools.partial(_check, task),
-                               files=functools.partial(_files, task), studies=studies, device=trains_on_device(task))
+                               files=functools.partial(_files, task), studies=studies, device=trains_on_device(task),
+                               layout=trains_on_device(task))
 
 
 def trains_on_device(task: Task) -> bool:
@@ -570,14 +584,16 @@ def scheduled_run(task: Task, configs: Sequence, train) -> list[dict]:
     return records
 
 
-def run_single(task: Task, config, device: str | torch.device | None = None) -> list[dict]:
-    """The reference path: every variant of one run trained one model at a time (on ``device``)."""
+def run_single(task: Task, config, device: str | torch.device | None = None, layout: str | None = None) -> list[dict]:
+    """The reference path: every variant of one run trained one model at a time (on ``device``, phase 2 in
+    ``layout``: see "The layout" in the module docstring)."""
     device = resolve_device(device, "run_single")
-    return scheduled_run(task, [config], lambda ran: train_single(task, ran[0], device))
+    layout = check_train_layout(layout, "run_single")
+    return scheduled_run(task, [config], lambda ran: train_single(task, ran[0], device, layout))
 
 
-def train_single(task: Task, config, device: torch.device) -> list[dict]:
-    """:func:`run_single` of a scheduled config on a resolved device."""
+def train_single(task: Task, config, device: torch.device, layout: str = "masked") -> list[dict]:
+    """:func:`run_single` of a scheduled config on a resolved device, phase 2 in a checked ``layout``."""
     data = task.data(config)
     on = data.to(device)  # moved once; ``data`` (CPU) feeds expand and the records
     warmup, after = config.phase_lengths()
@@ -585,7 +601,7 @@ def train_single(task: Task, config, device: torch.device) -> list[dict]:
 
     def finish(variant, model):
         measured = task.evaluate(model, config, on)
-        records.append(make_record(task, config, variant, model.cpu(), measured, data))
+        records.append(make_record(task, config, variant, for_records(model.cpu()), measured, data))
 
     torch.manual_seed(config.seed)  # DropConnect's masks come from the global generator
     dense = task.parent(config).to(device)
@@ -603,8 +619,10 @@ def train_single(task: Task, config, device: torch.device) -> list[dict]:
     for variant in config.variants:  # phase 2: expand (or build the control), train on
         if variant == "dense":
             continue
-        model = build_variant(task, config, variant, source, data).to(device)
-        carried = carry_optimizer(warm_optimizer, warm, model) if parse_variant(variant).carry else None
+        model = build_variant(task, config, variant, source, data)
+        carries = parse_variant(variant).carry  # carry_optimizer needs the masked layout: no packing
+        model = (model if carries else for_training(model, layout, device)).to(device)
+        carried = carry_optimizer(warm_optimizer, warm, model) if carries else None
         task.train(model, config, on, length(config, phase(variant)), batch_generator(config, phase(variant)),
                    carried)
         finish(variant, model)
@@ -612,30 +630,33 @@ def train_single(task: Task, config, device: torch.device) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------- batched
-def run_batch(task: Task, configs: Sequence, device: str | torch.device | None = None) -> list[dict]:
+def run_batch(task: Task, configs: Sequence, device: str | torch.device | None = None,
+              layout: str | None = None) -> list[dict]:
     """Train the runs of ``configs`` (equal but for the seed) as stacks on ``device``; same records as
     ``run_single``.
 
     Models that :class:`~torchfpe.lab.batched.StackedMLP` cannot stack (e.g. a CNN), tasks with their own
     ``train`` or ``evaluate``, and variants that carry the optimizer run one seed at a time through
-    :func:`run_single`.
+    :func:`run_single`, phase 2 in ``layout``; stacks always train masked (see "The layout").
     """
     device = resolve_device(device, "run_batch")
+    layout = check_train_layout(layout, "run_batch")
     configs = list(configs)
     if not configs:
         return []
     if len({c.without_seed() for c in configs}) != 1:
         raise ValueError("run_batch needs configs that differ only in their seed; group them first")
-    return scheduled_run(task, configs, lambda ran: train_batch(task, ran, device))
+    return scheduled_run(task, configs, lambda ran: train_batch(task, ran, device, layout))
 
 
-def train_batch(task: Task, configs: list, device: torch.device) -> list[dict]:
-    """:func:`run_batch` of scheduled configs (equal but for the seed) on a resolved device."""
+def train_batch(task: Task, configs: list, device: torch.device, layout: str = "masked") -> list[dict]:
+    """:func:`run_batch` of scheduled configs (equal but for the seed) on a resolved device; ``layout``
+    (checked) reaches the models trained one at a time only."""
     first = configs[0]
     carries = any(parse_variant(v).carry for v in first.variants)
     parents = [task.parent(c) for c in configs] if task.stacks() and not carries else []
     if not parents or not can_stack(parents[:1]):  # each parent is seeded by its config (global RNG untouched)
-        return _sorted([r for c in configs for r in train_single(task, c, device)], first.variants)
+        return _sorted([r for c in configs for r in train_single(task, c, device, layout)], first.variants)
     settings = first.settings()
     kind = task.task_kind
     datas = [task.data(c) for c in configs]
