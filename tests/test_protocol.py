@@ -38,7 +38,9 @@ def test_boolean_records_match_the_pre_refactor_code(case):
         assert set(got) == set(want)
         for key, value in want.items():
             if isinstance(value, float) and not isinstance(got[key], str):
-                assert got[key] == pytest.approx(value, rel=1e-12, abs=1e-12, nan_ok=True), (case, key)
+                # the fixture was made on one CPU; another CPU's vector kernels round float64 sums otherwise and move
+                # the metrics by ~1e-13 relative, far under what a change of the code moves (~1e-3)
+                assert got[key] == pytest.approx(value, rel=1e-9, abs=1e-12, nan_ok=True), (case, key)
             else:
                 assert got[key] == value, (case, key)
 

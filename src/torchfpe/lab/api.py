@@ -671,3 +671,22 @@ def fidelity(
     if "csv" in targets:
         write_csv(records, targets["csv"])
     return text
+
+
+# ---------------------------------------------------------------------------------------------- map
+def fpe_map(stores: str | os.PathLike | Sequence[str | os.PathLike], *, out: str | os.PathLike = "docs",
+            command: str | None = None) -> Path:
+    """The map of every measured gain (``torchfpe map``): ``when-fpe-pays.md`` and ``.png`` written into ``out``
+    from the result folders ``stores`` (see :mod:`torchfpe.lab.report.map`); returns the page's path."""
+    from .report.map import build_map
+
+    stores = [stores] if isinstance(stores, (str, os.PathLike)) else stores
+    if not isinstance(stores, Sequence) or not stores:
+        raise invalid("stores", "fpe_map", "one or more result folders", stores)
+    for store in stores:
+        check_param("stores", store, [str, os.PathLike], "fpe_map")
+        if not Path(store).is_dir():
+            raise InvalidParameterError(f"{str(store)!r} is not a result folder (no such directory)")
+    page, _ = build_map(list(stores), resolve_out(out),
+                        command or _python_call("fpe_map", [str(s) for s in stores], out=str(out)))
+    return page

@@ -273,6 +273,20 @@ def fidelity(
     _handled(debug, call)
 
 
+# ---------------------------------------------------------------------------------------------- map
+@app.command(name="map")
+def fpe_map(
+    stores: list[Path] = typer.Argument(..., metavar="STORE", help="result folders (torchfpe reproduce / sweep)"),
+    out: Path = typer.Option(Path("docs"), "--out", help="folder for when-fpe-pays.md and when-fpe-pays.png"),
+    debug: bool = debug_option(),
+) -> None:
+    """One map of every measured FPE gain against load per neuron and width, and the paper's claims judged."""
+    def call() -> None:
+        typer.echo(f"wrote {api.fpe_map(stores, out=out, command=api.cli_command())}")
+
+    _handled(debug, call)
+
+
 # -------------------------------------------------------------------------------------------- embed
 @app.command()
 def embed(
