@@ -45,6 +45,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
+import os
 import re
 import time
 import zlib
@@ -273,7 +274,8 @@ class FinetuneTask(protocol.Task):
         text_set(config)
 
     def files(self, config: "FinetuneConfig") -> tuple[str, ...]:
-        return (config.data_dir,) if config.data_dir else ()
+        """A CSV named by ``data_dir`` (its digest is recorded); a folder is not digested."""
+        return (config.data_dir,) if config.data_dir and os.path.isfile(config.data_dir) else ()
 
     def parent(self, config: "FinetuneConfig") -> nn.Module:
         encoder = load_encoder(config.encoder)
@@ -455,7 +457,7 @@ def finetune_meta() -> dict:
 
 DEFAULT_VARIANTS = "dense+random+grouped@structured+static_sparse+wide2"
 STUDIES = (
-    Study("default", "finetune", "all-MiniLM-L6-v2 fine-tuned on the fortunes categories, every FFN expanded at α = 2: "
+    Study("compare", "finetune", "all-MiniLM-L6-v2 fine-tuned on the fortunes categories, every FFN expanded at α = 2: "
           "FPE random (global budget) and grouped (structured budget) against dense fine-tuning at the same non-zero "
           "count, static sparsity at the expanded width and dense at twice the FFN non-zeros (a ceiling)",
           {"alpha": (2,)}, {"variants": DEFAULT_VARIANTS}, default_seeds=5, group="finetune", meta=finetune_meta()),
@@ -470,3 +472,53 @@ STUDIES = (
 )
 
 EXPERIMENT = protocol.register("finetune", FinetuneConfig, STUDIES)
+
+
+# ------------------------------------------------------------------------------------------ summary
+SUMMARY_METRICS = (("test_accuracy", "accuracy"), ("test_macro_f1", "macro-F1"),
+                   ("test_accuracy_at_split", "accuracy at the split"))
+
+
+def summary_table(records: Sequence[dict]) -> str:
+    """A markdown table per config (without seed) and variant: accuracy, macro-F1 and the accuracy at the split
+    (mean, 95 % CI), each variant's paired difference from dense of the same seed (95 % CI, p), the non-zeros
+    and the training seconds. The statistics are :mod:`torchfpe.lab.report.stats`'."""
+    from ..report.stats import fmt_ci, fmt_p, fmt_pct, paired_test, summarize_accuracy
+
+    header = ["α", "variant", "seeds", "FFN width", "non-zeros", *(f"{label} % [95 % CI]" for _, label in SUMMARY_METRICS),
+              *(f"Δ {label} vs dense, points [95 % CI], p" for _, label in SUMMARY_METRICS[:2]), "train s"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for alpha in sorted({r["alpha"] for r in records}):
+        cell = [r for r in records if r["alpha"] == alpha]
+        dense = {r["seed"]: r for r in cell if r["variant"] == "dense"}
+        for variant in dict.fromkeys(r["variant"] for r in cell):
+            runs = sorted((r for r in cell if r["variant"] == variant), key=lambda r: r["seed"])
+            row = [str(alpha), variant, str(len(runs)), str(runs[0]["hidden_units"]),
+                   f"{np.mean([r['nonzero_parameters'] for r in runs]):,.0f}"]
+            for key, _ in SUMMARY_METRICS:
+                s = summarize_accuracy([r[key] for r in runs])
+                row.append(f"{fmt_pct(s.mean)} {fmt_ci(s.ci_low, s.ci_high)}" if s.n else "—")
+            for key, _ in SUMMARY_METRICS[:2]:
+                paired = [(r[key], dense[r["seed"]][key]) for r in runs if r["seed"] in dense]
+                if variant == "dense" or not paired:
+                    row.append("—")
+                    continue
+                t = paired_test([a for a, _ in paired], [b for _, b in paired])
+                row.append(f"{fmt_pct(t.mean_diff, True)} {fmt_ci(t.ci_low, t.ci_high, True)}, p = {fmt_p(t.p)}")
+            row.append(f"{np.mean([r['train_seconds'] for r in runs]):.0f}")
+            lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m torchfpe.lab.experiments.finetune RESULT_FOLDER``: print :func:`summary_table` of its records.csv."""
+    import sys
+
+    import pandas as pd
+
+    folder = (argv if argv is not None else sys.argv[1:])[0]
+    print(summary_table(pd.read_csv(f"{folder}/records.csv").to_dict("records")))
+
+
+if __name__ == "__main__":
+    main()
