@@ -114,3 +114,12 @@ def test_the_cli_runs_one_seed_and_bad_data_is_one_line(tmp_path, texts):
                      "encoder=tiny-bert")
         assert result.exit_code != 0
         assert str(bad) in one_error_line(result)
+
+
+def test_the_summary_table_pairs_each_variant_with_dense_of_its_seed():
+    records = [{"alpha": 2, "variant": v, "seed": s, "hidden_units": 8, "nonzero_parameters": 100,
+                "test_accuracy": a + 0.01 * s, "test_macro_f1": a, "test_accuracy_at_split": a, "train_seconds": 1.0}
+               for s in range(3) for v, a in (("dense", 0.5), ("random", 0.52))]
+    table = finetune.summary_table(records).splitlines()
+    assert len(table) == 4 and table[2].startswith("| 2 | dense | 3 | 8 | 100 | 51.0 ")
+    assert "+2.0 [+2.0, +2.0]" in table[3]
