@@ -127,6 +127,31 @@ def test_onnx_export_with_a_dynamic_batch(layout, tmp_path):
     onnx.checker.check_model(onnx.load(str(path)))
 
 
+def test_a_trainer_checkpoint_of_a_masked_model_saves_and_resumes(tmp_path):
+    """As tests/test_pretrained.py does for packed layers (parent, ell), for the masked layout that expand returns."""
+    pytest.importorskip("accelerate")
+    from test_pretrained import tiny, transformers
+
+    def masked_gpt2():
+        parent = tiny("gpt2")
+        return torchfpe.expand(parent, 2, "random", pairs=torchfpe.find_ffn_pairs(parent), seed=0).train()
+
+    wide = masked_gpt2()
+    assert {layer.layout for _, layer in expanded_layers(wide)} == {"masked"}
+    rows = torch.randint(0, 50, (8, 8), generator=torch.Generator().manual_seed(2))
+    data = [{"input_ids": row, "labels": row} for row in rows]
+    arguments = transformers.TrainingArguments(output_dir=str(tmp_path), max_steps=2, save_steps=1,
+                                               per_device_train_batch_size=4, report_to=[], use_cpu=True,
+                                               save_only_model=False, disable_tqdm=True)
+    transformers.Trainer(model=wide, args=arguments, train_dataset=data).train()
+    assert (tmp_path / "checkpoint-1" / "model.safetensors").is_file() and holes(wide) == 0
+    resumed = masked_gpt2()
+    transformers.Trainer(model=resumed, args=arguments, train_dataset=data).train(
+        resume_from_checkpoint=str(tmp_path / "checkpoint-1"))
+    assert torchfpe.nonzero_parameters(resumed) == torchfpe.nonzero_parameters(wide)
+    assert all(torch.equal(a, b) for a, b in zip(resumed.state_dict().values(), wide.state_dict().values()))
+
+
 # ------------------------------------------------------------------------------- two processes (gloo)
 #: FSDP2 is checked for every layout here (DDP of the packed ones: tests/test_standard_tools.py)
 PACKED = packable_layouts()
