@@ -34,6 +34,23 @@ def holes(model: nn.Module) -> int:
     return sum(layer.masked_out_nonzero() for _, layer in expanded_layers(model))
 
 
+#: FSDP2 and quantization are checked for every layout here (the packed ones' other tools: tests/test_standard_tools.py)
+PACKED = packable_layouts()
+SPLIT_FOR = {"block": "grouped"}  # a split whose masks each packed layout stores (as test_standard_tools)
+
+
+def any_model(layout: str) -> nn.Module:
+    if layout in LAYOUTS:
+        return wide_model(layout)
+    wide = torchfpe.expand(mlp(SIZES, 0), 2, SPLIT_FOR.get(layout, "random"), seed=0)
+    try:
+        packed = torchfpe.pack(wide, layout=layout)
+    except torchfpe.InvalidParameterError:  # the outgoing layer (copied columns) where it fits
+        packed = torchfpe.pack(wide, layout={"0": layout, "2": "auto"})
+    assert dict(expanded_layers(packed))["0"].layout == layout
+    return packed
+
+
 def test_the_layouts_are_the_classes_under_test():
     assert type(wide_model("masked")[0]) is MaskedLinear and type(wide_model("dropconnect")[0]) is DropConnectLinear
 
@@ -91,26 +108,28 @@ def test_export_at_any_batch_size(layout):
         torch.testing.assert_close(program.module()(x), model(x), rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("layout", LAYOUTS + PACKED)
 def test_quantize_dynamic_skips_expanded_layers_so_bake_first(layout):
     """torch matches quantize_dynamic's modules by exact type, so an expanded layer (a subclass of
-    nn.Linear) is left in float without a word; ``torchfpe.bake`` first makes every layer quantizable."""
+    nn.Linear; a packed layer is none) is left in float without a word; ``torchfpe.bake`` first makes every
+    layer quantizable."""
     from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
     from torch.ao.quantization import quantize_dynamic
 
-    model = wide_model(layout).eval()
-    linear = [name for name, m in model.named_children() if isinstance(m, nn.Linear)]
+    model = any_model(layout).eval()
     expanded = dict(expanded_layers(model))
     skipped = quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
     for name in expanded:  # left in float, no warning (a plain nn.Linear beside it is quantized)
         assert type(getattr(skipped, name)) is type(expanded[name])
 
     baked = torchfpe.bake(model)
+    linear = [name for name, m in baked.named_children() if isinstance(m, nn.Linear)]
+    assert set(expanded) <= set(linear)
     quantized = quantize_dynamic(baked, {nn.Linear}, dtype=torch.qint8)
     assert [type(getattr(quantized, name)) for name in linear] == [DynamicQuantizedLinear] * len(linear)
     for name, layer in expanded.items():
         int8 = getattr(quantized, name).weight().int_repr()  # symmetric qint8: 0.0 is the integer 0
-        assert torch.count_nonzero(int8[~layer.weight_mask]) == 0  # the holes stay holes
+        assert torch.count_nonzero(int8[~layer.dense_weight_mask()]) == 0  # the holes stay holes
     x = torch.randn(16, SIZES[0], generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         torch.testing.assert_close(quantized(x), model(x), atol=5e-2, rtol=5e-2)
@@ -153,23 +172,6 @@ def test_a_trainer_checkpoint_of_a_masked_model_saves_and_resumes(tmp_path):
 
 
 # ------------------------------------------------------------------------------- two processes (gloo)
-#: FSDP2 is checked for every layout here (DDP of the packed ones: tests/test_standard_tools.py)
-PACKED = packable_layouts()
-SPLIT_FOR = {"block": "grouped"}  # a split whose masks each packed layout stores (as test_standard_tools)
-
-
-def any_model(layout: str) -> nn.Module:
-    if layout in LAYOUTS:
-        return wide_model(layout)
-    wide = torchfpe.expand(mlp(SIZES, 0), 2, SPLIT_FOR.get(layout, "random"), seed=0)
-    try:
-        packed = torchfpe.pack(wide, layout=layout)
-    except torchfpe.InvalidParameterError:  # the outgoing layer (copied columns) where it fits
-        packed = torchfpe.pack(wide, layout={"0": layout, "2": "auto"})
-    assert dict(expanded_layers(packed))["0"].layout == layout
-    return packed
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
