@@ -171,6 +171,18 @@ def test_a_trainer_checkpoint_of_a_masked_model_saves_and_resumes(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(resumed.state_dict().values(), wide.state_dict().values()))
 
 
+@pytest.mark.parametrize("layout", LAYOUTS + PACKED)
+def test_torch_prune_is_refused_on_every_layout(layout):
+    """The guard of tests/test_summary_bake.py::test_torch_prune_cannot_replace_the_fpe_masks (masked, parent),
+    on each layout's incoming layer."""
+    from torch.nn.utils import prune
+
+    layer = any_model(layout)[0]
+    with pytest.raises(torchfpe.InvalidParameterError, match="torch.nn.utils.prune would replace them"):
+        prune.l1_unstructured(layer, layer.weight_parameter, amount=0.3)
+    assert holes(nn.Sequential(layer)) == 0 and not list(layer._forward_pre_hooks.values())
+
+
 # ------------------------------------------------------------------------------- two processes (gloo)
 def _free_port() -> int:
     with socket.socket() as s:
