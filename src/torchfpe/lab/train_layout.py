@@ -26,30 +26,33 @@ field reads the masked layout it always read.
 
 **The rule of ``auto``, and the measurement behind it.** ``bench/phase2_layout.py`` times one
 training step (forward, backward, Adam) masked against packed, with one thread, back to back in
-alternating rounds (best of 5-7 kept), at the shapes the studies train one model at a time. On the
-development machine (2 shared x86-64 cores under load, torch 2.13.0, 2026-12-07, the packed layouts
-of main before issue 21's rework), packed / masked:
+alternating rounds (best of 5 kept), at the shapes the studies train one model at a time. Packed /
+masked on the development machine (2 shared x86-64 cores at load 12-16, torch 2.13.0, 2026-12-07,
+main's packed layouts before issue 21's rework; ``bench/results/phase2_layout.json``):
 
-==========================================  ======  ======  ========  ===========
-case                                        random  random  grouped   grouped
-                                            α = 2   α = 4   α = 2     @structured
-==========================================  ======  ======  ========  ===========
-Boolean 48 → 16 → 1, 4000 full batch        1.12    1.08    1.08      —
-heads 1280 → 32 → 10, batch 2048            1.12    0.95    6.10      —
-heads 1280 → 4 → 10, batch 2048             0.85    1.12    1.23      —
-deep 1280 → 4 × 16 → 62, batch 256          0.91    0.98    1.23      —
-CNN, head 256 → 32 → 10, batch 128          0.99    0.99    1.11      —
-byte-level GPT-2, d_ff = 16                 0.91    1.05    1.16      —
-byte-level GPT-2, d_ff = 256                0.96    1.10    1.20      see below
-==========================================  ======  ======  ========  ===========
+====================================  ======  ======  =======  ===========  ===========
+case                                  random  random  grouped  grouped      grouped
+                                      α = 2   α = 4   α = 2    @structured  @structured
+                                                               α = 2        α = 4
+====================================  ======  ======  =======  ===========  ===========
+Boolean 48 → 8α → 2, 4000 full batch  1.58    1.80    1.56     1.63         0.93
+heads 1280 → 32α → 10, batch 2048     1.02    1.02    4.57     3.35         3.39
+heads 1280 → 4α → 10, batch 2048      1.21    1.35    1.16     0.99         1.12
+deep 1280 → 4 × 16α → 62, batch 256   1.55    0.81    1.45     1.33         1.08
+CNN, head 256 → 32α → 10, batch 128   1.05    0.98    1.09     1.10         1.12
+byte-level GPT-2, d_ff = 16           1.09    1.08    0.95     1.15         1.07
+byte-level GPT-2, d_ff = 256          1.04    1.01    1.19     1.25         1.24
+====================================  ======  ======  =======  ===========  ===========
 
-No study shape trains meaningfully faster packed today (the best, 0.85-0.96, is within the
-machine's noise, and grouped splits under the global budget are up to 6x slower), so ``auto``
-packs nothing yet: :func:`auto_packs` keeps every model masked, and ``--layout auto`` is what
-``--layout masked`` was, with no slowdown anywhere. It is the one place to change when the packed
-layouts beat masked (issue 21's rework): rerun the benchmark and let :func:`auto_packs` return True
-for the rows that win. ``--layout packed`` trains packed now, for anyone who measures otherwise
-(another machine, larger models) and to test the layouts in training.
+An earlier run on the same machine gave the same picture (GPT-2 d_ff = 256, ``random``: 0.87-1.10;
+the heads' grouped splits 6.1x). Packed is slower in most cells, up to 4.6x, and the few cells
+below 1 (0.81-0.95) are within the machine's noise and not repeated in the other run. So ``auto``
+packs nothing yet: :func:`auto_packs` keeps every model masked, ``--layout auto`` trains as
+``--layout masked`` always did, and the default slows nothing down. :func:`auto_packs` is the one
+place to change when the packed layouts beat masked (issue 21's rework): rerun the benchmark and let
+it return True for the shapes that win (e.g. by the layout ``pack`` chooses and the batch size).
+``--layout packed`` trains packed now, for anyone whose measurement says otherwise (another machine,
+larger models) and to test the layouts in training.
 """
 
 from __future__ import annotations
