@@ -91,6 +91,10 @@ def _load_one(spec: str | Plugin, owner: str) -> Plugin:
                                     f"file; got {spec!r}")
     if plugin in _LOADED:
         return plugin
+    if isinstance(spec, Plugin) and plugin.file is None and plugin.module in sys.modules:
+        # a module a unit carries that this process already has (the local backend runs units here): nothing
+        # to import, and it is no plugin of the user's (recording it would make every later unit carry it)
+        return plugin
     before = set(sys.modules)
     try:
         if plugin.file is not None:
@@ -221,7 +225,8 @@ def _used(experiment: str, config_dicts: Sequence[Mapping]) -> set[str]:
 
 
 def _own(module: str) -> bool:
-    return module == "torchfpe" or module.startswith("torchfpe.")
+    """torchfpe's own modules and torch's (a worker imports both anyway; torch's optimizers are records too)."""
+    return module.split(".")[0] in ("torchfpe", "torch")
 
 
 def _why_unreachable(obj: object, backend: str) -> str | None:
