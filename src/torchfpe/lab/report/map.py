@@ -326,7 +326,7 @@ def draw(points: Sequence[Point], studies: Sequence[Study], path: Path) -> Path:
             for x, group in spread.items():
                 for k, p in enumerate(group):
                     # series dodge apart a little (several studies share x = 1 and width 8), an alpha sweep more
-                    offset = 2 ** (0.02 * (index - (len(series) - 1) / 2) + 0.06 * (k - (len(group) - 1) / 2))
+                    offset = 2 ** (0.02 * (index - (len(series) - 1) / 2) + 0.04 * (k - (len(group) - 1) / 2))
                     xs.append(x * offset)
                     ys.append(p.gain)
                     lows.append(p.gain - p.ci_low if math.isfinite(p.ci_low) else 0.0)
@@ -337,10 +337,12 @@ def draw(points: Sequence[Point], studies: Sequence[Study], path: Path) -> Path:
             ax.errorbar(xs, ys, yerr=[lows, highs], fmt=markers.get(variant, "^"), color=colour, capsize=3,
                         markersize=6, linestyle="-" if len(spread) > 1 else "none", linewidth=1, alpha=0.9,
                         label=f"{study} · {variant} ({seeds.get(study, '?')} seeds)")
-    for ax, name in ((axes[0], "load per neuron (clauses or classes per parent hidden unit)"),
-                     (axes[1], "parent width (hidden units before the split)")):
+    for ax, name, x_of in ((axes[0], "load per neuron (clauses or classes per parent hidden unit)", lambda p: p.load),
+                           (axes[1], "parent width (hidden units before the split)", lambda p: p.width)):
         ax.set_xscale("log", base=2)
-        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda x, _: f"{x:g}"))
+        ax.set_xticks(sorted({round(x_of(p), 3) for p in points}))  # the measured loads / widths
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda x, _: f"{x:.3g}"))
+        ax.xaxis.set_minor_locator(ticker.NullLocator())
         ax.axhline(0.0, color="0.4", linewidth=0.8, linestyle="--")
         ax.set_xlabel(name)
         ax.grid(alpha=0.3)
