@@ -32,6 +32,12 @@ FIGURE = "when-fpe-pays.png"
 PAGE = "when-fpe-pays.md"
 #: Record fields that count the features a hidden layer must represent, first present wins.
 FEATURE_FIELDS = ("clauses", "n_classes", "classes")
+#: Short names of swept fields in the figure's point labels.
+SHORT = {"alpha": "α", "clauses": "m", "neurons": "h"}
+#: Fields that follow from another swept field (n_vars from clauses in the clauses study): never a label.
+DERIVED = {"n_vars"}
+#: Below this many seeds a folder's verdicts are flagged as weak evidence.
+FEW_SEEDS = 10
 #: Fields that never tell two cells apart (the seed pairs runs; results are not config).
 _NOT_CELL = {"seed", "variants", "variant"}
 
@@ -267,8 +273,8 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("the clause split beats the random split", "+10.7 points", "boolean", "headline", _beats("clause", "random", 10.7)),
     Claim("the gain falls as neurons are added (8 clauses; random split)", "falls", "boolean", "neurons",
           _trend("neurons", "random", "falls")),
-    Claim("the gain grows with clauses (8 neurons; random split)", "grows", "boolean", "clauses",
-          _trend("clauses", "random", "rises")),
+    Claim("the gain grows with clauses up to 16 (8 neurons; random split)", "grows", "boolean", "clauses",
+          _trend("clauses", "random", "rises", last=_from_16)),
     Claim("... then flattens from 16 clauses on", "flat", "boolean", "clauses",
           _trend("clauses", "random", "flat", first=_from_16)),
     Claim("gains rise from α = 2 to moderate α (random split)", "rise", "boolean", "alpha",
@@ -317,10 +323,11 @@ def draw(points: Sequence[Point], studies: Sequence[Study], path: Path) -> Path:
     for index, (study, variant) in enumerate(series):
         mine = [p for p in points if (p.study, p.variant) == (study, variant)]
         colour = colours(index % colours.N)
+        swept = [k for k in mine[0].cell if k not in DERIVED and len({repr(p.cell.get(k)) for p in mine}) > 1]
         for ax, x_of in ((axes[0], lambda p: p.load), (axes[1], lambda p: p.width)):
             # points of one series at the same x (an alpha sweep) are spread a little, left to right by alpha
             spread = {}
-            for p in sorted(mine, key=lambda p: (x_of(p), p.alpha or 0)):
+            for p in sorted(mine, key=lambda p: (x_of(p), *(p.cell[k] for k in swept))):
                 spread.setdefault(x_of(p), []).append(p)
             xs, ys, lows, highs = [], [], [], []
             for x, group in spread.items():
@@ -331,9 +338,9 @@ def draw(points: Sequence[Point], studies: Sequence[Study], path: Path) -> Path:
                     ys.append(p.gain)
                     lows.append(p.gain - p.ci_low if math.isfinite(p.ci_low) else 0.0)
                     highs.append(p.ci_high - p.gain if math.isfinite(p.ci_high) else 0.0)
-                    if len(group) > 1:
-                        ax.annotate(f"α{p.alpha}", (x * offset, p.gain), textcoords="offset points", xytext=(3, 4),
-                                    fontsize=7, color=colour)
+                    if len(group) > 1:  # stacked at one x: say which swept value each point is
+                        ax.annotate(_swept(p, swept), (x * offset, p.gain), textcoords="offset points",
+                                    xytext=(3, 4), fontsize=7, color=colour)
             ax.errorbar(xs, ys, yerr=[lows, highs], fmt=markers.get(variant, "^"), color=colour, capsize=3,
                         markersize=6, linestyle="-" if len(spread) > 1 else "none", linewidth=1, alpha=0.9,
                         label=f"{study} · {variant} ({seeds.get(study, '?')} seeds)")
@@ -350,7 +357,8 @@ def draw(points: Sequence[Point], studies: Sequence[Study], path: Path) -> Path:
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(3, max(1, len(labels))), fontsize=8, frameon=False,
                title="colour: study · variant (seeds); marker: ● random split, ■ clause split, ▲ other split\n"
-                     "bars: 95 % t-interval over seeds; α<k>: expansion factor; points dodged sideways a little",
+                     "bars: 95 % t-interval over seeds; labels name the swept value of points stacked at one x "
+                     "(α expansion factor, m clauses, h neurons); points dodged sideways a little",
                title_fontsize=8)
     fig.suptitle("When FPE pays: gain against load per neuron and width", fontsize=11)
     rows = math.ceil(len(labels) / 3)
@@ -359,6 +367,10 @@ def draw(points: Sequence[Point], studies: Sequence[Study], path: Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _swept(point: Point, swept: Sequence[str]) -> str:
+    return ",".join(f"{SHORT.get(k, k + '=')}{point.cell[k]}" for k in swept)
 
 
 # ------------------------------------------------------------------------------------------ page
@@ -385,6 +397,10 @@ def page(studies: Sequence[Study], points: Sequence[Point], verdicts: Sequence[V
         + "; ".join(f"{s.label}: {s.seeds} seeds" for s in studies) + "."
         + (f" {unplaced} records name no load (features or width) and are not drawn." if unplaced else "") + "*",
         "",
+        *([f"Folders with fewer than {FEW_SEEDS} seeds ({', '.join(s.label for s in few)}) are the studies at "
+           "reduced seeds: their intervals are wide and their verdicts weak evidence; re-run them with more "
+           "`--seeds` into the same folders to firm them up.", ""] if (few := [s for s in studies
+                                                                              if s.seeds < FEW_SEEDS]) else []),
         "## The paper's claims, judged here",
         "",
         _row(["claim (paper)", "paper", "here", "verdict", "evidence", "command"]),
