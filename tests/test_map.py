@@ -59,7 +59,7 @@ def test_map_writes_the_page_and_the_figure(two_stores, tmp_path):
     page = api.fpe_map([str(s) for s in two_stores], out=tmp_path / "docs", command="torchfpe map a b")
     text = page.read_text()
     assert (tmp_path / "docs" / "when-fpe-pays.png").stat().st_size > 10_000
-    assert "torchfpe map a b" in text and "boolean-neurons: 4 seeds" in text
+    assert "torchfpe map a b" in text and "neurons: 4 seeds" in text
     row = next(line for line in text.splitlines() if line.startswith("| the gain falls as neurons are added"))
     assert "| reproduced |" in row and "4 seeds" in row
     flat = next(line for line in text.splitlines() if line.startswith("| ... then flattens"))

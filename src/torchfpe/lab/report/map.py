@@ -32,6 +32,12 @@ FIGURE = "when-fpe-pays.png"
 PAGE = "when-fpe-pays.md"
 #: Record fields that count the features a hidden layer must represent, first present wins.
 FEATURE_FIELDS = ("clauses", "n_classes", "classes")
+#: Short names of swept fields in the figure's point labels.
+SHORT = {"alpha": "α", "clauses": "m", "neurons": "h"}
+#: Fields that follow from another swept field (n_vars from clauses in the clauses study): never a label.
+DERIVED = {"n_vars"}
+#: Below this many seeds a folder's verdicts are flagged as weak evidence.
+FEW_SEEDS = 10
 #: Fields that never tell two cells apart (the seed pairs runs; results are not config).
 _NOT_CELL = {"seed", "variants", "variant"}
 
@@ -67,9 +73,7 @@ def read_study(path: str | Path) -> Study:
     meta = store.read_meta()
     planned = set(meta.get("keys") or store.keys())
     records = [dict(r) for run in store.all_runs() if run["key"] in planned for r in run["records"]]
-    group, study = meta.get("group") or meta.get("experiment"), meta.get("study")
-    label = f"{group}-{study}" if group and study else path.name
-    return Study(path, label, meta, records)
+    return Study(path, path.name, meta, records)  # the folder's name: two folders may hold the same study
 
 
 def load_of(record: Mapping) -> tuple[float, int] | None:
@@ -167,13 +171,24 @@ def _accuracy_claim(variant: str, paper: float) -> Callable:
         if len(values) < 2:
             return None
         s = summarize(values)
-        where = ("inside" if s.ci_low <= paper <= s.ci_high else "above" if paper > s.ci_high else "below")
-        verdict = "reproduced" if where == "inside" else f"paper's value {where} our 95 % CI"
-        return f"{s.mean:.1f} % [{s.ci_low:.1f}, {s.ci_high:.1f}]", verdict, f"{s.n} seeds"
+        return f"{s.mean:.1f} % [{s.ci_low:.1f}, {s.ci_high:.1f}]", _inside(paper, s.ci_low, s.ci_high), f"{s.n} seeds"
     return judge
 
 
-def _beats(better: str, worse: str) -> Callable:
+def _where(paper: float, low: float, high: float, what: str = "the paper's value") -> str:
+    """Where the paper's number lies against our 95 % interval, and by how much it misses."""
+    if low <= paper <= high:
+        return f"{what} inside our 95 % CI"
+    side, by = ("above", paper - high) if paper > high else ("below", low - paper)
+    return f"{what} {side} our 95 % CI (by {by:.2f} points)"
+
+
+def _inside(paper: float, low: float, high: float) -> str:
+    where = _where(paper, low, high)
+    return f"reproduced ({where})" if low <= paper <= high else where
+
+
+def _beats(better: str, worse: str, paper: float) -> Callable:
     def judge(study: Study, points: list[Point]):
         by_seed = {}
         for r in study.records:
@@ -183,7 +198,8 @@ def _beats(better: str, worse: str) -> Callable:
             return None
         t = paired_test([a for a, _ in pairs], [b for _, b in pairs])
         here = f"{100 * t.mean_diff:+.1f} points [{100 * t.ci_low:+.1f}, {100 * t.ci_high:+.1f}]"
-        return here, _direction(t.mean_diff, t.p), f"{t.n} seeds, p = {fmt_p(t.p)}"
+        size = _where(paper, 100 * t.ci_low, 100 * t.ci_high, "the paper's size")
+        return here, f"{_direction(t.mean_diff, t.p)}; {size}", f"{t.n} seeds, p = {fmt_p(t.p)}"
     return judge
 
 
@@ -253,12 +269,12 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("dense accuracy at 8 clauses, 8 neurons", "78.7 %", "boolean", "headline", _accuracy_claim("dense", 78.7)),
     Claim("FPE random split accuracy (α = 2)", "88.7 %", "boolean", "headline", _accuracy_claim("random", 88.7)),
     Claim("FPE clause split accuracy (α = 2)", "99.4 %", "boolean", "headline", _accuracy_claim("clause", 99.4)),
-    Claim("the random split beats dense", "+10.0 points", "boolean", "headline", _beats("random", "dense")),
-    Claim("the clause split beats the random split", "+10.7 points", "boolean", "headline", _beats("clause", "random")),
+    Claim("the random split beats dense", "+10.0 points", "boolean", "headline", _beats("random", "dense", 10.0)),
+    Claim("the clause split beats the random split", "+10.7 points", "boolean", "headline", _beats("clause", "random", 10.7)),
     Claim("the gain falls as neurons are added (8 clauses; random split)", "falls", "boolean", "neurons",
           _trend("neurons", "random", "falls")),
-    Claim("the gain grows with clauses (8 neurons; random split)", "grows", "boolean", "clauses",
-          _trend("clauses", "random", "rises")),
+    Claim("the gain grows with clauses up to 16 (8 neurons; random split)", "grows", "boolean", "clauses",
+          _trend("clauses", "random", "rises", last=_from_16)),
     Claim("... then flattens from 16 clauses on", "flat", "boolean", "clauses",
           _trend("clauses", "random", "flat", first=_from_16)),
     Claim("gains rise from α = 2 to moderate α (random split)", "rise", "boolean", "alpha",
@@ -307,44 +323,54 @@ def draw(points: Sequence[Point], studies: Sequence[Study], path: Path) -> Path:
     for index, (study, variant) in enumerate(series):
         mine = [p for p in points if (p.study, p.variant) == (study, variant)]
         colour = colours(index % colours.N)
+        swept = [k for k in mine[0].cell if k not in DERIVED and len({repr(p.cell.get(k)) for p in mine}) > 1]
         for ax, x_of in ((axes[0], lambda p: p.load), (axes[1], lambda p: p.width)):
             # points of one series at the same x (an alpha sweep) are spread a little, left to right by alpha
             spread = {}
-            for p in sorted(mine, key=lambda p: (x_of(p), p.alpha or 0)):
+            for p in sorted(mine, key=lambda p: (x_of(p), *(p.cell[k] for k in swept))):
                 spread.setdefault(x_of(p), []).append(p)
             xs, ys, lows, highs = [], [], [], []
             for x, group in spread.items():
                 for k, p in enumerate(group):
-                    offset = 2 ** (0.06 * (k - (len(group) - 1) / 2)) if len(group) > 1 else 1.0
+                    # series dodge apart a little (several studies share x = 1 and width 8), an alpha sweep more
+                    offset = 2 ** (0.02 * (index - (len(series) - 1) / 2) + 0.04 * (k - (len(group) - 1) / 2))
                     xs.append(x * offset)
                     ys.append(p.gain)
                     lows.append(p.gain - p.ci_low if math.isfinite(p.ci_low) else 0.0)
                     highs.append(p.ci_high - p.gain if math.isfinite(p.ci_high) else 0.0)
-                    if len(group) > 1:
-                        ax.annotate(f"α{p.alpha}", (x * offset, p.gain), textcoords="offset points", xytext=(3, 4),
-                                    fontsize=7, color=colour)
+                    if len(group) > 1:  # stacked at one x: say which swept value each point is
+                        ax.annotate(_swept(p, swept), (x * offset, p.gain), textcoords="offset points",
+                                    xytext=(3, 4), fontsize=7, color=colour)
             ax.errorbar(xs, ys, yerr=[lows, highs], fmt=markers.get(variant, "^"), color=colour, capsize=3,
                         markersize=6, linestyle="-" if len(spread) > 1 else "none", linewidth=1, alpha=0.9,
                         label=f"{study} · {variant} ({seeds.get(study, '?')} seeds)")
-    for ax, name in ((axes[0], "load per neuron (clauses or classes per parent hidden unit)"),
-                     (axes[1], "parent width (hidden units before the split)")):
+    for ax, name, x_of in ((axes[0], "load per neuron (clauses or classes per parent hidden unit)", lambda p: p.load),
+                           (axes[1], "parent width (hidden units before the split)", lambda p: p.width)):
         ax.set_xscale("log", base=2)
-        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda x, _: f"{x:g}"))
+        ax.set_xticks(sorted({round(x_of(p), 3) for p in points}))  # the measured loads / widths
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda x, _: f"{x:.3g}"))
+        ax.xaxis.set_minor_locator(ticker.NullLocator())
         ax.axhline(0.0, color="0.4", linewidth=0.8, linestyle="--")
         ax.set_xlabel(name)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("FPE gain over dense at equal non-zeros (relative, %)")
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(3, max(1, len(labels))), fontsize=8, frameon=False,
-               title="colour: study · variant (seeds); marker: ● random split, ■ clause split, ▲ other split; "
-                     "bars: 95 % t-interval over seeds; α<k>: expansion factor of a point", title_fontsize=8)
+               title="colour: study · variant (seeds); marker: ● random split, ■ clause split, ▲ other split\n"
+                     "bars: 95 % t-interval over seeds; labels name the swept value of points stacked at one x "
+                     "(α expansion factor, m clauses, h neurons); points dodged sideways a little",
+               title_fontsize=8)
     fig.suptitle("When FPE pays: gain against load per neuron and width", fontsize=11)
     rows = math.ceil(len(labels) / 3)
-    fig.tight_layout(rect=(0, 0.06 + 0.035 * rows, 1, 0.96))
+    fig.tight_layout(rect=(0, 0.09 + 0.035 * rows, 1, 0.96))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _swept(point: Point, swept: Sequence[str]) -> str:
+    return ",".join(f"{SHORT.get(k, k + '=')}{point.cell[k]}" for k in swept)
 
 
 # ------------------------------------------------------------------------------------------ page
@@ -371,6 +397,10 @@ def page(studies: Sequence[Study], points: Sequence[Point], verdicts: Sequence[V
         + "; ".join(f"{s.label}: {s.seeds} seeds" for s in studies) + "."
         + (f" {unplaced} records name no load (features or width) and are not drawn." if unplaced else "") + "*",
         "",
+        *([f"Folders with fewer than {FEW_SEEDS} seeds ({', '.join(s.label for s in few)}) are the studies at "
+           "reduced seeds: their intervals are wide and their verdicts weak evidence; re-run them with more "
+           "`--seeds` into the same folders to firm them up.", ""] if (few := [s for s in studies
+                                                                              if s.seeds < FEW_SEEDS]) else []),
         "## The paper's claims, judged here",
         "",
         _row(["claim (paper)", "paper", "here", "verdict", "evidence", "command"]),
