@@ -15,7 +15,7 @@ from test_data_idx import write_fashion
 
 
 def test_builtin_names():
-    assert set(BUILTIN_NAMES) == {"digits", "mnist1d", "synthetic-100", "fashion-mnist-ae",
+    assert set(BUILTIN_NAMES) == {"digits", "mnist1d", "synthetic-100", "fashion-mnist-ae", "fortunes-minilm",
                                   "fashion-mnist-efficientnet", "font-chars-efficientnet"}
 
 

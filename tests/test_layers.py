@@ -10,7 +10,7 @@ from torch import nn
 
 import torchfpe
 from torchfpe import DropConnectLinear, MaskedLinear, expand, load_expanded, nonzero_parameters
-from torchfpe.core.layouts import ExpandedLayer, effective_parameters, expanded_layers
+from torchfpe.core.layouts import ExpandedLayer, decode_layout_state, effective_parameters, expanded_layers
 from torchfpe.metrics import hidden_weights
 from helpers import mlp
 
@@ -46,7 +46,7 @@ def test_metrics_read_the_interface():
 def test_state_dict_carries_layout_and_dropconnect_p(tmp_path):
     parent = mlp([6, 4, 3])
     model = expand(parent, 2, "dropconnect", dropconnect_p=0.3, seed=0)
-    assert model.state_dict()["0._extra_state"]["layout"] == "dropconnect"
+    assert decode_layout_state(model.state_dict()["0.fpe_layout"], "0.fpe_layout")["layout"] == "dropconnect"
     path = tmp_path / "model.pt"
     torch.save(model.state_dict(), path)
     loaded = load_expanded(mlp([6, 4, 3], seed=5), torch.load(path))
@@ -57,7 +57,7 @@ def test_state_dict_carries_layout_and_dropconnect_p(tmp_path):
 
 def test_load_expanded_reads_files_saved_before_layouts_were_recorded():
     model = expand(mlp([6, 4, 3]), 2, "random", seed=0)
-    old_style = {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
+    old_style = {k: v for k, v in model.state_dict().items() if not k.endswith("fpe_layout")}
     loaded = load_expanded(mlp([6, 4, 3], seed=1), old_style)
     assert isinstance(loaded[0], MaskedLinear) and torch.equal(loaded[0].weight_mask, model[0].weight_mask)
 
@@ -85,7 +85,7 @@ def test_load_expanded_refuses_a_parent_of_another_width_and_leaves_it_unchanged
     with pytest.raises(ValueError, match="layer '0'.*12 inputs"):
         load_expanded(other, model.state_dict())
     assert all(torch.equal(a, b) for a, b in zip(other.state_dict().values(), before.values()))
-    old_style = {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
+    old_style = {k: v for k, v in model.state_dict().items() if not k.endswith("fpe_layout")}
     with pytest.raises(ValueError, match="layer '0'"):
         load_expanded(mlp([5, 4, 3]), old_style)
 

@@ -358,3 +358,21 @@ def test_packed_layouts_on_cuda_equal_the_masked_layout(split, budget):
             for batch in (1, 100):
                 xb = torch.randn(batch, 64, device="cuda").to(dtype)
                 assert torch.allclose(p(xb).float(), m(xb).float(), atol=tolerance, rtol=tolerance), (dtype, batch)
+
+
+@needs_kernels
+@pytest.mark.parametrize("batch", [0, 1])
+def test_compiled_backward_of_an_empty_batch_gives_zero_gradients(every_layer_native, batch):
+    # issue 19, defect 2: the kernel left the value gradient uninitialised for batch 0 (up to 8.5e21 at
+    # 512x512, alpha 4; NaN outputs after one SGD step)
+    masked = expanded("random", (64, 48, 3), alpha=4, dtype=torch.float32)
+    packed = pack(masked)
+    assert packed[0].path(batch, True, torch.device("cpu"), torch.float32) == "native"
+    for _ in range(3):  # fresh allocations: garbage would show on one of them
+        packed.zero_grad(set_to_none=True)
+        torch.full((64 * 48 * 4,), 1e30).sum()  # leave non-zero bytes in freed memory
+        packed(torch.randn(batch, 64)).sum().backward()
+        grad = packed[0].values.grad
+        assert torch.isfinite(grad).all()
+        if batch == 0:
+            assert torch.count_nonzero(grad) == 0

@@ -115,13 +115,6 @@ def test_bad_arguments_and_unsupported_setups_are_refused(tmp_path):
             torchfpe.FPECallback(at_step=1, alpha=2).on_train_begin(SimpleNamespace(**setup), None, None)
 
 
-def _layers_save_dicts() -> bool:
-    """True while an expanded layer's state holds a Python dict (safetensors, hence Trainer checkpoints, refuse it)."""
-    return isinstance(MaskedLinear(2, 2).get_extra_state(), dict)
-
-
-@pytest.mark.xfail(_layers_save_dicts(), reason="Trainer checkpoints are safetensors, which take tensors only; "
-                   "expanded layers keep tensor-only state once issue 20 item 1 (branch 'state') lands", strict=True)
 def test_a_checkpoint_after_the_expansion_resumes_to_the_same_losses(tmp_path):
     callback = torchfpe.FPECallback(at_step=AT_STEP, alpha=2, seed=0)
     _, _, losses = train(tmp_path, [callback], save_strategy="steps", save_steps=SAVE_AT)

@@ -24,17 +24,19 @@ from .core import (
     trainable_positions,
     register_split,
 )
-from .core import ExpandedLayer, pack, unpack
+from .core import ExpandedLayer, FPEConfig, bake, pack, summary, unpack
+from .integrations import from_pretrained, save_pretrained
 from . import _moved
 
 _moved.install()  # the harness moved to torchfpe.lab; old paths alias it for one release
 
-__version__ = "0.1.0"
+from .core.config import VERSION as __version__  # one place: core/config.py
 
 __all__ = [
     "BIAS_POLICIES", "BUDGETS", "SPLITS", "DropConnectLinear", "ExpansionReport", "MaskedLinear",
     "InvalidParameterError", "apply_masks_", "carry_optimizer", "expand", "expand_", "find_ffn_pairs", "find_hidden_pairs", "load_expanded",
     "nonzero_parameters", "trainable_positions", "__version__", "ExpandedLayer", "pack", "unpack", "register_split",
+    "FPEConfig", "bake", "from_pretrained", "save_pretrained", "summary",
 ]
 
 

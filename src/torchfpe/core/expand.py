@@ -26,7 +26,10 @@ import torch
 from torch import Tensor, nn
 
 from .budget import BUDGETS, nonzero_parameters, prune_smallest_, trainable_positions
+from .config import ATTRIBUTE, FPEConfig, recorded
 from .layouts.base import LAYOUTS, ExpandedLayer, effective_parameters, expanded_layers, layout_of
+from .layouts.metadata import (LAYOUT_KEY, LEGACY_KEY, check_stored, encode_layout_state, is_layout_key,
+                               saved_layout_state)
 from .layouts.masked import MaskedLinear
 from .splits import SPLITS, Split, get_split, user_split
 from .targets import as_linear, check_not_shared, features, is_conv1d, resolve_pairs, set_submodule
@@ -72,6 +75,7 @@ class ExpansionReport:
     model_nonzero_after: int = 0
     model_positions_before: int = 0
     model_positions_after: int = 0
+    config: FPEConfig | None = None  # the arguments, as expand records them on the model
 
     @property
     def excess(self) -> int:
@@ -258,9 +262,10 @@ def _check_budget(plans: Sequence[LayerPlan], budget: str) -> None:
 # ------------------------------------------------------------------------------------------ expand
 def expand(
     model: nn.Module,
-    alpha: int,
+    alpha: int | None = None,
     split: SplitSpec | Mapping[str, SplitSpec] = "random",
     *,
+    config: FPEConfig | None = None,
     seed: int | None = None,
     pairs: Sequence[tuple[str, ...]] | None = None,
     clauses: Sequence[Sequence[int]] | None = None,
@@ -288,8 +293,8 @@ def expand(
             inputs), ``"static_sparse"`` (width alpha·h under one random fixed mask per layer with the
             parent's count), ``"dropconnect"`` (parent width, DropConnect on incoming weights).
             :func:`torchfpe.register_split` adds one.
-        seed: seeds every random choice; ``None`` draws one from torch's global generator (the
-            report records it).
+        seed: seeds every random choice; ``None`` draws a fresh one (the report records it). Torch's
+            global generator is neither read nor advanced.
         pairs: (incoming, outgoing) or gated (gate, up, down) module paths to expand; required for
             models that are not ``nn.Sequential``. Consecutive pairs may share a layer.
         clauses: input indices of each clause, for splits that need clauses.
@@ -304,7 +309,27 @@ def expand(
             construction; copied biases are then pruned within their layer), or ``"none"``.
         dropconnect_p: drop probability for ``split="dropconnect"`` (default ``1 - 1/alpha``).
         return_report: also return an :class:`ExpansionReport`.
+        config: an :class:`~torchfpe.core.config.FPEConfig` (e.g. read from a saved directory) in
+            place of ``alpha`` .. ``dropconnect_p``; ``data`` and ``return_report`` may be given beside it.
+
+    The returned model carries the arguments as ``model.fpe_config`` (an ``FPEConfig``; also
+    ``report.config``), which :func:`torchfpe.save_pretrained` writes.
     """
+    if config is not None:
+        given = {"alpha": alpha, "split": split, "seed": seed, "pairs": pairs, "clauses": clauses, "layers": layers,
+                 "bias": bias, "budget": budget, "dropconnect_p": dropconnect_p}
+        defaults = {"split": "random", "bias": "copy", "budget": "global"}
+        both = [name for name, value in given.items()
+                if not (value is None or (isinstance(value, str) and value == defaults.get(name)))]
+        if not isinstance(config, FPEConfig):
+            raise invalid("config", "expand", "an FPEConfig or None", config)
+        if both:
+            raise InvalidParameterError(f"expand got config and {both[0]!r}; pass the expansion's arguments either "
+                                        "in config or one by one")
+        return expand(model, **config.expand_kwargs(), data=data, return_report=return_report)
+    if alpha is None:
+        raise InvalidParameterError("expand needs alpha (children per parent unit, an int >= 2) or config")
+    given_pairs = pairs  # recorded as passed (resolving turns gated triples into pairs and companions)
     # ---------------------------------------------------------------- prepare: every check first
     params = dict(model=model, alpha=alpha, seed=seed, layers=layers, bias=bias, budget=budget,
                   dropconnect_p=dropconnect_p, return_report=return_report)
@@ -336,8 +361,8 @@ def expand(
                      if p.split is not None and "clauses" in p.split.needs and p.leader is None}
     checked_clauses = _check_clauses(clauses, clause_layers) if clause_layers else None
     checked_data = _check_data(data, plans)
-    if seed is None:
-        seed = int(torch.randint(0, 2**62, (1,)))
+    if seed is None:  # a fresh seed (the report records it): torch's global generator is left alone
+        seed = torch.Generator().seed() % 2**62
     generator = torch.Generator().manual_seed(seed)
     options = {"alpha": alpha, "dropconnect_p": dropconnect_p}
 
@@ -390,7 +415,8 @@ def expand(
     report.model_positions_before = trainable_positions(model) - sum(plan.read_as_pruned for plan in plans)
     expanded = copy.deepcopy(model)
     for plan in plans:
-        layer = (plan.split or _OUTGOING).build_layer(plan, options)
+        with torch.random.fork_rng(devices=[]):  # a layer's constructor initialises from the global generator
+            layer = (plan.split or _OUTGOING).build_layer(plan, options)
         parent = plan.parent
         layer.parent_features = getattr(parent, "parent_features", None) or (parent.in_features, parent.out_features)
         layer.train(parent.training)
@@ -402,6 +428,9 @@ def expand(
             nonzero_split=plan.nonzero_split, nonzero_after=_layer_nonzero(plan.weight, plan.bias), frozen=frozen))
     report.model_nonzero_after = nonzero_parameters(expanded)
     report.model_positions_after = trainable_positions(expanded)
+    report.config = recorded(alpha, split, seed, given_pairs, layers, checked_clauses if clauses is not None else None,
+                             bias, budget, dropconnect_p, {name: s.name for name, s in splits.items()})
+    setattr(expanded, ATTRIBUTE, report.config)
     if budget != "none" and report.excess < 0:
         warnings.warn(
             f"expand ends {-report.excess} trainable positions below the parent's {report.model_positions_before} "
@@ -541,34 +570,61 @@ def _keep_requires_grad(old: nn.Module, new: nn.Module) -> bool:
     return not any(p.requires_grad for p in old.parameters(recurse=False))
 
 
+def _keep_frozen(old: nn.Module, layer: ExpandedLayer) -> None:
+    """Freeze the roles of ``layer`` that are frozen in the model's layer ``old`` (the model's flags win)."""
+    if isinstance(old, ExpandedLayer):
+        frozen = set(old.frozen_roles())
+    else:
+        frozen = {role for role in ("weight", "bias")
+                  if isinstance(getattr(old, role, None), nn.Parameter) and not getattr(old, role).requires_grad}
+    for role, param in layer.role_parameters().items():
+        if role in frozen:
+            param.requires_grad_(False)
+
+
 def load_expanded(model: nn.Module, state_dict: Mapping[str, Tensor], *, strict: bool = True) -> nn.Module:
     """Load a saved expanded ``state_dict`` into a fresh copy of the *parent* architecture.
 
-    Every layer whose entries in ``state_dict`` describe an expanded layer (its extra state names a
-    layout: ``masked``, ``dropconnect`` or a packed one; or, in files saved before layouts were
-    recorded, it has a ``weight_mask``) is rebuilt in that layout with the saved shapes, then the
-    whole state is loaded. A DropConnect layer gets its ``p`` back. Checked before anything is
+    Every layer whose entries in ``state_dict`` describe an expanded layer (its ``fpe_layout`` tensor,
+    or in older files its ``_extra_state`` dict, names a layout: ``masked``, ``dropconnect`` or a
+    packed one; or, in files saved before layouts were recorded, it has a ``weight_mask``) is rebuilt
+    in that layout with the saved shapes, then the whole state is loaded. A DropConnect layer gets its ``p`` back. Checked before anything is
     returned: each such layer exists in ``model`` as an ``nn.Linear``, a GPT-2 ``Conv1D`` (read as the
     linear layer it computes, as ``expand`` reads it) or an expanded layer whose shape fits the saved one
     (the parent's shape recorded at expansion, or the saved shape itself), and no stored weight is
     non-zero outside its mask. Floating tensors take ``model``'s dtype (as ``load_state_dict`` does), so
-    a float32 file loads into a float64 parent. ``model`` itself is never modified; the loaded copy is
-    returned.
+    a float32 file loads into a float64 parent. ``requires_grad``: a weight or bias is frozen when the
+    file records it frozen or the model's layer has it frozen (a frozen parent stays frozen). Every
+    value is a torch tensor (``_extra_state`` dicts of older files aside). ``model`` itself is never
+    modified; the loaded copy is returned.
     """
     check_param("model", model, [nn.Module], "load_expanded")
     check_param("state_dict", state_dict, [Mapping], "load_expanded")
+    for key, value in state_dict.items():
+        if not isinstance(value, Tensor) and not str(key).endswith(LEGACY_KEY):
+            kind = f"{type(value).__module__}.{type(value).__name__}".removeprefix("builtins.")
+            raise InvalidParameterError(f"state_dict key {key!r} holds a {kind}, not a torch tensor; load_expanded "
+                                        "reads what model.state_dict() returns (convert arrays with torch.from_numpy)")
     state = dict(state_dict)
     extras: dict[str, dict] = {}
     for key, value in state_dict.items():
-        if key.endswith("_extra_state") and layout_of(value) is not None:
-            extras[key[: -len("_extra_state")].rstrip(".")] = dict(value)
+        if is_layout_key(key) or key.endswith(LEGACY_KEY):
+            suffix = LAYOUT_KEY if is_layout_key(key) else LEGACY_KEY
+            path = key[: -len(suffix)].rstrip(".")
+            extra = saved_layout_state(state_dict, f"{path}." if path else "")
+            if extra is None:
+                continue  # another module's own extra state
+            if layout_of(extra) is None:
+                raise InvalidParameterError(f"state_dict key {key!r} names the layout {extra['layout']!r}, which is not "
+                                            f"registered ({', '.join(LAYOUTS)}); import the module that registers it")
+            extras[path] = extra
     for key, mask in state_dict.items():
         path = key[: -len("weight_mask")].rstrip(".")
         if key.endswith("weight_mask") and path not in extras and isinstance(mask, Tensor) and mask.dim() == 2:
             # saved before layouts were recorded: a masked layer of unknown parent
             extras[path] = {"layout": "masked", "in_features": mask.shape[1], "out_features": mask.shape[0],
                             "parent_features": None}
-            state[f"{path}._extra_state" if path else "_extra_state"] = extras[path]
+            state[f"{path}.{LAYOUT_KEY}" if path else LAYOUT_KEY] = encode_layout_state(extras[path])
 
     loaded = copy.deepcopy(model)
     for path, extra in extras.items():
@@ -600,12 +656,14 @@ def load_expanded(model: nn.Module, state_dict: Mapping[str, Tensor], *, strict:
                 f"saved from an expansion of a {expected} (outputs x inputs) layer; load it into the parent "
                 "architecture it was expanded from"
             )
+        check_stored(extra, state_dict, prefix, where)
         try:
             layer = LAYOUTS[extra["layout"]].empty_from_state(extra, tensors, device=old.weight.device
                                                               if isinstance(getattr(old, "weight", None), Tensor)
                                                               else None)
         except (KeyError, ValueError, TypeError, RuntimeError) as error:
             raise InvalidParameterError(f"{where}: the saved {extra['layout']!r} layer is inconsistent: {error}") from None
+        _keep_frozen(old, layer)
         dtype = next((t.dtype for t in old.parameters(recurse=False) if t.is_floating_point()), None)
         if dtype is not None:  # as load_state_dict does: the model's dtype, the checkpoint's values
             layer.to(dtype=dtype)

@@ -12,11 +12,20 @@ multiplied by the mask. Every other parameter keeps its state as it is.
 Why the masks keep holding: a pruned entry gets state 0, its gradient is 0 (the forward pass
 multiplies by the mask) and its weight is 0, so Adam's moments stay 0 and its update is
 0 / (sqrt(0) + eps) = 0, AdamW's decoupled decay multiplies 0, and SGD's momentum buffer stays 0.
+
+**The optimizer registry.** :data:`OPTIMIZERS` holds one :class:`OptimizerSpec` per optimizer name:
+its torch class, a builder from the training settings (``lr``, ``weight_decay``, ``momentum`` …) and
+whether :func:`carry_optimizer` carries its state (``carried``: per-parameter state that is
+element-wise plus a step count). The training loop, the config check (``<split>@carry`` is refused at
+config time for an optimizer that is not carried) and :func:`carry_optimizer` all read it; a new
+optimizer is one :func:`register_optimizer` call, in the package or in a user's module.
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -26,8 +35,133 @@ from .layouts.masked import MaskedLinear
 from .targets import features, is_conv1d
 from .validation import InvalidParameterError, check_param, invalid
 
-#: The optimizers whose per-parameter state is element-wise (one entry per weight) plus a step count.
-CARRIED = (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD)
+# ------------------------------------------------------------------------------------- the registry
+#: What a builder is given: the training settings by name (``lr``, ``weight_decay``, ``momentum`` …);
+#: a builder reads the ones its optimizer takes and ignores the rest.
+Settings = Mapping[str, object]
+Builder = Callable[[Iterable, Settings], torch.optim.Optimizer]
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """A registered optimizer: its name, torch class, builder and declared traits.
+
+    ``build(parameters, settings)`` returns a new optimizer over ``parameters`` from the settings
+    mapping; ``carried``: :func:`carry_optimizer` carries its state (it must then be element-wise per
+    parameter, plus ``step``); ``settings``: the settings names it reads (documentation, and what the
+    config check may mention).
+    """
+
+    name: str
+    cls: type
+    build: Builder
+    carried: bool = False
+    settings: tuple[str, ...] = ("lr", "weight_decay")
+    description: str = ""
+
+
+class OptimizerRegistry(Mapping[str, OptimizerSpec]):
+    """Name -> :class:`OptimizerSpec`, in registration order."""
+
+    def __init__(self) -> None:
+        self._specs: dict[str, OptimizerSpec] = {}
+
+    def __getitem__(self, name: str) -> OptimizerSpec:
+        return self._specs[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._specs)
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+    def __repr__(self) -> str:
+        return f"OptimizerRegistry({', '.join(self._specs)})"
+
+    def add(self, spec: OptimizerSpec, *, replace: bool = False) -> OptimizerSpec:
+        if not replace and spec.name in self._specs:
+            raise InvalidParameterError(f"an optimizer named {spec.name!r} is already registered; pass replace=True "
+                                        "to register_optimizer to replace it")
+        self._specs[spec.name] = spec
+        return spec
+
+    def remove(self, name: str) -> None:
+        """Forget an optimizer (tests register temporary ones)."""
+        self._specs.pop(name, None)
+
+    def where(self, **traits) -> tuple[str, ...]:
+        """Names of the optimizers whose traits equal ``traits``, e.g. ``OPTIMIZERS.where(carried=True)``."""
+        return tuple(name for name, spec in self._specs.items()
+                     if all(getattr(spec, trait) == value for trait, value in traits.items()))
+
+    def of_class(self, cls: type) -> OptimizerSpec | None:
+        """The spec registered for exactly this torch class (the first one), or None."""
+        return next((spec for spec in self._specs.values() if spec.cls is cls), None)
+
+    def build(self, name: str, parameters: Iterable, settings: Settings) -> torch.optim.Optimizer:
+        """A new optimizer ``name`` over ``parameters``; an unknown name is an error listing the registered ones."""
+        return get_optimizer(name).build(parameters, settings)
+
+
+#: Every registered optimizer; the training loop, the config check and :func:`carry_optimizer` read it.
+OPTIMIZERS = OptimizerRegistry()
+
+
+def register_optimizer(name: str, cls: type, build: Builder | None = None, *, carried: bool = False,
+                       settings: Iterable[str] = ("lr", "weight_decay"), description: str = "",
+                       replace: bool = False) -> OptimizerSpec:
+    """Register the optimizer ``name`` (a ``torch.optim.Optimizer`` subclass ``cls``); returns its spec.
+
+    ``build(parameters, settings)`` makes one from the settings mapping; without it the optimizer is
+    ``cls(parameters, **{s: settings[s] for s in settings_names})``. ``carried=True`` declares that its
+    state is element-wise per parameter plus ``step`` (what :func:`carry_optimizer` can map). The name
+    then works wherever a config names an optimizer, in this process.
+    """
+    owner = "register_optimizer"
+    check_param("name", name, [str], owner)
+    if not name.isidentifier():
+        raise InvalidParameterError(f"the 'name' parameter of {owner} must be an identifier; got {name!r}")
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        raise InvalidParameterError(f"the 'cls' parameter of {owner} must be a subclass of torch.optim.Optimizer; "
+                                    f"got {cls!r}")
+    if build is not None:
+        check_param("build", build, [callable], owner)
+    for trait, value in (("carried", carried), ("replace", replace)):
+        check_param(trait, value, [bool], owner)
+    names = (settings,) if isinstance(settings, str) else tuple(settings)
+    if not all(isinstance(n, str) for n in names):
+        raise InvalidParameterError(f"the 'settings' parameter of {owner} must be a list of names; got {settings!r}")
+    check_param("description", description, [str], owner)
+    if build is None:
+        def build(parameters: Iterable, values: Settings, _cls=cls, _names=names) -> torch.optim.Optimizer:
+            return _cls(parameters, **{n: values[n] for n in _names if n in values})
+    return OPTIMIZERS.add(OptimizerSpec(name, cls, build, carried, names, description), replace=replace)
+
+
+def get_optimizer(name: str, where: str = "optimizer") -> OptimizerSpec:
+    """The registered optimizer ``name``; an unknown name is an error listing the registered ones."""
+    try:
+        return OPTIMIZERS[name]
+    except (KeyError, TypeError):
+        raise InvalidParameterError(f"{where}: unknown optimizer {name!r}; registered optimizers: "
+                                    f"{', '.join(OPTIMIZERS)}") from None
+
+
+register_optimizer("adam", torch.optim.Adam, carried=True, description="Adam (Kingma & Ba 2015)")
+register_optimizer("adamw", torch.optim.AdamW, carried=True, description="Adam with decoupled weight decay")
+register_optimizer("sgd", torch.optim.SGD, carried=True, settings=("lr", "momentum", "weight_decay"),
+                   description="SGD with (heavy-ball) momentum")
+
+
+def carried_classes() -> tuple[type, ...]:
+    """The torch classes whose state :func:`carry_optimizer` carries (read from the registry)."""
+    return tuple(OPTIMIZERS[name].cls for name in OPTIMIZERS.where(carried=True))
+
+
+def __getattr__(name: str):
+    if name == "CARRIED":  # the old constant, now read from the registry each time
+        return carried_classes()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def carry_optimizer(optimizer: torch.optim.Optimizer, parent: nn.Module, wide: nn.Module, *,
@@ -35,10 +169,10 @@ def carry_optimizer(optimizer: torch.optim.Optimizer, parent: nn.Module, wide: n
     """The optimizer's state carried from ``parent``'s parameters to ``wide``'s: a new optimizer, or ``optimizer`` itself.
 
     Args:
-        optimizer: a ``torch.optim.Adam``, ``AdamW`` or ``SGD`` (with or without momentum) over
-            ``parent``'s parameters (any subset, any parameter groups), or a wrapper that holds one as
-            ``.optimizer`` (accelerate's ``AcceleratedOptimizer``, which the ``transformers.Trainer``
-            steps).
+        optimizer: an optimizer of a class registered with ``carried=True`` in :data:`OPTIMIZERS`
+            (``torch.optim.Adam``, ``AdamW``, ``SGD`` with or without momentum) over ``parent``'s
+            parameters (any subset, any parameter groups), or a wrapper that holds one as ``.optimizer``
+            (accelerate's ``AcceleratedOptimizer``, which the ``transformers.Trainer`` steps).
         parent: the model the optimizer trains.
         wide: ``torch.expand(parent, ...)``'s result, in the masked layout (carry before ``pack``).
         in_place: re-bind ``optimizer`` itself to ``wide``'s parameters (its ``param_groups`` and
@@ -84,13 +218,15 @@ def unwrap_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
     Raises :class:`InvalidParameterError` unless it is one whose state ``carry_optimizer`` can map.
     """
     inner, wrappers = optimizer, []
-    while type(inner) not in CARRIED and isinstance(getattr(inner, "optimizer", None), torch.optim.Optimizer):
+    carried_types = carried_classes()
+    while type(inner) not in carried_types and isinstance(getattr(inner, "optimizer", None), torch.optim.Optimizer):
         wrappers.append(type(inner).__name__)
         inner = inner.optimizer
-    if type(inner) not in CARRIED:
+    if type(inner) not in carried_types:
         inside = f" (inside {' > '.join(wrappers)})" if wrappers else ""
         raise InvalidParameterError(
-            f"carry_optimizer carries the state of torch.optim.Adam, AdamW and SGD (with or without momentum); got "
+            f"carry_optimizer carries the state of the optimizers registered with carried=True "
+            f"({', '.join(cls.__name__ for cls in carried_types)}); got "
             f"{type(inner).__module__}.{type(inner).__name__}{inside}: build a fresh optimizer over the wide "
             "model's parameters instead")
     return inner

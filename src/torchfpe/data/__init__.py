@@ -8,7 +8,9 @@ Contract (filled in by the data work stream of issue 7; experiments code against
   ``note`` (one sentence on where the data came from).
 - ``load_embeddings(source, *, data_dir=None, cache_dir=None, seed=0, quiet=False) -> EmbeddingSet``:
   ``source`` is a path to a ``.npz``/``.parquet`` embedding file, or a built-in name (``digits``,
-  ``mnist1d``, ``fashion-mnist-ae`` (frozen label-free encoder stand-in), ``synthetic-100``, and the
+  ``mnist1d``, ``fashion-mnist-ae`` (frozen label-free encoder stand-in), ``synthetic-100``,
+  ``fortunes-minilm`` (Debian fortunes through a frozen all-MiniLM-L6-v2 text encoder,
+  :mod:`torchfpe.data.textembed`), and the
   real-feature sets ``fashion-mnist-efficientnet`` and ``font-chars-efficientnet`` (images through a
   frozen ImageNet EfficientNet-Lite0, not CLIP), whose subsets are named ``NAME:TRAIN`` or
   ``NAME:TRAIN/TEST``; see :mod:`torchfpe.data.features`).
@@ -19,6 +21,11 @@ Contract (filled in by the data work stream of issue 7; experiments code against
   quiet=False, image_size=None) -> Path``: the ``torchfpe embed`` command's library function (CLIP via
   transformers, or a frozen ImageNet EfficientNet-Lite from :mod:`torchfpe.data.efficientnet`); ``source``
   is an image folder or a built-in image set (:data:`torchfpe.data.imagesets.IMAGE_SETS`).
+
+- ``torchfpe.data.textembed.extract_text_embeddings(source, out, *, model="all-minilm-l6-v2",
+  batch_size=64, max_length=128, device="cpu", seed=0, test_fraction=0.25, data_dir=None, name=None,
+  quiet=False) -> Path``: the same for text (``source``: ``fortunes``, a folder of ``.txt`` files per
+  class, or a ``.csv``; :mod:`torchfpe.data.textsets`), through :mod:`torchfpe.data.minilm`.
 
 Also here: ``EmbeddingSet.select_classes``; ``write_embeddings`` (validated, atomic .npz);
 ``read_idx``/``write_idx``; ``torchfpe.data.encode`` (the one images -> vectors -> .npz path that CLIP
@@ -39,13 +46,18 @@ from .features import FEATURE_SET_NAMES, FEATURE_SETS, load_feature_set, parse_n
 from .embeddings import DataError, EmbeddingFileError, EmbeddingSet, READERS, read_npz, read_parquet, write_embeddings
 from .idx import DatasetNotFoundError, IdxFileError, ImageSet, load_fashion_mnist, read_idx, write_idx
 from .standin import fashion_mnist_ae
+from .textembed import FORTUNES_MINILM, fortunes_minilm
 
-#: Built-in sets by name: (seed, data_dir, cache_dir) -> EmbeddingSet.
+#: Built-in sets by name: (seed, data_dir, cache_dir, quiet=...) -> EmbeddingSet.
 BUILTINS: dict[str, Callable[..., EmbeddingSet]] = {
-    "fashion-mnist-ae": lambda seed, data_dir, cache_dir: fashion_mnist_ae(seed, data_dir=data_dir, cache_dir=cache_dir),
-    "synthetic-100": lambda seed, data_dir, cache_dir: synthetic(seed),
-    "digits": lambda seed, data_dir, cache_dir: digits(seed),
-    "mnist1d": lambda seed, data_dir, cache_dir: mnist1d(seed, cache_dir=cache_dir),
+    "fashion-mnist-ae": lambda seed, data_dir, cache_dir, quiet=True: fashion_mnist_ae(seed, data_dir=data_dir,
+                                                                                       cache_dir=cache_dir),
+    "synthetic-100": lambda seed, data_dir, cache_dir, quiet=True: synthetic(seed),
+    "digits": lambda seed, data_dir, cache_dir, quiet=True: digits(seed),
+    "mnist1d": lambda seed, data_dir, cache_dir, quiet=True: mnist1d(seed, cache_dir=cache_dir),
+    # the Debian fortunes (data_dir: their folder) through all-MiniLM-L6-v2; a few minutes once, then cached
+    FORTUNES_MINILM: lambda seed, data_dir, cache_dir, quiet=True: fortunes_minilm(seed, data_dir=data_dir,
+                                                                                   cache_dir=cache_dir, quiet=quiet),
 }
 BUILTIN_NAMES = (*BUILTINS, *FEATURE_SET_NAMES)
 
@@ -64,7 +76,7 @@ def load_embeddings(
     IDX files (for ``font-chars-efficientnet``: the fonts folder). ``cache_dir``: where the built-ins
     keep what they compute once. ``seed``: the split of ``digits``, the clusters of ``synthetic-100``,
     the stand-in encoder's training (``mnist1d`` and the real-feature sets are the same whatever the
-    seed). ``quiet``: no progress display while a real-feature set is computed.
+    seed). ``quiet``: no progress display while a real-feature set or ``fortunes-minilm`` is computed.
     """
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise EmbeddingFileError(f"load_embeddings: seed must be an int; got {seed!r}")
@@ -73,7 +85,7 @@ def load_embeddings(
         if value is not None and not isinstance(value, (str, os.PathLike)):
             raise EmbeddingFileError(f"load_embeddings: {label} must be a folder path or None; got {value!r}")
     if isinstance(source, str) and source in BUILTINS:
-        return BUILTINS[source](seed, data_dir, cache_dir)
+        return BUILTINS[source](seed, data_dir, cache_dir, quiet=quiet)
     feature_set = parse_name(source) if isinstance(source, str) else None
     if feature_set is not None:
         name, train_size, test_size = feature_set

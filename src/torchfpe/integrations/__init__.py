@@ -1,5 +1,11 @@
-"""Integrations with other libraries: the ``transformers.Trainer`` callback (:mod:`.trainer`).
+"""Integrations with other libraries: saving and loading expanded models as directories (:mod:`.pretrained`)
+and the ``transformers.Trainer`` callback (:mod:`.trainer`).
 
-Each module imports its optional dependency itself, and nothing here is imported by ``import torchfpe``
-(``torchfpe.FPECallback`` is loaded on first use), so the core stays torch-only.
+Each module imports its optional dependencies (``transformers``, ``safetensors``, ``accelerate``) inside the
+functions that need them, and :mod:`.trainer` is not imported here (``torchfpe.FPECallback`` is loaded on
+first use), so ``import torchfpe`` stays torch-only.
 """
+
+from .pretrained import from_pretrained, save_pretrained
+
+__all__ = ["from_pretrained", "save_pretrained"]

@@ -13,9 +13,13 @@ metrics) asks an expanded layer for the same few things, never for buffer names:
 - ``apply_mask_()``: re-zero stored masked entries (for optimizers outside torch.optim's zero-state
   class);
 - ``empty_from_state(extra, tensors, device)``: a layer of the saved shapes, built from its saved
-  extra state and tensors (values are loaded afterwards by ``load_state_dict``);
-- ``layout``: the layout's name, written to the ``state_dict`` (``get_extra_state``) with the rest of
-  the non-tensor state, so :func:`torchfpe.load_expanded` finds the class in :data:`LAYOUTS`.
+  metadata and tensors (values are loaded afterwards by ``load_state_dict``);
+- ``layout``: the layout's name, written to the ``state_dict`` with the rest of the metadata
+  (``layout_state``) as the uint8 tensor ``<layer>.fpe_layout`` (see :mod:`.metadata`), so
+  :func:`torchfpe.load_expanded` finds the class in :data:`LAYOUTS`. A layer's ``state_dict`` holds
+  tensors only; a layout must not define ``get_extra_state`` (it would put a Python object back).
+  A layout with options of its own adds them in ``layout_state`` and checks them in
+  ``apply_layout_state``.
 
 Traits declared beside each layout class and read by the registry's readers: ``packable`` (``pack``
 may convert a masked layer to it: the class provides ``from_masked``), ``auto_order`` (its place in
@@ -25,12 +29,15 @@ may convert a masked layer to it: the class provides ``from_masked``), ``auto_or
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import ABCMeta, abstractmethod
 from collections.abc import Mapping
 from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
+
+from ..validation import InvalidParameterError
+from .metadata import LAYOUT_KEY, check_stored, encode_layout_state, saved_layout_state
 
 #: layout name -> class; filled by :func:`register_layout`, read by ``pack`` and ``load_expanded``.
 LAYOUTS: dict[str, type[ExpandedLayer]] = {}
@@ -58,6 +65,9 @@ def register_layout(cls: type) -> type:
     missing = sorted(getattr(cls, "__abstractmethods__", ()))
     if missing:
         raise TypeError(f"layout {name!r} ({cls.__name__}) does not provide {', '.join(missing)}")
+    if getattr(cls, "get_extra_state", nn.Module.get_extra_state) is not nn.Module.get_extra_state:
+        raise TypeError(f"layout {name!r} ({cls.__name__}) defines get_extra_state; a layer's state_dict holds "
+                        "tensors only: put its options in layout_state and apply_layout_state")
     if cls.packable and not callable(getattr(cls, "from_masked", None)):
         raise TypeError(f"layout {name!r} ({cls.__name__}) is packable but has no from_masked")
     if cls.auto_order is not None and not cls.packable:
@@ -81,14 +91,18 @@ def auto_layouts() -> list[type[ExpandedLayer]]:
 
 
 def layout_of(extra: object) -> str | None:
-    """The layout name in a saved extra state, or ``None`` if it is not an expanded layer's."""
+    """The registered layout name in saved metadata (a decoded dict), or ``None`` if it names none."""
     if isinstance(extra, Mapping) and isinstance(extra.get("layout"), str) and extra["layout"] in LAYOUTS:
         return extra["layout"]
     return None
 
 
-class ExpandedLayer(ABC):
+class ExpandedLayer(metaclass=ABCMeta):
     """Mixin marking an expanded layer and stating the contract every layout meets (see module doc).
+
+    A metaclass, not ``ABC`` as a base: ``ABC`` (``__slots__ = ()``) as the first base made the layout
+    classes' C-level base differ from ``FSDPModule``'s, so FSDP2's ``fully_shard`` (which sets
+    ``module.__class__`` to ``FSDP<Name>(FSDPModule, <Name>)``) failed with "object layout differs".
 
     A layout is ``class MyLinear(ExpandedLayer, nn.Module)`` (or a subclass of a packed base) that
     implements the abstract methods below and is decorated with :func:`register_layout`.
@@ -171,12 +185,12 @@ class ExpandedLayer(ABC):
             param.requires_grad_(role not in frozen)
 
     def restored_from(self, extra: Mapping) -> ExpandedLayer:
-        """Apply a saved extra state to a freshly built layer: the layout's fields and the frozen roles.
+        """Apply saved metadata to a freshly built layer: the layout's fields and the frozen roles.
 
         ``requires_grad`` is restored only here (by ``empty_from_state``, i.e. by ``load_expanded``);
         ``load_state_dict`` into an existing layer keeps that layer's flags, as torch does.
         """
-        self.set_extra_state(extra)
+        self.apply_layout_state(extra)
         frozen = extra.get("frozen", [])
         params = self.role_parameters()
         if not isinstance(frozen, (list, tuple)) or any(role not in params for role in frozen):
@@ -185,33 +199,80 @@ class ExpandedLayer(ABC):
             params[role].requires_grad_(False)
         return self
 
-    def layout_state(self) -> dict:
-        """Non-tensor state saved in the ``state_dict`` (layout name first).
+    def stored_names(self) -> list[str]:
+        """The parameters and persistent buffers this layer saves (those that are not ``None``), in order."""
+        params = [name for name, value in self._parameters.items() if value is not None]
+        buffers = [name for name, value in self._buffers.items()
+                   if value is not None and name not in self._non_persistent_buffers_set]
+        return params + buffers
 
-        ``frozen`` (the roles with ``requires_grad=False``) is written only when there are any, so a
-        trainable model's state is what the first layouts wrote.
+    def layout_state(self) -> dict:
+        """The layer's metadata, saved as the ``fpe_layout`` tensor (see :mod:`.metadata`); JSON-able.
+
+        ``stored`` lists the tensors the layer saves, so loading refuses a state missing one (a packed
+        layer without its ``hole_bits`` would otherwise load with its pruned entries trainable).
+        ``frozen`` (the roles with ``requires_grad=False``) is written only when there are any.
         """
         state = {"layout": self.layout, "in_features": self.in_features, "out_features": self.out_features,
-                 "parent_features": None if self.parent_features is None else list(self.parent_features)}
+                 "parent_features": None if self.parent_features is None else list(self.parent_features),
+                 "stored": self.stored_names()}
         frozen = self.frozen_roles()
         if frozen:
             state["frozen"] = frozen
         return state
 
-    def get_extra_state(self) -> dict:
-        return self.layout_state()
+    def apply_layout_state(self, state: Mapping) -> None:
+        """Check saved metadata against this layer and take its fields; ``ValueError`` when it does not fit.
 
-    def set_extra_state(self, state: dict) -> None:
+        A layout with options of its own extends this (call ``super()`` first) and ``layout_state``.
+        """
         if not isinstance(state, Mapping) or state.get("layout") != self.layout:
             got = state.get("layout") if isinstance(state, Mapping) else type(state).__name__
-            raise ValueError(f"state for a {self.layout!r} layer holds layout {got!r}")
+            raise ValueError(f"it holds a {got!r} layer, not a {self.layout!r} one")
         if (state.get("in_features"), state.get("out_features")) != (self.in_features, self.out_features):
-            raise ValueError(
-                f"state for a {self.layout!r} layer of shape {self.out_features}x{self.in_features} has shape "
-                f"{state.get('out_features')}x{state.get('in_features')}"
-            )
+            raise ValueError(f"its shape {state.get('out_features')}x{state.get('in_features')} (outputs x inputs) "
+                             f"is not this layer's {self.out_features}x{self.in_features}")
         parent = state.get("parent_features")
         self.parent_features = None if parent is None else (int(parent[0]), int(parent[1]))
+
+    def register_parameter(self, name: str, param) -> None:
+        """Refuse ``torch.nn.utils.prune`` (its first step registers ``<name>_orig``): it would replace
+        the layer's fixed masks by its own and change the non-zero count behind FPE's back."""
+        if name.endswith("_orig") and getattr(self, "_parameters", None) is not None \
+                and name[: -len("_orig")] in ("weight", "bias", self.weight_parameter):
+            raise InvalidParameterError(
+                f"a {self.layout!r} layer's masks are fixed by FPE; torch.nn.utils.prune would replace them (it "
+                f"registers {name!r}): prune the parent before torchfpe.expand, or torchfpe.bake(model) first")
+        super().register_parameter(name, param)
+
+    # -- saving and loading: metadata as the tensor ``fpe_layout`` (format 2); dicts of format 1 still load
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination[prefix + LAYOUT_KEY] = encode_layout_state(self.layout_state())
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        key = prefix + LAYOUT_KEY
+        where = f"layer {prefix[:-1]!r}" if prefix else "the model's top-level layer"
+        saved = saved_layout_state(state_dict, prefix, pop=True)
+        if saved is None:
+            if strict:
+                missing_keys.append(key)
+        else:
+            try:
+                self.apply_layout_state(saved)
+            except ValueError as error:
+                raise InvalidParameterError(
+                    f"{where}: state_dict key {key!r} does not fit this layer: {error}; a saved expanded model "
+                    "loads with torchfpe.load_expanded(parent, state_dict), which rebuilds each layer to the saved "
+                    "shapes") from None
+            check_stored(saved, state_dict, prefix, where)
+        self._check_saved_state(state_dict, prefix, saved)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    def _check_saved_state(self, state_dict: Mapping, prefix: str, saved: dict | None) -> None:
+        """Refuse saved tensors that do not describe a layer before any is copied (packed layouts do)."""
 
 
 def expanded_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:

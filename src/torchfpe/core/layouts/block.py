@@ -17,9 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import kernels
+from ..validation import InvalidParameterError
 from .base import LayoutError, register_layout
 from .masked import MaskedLinear
-from .packed import PackedLinear, SavedTensors, compact, pack_bits, positions_of, row_factor, stored_bias, unpack_bits
+from .packed import PackedLinear, SavedTensors, autocast_operands, compact, pack_bits, positions_of, row_factor, stored_bias, unpack_bits
 
 #: Below this many examples a block layer copies its input into block order first (measured faster
 #: for batch 1 on one thread); above, the batched product reads the strided view.
@@ -332,15 +334,15 @@ class BlockLinear(PackedLinear):
             state["grouping"] = self.grouping
         return state
 
-    def set_extra_state(self, state: dict) -> None:
-        super().set_extra_state(state)
+    def apply_layout_state(self, state: Mapping) -> None:
+        super().apply_layout_state(state)
         if (state.get("blocks"), state.get("chunk"), state.get("rows")) != (self.blocks, self.chunk, self.rows):
-            raise ValueError(f"saved block shape {(state.get('blocks'), state.get('chunk'), state.get('rows'))} "
+            raise ValueError(f"its block shape {(state.get('blocks'), state.get('chunk'), state.get('rows'))} "
                              f"is not this layer's {(self.blocks, self.chunk, self.rows)}")
         self.restore_order = bool(state.get("restore_order", True))
         grouping = state.get("grouping", "children")
         if grouping not in GROUPINGS:
-            raise ValueError(f"saved grouping {grouping!r} is not one of {GROUPINGS}")
+            raise ValueError(f"its grouping {grouping!r} is not one of {GROUPINGS}")
         self.grouping = grouping
 
     # -- saving and loading
@@ -361,10 +363,14 @@ class BlockLinear(PackedLinear):
             bits = state_dict[bits_key]
             if bits.dim() == 1 and bits.numel() == (self.values.numel() + 7) // 8:
                 live = ~unpack_bits(bits.to(saved.device), self.values.numel()).view_as(self.values)
-                if int(live.sum()) == saved.numel():
-                    full = saved.new_zeros(self.values.shape)
-                    full[live] = saved
-                    state_dict[key] = full
+                if int(live.sum()) != saved.numel():
+                    where = f"layer {prefix[:-1]!r}" if prefix else "the model's top-level layer"
+                    raise InvalidParameterError(f"{where}: state_dict key {key!r} holds {saved.numel()} live values "
+                                                f"but {bits_key!r} marks {int(live.sum())} entries live; the two were "
+                                                "not saved together")
+                full = saved.new_zeros(self.values.shape)
+                full[live] = saved
+                state_dict[key] = full
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 
@@ -445,11 +451,7 @@ class BlockLinear(PackedLinear):
         blocks, chunk, rows = (int(extra["blocks"]), int(extra["chunk"]), int(extra["rows"]))
         bits = tensors.get("hole_bits")
         if values.dim() == 1 and bits is not None:  # live values only (see _save_to_state_dict)
-            # a hole_bits of the wrong length is refused by check_saved when the state is loaded
-            if bits.dim() == 1 and bits.numel() == (blocks * chunk * rows + 7) // 8:
-                live = ~unpack_bits(bits, blocks * chunk * rows)
-                if int(live.sum()) != values.numel():
-                    raise ValueError(f"{values.numel()} saved values for {int(live.sum())} live entries")
+            pass  # a hole_bits of the wrong length or live count is refused, naming the key, when the state loads
         elif tuple(values.shape) != (blocks, chunk, rows):
             raise ValueError(f"values {tuple(values.shape)} is not {(blocks, chunk, rows)}")
         index = tensors.get("in_index")
@@ -464,8 +466,15 @@ class BlockLinear(PackedLinear):
 
     # -- compute
     def forward(self, input: Tensor) -> Tensor:  # noqa: A002
-        if input.dim() == 2 and input.shape[0] == 1 and not (self.live is not None and torch.is_grad_enabled()
-                                                             and self.values.requires_grad):
+        if kernels.wants(input):  # Triton kernels on CUDA (torchfpe.core.kernels); None where they do not apply
+            y = kernels.forward(self, input)
+            if y is not None:
+                return y
+        # The two branches on the batch size are eager-mode speed-ups only: traced (torch.compile,
+        # torch.export) the layer takes one path for every batch size, so no guard pins the batch.
+        eager = not torch.compiler.is_compiling()
+        masked_grad = self.live is not None and torch.is_grad_enabled() and self.values.requires_grad
+        if eager and input.dim() == 2 and input.shape[0] == 1 and not masked_grad:
             return self._forward_one(input)
         leading = input.shape[:-1]
         x = input.reshape(-1, self.in_features)
@@ -476,12 +485,13 @@ class BlockLinear(PackedLinear):
             if self.pad_input:
                 x = F.pad(x, (0, 1))
             xb = x.index_select(1, self.gather).view(n, self.blocks, self.chunk).transpose(0, 1)
-        if n <= BLOCK_COPY_MAX_BATCH:
+        if eager and n <= BLOCK_COPY_MAX_BATCH:
             xb = xb.contiguous()
         bias = self._masked_bias()
         bias = None if bias is None else bias.view(self.blocks, 1, self.rows)
-        if self.live is not None and torch.is_grad_enabled() and self.values.requires_grad:
-            y = _BlockProduct.apply(xb, self.values, bias, self.hole_positions)
+        if masked_grad:
+            xb, values, bias = autocast_operands(xb.device, xb, self.values, bias)
+            y = _BlockProduct.apply(xb, values, bias, self.hole_positions)
         elif bias is None:
             y = torch.bmm(xb, self.values)
         else:

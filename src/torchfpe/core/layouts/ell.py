@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from .base import register_layout
 from .masked import MaskedLinear
-from .packed import PackedLinear, SavedTensors, compact, stored_bias
+from .packed import PackedLinear, SavedTensors, autocast_operands, compact, stored_bias
 
 #: Without gradients and up to this many examples, an ELL layer multiplies as a sparse CSR matrix
 #: built on its values (no copy); above, it scatters its values into a dense weight and calls one
@@ -155,10 +155,10 @@ class EllLinear(PackedLinear):
     def layout_state(self) -> dict:
         return {**super().layout_state(), "width": self.width}
 
-    def set_extra_state(self, state: dict) -> None:
-        super().set_extra_state(state)
+    def apply_layout_state(self, state: Mapping) -> None:
+        super().apply_layout_state(state)
         if state.get("width") != self.width:
-            raise ValueError(f"saved row width {state.get('width')} is not this layer's {self.width}")
+            raise ValueError(f"its row width {state.get('width')} is not this layer's {self.width}")
 
     def check_saved(self, saved: SavedTensors) -> None:
         index = saved.indices("in_index")
@@ -230,7 +230,8 @@ class EllLinear(PackedLinear):
             # is a contiguous view and padding gets no gradient
             shape = (self.out_features, self.in_features)
             if training:
-                y = _EllDenseProduct.apply(x, self.values, bias, self.flat_index, shape)
+                x, values, bias = autocast_operands(x.device, x, self.values, bias)
+                y = _EllDenseProduct.apply(x, values, bias, self.flat_index, shape)
             else:
                 def scatter() -> Tensor:
                     size = shape[0] * shape[1]

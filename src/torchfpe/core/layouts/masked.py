@@ -13,10 +13,13 @@ Adagrad and the rest. ``apply_masks_`` re-zeroes stored weights for optimizers o
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..validation import InvalidParameterError, check_param
 from .base import ExpandedLayer, register_layout
 
 
@@ -55,14 +58,19 @@ class MaskedLinear(ExpandedLayer, nn.Linear):
         weight_mask: Tensor,
         bias_mask: Tensor | None,
     ) -> "MaskedLinear":
-        """Build a layer holding copies of the given tensors; stored values are masked."""
+        """Build a layer holding copies of the given tensors; stored values are masked.
+
+        ``weight`` is a 2-D floating tensor, ``weight_mask`` a boolean tensor of its shape; ``bias``
+        (or ``None``) has one entry per output and ``bias_mask`` (``None`` exactly when ``bias`` is)
+        its shape. Anything else raises ``InvalidParameterError`` naming the argument.
+        """
+        _check_tensors(weight, bias, weight_mask, bias_mask)
         out_features, in_features = weight.shape
         layer = cls(in_features, out_features, bias=bias is not None, device=weight.device, dtype=weight.dtype)
         with torch.no_grad():
             layer.weight_mask.copy_(weight_mask)
             layer.weight.copy_(weight * weight_mask)
             if bias is not None:
-                assert bias_mask is not None
                 layer.bias_mask.copy_(bias_mask)
                 layer.bias.copy_(bias * bias_mask)
         return layer
@@ -154,11 +162,11 @@ class DropConnectLinear(MaskedLinear):
         return ("is a DropConnect control: its training-time drop needs the dense masked weight, so it cannot "
                 "be packed (it already has the parent's width)")
 
-    def set_extra_state(self, state: dict) -> None:
-        super().set_extra_state(state)
+    def apply_layout_state(self, state: Mapping) -> None:
+        super().apply_layout_state(state)
         p = state.get("p")
         if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0.0 <= p < 1.0:
-            raise ValueError(f"state for a dropconnect layer holds p={p!r}; expected a number in [0, 1)")
+            raise ValueError(f"it holds p={p!r}; a dropconnect layer's p is a number in [0, 1)")
         self.p = float(p)
 
     def forward(self, input: Tensor) -> Tensor:  # noqa: A002
@@ -172,8 +180,31 @@ class DropConnectLinear(MaskedLinear):
         return f"{super().extra_repr()}, p={self.p}"
 
 
+def _check_tensors(weight, bias, weight_mask, bias_mask) -> None:
+    """``MaskedLinear.from_tensors``' arguments: the shapes and dtypes its docstring states."""
+    def refuse(name: str, expected: str, value) -> InvalidParameterError:
+        got = f"a {value.dtype} tensor of shape {tuple(value.shape)}" if isinstance(value, Tensor) else \
+            type(value).__name__
+        return InvalidParameterError(f"the {name!r} parameter of MaskedLinear.from_tensors must be {expected}; got {got}")
+
+    if not isinstance(weight, Tensor) or weight.dim() != 2 or not weight.is_floating_point():
+        raise refuse("weight", "a 2-D floating tensor (out_features, in_features)", weight)
+    shape = tuple(weight.shape)
+    if not isinstance(weight_mask, Tensor) or weight_mask.dtype != torch.bool or tuple(weight_mask.shape) != shape:
+        raise refuse("weight_mask", f"a torch.bool tensor of the weight's shape {shape}", weight_mask)
+    if bias is None:
+        if bias_mask is not None:
+            raise refuse("bias_mask", "None when bias is None", bias_mask)
+        return
+    if not isinstance(bias, Tensor) or tuple(bias.shape) != shape[:1] or not bias.is_floating_point():
+        raise refuse("bias", f"None or a floating tensor of shape {shape[:1]}", bias)
+    if not isinstance(bias_mask, Tensor) or bias_mask.dtype != torch.bool or tuple(bias_mask.shape) != shape[:1]:
+        raise refuse("bias_mask", f"a torch.bool tensor of shape {shape[:1]} (bias is given)", bias_mask)
+
+
 def apply_masks_(model: nn.Module) -> None:
     """Re-zero the stored masked entries of every expanded layer in ``model`` (any layout)."""
+    check_param("model", model, [nn.Module], "apply_masks_")
     for module in model.modules():
         if isinstance(module, ExpandedLayer):
             module.apply_mask_()

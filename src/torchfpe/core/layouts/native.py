@@ -22,6 +22,9 @@ import warnings
 from pathlib import Path
 from types import ModuleType
 
+import torch
+from torch import Tensor
+
 SOURCE = Path(__file__).with_name("parent_kernels.cpp")
 #: ``TORCHFPE_NATIVE=0`` turns the compiled kernels off (the torch path is then used everywhere).
 SWITCH = "TORCHFPE_NATIVE"
@@ -80,3 +83,114 @@ def kernels() -> ModuleType | None:
 def supports(children: int) -> bool:
     """Whether the kernels exist for ``children`` per parent (without building them)."""
     return children in (2, 3, 4, 5, 6, 7, 8, 16)
+
+
+# -- the kernels as torch operators ------------------------------------------------------------------------
+# Registered with torch.library so that torch.compile and torch.export see one operator each (with a
+# fake implementation giving the output's shape) instead of breaking the graph at a pybind function.
+# The autograd formula is registered beside each forward; value gradients are 0.0 at the holes.
+
+@torch.compiler.assume_constant_result
+def ready() -> bool:
+    """Whether the kernels run here (builds them on the first call). A constant to a traced graph."""
+    return kernels() is not None
+
+
+def _no_tensor(like: Tensor) -> Tensor:
+    return like.new_empty(0)
+
+
+@torch.library.custom_op("torchfpe::parent_forward", mutates_args=())
+def parent_forward(values: Tensor, child_bits: Tensor, x: Tensor, children: int, holes: Tensor | None) -> Tensor:
+    """``y[n, children * i + k] = sum_j values[i, j] x[n, j] [child(i, j) == k]`` for a few examples
+    (one pass over the values per 4 of them); ``x`` contiguous float32 (batch, parent_cols)."""
+    return kernels().forward(values, child_bits, x, children)
+
+
+@parent_forward.register_fake
+def _(values, child_bits, x, children, holes):
+    return x.new_empty(x.shape[0], children * values.shape[0])
+
+
+@torch.library.custom_op("torchfpe::parent_backward", mutates_args=())
+def parent_backward(values: Tensor, child_bits: Tensor, x: Tensor, grad: Tensor, children: int, need_input: bool,
+                    need_values: bool) -> tuple[Tensor, Tensor]:
+    """(grad of ``x``, grad of ``values``) of :func:`parent_forward`; an empty tensor for one not needed
+    (an empty batch: zero gradients)."""
+    grad_x, grad_values = kernels().backward(values, child_bits, x, grad.contiguous(), children, need_input,
+                                             need_values)
+    return (grad_x if need_input else _no_tensor(x)), (grad_values if need_values else _no_tensor(values))
+
+
+@parent_backward.register_fake
+def _(values, child_bits, x, grad, children, need_input, need_values):
+    return (x.new_empty(x.shape) if need_input else _no_tensor(x)), \
+        (values.new_empty(values.shape) if need_values else _no_tensor(values))
+
+
+@torch.library.custom_op("torchfpe::parent_forward_tiled", mutates_args=())
+def parent_forward_tiled(values: Tensor, child_bits: Tensor, order: Tensor, starts: Tensor, x: Tensor,
+                         children: int, holes: Tensor | None) -> Tensor:
+    """:func:`parent_forward` for large batches, from each row's columns sorted by child (``order``,
+    ``starts``: see ``ParentLinear.column_order``); the result is a transposed view."""
+    return kernels().forward_tiled(values, order, starts, x, children, 0)
+
+
+@parent_forward_tiled.register_fake
+def _(values, child_bits, order, starts, x, children, holes):
+    return x.new_empty(children * values.shape[0], x.shape[0]).t()
+
+
+@torch.library.custom_op("torchfpe::parent_backward_tiled", mutates_args=())
+def parent_backward_tiled(values: Tensor, child_bits: Tensor, order: Tensor, starts: Tensor, x: Tensor, grad: Tensor,
+                          children: int, need_input: bool, need_values: bool) -> tuple[Tensor, Tensor]:
+    """(grad of ``x``, grad of ``values``) of :func:`parent_forward_tiled`; an empty tensor for one not needed."""
+    grad_x, grad_values = kernels().backward_tiled(values, child_bits, order, starts, x, grad, children, need_input,
+                                                   need_values, 0)
+    return (grad_x if need_input else _no_tensor(x)), (grad_values if need_values else _no_tensor(values))
+
+
+@parent_backward_tiled.register_fake
+def _(values, child_bits, order, starts, x, grad, children, need_input, need_values):
+    return (x.new_empty(x.shape) if need_input else _no_tensor(x)), \
+        (values.new_empty(values.shape) if need_values else _no_tensor(values))
+
+
+def _without_holes(grad_values: Tensor, holes: Tensor | None) -> Tensor:
+    if holes is not None:  # in place: the kernel's fresh output, a pass over the holes only
+        grad_values.view(-1).index_fill_(0, holes, 0.0)
+    return grad_values
+
+
+def _save(ctx, inputs, output) -> None:
+    """Inputs (values, child_bits, [order, starts,] x, children, holes): the tensors saved, the count kept."""
+    ctx.save_for_backward(*(t for t in inputs if isinstance(t, Tensor)))
+    ctx.children = inputs[-2]
+    ctx.has_holes = inputs[-1] is not None
+
+
+def _backward_small(ctx, grad: Tensor):
+    saved = ctx.saved_tensors
+    values, child_bits, x = saved[:3]
+    holes = saved[3] if ctx.has_holes else None
+    children = ctx.children
+    need_values, need_input = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
+    grad_x, grad_values = parent_backward(values, child_bits, x, grad, children, need_input, need_values)
+    return (_without_holes(grad_values, holes) if need_values else None), None, \
+        (grad_x if need_input else None), None, None
+
+
+def _backward_tiled(ctx, grad: Tensor):
+    saved = ctx.saved_tensors
+    values, child_bits, order, starts, x = saved[:5]
+    holes = saved[5] if ctx.has_holes else None
+    children = ctx.children
+    need_values, need_input = ctx.needs_input_grad[0], ctx.needs_input_grad[4]
+    grad_x, grad_values = parent_backward_tiled(values, child_bits, order, starts, x, grad, children, need_input,
+                                                need_values)
+    return (_without_holes(grad_values, holes) if need_values else None), None, None, None, \
+        (grad_x if need_input else None), None, None
+
+
+parent_forward.register_autograd(_backward_small, setup_context=_save)
+parent_forward_tiled.register_autograd(_backward_tiled, setup_context=_save)

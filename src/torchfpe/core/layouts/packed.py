@@ -36,6 +36,20 @@ class _MaskGrad(torch.autograd.Function):
         return grad * mask, None
 
 
+def autocast_operands(device: torch.device, *tensors: Tensor | None) -> tuple[Tensor | None, ...]:
+    """The floating ``tensors`` in autocast's dtype where autocast is on for ``device``, else unchanged.
+
+    What ``cast_inputs`` of :func:`torch.amp.custom_fwd` does, for whichever device the layer is on (the
+    decorator fixes one device type). A custom autograd Function fed these runs its forward and its
+    backward in one dtype, as autocast's own ``F.linear`` would; gradients reach the float32 weights
+    through the cast, in float32.
+    """
+    if not torch.is_autocast_enabled(device.type):
+        return tensors
+    dtype = torch.get_autocast_dtype(device.type)
+    return tuple(t.to(dtype) if t is not None and t.is_floating_point() and t.dtype != dtype else t for t in tensors)
+
+
 def pack_bits(mask: Tensor) -> Tensor:
     """A boolean tensor as bytes, 8 entries a byte (the first entry in the lowest bit)."""
     flat = mask.reshape(-1).to(torch.uint8)
@@ -77,17 +91,16 @@ def positions_of(natural_of_position: Tensor) -> Tensor:
 class SavedTensors:
     """The tensors one packed layer is about to load, read for checks; errors name the full key."""
 
-    def __init__(self, state_dict: Mapping, prefix: str, layer: nn.Module) -> None:
-        self.state_dict, self.prefix, self.layer = state_dict, prefix, layer
+    def __init__(self, state_dict: Mapping, prefix: str, layer: nn.Module, saved: Mapping | None = None) -> None:
+        self.state_dict, self.prefix, self.layer, self.saved = state_dict, prefix, layer, saved
         self.where = f"layer {prefix[:-1]!r}" if prefix else "the model's top-level layer"
 
     def error(self, name: str, message: str) -> InvalidParameterError:
         return InvalidParameterError(f"{self.where}: state_dict key {self.prefix + name!r} {message}")
 
     def extra(self) -> Mapping:
-        """The saved extra state when it is there (it is applied after the tensors), else the layer's."""
-        saved = self.state_dict.get(self.prefix + "_extra_state")
-        return saved if isinstance(saved, Mapping) else self.layer.layout_state()
+        """The saved metadata when it is there, else the layer's."""
+        return self.saved if self.saved is not None else self.layer.layout_state()
 
     def raw(self, name: str) -> Tensor | None:
         value = self.state_dict.get(self.prefix + name)
@@ -174,11 +187,8 @@ class PackedLinear(ExpandedLayer, nn.Module):
     def check_saved(self, saved: SavedTensors) -> None:
         """Refuse (``raise saved.error(name, ...)``) saved index tensors that do not describe a layer."""
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs) -> None:
-        self.check_saved(SavedTensors(state_dict, prefix, self))  # before any tensor of this layer is copied
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
+    def _check_saved_state(self, state_dict: Mapping, prefix: str, saved: dict | None) -> None:
+        self.check_saved(SavedTensors(state_dict, prefix, self, saved))  # before any tensor of this layer is copied
 
     def cached_weight(self, build) -> Tensor:
         """``build()`` (a dense weight), kept until the values change: for calls without gradients on

@@ -138,7 +138,9 @@ def pack(model: nn.Module, layout: str | Mapping[str, str] = "auto", *, max_grou
         build(name)
 
     # -- copy the rest of the model around the built layers (the memo stands them in for the originals)
-    return copy.deepcopy(model, {id(layers[name]): built[name] for name in names})
+    packed = copy.deepcopy(model, {id(layers[name]): built[name] for name in names})
+    mark_fixed_buffers(packed)
+    return packed
 
 
 def unpack(model: nn.Module) -> nn.Module:
@@ -153,7 +155,44 @@ def unpack(model: nn.Module) -> nn.Module:
         layer.freeze_like(module)
         layer.train(module.training)
         masked[id(module)] = layer
-    return copy.deepcopy(model, masked)
+    unpacked = copy.deepcopy(model, masked)
+    mark_fixed_buffers(unpacked)
+    return unpacked
+
+
+#: the attribute DistributedDataParallel reads on the module it wraps: names it neither broadcasts nor reduces
+DDP_IGNORE = "_ddp_params_and_buffers_to_ignore"
+#: the names :func:`mark_fixed_buffers` added there (so a later call replaces them, not a user's own)
+_MARKED = "_torchfpe_fixed_buffers"
+
+
+def fixed_buffer_names(model: nn.Module) -> list[str]:
+    """The full names of the buffers of ``model``'s packed layers: index, hole and order tensors that
+    never change while the values train, built from the same masks on every rank."""
+    names = []
+    for prefix, layer in expanded_layers(model):
+        if layer.packable:
+            names += [f"{prefix}.{name}" if prefix else name for name, _ in layer.named_buffers()]
+    return names
+
+
+def mark_fixed_buffers(model: nn.Module) -> nn.Module:
+    """Tell ``DistributedDataParallel`` wrapping ``model`` to leave its packed layers' buffers alone.
+
+    Why not broadcast them: they are fixed (the masks do not train), so DDP's broadcast before every
+    forward (``broadcast_buffers=True``, its default) would copy megabytes of indices per step for
+    nothing; and gloo refuses int16, which the narrow indices use. Each rank must build the same
+    model (the same ``expand`` seed, or the same file), as it must for the masks of the masked layout.
+    :func:`pack` and :func:`unpack` call this on the model they return; call it on a wrapper that holds
+    a packed model before wrapping it in DDP. Returns ``model``, marked (the DDP attribute
+    ``_ddp_params_and_buffers_to_ignore``; names the user put there stay).
+    """
+    previous = set(getattr(model, _MARKED, ()))
+    names = fixed_buffer_names(model)
+    kept = [name for name in getattr(model, DDP_IGNORE, ()) if name not in previous]
+    setattr(model, DDP_IGNORE, kept + [name for name in names if name not in kept])
+    setattr(model, _MARKED, names)
+    return model
 
 
 def stored_bytes(model: nn.Module) -> int:

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import kernels
 from . import native
 from .base import LayoutError, register_layout
 from .masked import MaskedLinear
@@ -59,51 +60,6 @@ COMPILED_MAX_BATCH = 16
 #: ``auto`` refuses this layout when fewer than this share of the parent's entries are live: it
 #: stores every entry, so below half full the values-plus-indices of ``ell`` hold fewer bytes.
 MIN_FILL = 0.5
-
-
-class _NativeProduct(torch.autograd.Function):
-    """The compiled kernels' product and its backward; value gradients 0.0 at the holes."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, values: Tensor, layer: ParentLinear) -> Tensor:  # noqa: D102
-        kernels = native.kernels()
-        ctx.save_for_backward(x, values)
-        ctx.layer = layer
-        return kernels.forward(values, layer.child_bits, x, layer.row_factor)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # noqa: D102
-        x, values = ctx.saved_tensors
-        layer = ctx.layer
-        need_x, need_v = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_x, grad_v = native.kernels().backward(values, layer.child_bits, x, grad.contiguous(), layer.row_factor,
-                                                   need_x, need_v)
-        if need_v and layer.hole_positions is not None:
-            grad_v.view(-1).index_fill_(0, layer.hole_positions, 0.0)
-        return (grad_x if need_x else None), (grad_v if need_v else None), None
-
-
-class _TiledProduct(torch.autograd.Function):
-    """The compiled kernels' product for large batches (tiles of examples, each child's columns in order)."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, values: Tensor, layer: ParentLinear) -> Tensor:  # noqa: D102
-        order, starts = layer.column_order()
-        ctx.save_for_backward(x, values)
-        ctx.layer = layer
-        return native.kernels().forward_tiled(values, order, starts, x, layer.row_factor, 0)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # noqa: D102
-        x, values = ctx.saved_tensors
-        layer = ctx.layer
-        need_x, need_v = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        order, starts = layer.column_order()
-        grad_x, grad_v = native.kernels().backward_tiled(values, layer.child_bits, order, starts, x, grad,
-                                                         layer.row_factor, need_x, need_v, 0)
-        if need_v and layer.hole_positions is not None:
-            grad_v.view(-1).index_fill_(0, layer.hole_positions, 0.0)
-        return (grad_x if need_x else None), (grad_v if need_v else None), None
 
 
 def parent_order_sum(x: Tensor, values: Tensor, child: Tensor, children: int) -> Tensor:
@@ -291,10 +247,10 @@ class ParentLinear(PackedLinear):
     def layout_state(self) -> dict:
         return {**super().layout_state(), "row_factor": self.row_factor, "col_factor": self.col_factor}
 
-    def set_extra_state(self, state: dict) -> None:
-        super().set_extra_state(state)
+    def apply_layout_state(self, state: Mapping) -> None:
+        super().apply_layout_state(state)
         if (state.get("row_factor"), state.get("col_factor")) != (self.row_factor, self.col_factor):
-            raise ValueError(f"saved factors {(state.get('row_factor'), state.get('col_factor'))} are not this "
+            raise ValueError(f"its factors {(state.get('row_factor'), state.get('col_factor'))} are not this "
                              f"layer's {(self.row_factor, self.col_factor)}")
 
     def check_saved(self, saved: SavedTensors) -> None:
@@ -320,6 +276,21 @@ class ParentLinear(PackedLinear):
                 raise saved.error("hole_bits", f"holds {holes.dtype} of shape {tuple(holes.shape)}; the layer's "
                                   f"{self.parent_rows}x{self.parent_cols} values need {need} uint8 bytes")
         saved.check_permutation("in_natural")
+        self._check_legacy_holes(saved)
+
+    def _check_legacy_holes(self, saved: SavedTensors) -> None:
+        """A file of format 1 records no list of its tensors: one without ``hole_bits`` whose values
+        hold exact zeros lost it (a live weight is never exactly 0.0: ``expand`` masks exact zeros), and
+        loading it would make the pruned entries trainable."""
+        if self.hole_bits is not None or (saved.saved is not None and "stored" in saved.saved):
+            return
+        values = saved.raw("values")
+        if values is None or tuple(values.shape) != tuple(self.values.shape):
+            return
+        zeros = int((values == 0).sum())
+        if zeros:
+            raise saved.error("hole_bits", f"is missing but {saved.prefix + 'values'!r} holds {zeros} exact zeros "
+                                           "(pruned entries, which hole_bits marks); without it they would train")
 
     @classmethod
     def empty_from_state(cls, extra: dict, tensors: Mapping[str, Tensor], device=None) -> ParentLinear:
@@ -353,35 +324,44 @@ class ParentLinear(PackedLinear):
             cached = self.__dict__["_column_order"] = (order, starts.contiguous())
         return cached
 
-    def path(self, batch: int, training: bool, device: torch.device, dtype: torch.dtype) -> str:
+    def path(self, batch: int | None, training: bool, device: torch.device, dtype: torch.dtype) -> str:
         """Which product a batch takes: ``native`` (the compiled CPU kernels for small batches), ``tiled``
         (theirs for large batches), ``compiled`` (torch.compile, e.g. Triton on CUDA) or ``dense`` (see
-        the module constants)."""
-        if (device.type in COMPILED_DEVICES and not training and batch <= COMPILED_MAX_BATCH and self.child is not None
-                and self.col_factor == 1 and not self.__dict__.get("_compile_failed", False)):
+        the module constants). ``batch=None``: any batch size (a traced graph takes one path for all)."""
+        if (device.type in COMPILED_DEVICES and not training and batch is not None and batch <= COMPILED_MAX_BATCH
+                and self.child_bits is not None and self.col_factor == 1
+                and not self.__dict__.get("_compile_failed", False)):
             return "compiled"
         if (device.type != "cpu" or dtype != torch.float32 or self.col_factor != 1 or self.row_factor == 1
                 or not native.supports(self.row_factor) or self.parent_rows * self.parent_cols < NATIVE_MIN_SIZE):
             return "dense"
-        if native.kernels() is None:
+        if not native.ready():
             return "dense"
+        if batch is None:
+            return "tiled"  # correct at any batch size
         return "native" if batch <= (NATIVE_GRAD_MAX_BATCH if training else NATIVE_MAX_BATCH) else "tiled"
 
     def forward(self, input: Tensor) -> Tensor:  # noqa: A002
+        if kernels.wants(input):  # Triton kernels on CUDA (torchfpe.core.kernels); None where they do not apply
+            y = kernels.forward(self, input)
+            if y is not None:
+                return y
         leading = input.shape[:-1]
         x = input.reshape(-1, self.in_features)
         if self.in_gather is not None:
             x = x.index_select(1, self.in_gather)
         bias = self._masked_bias()
         training = torch.is_grad_enabled() and (self.values.requires_grad or input.requires_grad)
-        path = self.path(x.shape[0], training, x.device, x.dtype)
+        batch = None if torch.compiler.is_compiling() else x.shape[0]
+        path = self.path(batch, training, x.device, x.dtype)
         y = self._compiled(x) if path == "compiled" else None
-        if path in ("native", "tiled"):
-            product = _NativeProduct if path == "native" else _TiledProduct
-            y = product.apply(x.contiguous(), self.values, self)
-            if bias is not None:
-                y = y + bias
-        elif y is not None:
+        if path == "native":
+            y = native.parent_forward(self.values, self.child_bits, x.contiguous(), self.row_factor, self.hole_positions)
+        elif path == "tiled":
+            order, starts = self.column_order()
+            y = native.parent_forward_tiled(self.values, self.child_bits, order, starts, x.contiguous(),
+                                            self.row_factor, self.hole_positions)
+        if y is not None:
             if bias is not None:
                 y = y + bias
         elif not training and self.parent_rows * self.parent_cols < NATIVE_MIN_SIZE:

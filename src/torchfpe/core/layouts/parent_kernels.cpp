@@ -349,7 +349,8 @@ std::vector<torch::Tensor> backward(torch::Tensor V, torch::Tensor planes, torch
   TORCH_CHECK(gy.dim() == 2 && gy.scalar_type() == torch::kFloat && gy.is_contiguous() && gy.size(0) == B &&
                   gy.size(1) == ra * P, "grad_output must be a contiguous float32 (batch, children * out) matrix");
   auto gx = need_input ? torch::zeros_like(x) : torch::Tensor();
-  auto gV = need_values ? torch::empty_like(V) : torch::Tensor();
+  // every gV entry is written once per 16 examples: none are when the batch is empty (issue 19)
+  auto gV = need_values ? (B == 0 ? torch::zeros_like(V) : torch::empty_like(V)) : torch::Tensor();
 #ifdef TORCHFPE_X86
   float* gxp = need_input ? gx.data_ptr<float>() : nullptr;
   float* gvp = need_values ? gV.data_ptr<float>() : nullptr;
