@@ -7,11 +7,12 @@ import torch
 
 from helpers import mlp
 from torchfpe import expand, pack
-from torchfpe.core.layouts.base import expanded_layers
+from torchfpe.core.layouts.base import expanded_layers, packable_layouts
 
-LAYOUTS = ["masked", "dropconnect", "ell", "block", "parent"]
-#: packed layouts whose custom autograd Function meets autocast's bfloat16 input with float32 values
-AUTOCAST_FAILS = {"ell", "block"}
+#: the reference layouts and every packable one in the registry
+LAYOUTS = ["masked", "dropconnect", *packable_layouts()]
+#: layouts whose product does not follow autocast (issue 21 tracks them)
+AUTOCAST_FAILS = {"nested"}
 
 
 def model_in(layout: str) -> torch.nn.Module:
@@ -23,8 +24,8 @@ def model_in(layout: str) -> torch.nn.Module:
 
 
 @pytest.mark.parametrize("layout", [
-    pytest.param(name, marks=pytest.mark.xfail(raises=RuntimeError, strict=True,
-                                               reason="the packed product mixes bfloat16 and float32 under autocast"))
+    pytest.param(name, marks=pytest.mark.xfail(strict=True, reason="its product ignores autocast here (a float32 "
+                                               "output) and mixes bfloat16 and float32 in deeper models"))
     if name in AUTOCAST_FAILS else name for name in LAYOUTS])
 def test_cpu_autocast_trains_and_the_masks_hold(layout):
     model = model_in(layout)
