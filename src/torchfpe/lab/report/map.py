@@ -308,11 +308,15 @@ def judge_claims(studies: Sequence[Study], points: Sequence[Point]) -> list[Verd
 
 
 # ------------------------------------------------------------------------------------------ figure
+#: Series with more points than this are drawn without per-point labels (the page's table lists them).
+LABELLED_POINTS = 8
+
+
 def draw(points: Sequence[Point], studies: Sequence[Study], path: Path) -> Path:
     """Gain (95 % CI) against load per neuron (left) and parent width (right); one colour per study·variant."""
-    from .figures import _pyplot
+    from .figures import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib import ticker
 
     series = list(dict.fromkeys((p.study, p.variant) for p in points))
@@ -338,16 +342,20 @@ def draw(points: Sequence[Point], studies: Sequence[Study], path: Path) -> Path:
                     ys.append(p.gain)
                     lows.append(p.gain - p.ci_low if math.isfinite(p.ci_low) else 0.0)
                     highs.append(p.ci_high - p.gain if math.isfinite(p.ci_high) else 0.0)
-                    if len(group) > 1:  # stacked at one x: say which swept value each point is
+                    if len(group) > 1 and len(mine) <= LABELLED_POINTS:  # stacked at one x: which swept value
                         ax.annotate(_swept(p, swept), (x * offset, p.gain), textcoords="offset points",
                                     xytext=(3, 4), fontsize=7, color=colour)
             ax.errorbar(xs, ys, yerr=[lows, highs], fmt=markers.get(variant, "^"), color=colour, capsize=3,
-                        markersize=6, linestyle="-" if len(spread) > 1 else "none", linewidth=1, alpha=0.9,
+                        # a line joins the points of a one-field sweep; a grid of several fields is points only
+                        markersize=6, linestyle="-" if len(spread) > 1 and len(swept) <= 1 else "none",
+                        linewidth=1, alpha=0.9,
                         label=f"{study} · {variant} ({seeds.get(study, '?')} seeds)")
     for ax, name, x_of in ((axes[0], "load per neuron (clauses or classes per parent hidden unit)", lambda p: p.load),
                            (axes[1], "parent width (hidden units before the split)", lambda p: p.width)):
         ax.set_xscale("log", base=2)
-        ax.set_xticks(sorted({round(x_of(p), 3) for p in points}))  # the measured loads / widths
+        measured = [x_of(p) for p in points]
+        low, high = math.floor(math.log2(min(measured))), math.ceil(math.log2(max(measured)))
+        ax.set_xticks([2.0 ** e for e in range(low, high + 1)])  # powers of two: measured values crowd the axis
         ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda x, _: f"{x:.3g}"))
         ax.xaxis.set_minor_locator(ticker.NullLocator())
         ax.axhline(0.0, color="0.4", linewidth=0.8, linestyle="--")
@@ -357,12 +365,13 @@ def draw(points: Sequence[Point], studies: Sequence[Study], path: Path) -> Path:
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(3, max(1, len(labels))), fontsize=8, frameon=False,
                title="colour: study · variant (seeds); marker: ● random split, ■ clause split, ▲ other split\n"
-                     "bars: 95 % t-interval over seeds; labels name the swept value of points stacked at one x "
-                     "(α expansion factor, m clauses, h neurons); points dodged sideways a little",
+                     "bars: 95 % t-interval over seeds; lines join one-field sweeps; points dodged sideways a little\n"
+                     "labels name the swept value of points stacked at one x (α expansion factor, m clauses, h neurons);"
+                     f" series of over {LABELLED_POINTS} points are unlabelled (see the table)",
                title_fontsize=8)
     fig.suptitle("When FPE pays: gain against load per neuron and width", fontsize=11)
     rows = math.ceil(len(labels) / 3)
-    fig.tight_layout(rect=(0, 0.09 + 0.035 * rows, 1, 0.96))
+    fig.tight_layout(rect=(0, 0.11 + 0.035 * rows, 1, 0.96))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
