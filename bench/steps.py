@@ -122,6 +122,9 @@ class Workload:
 
 
 MODES = ("forward", "forward_backward", "step")
+#: split@budget of the deep case: the issue's random and grouped (global budget), and the structured
+#: budget whose middle layers pack as ``nested``.
+DEEP_RECIPES = ("random@global", "grouped@global", "grouped@structured", "contiguous@structured")
 
 
 def time_models(workloads: dict[str, Workload], modes: tuple[str, ...], rounds: int, number: int) -> dict:
@@ -205,8 +208,8 @@ def deep(args) -> list:
     width, batch = args.deep, args.batch
     parent = mlp([width] * 4 + [10])
     rows = []
-    for split, budget in (("random", "global"), ("grouped", "global"), ("grouped", "structured"),
-                          ("contiguous", "structured")):
+    for recipe in args.deep_recipes:
+        split, budget = recipe.split("@")
         masked = torchfpe.expand(parent, 4, split, seed=0, budget=budget)
         models = {"masked": masked, "auto": torchfpe.pack(masked)}
         if NestedLinear.layout in layouts_of(models["auto"]):
@@ -340,6 +343,8 @@ def main() -> None:
     parser.add_argument("--wide", type=int, default=4096, help="width of the wide layer (4096)")
     parser.add_argument("--deep", type=int, default=1024, help="width of the deep and batch-1 MLPs (1024)")
     parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--deep-recipes", nargs="+", default=list(DEEP_RECIPES), choices=DEEP_RECIPES,
+                        help="split@budget of the deep case")
     parser.add_argument("--lm", nargs="+", default=["x2", "x4"], help="LM sizes of bench/lm_steps.py")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (median)")
     parser.add_argument("--profile-steps", type=int, default=2)
