@@ -56,20 +56,48 @@ def _buckets(classes: list[tuple[Tensor, Tensor]]) -> list[tuple[list[int], int,
     return [(ids, chunk, rows) for (chunk, rows), ids in sorted(keyed.items())]
 
 
+def _rows_of(x: Tensor, pad: bool) -> Tensor:
+    """(in_features [+1 zero row when ``pad``], N) contiguous rows of a (N, in_features) input: a view when
+    ``x`` is the ``.t()`` of contiguous rows (what a nested layer returns), else one transposing copy."""
+    rows = x.t()
+    if not rows.is_contiguous():
+        rows = rows.contiguous()
+    return F.pad(rows, (0, 0, 0, 1)) if pad else rows
+
+
 class _GatherRows(torch.autograd.Function):
-    """``x.index_select(0, index)`` whose backward is one ``index_add_`` of rows (autograd's own
-    backward of index_select measured about 4x slower on (16384, 256) gradients, one thread)."""
+    """``_rows_of(x, pad).index_select(0, index)``; its backward is one ``index_add_`` of rows (autograd's
+    own backward of index_select measured about 4x slower on (16384, 256) gradients, one thread), and
+    returns the gradient in ``x``'s own layout, so that the elementwise backward before this layer (a
+    ReLU's) reads two tensors of one layout (mixed layouts made ``threshold_backward`` 15 % of a step)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, index: Tensor) -> Tensor:  # noqa: D102
+    def forward(ctx, x: Tensor, index: Tensor, pad: bool) -> Tensor:  # noqa: D102
         ctx.save_for_backward(index)
-        ctx.rows = x.shape[0]
-        return x.index_select(0, index)
+        ctx.shape, ctx.transposed = x.shape, x.t().is_contiguous()
+        return _rows_of(x, pad).index_select(0, index)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # noqa: D102
         (index,) = ctx.saved_tensors
-        return grad.new_zeros(ctx.rows, *grad.shape[1:]).index_add_(0, index, grad.contiguous()), None
+        n, features = ctx.shape
+        rows = grad.new_zeros(features + 1, n).index_add_(0, index, grad.contiguous())[:features]
+        return (rows.t() if ctx.transposed else rows.t().contiguous()), None, None
+
+
+class _SelectRows(torch.autograd.Function):
+    """``y.index_select(0, index)`` of contiguous rows, its backward one ``index_add_`` of rows."""
+
+    @staticmethod
+    def forward(ctx, y: Tensor, index: Tensor) -> Tensor:  # noqa: D102
+        ctx.save_for_backward(index)
+        ctx.rows = y.shape[0]
+        return y.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # noqa: D102
+        (index,) = ctx.saved_tensors
+        return grad.new_zeros(ctx.rows, grad.shape[1]).index_add_(0, index, grad.contiguous()), None
 
 
 class _NestedProduct(torch.autograd.Function):
@@ -343,13 +371,11 @@ class NestedLinear(PackedLinear):
         nested layer returned one), the products, the restoring gather of rows, and ``.t()`` back: in a
         chain of nested layers no transpose is copied between them."""
         leading = input.shape[:-1]
-        rows = input.reshape(-1, self.in_features).t()
-        if not rows.is_contiguous():
-            rows = rows.contiguous()
-        if self.pad_input:
-            rows = F.pad(rows, (0, 0, 0, 1))
-        rows = _GatherRows.apply(rows, self.gather) if torch.is_grad_enabled() and rows.requires_grad \
-            else rows.index_select(0, self.gather)
+        x = input.reshape(-1, self.in_features)
+        if torch.is_grad_enabled() and x.requires_grad:
+            rows = _GatherRows.apply(x, self.gather, self.pad_input)
+        else:
+            rows = _rows_of(x, self.pad_input).index_select(0, self.gather)
         bias = self._masked_bias()
         if torch.is_grad_enabled() and (self.values.requires_grad or (bias is not None and bias.requires_grad)
                                         or rows.requires_grad):
@@ -357,7 +383,7 @@ class NestedLinear(PackedLinear):
         else:
             y = _products(rows, self.values, bias, tuple(self.buckets))
         if self.restore is not None:
-            y = y.index_select(0, self.restore)
+            y = _SelectRows.apply(y, self.restore) if y.requires_grad else y.index_select(0, self.restore)
         return y.t().reshape(*leading, self.out_features)
 
     # -- interface
