@@ -166,7 +166,8 @@ def measure(case: str, shape: str, parent: nn.Module, models: dict[str, nn.Modul
             loss: Callable, args, modes: tuple[str, ...] = MODES, number: int = 1, extra: dict | None = None) -> list:
     """One row per model of ``models`` (``parent`` added): ratios to the parent and a step profile."""
     workloads = {"parent": Workload(parent, batch, loss)}
-    workloads.update({label: Workload(model, batch, loss) for label, model in models.items()})
+    workloads.update({label: Workload(model, batch, loss) for label, model in models.items()
+                      if not (args.no_masked and "masked" in label)})
     seconds = time_models(workloads, modes, args.rounds, number)
     rows = []
     for label, work in workloads.items():
@@ -195,7 +196,7 @@ def wide(args) -> list:
     for split in ("random", "grouped"):
         masked = torchfpe.expand(parent, 4, split, seed=0)
         models = {"masked": masked, "auto": torchfpe.pack(masked)}
-        for layout in ("block", "parent", "ell"):
+        for layout in args.named_layouts:
             packed = pack_as(masked, layout)
             if packed is not None and layouts_of(packed) != layouts_of(models["auto"]):
                 models[layout] = packed
@@ -253,6 +254,10 @@ def language_models(args) -> list:
 
 
 # ----------------------------------------------------------------------------------------- random products
+#: Parents per gathered tile of blocked_gather_bmm: 8 x 4096 inputs x 256 examples is 32 MiB of tiles.
+GATHER_BLOCK = 8
+
+
 def blocked_gather_bmm(values: torch.Tensor, child: torch.Tensor, alpha: int, x: torch.Tensor,
                        block: int) -> torch.Tensor:
     """The per-parent layout's product by gathers: for ``block`` parents at a time, each child's inputs
@@ -305,13 +310,13 @@ def random_products(args) -> dict:
         "parent_dense_blas": (lambda: x @ dense_w.t(), width * width),
         "masked_dense": (lambda: x @ effective.t(), width * width * alpha),
         "csr_sparse_mm": (lambda: torch.sparse.mm(csr, xt), live),
-        "blocked_gather_bmm": (lambda: blocked_gather_bmm(values, child, alpha, x, 64), live),
+        "blocked_gather_bmm": (lambda: blocked_gather_bmm(values, child, alpha, x, GATHER_BLOCK), live),
         "parent_layout": (lambda: parent_layout(x), live),
     }
     with torch.no_grad():
         reference = x @ effective.t()
         checks = {"csr_sparse_mm": torch.sparse.mm(csr, xt).t(),
-                  "blocked_gather_bmm": blocked_gather_bmm(values, child, alpha, x, 64),
+                  "blocked_gather_bmm": blocked_gather_bmm(values, child, alpha, x, GATHER_BLOCK),
                   "parent_layout": parent_layout(x) - parent_layout.effective_bias()}
     exact = {name: float((got - reference).abs().max()) for name, got in checks.items()}
     results = {}
@@ -346,6 +351,10 @@ def main() -> None:
     parser.add_argument("--deep-recipes", nargs="+", default=list(DEEP_RECIPES), choices=DEEP_RECIPES,
                         help="split@budget of the deep case")
     parser.add_argument("--lm", nargs="+", default=["x2", "x4"], help="LM sizes of bench/lm_steps.py")
+    parser.add_argument("--no-masked", action="store_true", help="skip the masked models (alpha to alpha^2 "
+                        "times the parent's time: the slowest rows)")
+    parser.add_argument("--named-layouts", nargs="*", default=["block", "parent", "ell"],
+                        help="layouts the wide case also forces, where they differ from auto's choice")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (median)")
     parser.add_argument("--profile-steps", type=int, default=2)
     parser.add_argument("--batch1-calls", type=int, default=200, help="calls per round at batch 1")
