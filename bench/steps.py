@@ -144,12 +144,13 @@ def time_models(workloads: dict[str, Workload], modes: tuple[str, ...], rounds: 
     return {key: statistics.median(values) for key, values in samples.items()}
 
 
-def profile(work: Workload, steps: int, top: int = 5) -> dict:
-    """Top ops by self CPU time share over ``steps`` training steps, and the matrix products' share."""
-    work.step()
+def profile(work: Workload, steps: int, mode: str = "step", top: int = 5) -> dict:
+    """Top ops by self CPU time share over ``steps`` calls of ``mode``, and the matrix products' share."""
+    call = getattr(work, mode)
+    call()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
-            work.step()
+            call()
     events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
     total = sum(e.self_cpu_time_total for e in events) or 1.0
     events.sort(key=lambda e: -e.self_cpu_time_total)
@@ -175,9 +176,13 @@ def measure(case: str, shape: str, parent: nn.Module, models: dict[str, nn.Modul
                         "ratio": round(seconds[(label, mode)] / seconds[("parent", mode)], 3)} for mode in modes}
         rows.append({"case": case, "shape": shape, "model": label, **(extra or {}),
                      "layouts": layouts_of(work.model) if label != "parent" else [],
-                     "times": times, "profile": profile(work, args.profile_steps)})
+                     "times": times, "profile": profile(work, args.profile_steps),
+                     "profiles": {mode: profile(work, args.profile_steps, mode) for mode in args.profile_modes
+                                  if mode in modes}})
         print(f"{case:>28} {label:>22}: " + ", ".join(f"{m} x{t['ratio']:.2f}" for m, t in times.items())
-              + f"  | products {rows[-1]['profile']['product_share']}%: {rows[-1]['profile']['top'][:3]}", flush=True)
+              + f"  | step: products {rows[-1]['profile']['product_share']}%: {rows[-1]['profile']['top'][:3]}"
+              + "".join(f" | {mode}: products {p['product_share']}%: {p['top'][:3]}"
+                        for mode, p in rows[-1]["profiles"].items()), flush=True)
     return rows
 
 
@@ -357,6 +362,8 @@ def main() -> None:
                         help="layouts the wide case also forces, where they differ from auto's choice")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (median)")
     parser.add_argument("--profile-steps", type=int, default=2)
+    parser.add_argument("--profile-modes", nargs="*", default=["forward"], choices=MODES,
+                        help="modes profiled besides the training step (the row's 'profiles')")
     parser.add_argument("--batch1-calls", type=int, default=200, help="calls per round at batch 1")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes, one round; needs --out")
     parser.add_argument("--out", type=Path, help="JSON result file (default bench/results/steps.json)")
