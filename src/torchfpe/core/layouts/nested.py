@@ -210,14 +210,18 @@ class NestedLinear(PackedLinear):
         """Classes of rows with the same inputs (a row reading a subset joins with holes), bucketed.
 
         ``LayoutError`` when more classes than rows / ``MIN_GROUP_ROWS`` would be needed (forced: more
-        than the rows), or, in ``auto``: the layer does not read copied columns (a first layer: ``block``
-        holds it), or padding and holes exceed ``MAX_SLOT_RATIO`` times the live values.
+        than the rows), or, in ``auto``: the layer is not a middle layer (it reads no copied columns, or
+        does not split its rows: ``block`` holds those), or padding and holes exceed ``MAX_SLOT_RATIO``
+        times the live values.
         """
         parent = layer.parent_features
         copies = layer.in_features // int(parent[0]) if parent is not None and \
             layer.in_features % int(parent[0]) == 0 else 1
-        if auto and copies == 1:
-            raise LayoutError("it does not read copied columns (not a middle layer of a deep expansion)")
+        if auto and (copies == 1 or alpha == 1):
+            # a first layer (no copied columns) is block's; an outgoing layer (rows not split) packs as
+            # block's support blocks with at most one padding row, and keeps the natural output layout
+            raise LayoutError("it does not both read copied columns and split its rows (not a middle layer "
+                              "of a deep expansion)")
         mask_cpu = layer.weight_mask.cpu()
         limit = max(1, layer.out_features // MIN_GROUP_ROWS) if auto else layer.out_features
         classes = _support_blocks(mask_cpu, limit)
