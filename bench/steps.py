@@ -122,6 +122,9 @@ class Workload:
 
 
 MODES = ("forward", "forward_backward", "step")
+#: split@budget of the deep case: the issue's random and grouped (global budget), and the structured
+#: budget whose middle layers pack as ``nested``.
+DEEP_RECIPES = ("random@global", "grouped@global", "grouped@structured", "contiguous@structured")
 
 
 def time_models(workloads: dict[str, Workload], modes: tuple[str, ...], rounds: int, number: int) -> dict:
@@ -141,12 +144,13 @@ def time_models(workloads: dict[str, Workload], modes: tuple[str, ...], rounds: 
     return {key: statistics.median(values) for key, values in samples.items()}
 
 
-def profile(work: Workload, steps: int, top: int = 5) -> dict:
-    """Top ops by self CPU time share over ``steps`` training steps, and the matrix products' share."""
-    work.step()
+def profile(work: Workload, steps: int, mode: str = "step", top: int = 5) -> dict:
+    """Top ops by self CPU time share over ``steps`` calls of ``mode``, and the matrix products' share."""
+    call = getattr(work, mode)
+    call()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
-            work.step()
+            call()
     events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
     total = sum(e.self_cpu_time_total for e in events) or 1.0
     events.sort(key=lambda e: -e.self_cpu_time_total)
@@ -163,7 +167,8 @@ def measure(case: str, shape: str, parent: nn.Module, models: dict[str, nn.Modul
             loss: Callable, args, modes: tuple[str, ...] = MODES, number: int = 1, extra: dict | None = None) -> list:
     """One row per model of ``models`` (``parent`` added): ratios to the parent and a step profile."""
     workloads = {"parent": Workload(parent, batch, loss)}
-    workloads.update({label: Workload(model, batch, loss) for label, model in models.items()})
+    workloads.update({label: Workload(model, batch, loss) for label, model in models.items()
+                      if not (args.no_masked and "masked" in label)})
     seconds = time_models(workloads, modes, args.rounds, number)
     rows = []
     for label, work in workloads.items():
@@ -171,9 +176,13 @@ def measure(case: str, shape: str, parent: nn.Module, models: dict[str, nn.Modul
                         "ratio": round(seconds[(label, mode)] / seconds[("parent", mode)], 3)} for mode in modes}
         rows.append({"case": case, "shape": shape, "model": label, **(extra or {}),
                      "layouts": layouts_of(work.model) if label != "parent" else [],
-                     "times": times, "profile": profile(work, args.profile_steps)})
+                     "times": times, "profile": profile(work, args.profile_steps),
+                     "profiles": {mode: profile(work, args.profile_steps, mode) for mode in args.profile_modes
+                                  if mode in modes}})
         print(f"{case:>28} {label:>22}: " + ", ".join(f"{m} x{t['ratio']:.2f}" for m, t in times.items())
-              + f"  | products {rows[-1]['profile']['product_share']}%: {rows[-1]['profile']['top'][:3]}", flush=True)
+              + f"  | step: products {rows[-1]['profile']['product_share']}%: {rows[-1]['profile']['top'][:3]}"
+              + "".join(f" | {mode}: products {p['product_share']}%: {p['top'][:3]}"
+                        for mode, p in rows[-1]["profiles"].items()), flush=True)
     return rows
 
 
@@ -192,7 +201,7 @@ def wide(args) -> list:
     for split in ("random", "grouped"):
         masked = torchfpe.expand(parent, 4, split, seed=0)
         models = {"masked": masked, "auto": torchfpe.pack(masked)}
-        for layout in ("block", "parent", "ell"):
+        for layout in args.named_layouts:
             packed = pack_as(masked, layout)
             if packed is not None and layouts_of(packed) != layouts_of(models["auto"]):
                 models[layout] = packed
@@ -205,8 +214,8 @@ def deep(args) -> list:
     width, batch = args.deep, args.batch
     parent = mlp([width] * 4 + [10])
     rows = []
-    for split, budget in (("random", "global"), ("grouped", "global"), ("grouped", "structured"),
-                          ("contiguous", "structured")):
+    for recipe in args.deep_recipes:
+        split, budget = recipe.split("@")
         masked = torchfpe.expand(parent, 4, split, seed=0, budget=budget)
         models = {"masked": masked, "auto": torchfpe.pack(masked)}
         if NestedLinear.layout in layouts_of(models["auto"]):
@@ -250,6 +259,10 @@ def language_models(args) -> list:
 
 
 # ----------------------------------------------------------------------------------------- random products
+#: Parents per gathered tile of blocked_gather_bmm: 8 x 4096 inputs x 256 examples is 32 MiB of tiles.
+GATHER_BLOCK = 8
+
+
 def blocked_gather_bmm(values: torch.Tensor, child: torch.Tensor, alpha: int, x: torch.Tensor,
                        block: int) -> torch.Tensor:
     """The per-parent layout's product by gathers: for ``block`` parents at a time, each child's inputs
@@ -302,13 +315,13 @@ def random_products(args) -> dict:
         "parent_dense_blas": (lambda: x @ dense_w.t(), width * width),
         "masked_dense": (lambda: x @ effective.t(), width * width * alpha),
         "csr_sparse_mm": (lambda: torch.sparse.mm(csr, xt), live),
-        "blocked_gather_bmm": (lambda: blocked_gather_bmm(values, child, alpha, x, 64), live),
+        "blocked_gather_bmm": (lambda: blocked_gather_bmm(values, child, alpha, x, GATHER_BLOCK), live),
         "parent_layout": (lambda: parent_layout(x), live),
     }
     with torch.no_grad():
         reference = x @ effective.t()
         checks = {"csr_sparse_mm": torch.sparse.mm(csr, xt).t(),
-                  "blocked_gather_bmm": blocked_gather_bmm(values, child, alpha, x, 64),
+                  "blocked_gather_bmm": blocked_gather_bmm(values, child, alpha, x, GATHER_BLOCK),
                   "parent_layout": parent_layout(x) - parent_layout.effective_bias()}
     exact = {name: float((got - reference).abs().max()) for name, got in checks.items()}
     results = {}
@@ -340,9 +353,17 @@ def main() -> None:
     parser.add_argument("--wide", type=int, default=4096, help="width of the wide layer (4096)")
     parser.add_argument("--deep", type=int, default=1024, help="width of the deep and batch-1 MLPs (1024)")
     parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--deep-recipes", nargs="+", default=list(DEEP_RECIPES), choices=DEEP_RECIPES,
+                        help="split@budget of the deep case")
     parser.add_argument("--lm", nargs="+", default=["x2", "x4"], help="LM sizes of bench/lm_steps.py")
+    parser.add_argument("--no-masked", action="store_true", help="skip the masked models (alpha to alpha^2 "
+                        "times the parent's time: the slowest rows)")
+    parser.add_argument("--named-layouts", nargs="*", default=["block", "parent", "ell"],
+                        help="layouts the wide case also forces, where they differ from auto's choice")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (median)")
     parser.add_argument("--profile-steps", type=int, default=2)
+    parser.add_argument("--profile-modes", nargs="*", default=["forward"], choices=MODES,
+                        help="modes profiled besides the training step (the row's 'profiles')")
     parser.add_argument("--batch1-calls", type=int, default=200, help="calls per round at batch 1")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes, one round; needs --out")
     parser.add_argument("--out", type=Path, help="JSON result file (default bench/results/steps.json)")

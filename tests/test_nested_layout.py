@@ -113,8 +113,12 @@ def test_from_masked_refuses_masks_that_do_not_fit():
     with pytest.raises(LayoutError):
         NestedLinear.from_masked(deep("random", 2, budget="global")[2], 2, auto=True)
     # a first layer reads no copied columns: auto leaves it to block
+    model = deep("contiguous", 2)
     with pytest.raises(LayoutError, match="copied columns"):
-        NestedLinear.from_masked(deep("contiguous", 2)[0], 2, auto=True)
+        NestedLinear.from_masked(model[0], 2, auto=True)
+    # an outgoing layer reads copied columns but does not split its rows: auto leaves it to block
+    with pytest.raises(LayoutError, match="split its rows"):
+        NestedLinear.from_masked(model[6], 1, auto=True)
     # forced, any masks fit (a class per row, at worst): exact, if slow
     masked = deep("random", 2, budget="global")
     x = torch.randn(3, SIZES[0], dtype=torch.float64)

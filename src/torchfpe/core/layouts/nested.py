@@ -56,65 +56,116 @@ def _buckets(classes: list[tuple[Tensor, Tensor]]) -> list[tuple[list[int], int,
     return [(ids, chunk, rows) for (chunk, rows), ids in sorted(keyed.items())]
 
 
-class _NestedProduct(torch.autograd.Function):
-    """The buckets' batched products on one gathered input; value gradient 0.0 at the dead positions.
+def _rows_of(x: Tensor, pad: bool) -> Tensor:
+    """(in_features [+1 zero row when ``pad``], N) contiguous rows of a (N, in_features) input: a view when
+    ``x`` is the ``.t()`` of contiguous rows (what a nested layer returns), else one transposing copy."""
+    rows = x.t()
+    if not rows.is_contiguous():
+        rows = rows.contiguous()
+    return F.pad(rows, (0, 0, 0, 1)) if pad else rows
 
-    ``x``: (N, sum of classes * chunk) gathered inputs; ``values``: flat; ``shapes``: (classes, chunk,
-    rows) per bucket. Returns (N, sum of classes * rows) in position order.
+
+class _GatherRows(torch.autograd.Function):
+    """``_rows_of(x, pad).index_select(0, index)``; its backward is one ``index_add_`` of rows (autograd's
+    own backward of index_select measured about 4x slower on (16384, 256) gradients, one thread), and
+    returns the gradient in ``x``'s own layout, so that the elementwise backward before this layer (a
+    ReLU's) reads two tensors of one layout (mixed layouts made ``threshold_backward`` 15 % of a step)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, index: Tensor, pad: bool) -> Tensor:  # noqa: D102
+        ctx.save_for_backward(index)
+        ctx.shape, ctx.transposed = x.shape, x.t().is_contiguous()
+        return _rows_of(x, pad).index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # noqa: D102
+        (index,) = ctx.saved_tensors
+        n, features = ctx.shape
+        rows = grad.new_zeros(features + 1, n).index_add_(0, index, grad.contiguous())[:features]
+        return (rows.t() if ctx.transposed else rows.t().contiguous()), None, None
+
+
+class _SelectRows(torch.autograd.Function):
+    """``y.index_select(0, index)`` of contiguous rows, its backward one ``index_add_`` of rows."""
+
+    @staticmethod
+    def forward(ctx, y: Tensor, index: Tensor) -> Tensor:  # noqa: D102
+        ctx.save_for_backward(index)
+        ctx.rows = y.shape[0]
+        return y.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # noqa: D102
+        (index,) = ctx.saved_tensors
+        return grad.new_zeros(ctx.rows, grad.shape[1]).index_add_(0, index, grad.contiguous()), None
+
+
+class _NestedProduct(torch.autograd.Function):
+    """The buckets' batched products, examples last; value gradient 0.0 at the dead positions.
+
+    ``x``: (sum of classes * chunk, N) gathered input rows; ``values``: flat, bucket after bucket
+    (classes, rows, chunk); ``bias``: one per output position or None; ``shapes``: (classes, chunk,
+    rows) per bucket. Returns (sum of classes * rows, N): every product writes its own rows of the
+    output, and every operand has the examples as its inner dimension (MKL's batched product ran at
+    the dense rate so, and at about half of it with the examples first and 64-row classes).
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, values: Tensor, dead: Tensor | None, shapes: tuple) -> Tensor:  # noqa: D102
+    def forward(ctx, x: Tensor, values: Tensor, bias: Tensor | None, dead: Tensor | None,  # noqa: D102
+                shapes: tuple) -> Tensor:
         ctx.save_for_backward(x, values, dead)
-        ctx.shapes = shapes
-        return _products(x, values, shapes)
+        ctx.shapes, ctx.has_bias = shapes, bias is not None
+        return _products(x, values, bias, shapes)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # noqa: D102
         x, values, dead = ctx.saved_tensors
-        n = x.shape[0]
-        grad_x = [] if ctx.needs_input_grad[0] else None
-        grad_values = [] if ctx.needs_input_grad[1] else None
-        col_in = col_out = at = 0
-        for classes, chunk, rows in ctx.shapes:
-            v = values[at: at + classes * chunk * rows].view(classes, chunk, rows)
-            g = grad[:, col_out: col_out + classes * rows].view(n, classes, rows).transpose(0, 1)
+        grad = grad.contiguous()
+        grad_x = torch.empty_like(x) if ctx.needs_input_grad[0] else None
+        grad_values = torch.empty_like(values) if ctx.needs_input_grad[1] else None
+        for v, xb, gb, (at, col_in, _) in _slices(x, values, grad, ctx.shapes):
             if grad_x is not None:
-                grad_x.append(torch.bmm(g, v.transpose(1, 2)).transpose(0, 1).reshape(n, classes * chunk))
+                torch.bmm(v.transpose(1, 2), gb, out=grad_x[col_in: col_in + xb.shape[0] * xb.shape[1]].view_as(xb))
             if grad_values is not None:
-                xb = x[:, col_in: col_in + classes * chunk].view(n, classes, chunk).transpose(0, 1)
-                grad_values.append(torch.bmm(xb.transpose(1, 2), g).reshape(-1))
-            at += classes * chunk * rows
-            col_in += classes * chunk
-            col_out += classes * rows
-        if grad_x is not None:
-            grad_x = torch.cat(grad_x, 1) if len(grad_x) > 1 else grad_x[0]
-        if grad_values is not None:
-            grad_values = torch.cat(grad_values) if len(grad_values) > 1 else grad_values[0]
-            if dead is not None:
-                grad_values.index_fill_(0, dead, 0.0)
-        return grad_x, grad_values, None, None
+                torch.bmm(gb, xb.transpose(1, 2), out=grad_values[at: at + v.numel()].view_as(v))
+        if grad_values is not None and dead is not None:
+            grad_values.index_fill_(0, dead, 0.0)
+        grad_bias = grad.sum(dim=1) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_x, grad_values, grad_bias, None, None
 
 
-def _products(x: Tensor, values: Tensor, shapes: tuple) -> Tensor:
-    """One batched product per bucket on the gathered input, outputs side by side in position order."""
-    n = x.shape[0]
-    out = []
-    col = at = 0
+def _slices(x: Tensor, values: Tensor, y: Tensor, shapes: tuple):
+    """Per bucket: its values (classes, rows, chunk), its input rows (classes, chunk, N), its output
+    rows (classes, rows, N), and its offsets (in ``values``, in ``x``, in ``y``)."""
+    n = x.shape[1]
+    at = col_in = col_out = 0
     for classes, chunk, rows in shapes:
-        v = values[at: at + classes * chunk * rows].view(classes, chunk, rows)
-        xb = x[:, col: col + classes * chunk].view(n, classes, chunk).transpose(0, 1)
-        out.append(torch.bmm(xb, v).transpose(0, 1).reshape(n, classes * rows))
+        v = values[at: at + classes * chunk * rows].view(classes, rows, chunk)
+        xb = x[col_in: col_in + classes * chunk].view(classes, chunk, n)
+        yb = y[col_out: col_out + classes * rows].view(classes, rows, n)
+        yield v, xb, yb, (at, col_in, col_out)
         at += classes * chunk * rows
-        col += classes * chunk
-    return torch.cat(out, 1) if len(out) > 1 else out[0]
+        col_in += classes * chunk
+        col_out += classes * rows
+
+
+def _products(x: Tensor, values: Tensor, bias: Tensor | None, shapes: tuple) -> Tensor:
+    """One batched product per bucket (bias added in it), each written into its rows of the output."""
+    y = x.new_empty(sum(classes * rows for classes, _, rows in shapes), x.shape[1])
+    for v, xb, yb, (_, _, col_out) in _slices(x, values, y, shapes):
+        if bias is None:
+            torch.bmm(v, xb, out=yb)
+        else:
+            torch.baddbmm(bias[col_out: col_out + yb.shape[0] * yb.shape[1]].view(yb.shape[0], yb.shape[1], 1),
+                          v, xb, out=yb)
+    return y
 
 
 @register_layout
 class NestedLinear(PackedLinear):
     """Classes of rows sharing their inputs, bucketed into a few batched products (see module doc).
 
-    Stored: ``values`` (flat: bucket after bucket, each (classes, chunk, rows)); ``bias`` (one per
+    Stored: ``values`` (flat: bucket after bucket, each (classes, rows, chunk)); ``bias`` (one per
     output position); ``in_index`` (input position per gathered column; ``in_features`` = padding,
     reads 0); ``out_index`` (natural unit per output position, -1 = padding row); ``in_natural``
     (natural unit per input position, when the previous layer emits its own order); ``hole_bits``
@@ -159,14 +210,18 @@ class NestedLinear(PackedLinear):
         """Classes of rows with the same inputs (a row reading a subset joins with holes), bucketed.
 
         ``LayoutError`` when more classes than rows / ``MIN_GROUP_ROWS`` would be needed (forced: more
-        than the rows), or, in ``auto``: the layer does not read copied columns (a first layer: ``block``
-        holds it), or padding and holes exceed ``MAX_SLOT_RATIO`` times the live values.
+        than the rows), or, in ``auto``: the layer is not a middle layer (it reads no copied columns, or
+        does not split its rows: ``block`` holds those), or padding and holes exceed ``MAX_SLOT_RATIO``
+        times the live values.
         """
         parent = layer.parent_features
         copies = layer.in_features // int(parent[0]) if parent is not None and \
             layer.in_features % int(parent[0]) == 0 else 1
-        if auto and copies == 1:
-            raise LayoutError("it does not read copied columns (not a middle layer of a deep expansion)")
+        if auto and (copies == 1 or alpha == 1):
+            # a first layer (no copied columns) is block's; an outgoing layer (rows not split) packs as
+            # block's support blocks with at most one padding row, and keeps the natural output layout
+            raise LayoutError("it does not both read copied columns and split its rows (not a middle layer "
+                              "of a deep expansion)")
         mask_cpu = layer.weight_mask.cpu()
         limit = max(1, layer.out_features // MIN_GROUP_ROWS) if auto else layer.out_features
         classes = _support_blocks(mask_cpu, limit)
@@ -184,16 +239,16 @@ class NestedLinear(PackedLinear):
         weight = (layer.weight.detach() * layer.weight_mask).cpu()
         values, live, in_index, out_index = [], [], [], []
         for ids, chunk, rows in buckets:
-            v = weight.new_zeros(len(ids), chunk, rows)
-            keep = torch.zeros(len(ids), chunk, rows, dtype=torch.bool)
+            v = weight.new_zeros(len(ids), rows, chunk)
+            keep = torch.zeros(len(ids), rows, chunk, dtype=torch.bool)
             gather = torch.full((len(ids), chunk), in_features, dtype=torch.long)
             units_of = torch.full((len(ids), rows), -1, dtype=torch.long)
             for b, c in enumerate(ids):
                 units, inputs = classes[c]
                 gather[b, : len(inputs)] = inputs
                 units_of[b, : len(units)] = units
-                v[b, : len(inputs), : len(units)] = weight[units][:, inputs].T
-                keep[b, : len(inputs), : len(units)] = mask_cpu[units][:, inputs].T
+                v[b, : len(units), : len(inputs)] = weight[units][:, inputs]
+                keep[b, : len(units), : len(inputs)] = mask_cpu[units][:, inputs]
             values.append(v.reshape(-1))
             live.append(keep.reshape(-1))
             in_index.append(gather.reshape(-1))
@@ -316,21 +371,24 @@ class NestedLinear(PackedLinear):
 
     # -- compute
     def forward(self, input: Tensor) -> Tensor:  # noqa: A002
+        """Examples last throughout: the input's rows gathered from ``x.t()`` (a view when the previous
+        nested layer returned one), the products, the restoring gather of rows, and ``.t()`` back: in a
+        chain of nested layers no transpose is copied between them."""
         leading = input.shape[:-1]
         x = input.reshape(-1, self.in_features)
-        if self.pad_input:
-            x = F.pad(x, (0, 1))
-        x = x.index_select(1, self.gather)
-        if torch.is_grad_enabled() and self.values.requires_grad:
-            y = _NestedProduct.apply(x, self.values, self.dead_positions, tuple(self.buckets))
+        if torch.is_grad_enabled() and x.requires_grad:
+            rows = _GatherRows.apply(x, self.gather, self.pad_input)
         else:
-            y = _products(x, self.values, tuple(self.buckets))
+            rows = _rows_of(x, self.pad_input).index_select(0, self.gather)
         bias = self._masked_bias()
-        if bias is not None:
-            y = y + bias
+        if torch.is_grad_enabled() and (self.values.requires_grad or (bias is not None and bias.requires_grad)
+                                        or rows.requires_grad):
+            y = _NestedProduct.apply(rows, self.values, bias, self.dead_positions, tuple(self.buckets))
+        else:
+            y = _products(rows, self.values, bias, tuple(self.buckets))
         if self.restore is not None:
-            y = y.index_select(1, self.restore)
-        return y.reshape(*leading, y.shape[-1])
+            y = _SelectRows.apply(y, self.restore) if y.requires_grad else y.index_select(0, self.restore)
+        return y.t().reshape(*leading, self.out_features)
 
     # -- interface
     def _coordinates(self) -> tuple[Tensor, Tensor, Tensor]:
@@ -338,10 +396,10 @@ class NestedLinear(PackedLinear):
         outs, ins = [], []
         col_in = col_out = 0
         for classes, chunk, rows in self.buckets:
-            out_n = self.out_index.long()[col_out: col_out + classes * rows].view(classes, 1, rows)
-            in_p = self.gather[col_in: col_in + classes * chunk].view(classes, chunk, 1)
-            outs.append(out_n.expand(classes, chunk, rows).reshape(-1))
-            ins.append(in_p.expand(classes, chunk, rows).reshape(-1))
+            out_n = self.out_index.long()[col_out: col_out + classes * rows].view(classes, rows, 1)
+            in_p = self.gather[col_in: col_in + classes * chunk].view(classes, 1, chunk)
+            outs.append(out_n.expand(classes, rows, chunk).reshape(-1))
+            ins.append(in_p.expand(classes, rows, chunk).reshape(-1))
             col_in += classes * chunk
             col_out += classes * rows
         out_natural, in_pos = torch.cat(outs), torch.cat(ins)
