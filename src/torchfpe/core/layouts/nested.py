@@ -152,6 +152,15 @@ def _slices(x: Tensor, values: Tensor, y: Tensor, shapes: tuple):
 def _products(x: Tensor, values: Tensor, bias: Tensor | None, shapes: tuple) -> Tensor:
     """One batched product per bucket (bias added in it), each written into its rows of the output."""
     y = x.new_empty(sum(classes * rows for classes, _, rows in shapes), x.shape[1])
+    if torch.compiler.is_compiling():
+        # traced (torch.export, torch.compile): writes through out= cannot be differentiated there, so the
+        # buckets' products are made apart and concatenated (the same values; eager keeps the copy-free path)
+        pieces = []
+        for v, xb, yb, (_, _, col_out) in _slices(x, values, y, shapes):
+            product = torch.bmm(v, xb) if bias is None else torch.baddbmm(
+                bias[col_out: col_out + yb.shape[0] * yb.shape[1]].view(yb.shape[0], yb.shape[1], 1), v, xb)
+            pieces.append(product.reshape(-1, x.shape[1]))
+        return torch.cat(pieces)
     for v, xb, yb, (_, _, col_out) in _slices(x, values, y, shapes):
         if bias is None:
             torch.bmm(v, xb, out=yb)
