@@ -44,6 +44,35 @@ def _is_hugging_face(model: nn.Module) -> bool:
     return callable(getattr(model, "save_pretrained", None)) and callable(getattr(config, "to_dict", None))
 
 
+#: config.json key (beside the fpe_config block) listing the submodules the saved model holds as ``None``
+ABSENT_KEY = "fpe_absent_modules"
+
+
+def absent_modules(model: nn.Module) -> list[str]:
+    """Paths where ``model`` holds ``None`` for what may be a submodule (``BertModel(add_pooling_layer=False)``
+    sets ``pooler = None``): a model rebuilt from ``config.json`` alone would have a module there, and the
+    saved weights lack it. Every public ``None`` attribute and empty module slot is listed; loading clears
+    only those where the rebuilt model does hold a module."""
+    found = []
+    for prefix, module in model.named_modules():
+        names = [name for name, child in module._modules.items() if child is None]
+        names += [name for name, value in vars(module).items() if value is None and not name.startswith("_")]
+        found += [f"{prefix}.{name}" if prefix else name for name in dict.fromkeys(names)]
+    return found
+
+
+def _drop_absent(model: nn.Module, paths: list) -> None:
+    """Set to ``None`` each of ``paths`` (see :func:`absent_modules`) where the rebuilt model holds a module."""
+    for path in paths:
+        owner, _, name = str(path).rpartition(".")
+        try:
+            holder = model.get_submodule(owner) if owner else model
+        except AttributeError:
+            continue
+        if isinstance(holder._modules.get(name), nn.Module):
+            setattr(holder, name, None)
+
+
 def save_pretrained(model: nn.Module, directory: str | os.PathLike, **hf_kwargs) -> FPEConfig:
     """Write ``model`` (expanded, masked or packed) to ``directory``; returns the ``FPEConfig`` written.
 
@@ -56,6 +85,9 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, **hf_kwargs)
     directory = Path(directory)
     if _is_hugging_face(model):
         setattr(model.config, CONFIG_KEY, config.to_dict())
+        absent = absent_modules(model)
+        if absent:  # built with a constructor argument config.json cannot say (add_pooling_layer=False)
+            setattr(model.config, ABSENT_KEY, absent)
         model.save_pretrained(directory, **hf_kwargs)
         return config
     if hf_kwargs:
@@ -153,6 +185,7 @@ def from_pretrained(directory: str | os.PathLike, parent: nn.Module | None = Non
             raise InvalidParameterError(f"{str(directory / CONFIG_NAME)!r} describes a plain torch model; pass its "
                                         "architecture: from_pretrained(directory, parent=<the model before expand>)")
         parent = _hugging_face_parent(directory)
+        _drop_absent(parent, whole.get(ABSENT_KEY) or [])
     check_param("parent", parent, [nn.Module], "from_pretrained")
     if dtype is not None:
         parent = parent.to(dtype)
