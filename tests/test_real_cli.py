@@ -101,7 +101,7 @@ def test_a_store_written_before_data_files_were_recorded_stays_valid(tmp_path):
 
 def test_data_preparation_shows_a_spinner_unless_quiet(embedding_file, capsys, monkeypatch):  # noqa: F811
     """Issue 13 C1: the terminal was blank while the data were prepared (35 s for the stand-in)."""
-    from torchfpe import _status
+    from torchfpe import status as _status
     from torchfpe.lab import api
 
     monkeypatch.setattr(_status, "QUIET_BELOW_S", 0.0)  # the tiny file loads at once: say so anyway

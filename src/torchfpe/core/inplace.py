@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .expand import ExpansionReport, expand
-from .optim import _carried, rebind_optimizer_, unwrap_optimizer
+from .optim import carried_groups, rebind_optimizer_, unwrap_optimizer
 from .targets import set_submodule
 from .validation import InvalidParameterError, check_param
 
@@ -47,7 +47,7 @@ def expand_(model: nn.Module, alpha: int, split="random", *, optimizer: torch.op
     paths = [change.name for change in report.layers]
     if inner is not None:  # mapped against the copy first: an error leaves model and optimizer as they were
         names = {id(p): name for name, p in model.named_parameters()}
-        groups, carried = _carried(inner, names, model.get_submodule, wide)
+        groups, carried = carried_groups(inner, names, model.get_submodule, wide)
     for path in paths:
         set_submodule(model, path, wide.get_submodule(path))
     if inner is not None:

@@ -196,7 +196,7 @@ def carry_optimizer(optimizer: torch.optim.Optimizer, parent: nn.Module, wide: n
     inner = unwrap_optimizer(optimizer)
     schedulers = _schedulers_of(scheduler, optimizer, inner)
     names = {id(p): name for name, p in parent.named_parameters()}
-    groups, carried = _carried(inner, names, parent.get_submodule, wide)
+    groups, carried = carried_groups(inner, names, parent.get_submodule, wide)
     if in_place:
         rebind_optimizer_(inner, groups, carried)
         return optimizer
@@ -262,7 +262,7 @@ def _schedulers_of(scheduler: object | None, optimizer: torch.optim.Optimizer, i
     return found
 
 
-def _carried(optimizer: torch.optim.Optimizer, names: dict[int, str], parent_layer, wide: nn.Module):
+def carried_groups(optimizer: torch.optim.Optimizer, names: dict[int, str], parent_layer, wide: nn.Module):
     """Each group's parameters in ``wide`` and each one's carried state; ``names``: id of a parent parameter -> name.
 
     ``parent_layer(path)`` returns the parent's module at ``path`` (its expanded layers' sources).

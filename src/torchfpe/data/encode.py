@@ -69,7 +69,7 @@ def encode_to_file(
 ) -> Path:
     """Encode the train and test images and write the embedding ``.npz`` (validated, atomic); ``extra``:
     strings kept beside the vectors (the encoder, its preprocessing), read back into ``EmbeddingSet.meta``."""
-    with _progress(quiet) as progress:
+    with progress_bar(quiet) as progress:
         vectors = {}
         for split, source in (("train", train), ("test", test)):
             task = progress.add_task(f"encoding {split}", total=len(source.images)) if progress else None
@@ -131,7 +131,7 @@ class LineProgress:
               file=self.stream or sys.stderr, flush=True)
 
 
-def _progress(quiet: bool):
+def progress_bar(quiet: bool):
     """A progress display on stderr (stdout stays for results): rich's live bar on a terminal, plain
     lines elsewhere; nothing when ``quiet``."""
     if quiet:

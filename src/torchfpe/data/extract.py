@@ -121,9 +121,9 @@ def check_images(paths: Sequence[Path], *, quiet: bool = True) -> None:
     """Open every image's header (cheap: pixels are not decoded); the first bad one raises with its name."""
     from PIL import Image
 
-    from .encode import _progress
+    from .encode import progress_bar
 
-    with _progress(quiet) as progress:
+    with progress_bar(quiet) as progress:
         task = progress.add_task("checking images", total=len(paths)) if progress else None
         for path in paths:
             try:
@@ -260,7 +260,7 @@ def load_clip(model: str | os.PathLike, device: torch.device) -> ClipImageEncode
     return ClipImageEncoder(network, processor, device, f"CLIP image tower {where} (image_embeds)")
 
 
-def _check_device(device: str | torch.device) -> torch.device:
+def check_device(device: str | torch.device) -> torch.device:
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as error:
@@ -315,7 +315,7 @@ def extract_embeddings(
             Preprocessing(image_size)
     elif image_size is not None:
         raise ExtractionError("image_size applies to the EfficientNet encoders only (CLIP uses its own processor)")
-    resolved_device = _check_device(device)
+    resolved_device = check_device(device)
     folder = Path(source)
     if folder.is_dir() or not isinstance(source, str) or source not in _image_set_names():
         if not folder.exists():
@@ -335,16 +335,16 @@ def extract_embeddings(
         images_source = image_source(source)
         if not efficientnet:
             _import_transformers()
-        from .encode import _progress
+        from .encode import progress_bar
 
-        with _progress(quiet) as progress:
+        with progress_bar(quiet) as progress:
             images = images_source.load(data_dir, progress)
         classes = list(images.class_names)
         wrap = (lambda x: x) if efficientnet else TensorImages
         train_images = LabelledImages(wrap(images.x_train), images.y_train.numpy())
         test_images = LabelledImages(wrap(images.x_test), images.y_test.numpy())
         data_name, origin = images.name, f"{images.name} ({images.note})"
-    from .._status import step
+    from ..status import step
 
     if efficientnet:
         from .efficientnet import load_encoder

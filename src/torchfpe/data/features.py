@@ -119,7 +119,7 @@ def load_feature_set(
     manifest = _read_manifest(folder)
     if manifest is None or _missing(folder, manifest, wanted):
         with _progress_display(quiet) as progress:
-            with _locked(folder / ".lock", name, quiet):
+            with locked(folder / ".lock", name, quiet):
                 manifest = _read_manifest(folder)  # another process may have finished while this one waited
                 images = None
                 if manifest is None or _missing(folder, manifest, wanted):
@@ -154,11 +154,11 @@ def _read_manifest(folder: Path) -> dict | None:
 def _write_manifest(folder: Path, spec: FeatureSet, images, recipe: dict) -> dict:
     manifest = {"recipe": recipe, "class_names": list(images.class_names), "image_set": images.name,
                 "image_note": images.note, "train": int(len(images.y_train)), "test": int(len(images.y_test))}
-    _atomic_write(folder / "manifest.json", lambda stream: stream.write(json.dumps(manifest, indent=1).encode()))
+    atomic_write(folder / "manifest.json", lambda stream: stream.write(json.dumps(manifest, indent=1).encode()))
     return manifest
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
     try:
@@ -199,7 +199,7 @@ def _compute(folder: Path, spec: FeatureSet, images, missing, device, progress) 
         rows = slice(index * CHUNK, (index + 1) * CHUNK)
         features = encode_images(encoder, x[rows], batch_size=spec.batch_size, progress=progress, task=task)
         labels = np.asarray(y[rows], dtype=np.int64)
-        _atomic_write(_chunk_path(folder, split, index),
+        atomic_write(_chunk_path(folder, split, index),
                       lambda stream: np.savez(stream, X=features, y=labels))
 
 
@@ -242,7 +242,7 @@ def _assemble(folder: Path, spec: FeatureSet, manifest: dict, wanted: dict) -> E
 # ------------------------------------------------------------------------------------ lock, progress
 
 @contextlib.contextmanager
-def _locked(lock: Path, name: str, quiet: bool):
+def locked(lock: Path, name: str, quiet: bool):
     """One process computes while the others wait (told so once); released by the OS if it dies."""
     lock.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -265,6 +265,6 @@ def _locked(lock: Path, name: str, quiet: bool):
 
 
 def _progress_display(quiet: bool):
-    from .encode import _progress
+    from .encode import progress_bar
 
-    return _progress(quiet)
+    return progress_bar(quiet)

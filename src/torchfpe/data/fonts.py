@@ -189,7 +189,7 @@ def usable_fonts(config: FontCharsConfig) -> list[Path]:
 
 def render_font_chars(config: FontCharsConfig | None = None, *, progress=None) -> ImageSet:
     """The image set: uint8 (N, size, size) images and int64 labels (index into the charset).
-    ``progress``: a display (:func:`torchfpe.data.encode._progress`) to show the rendering on, or None."""
+    ``progress``: a display (:func:`torchfpe.data.encode.progress_bar`) to show the rendering on, or None."""
     config = config or FontCharsConfig()
     fonts = usable_fonts(config)
     if len(fonts) < MIN_FONTS:

@@ -106,7 +106,7 @@ class ImageSet:
         return len(self.class_names)
 
 
-def _find(folder: Path, stem: str) -> Path | None:
+def find_file(folder: Path, stem: str) -> Path | None:
     for name in (f"{stem}.gz", stem):
         if (folder / name).is_file():
             return folder / name
@@ -118,7 +118,7 @@ def load_fashion_mnist(data_dir: str | os.PathLike | None = None) -> ImageSet:
     folder = Path(data_dir) if data_dir is not None else FASHION_MNIST_DIR
     if not folder.is_dir():
         raise DatasetNotFoundError(f"Fashion-MNIST not found: {folder} is not a folder; {HOW_TO_GET_FASHION_MNIST}")
-    paths = {key: _find(folder, stem) for key, stem in FASHION_MNIST_FILES.items()}
+    paths = {key: find_file(folder, stem) for key, stem in FASHION_MNIST_FILES.items()}
     missing = [FASHION_MNIST_FILES[k] for k, p in paths.items() if p is None]
     if missing:
         raise DatasetNotFoundError(f"Fashion-MNIST not found in {folder} (missing {', '.join(missing)}); "

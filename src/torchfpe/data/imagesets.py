@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .embeddings import DataError
-from .idx import FASHION_MNIST_DIR, FASHION_MNIST_FILES, HOW_TO_GET_FASHION_MNIST, DatasetNotFoundError, ImageSet, _find
+from .idx import FASHION_MNIST_DIR, FASHION_MNIST_FILES, HOW_TO_GET_FASHION_MNIST, DatasetNotFoundError, ImageSet, find_file
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ def _fashion_mnist_fingerprint(data_dir) -> str:
     folder = Path(data_dir) if data_dir is not None else FASHION_MNIST_DIR
     if not folder.is_dir():
         raise DatasetNotFoundError(f"Fashion-MNIST not found: {folder} is not a folder; {HOW_TO_GET_FASHION_MNIST}")
-    paths = {stem: _find(folder, stem) for stem in FASHION_MNIST_FILES.values()}
+    paths = {stem: find_file(folder, stem) for stem in FASHION_MNIST_FILES.values()}
     missing = [stem for stem, path in paths.items() if path is None]
     if missing:
         raise DatasetNotFoundError(f"Fashion-MNIST not found in {folder} (missing {', '.join(missing)}); "

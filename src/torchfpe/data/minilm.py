@@ -77,7 +77,7 @@ def model_zip() -> Path:
                       f"(pip install --force-reinstall {MINILM_PACKAGE})")
 
 
-def _package_version() -> str:
+def package_version() -> str:
     try:
         return importlib.metadata.version(MINILM_PACKAGE)
     except importlib.metadata.PackageNotFoundError:  # found on the path but not installed by pip
@@ -93,7 +93,7 @@ def minilm_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     from .standin import default_cache_dir
 
     archive = model_zip()
-    version = _package_version()
+    version = package_version()
     key = hashlib.sha256(f"{version}:{archive.stat().st_size}".encode()).hexdigest()[:8]
     root = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / "models"
     target = root / f"{MINILM_TITLE}-{version}-{key}"
@@ -209,7 +209,7 @@ class MiniLMTextEncoder:
     @property
     def record(self) -> dict[str, str]:
         """The strings an embedding file keeps about the encoder (read back into ``EmbeddingSet.meta``)."""
-        return {"encoder": MINILM_NAME, "encoder_weights": f"{MINILM_PACKAGE} {_package_version()}",
+        return {"encoder": MINILM_NAME, "encoder_weights": f"{MINILM_PACKAGE} {package_version()}",
                 "encoder_description": self.description, "max_length": str(self.max_length)}
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
@@ -254,7 +254,7 @@ def encode_texts(
     Texts are batched longest first (less padding, as sentence-transformers does; the slow batches come
     first, so a progress display's estimate of the time left errs long, never short) and the rows come
     back in the order given. ``encoder``: a loaded one to reuse (its own ``max_length`` and
-    device then apply); ``progress``/``task``: a display (:func:`torchfpe.data.encode._progress`) to
+    device then apply); ``progress``/``task``: a display (:func:`torchfpe.data.encode.progress_bar`) to
     advance by each batch.
     """
     texts = check_texts(texts, "encode_texts")

@@ -82,9 +82,9 @@ def extract_text_embeddings(
     ``seed``/``test_fraction``: the split where the source has none (fortunes, a CSV without ``split``).
     ``max_length``: WordPiece tokens kept per text. Everything is checked before the model is loaded.
     """
-    from .._status import step
-    from .encode import _progress
-    from .extract import _check_device
+    from ..status import step
+    from .encode import progress_bar
+    from .extract import check_device
 
     if name is not None and (not isinstance(name, str) or not name.strip()):
         raise TextSetError(f"name must be a non-empty string; got {name!r}")
@@ -92,13 +92,13 @@ def extract_text_embeddings(
     out = check_output_file(out, "out")
     if not is_text_encoder_name(model):
         raise MiniLMError(f"unknown text encoder {model!r}; text encoders: {', '.join(TEXT_ENCODER_NAMES)}")
-    resolved = _check_device(device)
+    resolved = check_device(device)
     check_available()
     data = load_text_set(source, seed=seed, test_fraction=test_fraction, data_dir=data_dir)
     with step(f"loading the text model {MINILM_NAME}", quiet):
         encoder = minilm_encoder(resolved, max_length=max_length)
     vectors = {}
-    with _progress(quiet) as progress:
+    with progress_bar(quiet) as progress:
         for split, texts in (("train", data.train_texts), ("test", data.test_texts)):
             task = progress.add_task(f"encoding {split} texts", total=len(texts)) if progress else None
             vectors[split] = encode_texts(texts, batch_size, encoder=encoder, progress=progress, task=task)
@@ -121,8 +121,8 @@ def fortunes_minilm(
     quiet: bool = True,
 ) -> EmbeddingSet:
     """The fortunes through all-MiniLM-L6-v2: the cached vectors (computed first if missing), split by ``seed``."""
-    from .features import _locked
-    from .minilm import _package_version, model_zip
+    from .features import locked
+    from .minilm import package_version, model_zip
     from .standin import default_cache_dir
 
     _check_common(FORTUNES_MINILM, BATCH_SIZE, max_length, seed)
@@ -130,13 +130,13 @@ def fortunes_minilm(
     test = test_mask(data.labels, data.class_names, seed=seed, test_fraction=test_fraction, where=FORTUNES_MINILM)
     check_available()
     recipe = {"version": RECIPE_VERSION, "fortunes": fortunes_fingerprint(data_dir), "min_per_class": DEFAULT_MIN_PER_CLASS,
-              "encoder": MINILM_NAME, "package": _package_version(), "zip_bytes": model_zip().stat().st_size,
+              "encoder": MINILM_NAME, "package": package_version(), "zip_bytes": model_zip().stat().st_size,
               "max_length": max_length}
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = folder / "text" / f"{FORTUNES_MINILM}-{key}.npz"
     if not path.is_file():
-        with _locked(path.with_suffix(".lock"), FORTUNES_MINILM, quiet):
+        with locked(path.with_suffix(".lock"), FORTUNES_MINILM, quiet):
             if not path.is_file():  # another process may have computed it while this one waited
                 _compute(data, path, recipe, max_length, device, quiet)
     vectors = _read_vectors(path, len(data.texts))
@@ -151,17 +151,17 @@ def fortunes_minilm(
 
 
 def _compute(data, path: Path, recipe: dict, max_length: int, device, quiet: bool) -> None:
-    from .._status import step
-    from .encode import _progress
-    from .features import _atomic_write
+    from ..status import step
+    from .encode import progress_bar
+    from .features import atomic_write
 
     with step(f"{FORTUNES_MINILM}: loading the text model {MINILM_NAME}", quiet):
         encoder = minilm_encoder(device, max_length=max_length)
-    with _progress(quiet) as progress:
+    with progress_bar(quiet) as progress:
         task = (progress.add_task(f"{FORTUNES_MINILM}: encoding {len(data.texts)} fortunes once (cache {path})",
                                   total=len(data.texts)) if progress else None)
         vectors = encode_texts(data.texts, BATCH_SIZE, encoder=encoder, progress=progress, task=task)
-    _atomic_write(path, lambda stream: np.savez(stream, X=vectors, y=data.labels,
+    atomic_write(path, lambda stream: np.savez(stream, X=vectors, y=data.labels,
                                                 recipe=np.asarray(json.dumps(recipe, sort_keys=True))))
 
 

@@ -419,7 +419,7 @@ def _make_jobs(experiment: str, config_dicts: list[dict], quiet: bool = True, de
     so a wrong path fails before ``meta.json`` is written. Loading the data can take a while (a
     built-in stand-in is built the first time it is asked for), so a spinner says so unless ``quiet``.
     """
-    from .._status import step
+    from ..status import step
 
     from .experiments.registry import experiment as registered
     from .sweep import make_jobs
@@ -585,7 +585,7 @@ def build_report(out: str | os.PathLike, *, strict: bool = False, quiet: bool = 
     if missing:
         meta = {**meta, "incomplete": f"{len(missing)} of {len(planned_keys)} planned runs are missing: "
                                       f"{'; '.join(missing[:20])}{' …' if len(missing) > 20 else ''}"}
-    from .._status import step
+    from ..status import step
 
     try:
         with step(f"writing {out / 'report.md'} and its figures", quiet):
