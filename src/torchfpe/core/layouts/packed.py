@@ -59,8 +59,10 @@ def pack_bits(mask: Tensor) -> Tensor:
 
 
 def unpack_bits(bits: Tensor, count: int) -> Tensor:
-    shifts = torch.arange(8, device=bits.device)
-    return ((bits.unsqueeze(1).long() >> shifts) & 1).bool().reshape(-1)[:count]
+    """The first ``count`` entries of :func:`pack_bits`' bytes, as booleans (computed in uint8: a byte
+    an entry while it runs, so layers unpack their holes per call instead of keeping them)."""
+    shifts = torch.arange(8, device=bits.device, dtype=torch.uint8)
+    return ((bits.unsqueeze(1) >> shifts) & 1).bool().reshape(-1)[:count]
 
 
 def compact(index: Tensor, limit: int) -> Tensor:
