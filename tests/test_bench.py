@@ -62,6 +62,19 @@ def check_packed(data: dict) -> None:
 
 
 def check_gpu(data: dict) -> None:
+    meta, grid = data["meta"], data["meta"]["grid"]
+    shapes = len(grid["shapes"]) - len(meta["skipped_shapes"])
+    assert len(data["rows"]) == shapes * len(grid["dtypes"]) * len(grid["batches"]) > 0
+    timed = {"dense", "masked", "block_torch"} | ({"block", "parent"} if meta["kernels"] else set())
+    for row in data["rows"]:
+        assert timed <= set(row["variants"]) and row["variants"]["dense"]["ratio_to_dense"] == 1.0
+        assert all(v["ms"] > 0 for v in row["variants"].values())
+    if meta["kernels"]:  # Triton installed: the kernels ran (interpreted on a CPU) and matched
+        assert len(data["checks"]) == 2 * shapes * len(grid["dtypes"]) and meta["all_checks_ok"]
+        assert all(c["triton"] for c in data["checks"])
+
+
+def check_gpu_models(data: dict) -> None:
     grid = data["meta"]["grid"]
     assert len(data["layers"]) == len(grid["widths"]) * len(grid["alphas"]) * len(grid["splits"]) * \
         len(grid["dtypes"]) * len(grid["batches"])
@@ -109,7 +122,17 @@ def check_lm_steps(data: dict) -> None:
         assert row["width_run_cpu_seconds"] > 0 and row["tokens_per_step"] == row["batch"] * row["context"]
 
 
-RESULT_CHECKS = {"packed.py": check_packed, "gpu.py": check_gpu, "lm_steps.py": check_lm_steps, "boolean_throughput.py": check_boolean_throughput,
+def check_memory(data: dict) -> None:
+    assert data["rows"] and data["complete"]
+    for row in data["rows"]:
+        assert set(row["resident"]) == {"parent", "masked", "packed"} and row["resident_ratio"]["parent"] == 1.0
+        # the masked layout holds a dense weight and a boolean mask per expanded layer: more than the parent
+        assert row["resident"]["masked"] > row["resident"]["parent"] and row["layouts"]
+        assert all(b > 0 for model in row["peak_extra"].values() for b in model.values())
+
+
+RESULT_CHECKS = {"memory.py": check_memory, "gpu.py": check_gpu, "gpu_models.py": check_gpu_models,
+                 "packed.py": check_packed, "lm_steps.py": check_lm_steps, "boolean_throughput.py": check_boolean_throughput,
                  "shared_split_accuracy.py": check_shared_split_accuracy, "stack_layout.py": check_stack_layout}
 
 
@@ -163,12 +186,13 @@ def test_packed_ffn_and_small_modes_run(mode, tmp_path):
             assert row["budget"] != "structured" or row["bytes_ratio"] <= 1.15
 
 
-def test_gpu_refuses_a_missing_device_before_any_work(tmp_path):
+@pytest.mark.parametrize("script", ["gpu.py", "gpu_models.py"])
+def test_gpu_refuses_a_missing_device_before_any_work(tmp_path, script):
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
-    done = run(BENCH / "gpu.py", "--out", str(tmp_path / "gpu.json"), cwd=tmp_path)
+    done = run(BENCH / script, "--out", str(tmp_path / "gpu.json"), cwd=tmp_path)
     assert done.returncode == 2 and "no CUDA device" in done.stderr and not any(tmp_path.iterdir())
 
 

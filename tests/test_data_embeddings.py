@@ -95,7 +95,7 @@ def test_other_bad_sources(tmp_path):
     with pytest.raises(EmbeddingFileError, match="data.csv: unknown embedding file type .csv"):
         load_embeddings(tmp_path / "data.csv")
     (tmp_path / "junk.npz").write_bytes(b"this is not a zip")
-    with pytest.raises(EmbeddingFileError, match="junk.npz: not a readable .npz"):
+    with pytest.raises(EmbeddingFileError, match="junk.npz: not a valid .npz file"):
         load_embeddings(tmp_path / "junk.npz")
     pickled = tmp_path / "pickled.npz"
     np.savez(pickled, **good_arrays(), class_names=np.array(["a", 1, None], dtype=object))
@@ -126,10 +126,10 @@ def test_write_embeddings_is_validated_and_atomic(tmp_path):
 
 def test_select_classes_relabels():
     arrays = good_arrays(classes=4)
-    from torchfpe.data.embeddings import _to_set, validate_arrays
+    from torchfpe.data.embeddings import to_embedding_set, validate_arrays
 
-    data = _to_set(validate_arrays("t", arrays["X_train"], arrays["y_train"], arrays["X_test"], arrays["y_test"],
-                                   list("abcd")), name="t", standin=False, note="")
+    data = to_embedding_set(validate_arrays("t", arrays["X_train"], arrays["y_train"], arrays["X_test"],
+                                            arrays["y_test"], list("abcd")), name="t", standin=False, note="")
     sub = data.select_classes([3, 1])
     assert sub.class_names == ["d", "b"] and sub.y_train.tolist() == [1] * 4 + [0] * 4
     np.testing.assert_array_equal(sub.x_train[:4].numpy(), data.x_train[4:8].numpy())

@@ -117,7 +117,7 @@ def test_odd_store_contents_are_one_line_runtime_errors(finished_store, tmp_path
     runs[0].write_text(json.dumps(payload))
     # a meta.json naming a study no report knows
     meta = json.loads((out / "meta.json").read_text())
-    (out / "meta.json").write_text(json.dumps({**meta, "study": "vision", "layout": None}))  # layout: issue 7
+    (out / "meta.json").write_text(json.dumps({**meta, "study": "vision", "page": None}))  # page: issue 7
     assert_one_line_error(cli("report", out), 1, "unknown study 'vision'")
 
 

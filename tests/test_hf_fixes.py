@@ -115,7 +115,7 @@ def test_distilbert_ffn_found_and_expanded():
     pairs = find_ffn_pairs(model)
     assert pairs == [(f"transformer.layer.{i}.ffn.lin1", f"transformer.layer.{i}.ffn.lin2") for i in range(2)]
     wide = expand(model, 2, pairs=pairs, seed=0)
-    assert torchfpe.nonzero_parameters(wide) == torchfpe.nonzero_parameters(model)
+    assert torchfpe.trainable_positions(wide) == torchfpe.trainable_positions(model)  # biases start at 0
     assert wide.transformer.layer[0].ffn.lin1.out_features == 48
     assert torch.isfinite(wide(ids()).last_hidden_state).all()
 

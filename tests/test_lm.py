@@ -50,7 +50,7 @@ def test_every_kind_of_variant_runs_at_the_parents_count(corpus, arch):
         assert record["relative_gain"] == pytest.approx((dense["bits_per_byte"] - record["bits_per_byte"])
                                                         / dense["bits_per_byte"])
         assert record["hidden_units"] == {"dense": 16, "wide2": 32}.get(variant, 32)
-        if variant in ("random", "grouped@structured", "random@outgoing", "random@carry"):
+        if variant in ("random", "grouped@structured", "random@outgoing", "random@carry", "static_sparse"):
             assert record["nonzero_parameters"] == dense["nonzero_parameters"], variant
             assert record["ffn_nonzero"] == dense["ffn_nonzero"], variant
     assert by[("dense", 0)]["relative_gain"] == 0.0

@@ -182,3 +182,17 @@ def test_a_trainer_checkpoint_of_a_packed_model_saves_and_resumes(tmp_path):
     transformers.Trainer(model=resumed, args=arguments, train_dataset=data).train(resume_from_checkpoint=str(checkpoint))
     assert torchfpe.nonzero_parameters(resumed) == count
     assert all(torch.equal(a, b) for a, b in zip(resumed.state_dict().values(), wide.state_dict().values()))
+
+
+def test_a_directory_written_by_the_models_own_save_pretrained_loads_too(tmp_path):
+    parent = tiny("llama")
+    wide = pack(expand(parent, 2, "random", pairs=torchfpe.find_ffn_pairs(parent), seed=0)).eval()
+    wide.save_pretrained(tmp_path)
+    assert "fpe_config" not in json.loads((tmp_path / "config.json").read_text())
+    loaded = from_pretrained(tmp_path)
+    assert layouts(loaded) == layouts(wide) and loaded.fpe_config.alpha == 2
+    with torch.no_grad():
+        assert torch.equal(loaded(ids()).logits, wide(ids()).logits)
+    tiny("llama").save_pretrained(tmp_path / "dense")
+    with pytest.raises(InvalidParameterError, match="no expanded layer"):
+        from_pretrained(tmp_path / "dense")

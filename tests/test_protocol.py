@@ -29,13 +29,18 @@ def test_boolean_records_match_the_pre_refactor_code(case):
     """Records of the code before the protocol moved out of boolean.py (tests/fixtures)."""
     torch.set_num_threads(1)
     spec = FIXTURE[case]
-    records = boolean.EXPERIMENT.run_batch([boolean.EXPERIMENT.make_config(**spec["config"], seed=s) for s in spec["seeds"]])
+    # the fixture predates separate random streams: its configs are the old code's (streams="shared")
+    records = boolean.EXPERIMENT.run_batch([boolean.EXPERIMENT.make_config(**spec["config"], streams="shared", seed=s)
+                                            for s in spec["seeds"]])
     assert len(records) == len(spec["records"])
     for got, want in zip(map(_comparable, records), spec["records"]):
+        assert got.pop("streams") == "shared"
         assert set(got) == set(want)
         for key, value in want.items():
             if isinstance(value, float) and not isinstance(got[key], str):
-                assert got[key] == pytest.approx(value, rel=1e-12, abs=1e-12, nan_ok=True), (case, key)
+                # the fixture was made on one CPU; another CPU's vector kernels round float64 sums otherwise and move
+                # the metrics by ~1e-13 relative, far under what a change of the code moves (~1e-3)
+                assert got[key] == pytest.approx(value, rel=1e-9, abs=1e-12, nan_ok=True), (case, key)
             else:
                 assert got[key] == value, (case, key)
 

@@ -23,7 +23,7 @@ def test_reproduce_heads_on_a_users_embedding_file(tmp_path, embedding_file):  #
     rows = list(csv.DictReader((out / "records.csv").open()))
     assert len(rows) == 2 * 2 * 6 and {r["dataset"] for r in rows} == {NAME}
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["group"] == "heads" and meta["layout"] == "cells"
+    assert meta["group"] == "heads" and meta["page"] == "cells"
     report = (out / "report.md").read_text()
     assert all(NAME in line for line in report.splitlines() if line.startswith("**Table"))
 

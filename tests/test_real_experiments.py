@@ -150,18 +150,18 @@ def test_each_study_end_to_end(group, study, embedding_file, fashion_dir, tmp_pa
         rows = list(csv.DictReader(stream))
     assert {"variant", "seed", "test_accuracy", "neurons", "alpha", "dataset"} <= set(rows[0])
     assert len(rows) == len(configs) * len(configs[0]["variants"].split("+"))
-    if chosen.meta["layout"] == "match":
+    if chosen.meta["page"] == "match":
         assert "Smallest dense model that reaches FPE" in text
     assert (tmp_path / "gain_vs_neurons.png").is_file() or (tmp_path / "gain_vs_classes.png").is_file()
 
 
-def test_real_model_studies_have_layouts_and_fit_the_registry():
+def test_real_model_studies_have_pages_and_fit_the_registry():
     from torchfpe.lab.experiments.registry import experiment
-    from torchfpe.lab.report.constants import LAYOUTS
+    from torchfpe.lab.report.pages import PAGES
 
     for group in ("heads", "deep", "cnn"):
         for study in GROUPS[group].values():
-            assert study.group == group and study.meta["layout"] in LAYOUTS
+            assert study.group == group and study.meta["page"] in PAGES
             experiment(study.experiment).make_config(**study_configs(study, 1)[0])  # every default grid point is a valid config
 
 

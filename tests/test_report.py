@@ -256,36 +256,36 @@ def test_cells_figure_plots_a_studys_own_metric(tmp_path: Path, monkeypatch) -> 
     meta = {"data_name": "toy text", "seeds": 2,
             "metric": {"key": "bits_per_byte", "label": "test bits/byte", "higher_is_better": False, "percent": False}}
     plotted = []
-    real = cells._errorbar
-    monkeypatch.setattr(cells, "_errorbar", lambda ax, xs, sums, **kw: (
+    real = cells.draw_errorbar
+    monkeypatch.setattr(cells, "draw_errorbar", lambda ax, xs, sums, **kw: (
         plotted.append((kw.get("color"), kw.get("scale", 100.0), [s.mean for s in sums])), real(ax, xs, sums, **kw)))
     figures = cells.plot_cells(pd.DataFrame(rows), meta, ["d_ff"], tmp_path)
     assert [name for name, _ in figures] == ["bits_per_byte_vs_d_ff.png", "gain_vs_d_ff.png"]
     _assert_png(tmp_path / "bits_per_byte_vs_d_ff.png")
-    from torchfpe.lab.report.figures import _color
+    from torchfpe.lab.report.figures import variant_color
 
     first = {colour: (scale, means) for colour, scale, means in plotted[:3]}  # one colour per variant
-    assert first[_color("dense")] == (1.0, [pytest.approx(3.005), pytest.approx(3.005)])
-    assert first[_color("random@carry")] == (1.0, [pytest.approx(2.805), pytest.approx(2.805)])
+    assert first[variant_color("dense")] == (1.0, [pytest.approx(3.005), pytest.approx(3.005)])
+    assert first[variant_color("random@carry")] == (1.0, [pytest.approx(2.805), pytest.approx(2.805)])
     assert "positive = better" in figures[1][1]
 
 
 def test_every_variant_of_a_study_gets_its_own_colour_and_mark() -> None:
     from matplotlib.colors import to_rgb
 
-    from torchfpe.lab.report.figures import _marker
-    from torchfpe.lab.report.figures import _color as colour
+    from torchfpe.lab.report.figures import variant_marker
+    from torchfpe.lab.report.figures import variant_color as colour
 
-    def _color(variant):
+    def variant_color(variant):
         return to_rgb(colour(variant))
 
     groups = [["random", "random@outgoing", "random@structured", "random@carry"], ["dense", "wide1.5", "wide2", "wide3"]]
     for group in groups:
-        styles = [(_color(v), _marker(v)) for v in group]
+        styles = [(variant_color(v), variant_marker(v)) for v in group]
         assert len(set(styles)) == len(group), group
-    assert len({_color(v) for v in groups[1]}) == 4  # the wide controls differ by colour, not only by mark
+    assert len({variant_color(v) for v in groups[1]}) == 4  # the wide controls differ by colour, not only by mark
     # no shade fades a line into the white axes: every colour keeps a channel under 0.8
-    assert all(min(_color(v)[:3]) < 0.8 for g in groups for v in g)
+    assert all(min(variant_color(v)[:3]) < 0.8 for g in groups for v in g)
 
 
 def test_match_section_says_when_the_parent_width_dense_model_already_reaches_fpe() -> None:
@@ -294,28 +294,28 @@ def test_match_section_says_when_the_parent_width_dense_model_already_reaches_fp
     import pandas as pd
 
     from torchfpe.lab.report.cells import match_section
-    from torchfpe.lab.report.markdown import _Tables
+    from torchfpe.lab.report.markdown import Tables
 
     rows = [{"neurons": 4, "variant": v, "seed": seed, "test_accuracy": acc + 0.001 * seed, "nonzero_parameters": nz}
             for v, acc, nz in (("dense", 0.90, 100), ("random", 0.85, 100), ("wide2", 0.95, 200), ("wide3", 0.96, 300))
             for seed in range(3)]
     meta = {"data_name": "toy", "seeds": 3}
-    text = "\n".join(match_section(pd.DataFrame(rows), meta, ["neurons"], _Tables()))
+    text = "\n".join(match_section(pd.DataFrame(rows), meta, ["neurons"], Tables()))
     assert "random FPE (85.1 %) is matched by the dense model with 1.00× the non-zeros (dense, the parent's width)" in text
     better = [{**r, "test_accuracy": 0.92} if r["variant"] == "random" else r for r in rows]
-    text = "\n".join(match_section(pd.DataFrame(better), meta, ["neurons"], _Tables()))
+    text = "\n".join(match_section(pd.DataFrame(better), meta, ["neurons"], Tables()))
     assert "matched by the dense model with 2.00× the non-zeros (wide2)" in text
 
 
 def test_the_dense_legend_names_only_the_fields_dense_ignores() -> None:
     """Dense is the same line for every alpha but not for every width: the legend said "the same for every
     neurons, alpha" in the classes figure, where dense differs by neurons."""
-    from torchfpe.lab.report.cells import _ignored
+    from torchfpe.lab.report.cells import ignored_fields
 
     lines = {(2, 2): "a", (2, 4): "a", (4, 2): "b", (4, 4): "b"}  # (neurons, alpha) -> dense's line
-    assert _ignored(lines, ["neurons", "alpha"]) == ["alpha"]
-    assert _ignored({(2, 2): "a", (4, 2): "a"}, ["neurons", "alpha"]) == ["neurons"]  # no pair differs in alpha
-    assert _ignored({(2,): "a"}, ["neurons"]) == []
+    assert ignored_fields(lines, ["neurons", "alpha"]) == ["alpha"]
+    assert ignored_fields({(2, 2): "a", (4, 2): "a"}, ["neurons", "alpha"]) == ["neurons"]  # no pair differs in alpha
+    assert ignored_fields({(2,): "a"}, ["neurons"]) == []
 
 
 def test_a_trend_that_rises_with_a_small_dip_says_so(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The report is driven by the study's meta: layout, data name, paper numbers, pairing keys."""
+"""The report is driven by the study's meta: page, data name, paper numbers, pairing keys."""
 
 from __future__ import annotations
 
@@ -17,12 +17,13 @@ from torchfpe.lab.report.stats import pairing_columns
 from torchfpe.lab.report.write import resolve_meta
 
 
-def test_boolean_studies_carry_the_layout_the_legacy_name_implied():
+def test_boolean_studies_carry_the_page_the_legacy_name_implied():
     legacy = {"headline": "headline", "neurons": "sweep", "clauses": "sweep", "alpha": "sweep",
               "metrics": "grid", "data": "sweep", "theory": "theory"}
     for name, study in STUDIES.items():
-        assert study.meta["layout"] == legacy[name]
-        assert resolve_meta({"study": name, **study.meta}, [])["layout"] == legacy[name]
+        assert study.meta["page"] == legacy[name] and "layout" not in study.meta
+        assert resolve_meta({"study": name, **study.meta}, [])["page"] == legacy[name]
+        assert resolve_meta({"study": name}, [])["page"] == legacy[name]  # a meta.json from before studies had meta
     assert STUDIES["data"].meta["show_train"] and resolve_meta({"study": "data"}, [])["show_train"]
 
 
@@ -46,12 +47,24 @@ def test_paper_numbers_only_where_the_data_set_matches(tmp_path: Path):
     assert "torchfpe report: headline study (someone's embeddings)" in text
 
 
-def test_a_new_layout_name_needs_no_report_edit_but_an_unknown_one_fails(tmp_path: Path):
+@pytest.mark.parametrize("key", ["page", "layout"])  # "layout": the key of meta.json files written before
+def test_a_study_names_its_page_and_an_unknown_one_fails(tmp_path: Path, key):
     records = [dict(r, neurons=4) for r in _headline_records()]
-    text = write_report(tmp_path, {**_meta("anything", ["neurons"]), "layout": "cells"}, records).read_text()
+    text = write_report(tmp_path, {**_meta("anything", ["neurons"]), key: "cells"}, records).read_text()
     assert "Accuracy and relative gain per `neurons`" in text
-    with pytest.raises(ValueError, match="layout"):
-        write_report(tmp_path, {**_meta("anything"), "layout": "bogus"}, records)
+    with pytest.raises(ValueError, match="no report page for it.*'bogus'"):
+        write_report(tmp_path, {**_meta("anything"), key: "bogus"}, records)
+
+
+def test_a_page_registered_from_outside_needs_no_report_edit(tmp_path: Path):
+    from torchfpe.lab.report.pages import PAGES, register_page
+
+    register_page("test_counts", lambda frame, meta, records, out, tables: [f"{len(frame)} records", ""])
+    try:
+        text = write_report(tmp_path, {**_meta("anything"), "page": "test_counts"}, _headline_records()).read_text()
+    finally:
+        PAGES.remove("test_counts")
+    assert f"{len(_headline_records())} records" in text
 
 
 def test_pairing_uses_the_config_without_seed_and_the_data_set(tmp_path: Path):
@@ -66,12 +79,13 @@ def test_pairing_uses_the_config_without_seed_and_the_data_set(tmp_path: Path):
     assert f"{stats.ttest_rel(ACC['random'], ACC['dense']).pvalue:.1e}" in text
 
 
-def test_every_group_study_names_a_known_layout():
-    from torchfpe.lab.report.constants import LAYOUTS
+def test_every_group_study_names_a_registered_page():
+    from torchfpe.lab.report.pages import PAGES, page_of
 
     for group, studies in GROUPS.items():
         for study in studies.values():
-            assert study.meta.get("layout") in LAYOUTS, (group, study.name)
+            assert study.meta.get("page") in PAGES, (group, study.name)
+            assert page_of(study.meta).name == study.meta["page"]
 
 
 # --------------------------------------------------- a metric other than accuracy: lower is better (issue 13)
@@ -92,9 +106,10 @@ def _bpb_records():
     return out
 
 
-@pytest.mark.parametrize("layout", ["cells", "match", "sweep"])
-def test_a_lower_is_better_metric_drives_columns_tests_wording_and_figures(tmp_path: Path, layout):
-    meta = {"study": "lm", "layout": layout, "axis": ["neurons"] if layout != "sweep" else "neurons", "seeds": 3,
+@pytest.mark.parametrize("page", ["cells", "match", "sweep"])
+def test_a_lower_is_better_metric_drives_columns_tests_wording_and_figures(tmp_path: Path, page):
+    layout = page
+    meta = {"study": "lm", "page": page, "axis": ["neurons"] if page != "sweep" else "neurons", "seeds": 3,
             "base": {"corpus": "c", "neurons": 4, "alpha": 2, "variants": "dense+random+wide2"},
             "metric": BPB, "command": "x", "date": "2026-01-01", "show_train": True}
     text = write_report(tmp_path, meta, _bpb_records()).read_text()

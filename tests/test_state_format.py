@@ -173,13 +173,17 @@ def test_tampered_metadata_and_block_values_are_refused_naming_the_key():
             assert "\n" not in str(error.value)
 
 
-def test_a_deleted_index_tensor_is_refused_naming_the_key():
-    block = pack(expand(mlp([12, 10, 3]), 2, "random", seed=0, bias="zero"), "block")
-    state = block.state_dict()
-    key = next(key for key in state if key.endswith("in_index"))
-    del state[key]
-    with pytest.raises(InvalidParameterError, match=f"'{key}' is missing"):
-        load_expanded(mlp([12, 10, 3]), state)
+@pytest.mark.parametrize("name", sorted(LAYOUTS))
+def test_any_deleted_tensor_is_refused_naming_the_key(name):
+    state = model_in_layout(name).state_dict()
+    for key in [key for key in state if not key.endswith("fpe_layout") and key.startswith(("0.", "2."))]:
+        meta = state.get(key.split(".")[0] + ".fpe_layout")
+        if meta is None or decode_layout_state(meta, key)["layout"] != name:
+            continue
+        partial = {k: v for k, v in state.items() if k != key}
+        with pytest.raises(InvalidParameterError, match=f"'{key}' is missing") as error:
+            load_expanded(mlp(), partial)
+        assert "\n" not in str(error.value)
 
 
 def test_load_expanded_refuses_numpy_arrays_naming_the_key():

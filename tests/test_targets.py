@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import torchfpe
-from torchfpe import MaskedLinear, expand, find_ffn_pairs, nonzero_parameters
+from torchfpe import MaskedLinear, expand, find_ffn_pairs, nonzero_parameters, trainable_positions
 
 transformers = pytest.importorskip("transformers")
 ALPHA = 2
@@ -73,7 +73,7 @@ def test_bert_linear_act_linear_pairs_found_and_expanded():
     pairs = find_ffn_pairs(model)
     assert pairs == [(f"encoder.layer.{i}.intermediate.dense", f"encoder.layer.{i}.output.dense") for i in range(2)]
     wide = expand(model, ALPHA, pairs=pairs, seed=0)
-    assert nonzero_parameters(wide) == nonzero_parameters(model)
+    assert trainable_positions(wide) == trainable_positions(model)  # BERT's biases start at 0: positions, not values
     out = wide(ids()).last_hidden_state
     assert out.shape == (2, 8, 16) and torch.isfinite(out).all()
     trains(wide.train(), lambda m: m(ids()).last_hidden_state.square().mean())
@@ -83,7 +83,7 @@ def test_bert_budget_outgoing_keeps_an_exact_partition():
     torch.manual_seed(0)
     model = tiny_bert().eval()
     wide = expand(model, ALPHA, pairs=find_ffn_pairs(model), seed=0, budget="outgoing")
-    assert nonzero_parameters(wide) == nonzero_parameters(model)
+    assert trainable_positions(wide) == trainable_positions(model)
     for i in range(2):
         name = f"encoder.layer.{i}.intermediate.dense"
         assert_children_partition(model.get_submodule(name), wide.get_submodule(name))
@@ -96,7 +96,7 @@ def test_gpt2_conv1d_is_read_transposed_and_replaced_by_masked_linear():
     assert pairs == [(f"transformer.h.{i}.mlp.c_fc", f"transformer.h.{i}.mlp.c_proj") for i in range(2)]
     assert find_ffn_pairs(model, target_modules=r"transformer\.h\.1\..*") == pairs[1:]
     wide, report = expand(model, ALPHA, pairs=pairs, seed=0, budget="outgoing", return_report=True)
-    assert report.excess == 0 and nonzero_parameters(wide) == nonzero_parameters(model)
+    assert report.excess == 0 and trainable_positions(wide) == trainable_positions(model)
     fc = wide.get_submodule("transformer.h.0.mlp.c_fc")
     assert isinstance(fc, MaskedLinear) and fc.weight.shape == (2 * 64, 16)
     assert_children_partition(model.get_submodule("transformer.h.0.mlp.c_fc"), fc)
@@ -127,7 +127,7 @@ def test_llama_gated_mlp_split_together():
     assert pairs == [tuple(f"model.layers.{i}.mlp.{n}" for n in ("gate_proj", "up_proj", "down_proj"))
                      for i in range(2)]
     wide = expand(model, ALPHA, pairs=pairs, seed=0, budget="outgoing")
-    assert nonzero_parameters(wide) == nonzero_parameters(model)
+    assert trainable_positions(wide) == trainable_positions(model)
     for i in range(2):
         prefix = f"model.layers.{i}.mlp"
         gate = assert_children_partition(model.get_submodule(f"{prefix}.gate_proj"), wide.get_submodule(f"{prefix}.gate_proj"))

@@ -4,7 +4,9 @@ A *pair* is (incoming layer, outgoing layer): two ``nn.Linear`` modules with onl
 modules between them. Expanding a pair replaces each of the incoming layer's ``h`` units (parents) by
 ``alpha`` children at indices ``alpha * i + k``. Child k's incoming row is the parent's row under
 child k's mask; the parent's outgoing column is copied to every child. Then the budget step prunes
-the smallest-magnitude weights until the model's non-zero count equals its parent's.
+the smallest-magnitude weights until the model's trainable positions (entries no mask fixes at zero,
+:func:`~torchfpe.core.budget.trainable_positions`) are back at its parent's: positions, not current
+values, so a bias that starts at 0 counts before and after training alike.
 
 ``expand`` runs in phases over one :class:`LayerPlan` per touched layer: *prepare* (every argument
 checked, targets resolved in :mod:`~torchfpe.core.targets`, the splits looked up in the registry of
@@ -23,10 +25,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .budget import BUDGETS, nonzero_parameters, prune_smallest_
+from .budget import BUDGETS, nonzero_parameters, prune_smallest_, trainable_positions
 from .config import ATTRIBUTE, FPEConfig, recorded
 from .layouts.base import LAYOUTS, ExpandedLayer, effective_parameters, expanded_layers, layout_of
-from .layouts.metadata import LAYOUT_KEY, LEGACY_KEY, encode_layout_state, is_layout_key, saved_layout_state
+from .layouts.metadata import (LAYOUT_KEY, LEGACY_KEY, check_stored, encode_layout_state, is_layout_key,
+                               saved_layout_state)
 from .layouts.masked import MaskedLinear
 from .splits import SPLITS, Split, get_split, user_split
 from .targets import as_linear, check_not_shared, features, is_conv1d, resolve_pairs, set_submodule
@@ -55,7 +58,12 @@ class LayerChange:
 
 @dataclass
 class ExpansionReport:
-    """What ``expand`` did: per-layer non-zero counts before, after splitting, and after the budget."""
+    """What ``expand`` did: per-layer non-zero counts before, after splitting, and after the budget.
+
+    ``model_positions_before``/``_after`` are the trainable positions the budget holds (see
+    :func:`torchfpe.trainable_positions`; exact-zero weights of an expanded layer's parent are read as
+    pruned, so they are not in ``_before``); ``model_nonzero_before``/``_after`` the current non-zero values.
+    """
 
     alpha: int
     split: str
@@ -65,12 +73,14 @@ class ExpansionReport:
     layers: list[LayerChange] = field(default_factory=list)
     model_nonzero_before: int = 0
     model_nonzero_after: int = 0
+    model_positions_before: int = 0
+    model_positions_after: int = 0
     config: FPEConfig | None = None  # the arguments, as expand records them on the model
 
     @property
     def excess(self) -> int:
-        """Non-zero parameters above the parent's (0 under any pruning budget)."""
-        return self.model_nonzero_after - self.model_nonzero_before
+        """Trainable positions above the parent's (0 under any pruning budget)."""
+        return self.model_positions_after - self.model_positions_before
 
     def rows(self) -> list[dict]:
         return [vars(change).copy() for change in self.layers]
@@ -79,7 +89,8 @@ class ExpansionReport:
         return {
             "alpha": self.alpha, "split": self.split, "budget": self.budget, "bias": self.bias, "seed": self.seed,
             "model_nonzero_before": self.model_nonzero_before, "model_nonzero_after": self.model_nonzero_after,
-            "excess": self.excess, "layers": self.rows(),
+            "model_positions_before": self.model_positions_before,
+            "model_positions_after": self.model_positions_after, "excess": self.excess, "layers": self.rows(),
         }
 
     def __str__(self) -> str:
@@ -90,6 +101,7 @@ class ExpansionReport:
             for c in self.layers
         ]
         body.append(["model", "", "", "", str(self.model_nonzero_before), "", str(self.model_nonzero_after)])
+        body.append(["positions", "", "", "", str(self.model_positions_before), "", str(self.model_positions_after)])
         widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
         line = lambda row: "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()  # noqa: E731
         title = (f"FPE alpha={self.alpha} split={self.split} budget={self.budget} bias={self.bias} "
@@ -120,18 +132,21 @@ class LayerPlan:
     nonzero_before: int = 0  # weights and bias of the parent
     weight_before: int = 0  # weights only
     nonzero_split: int = 0  # after splitting and copying, before the budget
-    trainable_before: int = 0  # what nonzero_parameters counts of the parent: requires_grad tensors only
-    trainable_split: int = 0
+    positions_before: int = 0  # what the budget counts of the parent: live entries of requires_grad tensors
+    positions_split: int = 0
+    read_as_pruned: int = 0  # the parent's trainable zero weights, which expand masks (not in positions_before)
 
     @property
     def weight_trainable(self) -> bool:
-        """False for a frozen weight: the budget neither prunes it nor counts it (as nonzero_parameters)."""
+        """False for a frozen weight: the budget neither prunes it nor counts it (as trainable_positions)."""
         return bool(self.parent.weight.requires_grad)
 
-    def trainable_nonzero(self) -> int:
-        weight = int(torch.count_nonzero(self.weight)) if self.weight_trainable else 0
+    def trainable_positions(self) -> int:
+        """Entries of the current weight and bias masks, of the trainable ones (values do not matter)."""
+        weight = int(torch.count_nonzero(self.mask)) if self.weight_trainable else 0
         bias = self.parent.bias
-        return weight + (int(torch.count_nonzero(self.bias)) if bias is not None and bias.requires_grad else 0)
+        live_bias = bias is not None and bias.requires_grad and self.bias_mask is not None
+        return weight + (int(torch.count_nonzero(self.bias_mask)) if live_bias else 0)
 
 
 #: Each parameter of ``expand`` and its constraint, declared once (see :mod:`torchfpe.core.validation`).
@@ -278,8 +293,8 @@ def expand(
             inputs), ``"static_sparse"`` (width alpha·h under one random fixed mask per layer with the
             parent's count), ``"dropconnect"`` (parent width, DropConnect on incoming weights).
             :func:`torchfpe.register_split` adds one.
-        seed: seeds every random choice; ``None`` draws one from torch's global generator (the
-            report records it).
+        seed: seeds every random choice; ``None`` draws a fresh one (the report records it). Torch's
+            global generator is neither read nor advanced.
         pairs: (incoming, outgoing) or gated (gate, up, down) module paths to expand; required for
             models that are not ``nn.Sequential``. Consecutive pairs may share a layer.
         clauses: input indices of each clause, for splits that need clauses.
@@ -346,14 +361,16 @@ def expand(
                      if p.split is not None and "clauses" in p.split.needs and p.leader is None}
     checked_clauses = _check_clauses(clauses, clause_layers) if clause_layers else None
     checked_data = _check_data(data, plans)
-    if seed is None:
-        seed = int(torch.randint(0, 2**62, (1,)))
+    if seed is None:  # a fresh seed (the report records it): torch's global generator is left alone
+        seed = torch.Generator().seed() % 2**62
     generator = torch.Generator().manual_seed(seed)
     options = {"alpha": alpha, "dropconnect_p": dropconnect_p}
 
     # ---------------------------------------------------------------- split: child masks per layer
     for plan in plans:
         plan.weight, plan.bias, plan.mask, plan.bias_mask = _effective(plan.parent)
+        # exact-zero weights are read as pruned (see _effective): the budget does not give them back
+        plan.read_as_pruned = trainable_positions(model.get_submodule(plan.name)) - plan.trainable_positions()
     structured = budget == "structured"
     drawn: dict[str, Tensor] = {}  # child masks per incoming layer; a gated companion reuses its leader's
     for plan in plans:
@@ -380,7 +397,7 @@ def expand(
         if plan.bias is not None:
             plan.bias = plan.bias * plan.bias_mask
         plan.nonzero_split = _layer_nonzero(plan.weight, plan.bias)
-        plan.trainable_split = plan.trainable_nonzero()
+        plan.positions_split = plan.trainable_positions()
 
     # ---------------------------------------------------------------- budget
     unmet = _apply_budget(plans, budget)
@@ -395,9 +412,11 @@ def expand(
     # ---------------------------------------------------------------- build layers, report
     report = ExpansionReport(alpha=alpha, split=_split_label(plans), budget=budget, bias=bias, seed=seed)
     report.model_nonzero_before = nonzero_parameters(model)
+    report.model_positions_before = trainable_positions(model) - sum(plan.read_as_pruned for plan in plans)
     expanded = copy.deepcopy(model)
     for plan in plans:
-        layer = (plan.split or _OUTGOING).build_layer(plan, options)
+        with torch.random.fork_rng(devices=[]):  # a layer's constructor initialises from the global generator
+            layer = (plan.split or _OUTGOING).build_layer(plan, options)
         parent = plan.parent
         layer.parent_features = getattr(parent, "parent_features", None) or (parent.in_features, parent.out_features)
         layer.train(parent.training)
@@ -408,12 +427,13 @@ def expand(
             shape_after=tuple(plan.weight.shape), nonzero_before=plan.nonzero_before,
             nonzero_split=plan.nonzero_split, nonzero_after=_layer_nonzero(plan.weight, plan.bias), frozen=frozen))
     report.model_nonzero_after = nonzero_parameters(expanded)
+    report.model_positions_after = trainable_positions(expanded)
     report.config = recorded(alpha, split, seed, given_pairs, layers, checked_clauses if clauses is not None else None,
                              bias, budget, dropconnect_p, {name: s.name for name, s in splits.items()})
     setattr(expanded, ATTRIBUTE, report.config)
     if budget != "none" and report.excess < 0:
         warnings.warn(
-            f"expand ends {-report.excess} non-zero parameters below the parent's {report.model_nonzero_before} "
+            f"expand ends {-report.excess} trainable positions below the parent's {report.model_positions_before} "
             f"(bias={bias!r}, budget={budget!r} removes more than the copies add); the budget cannot add "
             "weights back, so the expanded model is smaller than its parent", UserWarning, stacklevel=2)
     return (expanded, report) if return_report else expanded
@@ -431,7 +451,7 @@ def _copy(plan: LayerPlan, alpha: int, bias: str, masks: Tensor | None, share: T
     weight, bias_t, weight_mask, bias_mask = plan.weight, plan.bias, plan.mask, plan.bias_mask
     plan.nonzero_before = _layer_nonzero(weight, bias_t)
     plan.weight_before = int(torch.count_nonzero(weight))
-    plan.trainable_before = plan.trainable_nonzero()
+    plan.positions_before = plan.trainable_positions()
     rows, cols = plan.rows, plan.cols
     plan.weight = weight.repeat_interleave(rows, 0).repeat_interleave(cols, 1)
     plan.mask = weight_mask.repeat_interleave(rows, 0).repeat_interleave(cols, 1)
@@ -466,10 +486,11 @@ def _split_label(plans: Sequence[LayerPlan]) -> str:
 
 
 def _apply_budget(plans: Sequence[LayerPlan], budget: str) -> int:
-    """Prune the smallest-magnitude weights until the trainable non-zero count is back at its parent's.
+    """Prune the smallest-magnitude weights until the trainable positions are back at their parent's.
 
-    Frozen weights (``requires_grad=False``) stay unpruned and outside the count, as in
-    :func:`nonzero_parameters`: pruning them would change what the user froze, and counting them would
+    Positions are mask entries, not values: a copied bias that is 0 now (an untrained GPT-2's) still
+    takes a position, since training will move it. Frozen weights (``requires_grad=False``) stay
+    unpruned and outside the count, as in :func:`trainable_positions`: pruning them would change what the user froze, and counting them would
     make the trainable layers pay for them. Returns the excess that no trainable weight could absorb.
     """
     if budget == "none":
@@ -478,10 +499,10 @@ def _apply_budget(plans: Sequence[LayerPlan], budget: str) -> int:
     if budget in ("layerwise", "structured"):  # structured: only the copied biases are left over
         for plan in trainable:
             prune_smallest_({plan.name: plan.weight}, {plan.name: plan.mask},
-                            plan.trainable_split - plan.trainable_before)
-        return sum(plan.trainable_split - plan.trainable_before for plan in plans if not plan.weight_trainable)
+                            plan.positions_split - plan.positions_before)
+        return sum(plan.positions_split - plan.positions_before for plan in plans if not plan.weight_trainable)
     prunable = trainable if budget == "global" else [plan for plan in trainable if plan.cols > 1]
-    excess = sum(plan.trainable_split - plan.trainable_before for plan in plans)
+    excess = sum(plan.positions_split - plan.positions_before for plan in plans)
     if not prunable:
         return max(excess, 0)
     prune_smallest_({p.name: p.weight for p in prunable}, {p.name: p.mask for p in prunable}, excess)
@@ -566,8 +587,8 @@ def load_expanded(model: nn.Module, state_dict: Mapping[str, Tensor], *, strict:
 
     Every layer whose entries in ``state_dict`` describe an expanded layer (its ``fpe_layout`` tensor,
     or in older files its ``_extra_state`` dict, names a layout: ``masked``, ``dropconnect`` or a
-    packed one; or, in files saved before layouts were recorded, it has a ``weight_mask``) is rebuilt in that layout with the saved shapes, then the
-    whole state is loaded. A DropConnect layer gets its ``p`` back. Checked before anything is
+    packed one; or, in files saved before layouts were recorded, it has a ``weight_mask``) is rebuilt
+    in that layout with the saved shapes, then the whole state is loaded. A DropConnect layer gets its ``p`` back. Checked before anything is
     returned: each such layer exists in ``model`` as an ``nn.Linear``, a GPT-2 ``Conv1D`` (read as the
     linear layer it computes, as ``expand`` reads it) or an expanded layer whose shape fits the saved one
     (the parent's shape recorded at expansion, or the saved shape itself), and no stored weight is
@@ -635,6 +656,7 @@ def load_expanded(model: nn.Module, state_dict: Mapping[str, Tensor], *, strict:
                 f"saved from an expansion of a {expected} (outputs x inputs) layer; load it into the parent "
                 "architecture it was expanded from"
             )
+        check_stored(extra, state_dict, prefix, where)
         try:
             layer = LAYOUTS[extra["layout"]].empty_from_state(extra, tensors, device=old.weight.device
                                                               if isinstance(getattr(old, "weight", None), Tensor)

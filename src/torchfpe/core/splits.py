@@ -121,10 +121,18 @@ class SplitRegistry(Mapping[str, Split]):
         self._splits.pop(name, None)
 
     def where(self, **traits) -> tuple[str, ...]:
-        """Names of the splits whose traits equal ``traits``, e.g. ``SPLITS.where(control=False)``."""
+        """Names of the splits whose traits equal ``traits``, e.g. ``SPLITS.where(control=False)``; a name that
+        is no trait (:data:`TRAITS`) is an error listing them."""
+        unknown = [trait for trait in traits if trait not in TRAITS]
+        if unknown:
+            raise InvalidParameterError(f"the {unknown[0]!r} parameter of SPLITS.where must be a split trait, one of "
+                                        f"{', '.join(TRAITS)}; got {unknown[0]}={traits[unknown[0]]!r}")
         return tuple(name for name, split in self._splits.items()
                      if all(getattr(split, trait) == value for trait, value in traits.items()))
 
+
+#: The traits :meth:`SplitRegistry.where` selects on (the declared ones and the subclass hooks' flags).
+TRAITS = ("needs", "partition", "control", "blocks", "at_init", "description", "widens", "options", "whole_model")
 
 #: Every registered split; ``expand``, ``pack``, the protocol and the report read it.
 SPLITS = SplitRegistry()
@@ -156,8 +164,26 @@ def register_split(name: str, fn: SplitFn, *, needs: Sequence[str] = (), partiti
                          ("at_init", at_init), ("replace", replace)):
         check_param(trait, value, [bool], "register_split")
     check_param("description", description, [str], "register_split")
+    _check_signature(fn, tuple(needs))
     return SPLITS.add(Split(name, fn, tuple(needs), partition, control, blocks, at_init, description),
                       replace=replace)
+
+
+def _check_signature(fn: SplitFn, needs: tuple[str, ...]) -> None:
+    """Refuse at registration a function that ``expand`` could not call as ``fn(weight, alpha, generator, **needs)``."""
+    import inspect
+
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin without a signature: its first call will tell
+        return
+    try:
+        signature.bind(None, None, None, **{need: None for need in needs})
+    except TypeError as error:
+        takes = "".join(f", {need}=..." for need in needs)
+        raise InvalidParameterError(
+            f"the 'fn' parameter of register_split must be callable as fn(weight, alpha, generator{takes}); got "
+            f"{getattr(fn, '__name__', type(fn).__name__)}{signature} ({error})") from None
 
 
 def get_split(name: str, where: str = "split") -> Split:

@@ -100,6 +100,21 @@ def _check_target_modules(target_modules) -> None:
         raise invalid("target_modules", owner, expected, target_modules)
 
 
+def _check_patterns(patterns) -> None:
+    """A non-empty list of (incoming names, outgoing name) pairs, as :data:`FFN_PATTERNS`."""
+    def pair(entry) -> bool:
+        if isinstance(entry, (str, bytes)) or not isinstance(entry, Sequence) or len(entry) != 2:
+            return False
+        incoming, outgoing = entry
+        return (Sequences((str,), 1).accepts(incoming) and all(incoming)
+                and isinstance(outgoing, str) and bool(outgoing))
+
+    if isinstance(patterns, (str, bytes)) or not isinstance(patterns, Sequence) or not patterns \
+            or not all(pair(entry) for entry in patterns):
+        raise invalid("patterns", "find_ffn_pairs", "a non-empty list of (incoming module names, outgoing module "
+                      "name) pairs such as [(['gate_proj', 'up_proj'], 'down_proj'), (['c_fc'], 'c_proj')]", patterns)
+
+
 def _matches(path: str, target_modules: str | Sequence[str] | None) -> bool:
     if target_modules is None:
         return True
@@ -127,6 +142,7 @@ def find_ffn_pairs(
     """
     check_param("model", model, [nn.Module], "find_ffn_pairs")
     _check_target_modules(target_modules)
+    _check_patterns(patterns)
     fused = [(path, module) for path, module in model.named_modules()
              if _fused_experts(module) and _matches(path, target_modules)]
     if fused:

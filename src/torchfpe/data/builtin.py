@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .embeddings import EmbeddingSet, _to_set, read_npz, validate_arrays, write_embeddings
+from .embeddings import EmbeddingSet, to_embedding_set, read_npz, validate_arrays, write_embeddings
 
 
 def digits(seed: int = 0) -> EmbeddingSet:
@@ -32,7 +32,7 @@ def digits(seed: int = 0) -> EmbeddingSet:
         members = rng.permutation(np.flatnonzero(y == label))
         test[members[: round(0.25 * len(members))]] = True
     checked = validate_arrays("digits", x[~test], y[~test], x[test], y[test], [str(d) for d in range(10)])
-    return _to_set(checked, name="digits (8x8 pixels; stand-in, not CLIP)", standin=True,
+    return to_embedding_set(checked, name="digits (8x8 pixels; stand-in, not CLIP)", standin=True,
                    note=f"scikit-learn load_digits, pixels / 16, stratified 75/25 split with seed {seed}")
 
 
@@ -95,7 +95,7 @@ def synthetic(seed: int = 0, *, dim: int = 128, superclasses: int = 20, per_supe
     x_test, y_test = draw(test_per_class)
     names = [f"s{c // per_superclass:02d}c{c % per_superclass}" for c in range(classes)]
     checked = validate_arrays(f"synthetic-{classes}", x_train, y_train, x_test, y_test, names)
-    return _to_set(checked, name=f"synthetic {classes}-class embeddings (synthetic)", standin=True,
+    return to_embedding_set(checked, name=f"synthetic {classes}-class embeddings (synthetic)", standin=True,
                    note=(f"{superclasses} superclasses x {per_superclass} Gaussian class clusters in {dim} dims "
                          f"(scales {superclass_scale}/{class_scale}/{noise_scale}), seed {seed}; synthetic, not images"))
 

@@ -155,7 +155,10 @@ def validate_arrays(
     return xs["X_train"], remap[ys["y_train"]], xs["X_test"], remap[ys["y_test"]], names
 
 
-def _to_set(arrays, *, name: str, standin: bool, note: str, meta: Mapping[str, str] | None = None) -> EmbeddingSet:
+def to_embedding_set(arrays, *, name: str, standin: bool, note: str,
+                     meta: Mapping[str, str] | None = None) -> EmbeddingSet:
+    """An :class:`EmbeddingSet` from checked arrays (``validate_arrays``'s five: x and y of train and test,
+    class names), as every reader and writer of embedding sets builds one."""
     x_train, y_train, x_test, y_test, names = arrays
     return EmbeddingSet(
         x_train=torch.from_numpy(x_train), y_train=torch.from_numpy(y_train),
@@ -171,12 +174,30 @@ def _string_scalar(value: np.ndarray) -> str | None:
     return str(value.item()) if value.ndim == 0 and value.dtype.kind == "U" else None
 
 
+#: How a zip archive (what numpy.savez writes) starts: a file's local header, or an empty archive's end record.
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+
+
+def open_npz(path: Path, where: str):
+    """``np.load(path, allow_pickle=False)`` of an .npz archive; anything else is an :class:`EmbeddingFileError`
+    saying it is not a valid .npz file (never numpy's advice to load pickled data)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError as error:
+        raise EmbeddingFileError(f"{where}: cannot be read ({error.strerror})") from None
+    if head not in ZIP_MAGIC:
+        raise EmbeddingFileError(f"{where}: not a valid .npz file (an .npz is a zip archive of arrays, as numpy.savez "
+                                 "writes it; this file is not a zip archive)")
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as error:  # a damaged archive (zipfile's, OS errors)
+        raise EmbeddingFileError(f"{where}: not a valid .npz file (a damaged zip archive: {error})") from None
+
+
 def read_npz(path: Path) -> EmbeddingSet:
     where = str(path)
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except Exception as error:  # zipfile/pickle/OS errors all mean "not a readable .npz"
-        raise EmbeddingFileError(f"{where}: not a readable .npz file ({error})") from None
+    archive = open_npz(path, where)
     with archive:
         missing = [k for k in NPZ_KEYS if k not in archive.files]
         if missing:
@@ -207,7 +228,7 @@ def read_npz(path: Path) -> EmbeddingSet:
     standin = _string_scalar(extras["standin"]) if "standin" in extras else None
     meta = {key: text for key, value in extras.items()
             if key not in ("class_names", "name", "note", "standin") and (text := _string_scalar(value)) is not None}
-    return _to_set(checked, name=name or path.name, standin=standin == "true",
+    return to_embedding_set(checked, name=name or path.name, standin=standin == "true",
                    note=note or f"embeddings loaded from {path}", meta={**meta, "file": str(path)})
 
 
@@ -250,7 +271,7 @@ def read_parquet(path: Path) -> EmbeddingSet:
                 raise EmbeddingFileError(f"{where}: label {int(label)} has several class names {sorted(names)[:3]}")
             class_names[int(label)] = str(names.pop())
     checked = validate_arrays(where, vectors[train], labels[train], vectors[test], labels[test], class_names)
-    return _to_set(checked, name=path.name, standin=False, note=f"embeddings loaded from {path}",
+    return to_embedding_set(checked, name=path.name, standin=False, note=f"embeddings loaded from {path}",
                    meta={"file": str(path)})
 
 

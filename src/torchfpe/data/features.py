@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .embeddings import EmbeddingFileError, EmbeddingSet, _to_set, validate_arrays
+from .embeddings import EmbeddingFileError, EmbeddingSet, to_embedding_set, validate_arrays
 
 CHUNK = 1000
 RECIPE_VERSION = 1  # bump when the computation changes so that old chunks are not reused
@@ -236,7 +236,7 @@ def _assemble(folder: Path, spec: FeatureSet, manifest: dict, wanted: dict) -> E
     meta = {"encoder": spec.encoder, "encoder_weights": encoder.weights_package,
             "preprocessing": preprocessing.to_json(), "cache": str(folder),
             "feature_set": spec.name, "train_images": str(counts[0]), "test_images": str(counts[1])}
-    return _to_set(checked, name=title, standin=True, note=note, meta=meta)
+    return to_embedding_set(checked, name=title, standin=True, note=note, meta=meta)
 
 
 # ------------------------------------------------------------------------------------ lock, progress

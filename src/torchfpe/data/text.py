@@ -97,6 +97,8 @@ def read_text(source: str | os.PathLike) -> bytes:
         if not files:
             raise TextError(f"{path}: no *.txt file in this folder; pass a UTF-8 text file or a folder of *.txt files")
         return b"\n".join(_read_one(p) for p in files)
+    if path.exists() and not path.is_file():  # a device, pipe or socket (/dev/null) is there, but no text file
+        raise TextError(f"{path}: not a regular file or a folder; pass a UTF-8 text file or a folder of *.txt files")
     if not path.is_file():
         raise TextError(f"{path}: no such file or folder; pass a UTF-8 text file or a folder of *.txt files")
     return _read_one(path)

@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from ..core.validation import SEED, Interval, check_param
-from .embeddings import EmbeddingFileError, EmbeddingSet, _to_set, check_output_file, validate_arrays, write_embeddings
+from .embeddings import (EmbeddingFileError, EmbeddingSet, check_output_file, to_embedding_set, validate_arrays,
+                         write_embeddings)
 from .minilm import (DEFAULT_MAX_LENGTH, MAX_POSITIONS, MINILM_DIM, MINILM_NAME, MINILM_PACKAGE, MINILM_TITLE,
                      MiniLMError, check_available, encode_texts, is_minilm_name, minilm_encoder)
 from .textsets import (DEFAULT_MIN_PER_CLASS, DEFAULT_TEST_FRACTION, TextSetError, fortunes_fingerprint,
@@ -146,7 +147,7 @@ def fortunes_minilm(
     note = (f"frozen {MINILM_TITLE} sentence embeddings (mean-pooled, L2-normalised, {MINILM_DIM}-d, at most "
             f"{max_length} tokens) of {data.note}; stratified {1 - test_fraction:g}/{test_fraction:g} split with "
             f"seed {seed}; a stand-in for the paper's CLIP features (a real pretrained encoder, not CLIP)")
-    return _to_set(checked, name=text_embedding_name(data.name), standin=True, note=note, meta=meta)
+    return to_embedding_set(checked, name=text_embedding_name(data.name), standin=True, note=note, meta=meta)
 
 
 def _compute(data, path: Path, recipe: dict, max_length: int, device, quiet: bool) -> None:

@@ -70,8 +70,9 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, **hf_kwargs)
     return config
 
 
-def read_config(directory: str | os.PathLike) -> tuple[dict, FPEConfig]:
-    """``config.json`` of a saved directory and its ``fpe_config`` block; one-line errors naming the file."""
+def read_config(directory: str | os.PathLike) -> tuple[dict, FPEConfig | None]:
+    """``config.json`` of a saved directory and its ``fpe_config`` block (``None`` in a Hugging Face
+    config without one: the model's own ``save_pretrained`` wrote it); one-line errors naming the file."""
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
         raise InvalidParameterError(f"{str(path)!r} does not exist; from_pretrained reads a directory written by "
@@ -80,10 +81,10 @@ def read_config(directory: str | os.PathLike) -> tuple[dict, FPEConfig]:
         whole = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise InvalidParameterError(f"{str(path)!r} is not JSON ({error})") from None
-    if not isinstance(whole, dict) or CONFIG_KEY not in whole:
+    if not isinstance(whole, dict) or (CONFIG_KEY not in whole and "model_type" not in whole):
         raise InvalidParameterError(f"{str(path)!r} has no {CONFIG_KEY!r} block; it was not written by "
                                     "torchfpe.save_pretrained")
-    return whole, FPEConfig.from_dict(whole[CONFIG_KEY])
+    return whole, FPEConfig.from_dict(whole[CONFIG_KEY]) if CONFIG_KEY in whole else None
 
 
 def read_weights(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -141,7 +142,9 @@ def from_pretrained(directory: str | os.PathLike, parent: nn.Module | None = Non
         dtype: cast the parent to this dtype before loading (the weights take the parent's dtype).
 
     The loaded model is in eval mode (as Hugging Face's ``from_pretrained`` returns models), carries
-    ``model.fpe_config``, and its layer widths and non-zero count are checked against the block.
+    ``model.fpe_config``, and its layer widths and non-zero counts are checked against the block. A
+    Hugging Face directory written by the model's own ``save_pretrained`` (no block) loads too: each
+    layer's saved metadata is enough; its ``fpe_config`` is then described from the loaded model.
     """
     directory = Path(directory)
     whole, config = read_config(directory)
@@ -161,7 +164,10 @@ def from_pretrained(directory: str | os.PathLike, parent: nn.Module | None = Non
         raise InvalidParameterError(f"the weights in {str(directory)!r} hold {sorted(unexpected)[0]!r}, which the "
                                     "model does not have; pass the parent architecture it was saved from")
     _check_tied(model, missing, directory)
-    _check_against(model, config, directory)
+    if config is None:  # written by the model's own save_pretrained: the layers' metadata is all there is
+        config = describe(model)  # refuses a model without expanded layers
+    else:
+        _check_against(model, config, directory)
     setattr(model, ATTRIBUTE, config)
     return model.eval()
 

@@ -11,7 +11,8 @@ output folder) before it trains or writes anything, and raises exceptions instea
 ``run_study("boolean", "headline", seeds=2, overrides={"clauses": 12}, out="runs/m12")`` runs a
 study's grid through the resumable store and returns the path of its ``report.md``; ``device="cuda"``
 trains there (a runtime option: the stored runs, their keys and records are those of any device, see
-:mod:`torchfpe.lab.devices`).
+:mod:`torchfpe.lab.devices`); ``layout="packed"`` trains phase 2's expanded models packed where they train
+one at a time (a runtime option too, default ``"auto"``: see :mod:`torchfpe.lab.train_layout`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from ..core.validation import Interval, InvalidParameterError, Options, check_param, invalid, plain_number
+from .devices import device_name
+from .train_layout import check_train_layout
 
 __all__ = [
     "build_report", "config_fields", "fidelity", "parse_override", "parse_overrides", "run_study", "run_sweep_file",
@@ -188,24 +191,32 @@ def run_study(
     quiet: bool = False,
     command: str | None = None,
     device: str | None = "cpu",
+    plugins: Sequence[str] = (),
+    layout: str = "auto",
 ) -> Path:
     """Run one study of a group (``torchfpe reproduce <group> --study <study>``); returns report.md's path.
 
     ``overrides`` replace config fields; a list replaces a swept axis (``{"neurons": [8, 16]}``).
     The default ``out`` is ``runs/<group>-<study>``; re-running with the same folder completes only
-    the missing runs. ``command`` is recorded in the report (default: this Python call).
+    the missing runs. ``command`` is recorded in the report (default: this Python call). ``plugins``:
+    modules (names or .py paths) imported here and in every worker first (:mod:`torchfpe.lab.plugins`).
+    ``layout``: ``"auto"``, ``"masked"`` or ``"packed"``, the layout phase 2 trains in
+    (:mod:`torchfpe.lab.train_layout`; not part of a run key, like ``device``).
     """
     from .experiments.studies import groups, study_configs
 
+    _load_plugins(plugins, "run_study")
     known = groups()
     check_param("group", group, [Options(tuple(known))], "run_study")
     studies = known[group]
     check_param("study", study, [Options(tuple(studies))], f"run_study (group {group!r})")
     chosen = studies[study]
     check_param("seeds", seeds, [Interval(int, 1, MAX_SEEDS), None], "run_study")
+    check_param("out", out, [str, os.PathLike, None], "run_study")
     seeds = plain_number(seeds)
     _check_runner(backend, workers, address, quiet, "run_study")
-    device = _check_device(device, "run_study")
+    device = device_name(device, "run_study")  # checked against this machine before any work or write
+    layout = check_train_layout(layout, "run_study")
     if overrides is not None and not isinstance(overrides, Mapping):
         raise invalid("overrides", "run_study", "a mapping of config field -> value, or None", overrides)
     overrides = {name: [plain_number(v) for v in value] if isinstance(value, list) else plain_number(value)
@@ -229,14 +240,18 @@ def run_study(
     seeds = seeds if seeds is not None else chosen.default_seeds
     config_dicts = study_configs(chosen, seeds, overrides)
     jobs = _make_jobs(experiment, config_dicts, quiet, device)
+    _check_workers(experiment, jobs, backend)
     base = jobs[0].config.to_dict()
-    out_path = resolve_out(out if out is not None else Path("runs") / f"{group}-{study}")
+    out_path = Path(out if out is not None else Path("runs") / f"{group}-{study}")
+    made = not out_path.exists()
+    out_path = resolve_out(out_path)
     meta = {"study": study, "group": group, "axes": list(chosen.axes), "seeds": seeds, "base": base,
             "overrides": overrides, "description": chosen.description, **chosen.meta}
     command = command or _python_call("run_study", group, study, seeds=seeds, overrides=overrides or None, out=out,
-                                      device=None if device == "cpu" else device)
+                                      device=None if device == "cpu" else device,
+                                      layout=None if layout == "auto" else layout)
     return _run_into(out_path, meta, experiment, jobs, backend=backend, workers=workers, address=address,
-                     quiet=quiet, command=command, device=device)
+                     quiet=quiet, command=command, device=device, made=made, layout=layout)
 
 
 def run_sweep_file(
@@ -249,13 +264,20 @@ def run_sweep_file(
     quiet: bool = False,
     command: str | None = None,
     device: str | None = "cpu",
+    plugins: Sequence[str] = (),
+    layout: str = "auto",
 ) -> Path:
-    """Run a sweep file (YAML: ``experiment``, ``study``, ``grid``, ``base``, ``seeds``, ``name``); returns report.md's path."""
+    """Run a sweep file (YAML: ``experiment``, ``study``, ``grid``, ``base``, ``seeds``, ``name``); returns report.md's
+    path. ``plugins`` and ``layout`` as for :func:`run_study`."""
     from .experiments.registry import experiments
     from .experiments.studies import grid_configs
 
+    _load_plugins(plugins, "run_sweep_file")
     _check_runner(backend, workers, address, quiet, "run_sweep_file")
-    device = _check_device(device, "run_sweep_file")
+    device = device_name(device, "run_sweep_file")
+    layout = check_train_layout(layout, "run_sweep_file")
+    check_param("path", path, [str, os.PathLike], "run_sweep_file")
+    check_param("out", out, [str, os.PathLike, None], "run_sweep_file")
     path = Path(path)
     spec = _read_sweep_file(path)
     unknown = sorted(set(spec) - set(SWEEP_KEYS))
@@ -299,27 +321,38 @@ def run_sweep_file(
         axes[name] = values
     names = list(axes)
     studies = {s.name: s for s in known[experiment].studies}
+    study = _sweep_study(path, spec, experiment, studies, names)
+    jobs = _make_jobs(experiment, grid_configs(axes, base, seed_list), quiet, device, "run_sweep_file")
+    _check_workers(experiment, jobs, backend)
+    out_path = Path(out if out is not None else Path("runs") / path.stem)
+    made = not out_path.exists()
+    out_path = resolve_out(out_path)
+    meta = {"study": study, "group": studies[study].group, "axes": names, "seeds": len(seed_list),
+            "base": dict(base), "grid": dict(grid), "name": spec.get("name", path.stem), **studies[study].meta}
+    command = command or _python_call("run_sweep_file", str(path), out=out, device=None if device == "cpu" else device,
+                                      layout=None if layout == "auto" else layout)
+    return _run_into(out_path, meta, experiment, jobs, backend=backend, workers=workers, address=address,
+                     quiet=quiet, command=command, device=device, made=made, layout=layout)
+
+
+def _sweep_study(path: Path, spec: Mapping, experiment: str, studies: Mapping[str, Any], names: list[str]) -> str:
+    """The study whose report page a sweep file's results get: the one its ``study:`` names; else (files
+    written without it) the old rule (``headline`` for no swept field, the study named after the one swept
+    field, ``metrics`` for several), then the experiment's study sweeping exactly these fields, then its only
+    study."""
     if "study" in spec:
         study = spec["study"]
         if study not in studies:
             raise InvalidParameterError(f"{path}: unknown study {study!r} for experiment {experiment!r}; the study "
-                                        f"names the report layout, one of: {', '.join(studies)}")
-    elif experiment == "theory":
-        study = "theory"
-    else:
-        study = "headline" if not names else "metrics" if len(names) > 1 else names[0]
-        if study not in studies:  # any other single swept field gets the per-cell tables
-            study = "metrics"
-        if study not in studies:
-            raise InvalidParameterError(f"{path}: no report layout for this sweep; add 'study:' (one of "
-                                        f"{', '.join(studies)})")
-    jobs = _make_jobs(experiment, grid_configs(axes, base, seed_list), quiet, device, "run_sweep_file")
-    out_path = resolve_out(out if out is not None else Path("runs") / path.stem)
-    meta = {"study": study, "group": studies[study].group, "axes": names, "seeds": len(seed_list),
-            "base": dict(base), "grid": dict(grid), "name": spec.get("name", path.stem), **studies[study].meta}
-    command = command or _python_call("run_sweep_file", str(path), out=out, device=None if device == "cpu" else device)
-    return _run_into(out_path, meta, experiment, jobs, backend=backend, workers=workers, address=address,
-                     quiet=quiet, command=command, device=device)
+                                        f"names the report page, one of: {', '.join(studies)}")
+        return study
+    guesses = ["headline" if not names else "metrics" if len(names) > 1 else names[0], "metrics",
+               *(name for name, s in studies.items() if set(s.axes) == set(names)),
+               *(studies if len(studies) == 1 else ())]
+    for guess in guesses:
+        if guess in studies:
+            return guess
+    raise InvalidParameterError(f"{path}: no report page for this sweep; add 'study:' (one of {', '.join(studies)})")
 
 
 def _read_sweep_file(path: Path) -> dict:
@@ -354,13 +387,22 @@ def _check_runner(backend, workers, address, quiet, owner: str) -> None:
     check_param("quiet", quiet, [bool], owner)
 
 
-def _check_device(device, owner: str) -> str:
-    """The device checked against this machine (before any work or write), as the runners pass it."""
-    from .devices import resolve_device
+def _load_plugins(plugins, owner: str) -> None:
+    """Import the plugin modules (and the installed entry points) before any name is looked up."""
+    from . import plugins as door
 
-    if device is not None and not isinstance(device, str) and type(device).__name__ != "device":
-        raise invalid("device", owner, "a device name: cpu, cuda, cuda:N or mps", device)
-    return str(resolve_device(device, owner))
+    if isinstance(plugins, (str, os.PathLike)):
+        plugins = [plugins]
+    if not isinstance(plugins, Sequence):
+        raise invalid("plugins", owner, "a list of module names or .py files", plugins)
+    door.load(plugins, owner=owner)
+
+
+def _check_workers(experiment: str, jobs, backend: str) -> None:
+    """Refuse a pool or Ray run that uses something only this process knows (before anything is written)."""
+    from .plugins import check_reachable
+
+    check_reachable(experiment, [job.config.to_dict() for job in jobs], backend)
 
 
 def _option_hint(name: str) -> str:
@@ -431,7 +473,9 @@ def cli_command() -> str:
 
 
 def _run_into(out: Path, meta: dict, experiment: str, jobs, *, backend: str, workers: int | None,
-              address: str | None, quiet: bool, command: str, device: str = "cpu") -> Path:
+              address: str | None, quiet: bool, command: str, device: str = "cpu", made: bool = True,
+              layout: str = "auto") -> Path:
+    """Run the jobs into the folder ``out`` and write its report; ``made``: ``out`` was created by this call."""
     from .experiments.studies import DATASET_NOTE
     from .sweep import ResultStore, execute
 
@@ -439,19 +483,25 @@ def _run_into(out: Path, meta: dict, experiment: str, jobs, *, backend: str, wor
     varying = [*axes, "seed"]
     meta = {
         **meta, "axis": axes[0] if len(axes) == 1 else (axes or None),
-        "command": command, "date": _dt.date.today().isoformat(), "device": device,
+        "command": command, "date": _dt.date.today().isoformat(), "device": device, "layout": layout,
         "dataset_note": meta.get("dataset_note", DATASET_NOTE), "experiment": experiment,
         "keys": [job.key for job in jobs],
         # what each run is, for naming missing runs in the report
         "planned": {job.key: {name: job.config.to_dict().get(name) for name in varying} for job in jobs},
     }
     store = ResultStore(out)
+    fresh = not any(out.iterdir())  # made or found empty: a failure before the first run leaves it as it was
     with store.lock():
-        meta["data_files"] = _checked_data_files(store, experiment, jobs)
-        meta.update(_provenance_fields(store, backend, address))
-        store.write_meta(meta)
-        summary = execute(jobs, store, backend=backend, workers=workers, address=address, quiet=quiet,
-                          description=meta["study"], device=device)
+        try:
+            meta["data_files"] = _checked_data_files(store, experiment, jobs)
+            meta.update(_provenance_fields(store, backend, address))
+            store.write_meta(meta)
+            summary = execute(jobs, store, backend=backend, workers=workers, address=address, quiet=quiet,
+                              description=meta["study"], device=device, layout=layout)
+        except BaseException:
+            if fresh:
+                store.discard_if_empty(keep_folder=not made)
+            raise
         if not quiet:
             print(f"{summary['done']} runs done, {summary['skipped']} already in {out}")
         return build_report(out, quiet=quiet)
@@ -540,7 +590,7 @@ def build_report(out: str | os.PathLike, *, strict: bool = False, quiet: bool = 
     try:
         with step(f"writing {out / 'report.md'} and its figures", quiet):
             report = write_report(out, meta, records)
-    except ValueError as error:  # e.g. a meta.json naming a study no report layout knows
+    except ValueError as error:  # e.g. a meta.json naming a study no report page knows
         raise StoreError(f"{out / 'meta.json'}: {error}") from None
     if missing and strict:
         raise IncompleteResultsError(f"report written but incomplete ({report}): {meta['incomplete']}; re-run the "
@@ -556,18 +606,20 @@ def _describe_run(meta: dict, key: str) -> str:
 
 
 def _check_record(record: Any, path: Path, metric_key: str = "test_accuracy") -> None:
+    from .kinds import fraction_fields
     from .sweep import StoreError
 
     value = record.get(metric_key)
     if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
         raise StoreError(f"{path}: record field {metric_key!r} must be a number, got {value!r}; the file is corrupt: "
                          "move it away and re-run")
+    fractions = fraction_fields()  # declared by the registered task kinds
     for name, value in record.items():
-        if name.endswith("accuracy") and value is not None and (
+        if name in fractions and value is not None and (
                 isinstance(value, bool) or not isinstance(value, numbers.Real)):
             raise StoreError(f"{path}: record field {name!r} must be a number, got {value!r}; the file is corrupt: "
                              "move it away and re-run")
-        if name.endswith("accuracy") and isinstance(value, numbers.Real) and math.isfinite(value) \
+        if name in fractions and isinstance(value, numbers.Real) and math.isfinite(value) \
                 and not 0.0 <= value <= 1.0:
             raise StoreError(f"{path}: record field {name!r} must be a fraction in [0, 1], got {value!r}; the file "
                              "is corrupt: move it away and re-run")
@@ -619,3 +671,22 @@ def fidelity(
     if "csv" in targets:
         write_csv(records, targets["csv"])
     return text
+
+
+# ---------------------------------------------------------------------------------------------- map
+def fpe_map(stores: str | os.PathLike | Sequence[str | os.PathLike], *, out: str | os.PathLike = "docs",
+            command: str | None = None) -> Path:
+    """The map of every measured gain (``torchfpe map``): ``when-fpe-pays.md`` and ``.png`` written into ``out``
+    from the result folders ``stores`` (see :mod:`torchfpe.lab.report.map`); returns the page's path."""
+    from .report.map import build_map
+
+    stores = [stores] if isinstance(stores, (str, os.PathLike)) else stores
+    if not isinstance(stores, Sequence) or not stores:
+        raise invalid("stores", "fpe_map", "one or more result folders", stores)
+    for store in stores:
+        check_param("stores", store, [str, os.PathLike], "fpe_map")
+        if not Path(store).is_dir():
+            raise InvalidParameterError(f"{str(store)!r} is not a result folder (no such directory)")
+    page, _ = build_map(list(stores), resolve_out(out),
+                        command or _python_call("fpe_map", [str(s) for s in stores], out=str(out)))
+    return page

@@ -35,7 +35,7 @@ def _layout(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return leaves
 
 
-def _signature(model: nn.Module) -> list:
+def stack_signature(model: nn.Module) -> list:
     sig = []
     for _, module in _layout(model):
         if isinstance(module, nn.Linear):
@@ -49,8 +49,8 @@ def _signature(model: nn.Module) -> list:
 def can_stack(models: Sequence[nn.Module]) -> bool:
     """Whether ``models`` share one layout (module types, shapes, dtypes) and so can be stacked."""
     try:
-        first = _signature(models[0])
-        return all(_signature(m) == first for m in models[1:])
+        first = stack_signature(models[0])
+        return all(stack_signature(m) == first for m in models[1:])
     except TypeError:
         return False
 
@@ -72,6 +72,8 @@ class StackedMLP(nn.Module):
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
         self.dropconnect: list[float] = []
+        #: Model b's DropConnect draws come from generator b (``fit_stacked`` sets its generators); None: the global one.
+        self.drop_generators: Sequence[torch.Generator] | None = None
         masks: list[Tensor | None] = []
         bias_masks: list[Tensor | None] = []
         for position, (path, module) in enumerate(layouts[0]):
@@ -108,8 +110,16 @@ class StackedMLP(nn.Module):
             bias = bias * bias_mask
         p = self.dropconnect[index]
         if self.training and p > 0:
-            weight = weight * (torch.rand_like(weight) >= p) / (1.0 - p)
+            weight = weight * (self._uniform(weight) >= p) / (1.0 - p)
         return weight, bias
+
+    def _uniform(self, weight: Tensor) -> Tensor:
+        """Uniform draws shaped like the stacked ``weight``: each model's from its own generator, drawn on
+        the CPU, so a run's draws do not depend on which runs share its stack (nor on the device)."""
+        if self.drop_generators is None:
+            return torch.rand_like(weight)
+        draws = [torch.rand(weight.shape[1:], generator=g, dtype=weight.dtype) for g in self.drop_generators]
+        return torch.stack(draws).to(weight.device)
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, N, in) → (B, N, out)."""
@@ -170,7 +180,7 @@ def fit_stacked(
     """Train all models of ``stack`` on their own data ``x`` (B, N, in), ``y`` (B, N).
 
     ``loss_fn(logits (B, out, N), targets (B, N))`` must sum the models' own mean losses
-    (:data:`STACKED_LOSSES`)."""
+    (a task kind's ``stacked_loss``, :mod:`torchfpe.lab.kinds`)."""
     if x.shape[0] != stack.count or y.shape[0] != stack.count:
         raise ValueError(f"x and y need a leading axis of {stack.count} models, got {tuple(x.shape)} and {tuple(y.shape)}")
     optimizer = optimizer or make_optimizer([p for p in stack.parameters() if p.requires_grad], settings)
@@ -187,6 +197,7 @@ def fit_stacked(
     # about as much as the step's matmuls (measured 2x per step at B = 15, batch 2048, 1280 inputs).
     shared = x.stride(0) == 0 and y.stride(0) == 0
     buffer = None
+    stack.drop_generators = list(generators) if generators else None  # each run's DropConnect draws are its own
     for indices in zip(*orders):
         if indices[0] is None:
             xb_t, yb = x_t, y
@@ -222,8 +233,3 @@ def stacked_multiclass_accuracy(stack: StackedMLP, x: Tensor, y: Tensor) -> Tens
     logits = stack.forward_transposed(x.transpose(1, 2))  # (B, C, N)
     stack.train()
     return (logits.argmax(dim=1) == y).float().mean(dim=1)
-
-
-#: Stacked loss and accuracy per task kind (see :data:`torchfpe.lab.train.LOSSES`).
-STACKED_LOSSES = {"binary": stacked_binary_loss, "multiclass": stacked_multiclass_loss}
-STACKED_ACCURACIES = {"binary": stacked_binary_accuracy, "multiclass": stacked_multiclass_accuracy}

@@ -6,6 +6,7 @@ mistake is one line on stderr, never a traceback; ``--debug`` shows the tracebac
 """
 
 import enum
+import re
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -16,10 +17,52 @@ from . import api
 from ..core.validation import InvalidParameterError
 from .experiments.studies import groups
 
+
+class _StudyGroups(typer.core.TyperGroup):
+    """``torchfpe reproduce <group>``: one command per registered command group, built when it is asked
+    for, so that the groups and studies a ``--plugin`` module registers are there too."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(groups())
+
+    def get_command(self, ctx: click.Context, name: str) -> Optional[click.Command]:
+        studies = groups().get(name)
+        if studies is None:
+            return None
+        one = typer.Typer()
+        one.command(name)(_make_reproduce(name, studies))
+        return typer.main.get_command(one)
+
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Fixed Parameter Expansion: reproduce the paper's experiments, run sweeps, build reports.")
-reproduce_app = typer.Typer(no_args_is_help=True, help="Reproduce the paper's experiments.")
+reproduce_app = typer.Typer(cls=_StudyGroups, no_args_is_help=True, help="Reproduce the paper's experiments.")
 app.add_typer(reproduce_app, name="reproduce")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        typer.echo(f"torchfpe {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    plugin: list[str] = typer.Option([], "--plugin", metavar="MODULE",
+                                     help="import a module that registers splits, layouts, optimizers or experiments "
+                                     "(a module name or a .py file; repeatable); every worker imports it too"),
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Show torchfpe's version and exit."),
+) -> None:
+    """Options of every command (before the command's name): torchfpe --plugin mine reproduce boolean ..."""
+    from . import plugins
+
+    try:
+        plugins.load(plugin, owner="torchfpe")
+    except (InvalidParameterError, plugins.PluginError) as error:
+        _fail(str(error), 2 if isinstance(error, InvalidParameterError) else 1)
 
 BACKEND_CHOICES = ("local", "process", "ray")  # torchfpe.lab.sweep.BACKENDS, without importing the sweep stack
 #: Which extra installs a missing module (the CLI names it instead of showing a traceback).
@@ -47,6 +90,12 @@ def address_option():
 def device_option():
     return typer.Option("cpu", "--device", help="where to train: cpu, cuda, cuda:N or mps (a runtime option: "
                         "run keys and records are those of any device)")
+
+
+def layout_option():
+    return typer.Option("auto", "--layout", help="layout phase 2 trains expanded models in: auto, masked or packed "
+                        "(a runtime option: run keys and records are those of any layout; stacks train masked; "
+                        "auto packs where that is measured faster, see torchfpe.lab.train_layout)")
 
 
 def quiet_option():
@@ -80,12 +129,30 @@ def _error_line(error: BaseException) -> tuple[str, int]:
         return str(error), 2
     if isinstance(error, KeyboardInterrupt):
         return "interrupted; finished runs are kept in the store: re-run the same command to complete the rest", 130
+    if _out_of_memory(error):
+        return (f"out of memory while training ({_first_sentence(error)}); lower batch_size (--set batch_size=...) or "
+                "the model's size"), 1
     if isinstance(error, ModuleNotFoundError):
         top = (error.name or "").split(".")[0]
         return f"missing Python package {top!r}: pip install 'torchfpe[{EXTRA_OF.get(top, 'experiments')}]'", 1
     if type(error).__module__.startswith("torchfpe."):  # our own errors (store, report, data) are written for the user
         return str(error), 1
     return f"{type(error).__name__}: {error} (re-run with --debug for the traceback)", 1
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """An allocation that failed: Python's MemoryError, torch's CUDA/MPS OutOfMemoryError or its CPU allocator's."""
+    import torch
+
+    if isinstance(error, (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError))):
+        return True
+    return isinstance(error, RuntimeError) and ("can't allocate memory" in str(error) or "out of memory" in str(error))
+
+
+def _first_sentence(error: BaseException) -> str:
+    """The allocator's own words without its source location (``[enforce fail at alloc_cpu.cpp:127] err == 0.``)."""
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return re.sub(r"^\[enforce fail at [^\]]*\]\s*err == 0\.\s*", "", text).strip()
 
 
 # ------------------------------------------------------------------------------------------ reproduce
@@ -111,6 +178,7 @@ def _make_reproduce(group: str, studies: dict) -> Callable:
         workers: Optional[int] = workers_option(),
         address: Optional[str] = address_option(),
         device: str = device_option(),
+        layout: str = layout_option(),
         quiet: bool = quiet_option(),
         debug: bool = debug_option(),
     ) -> None:
@@ -126,7 +194,7 @@ def _make_reproduce(group: str, studies: dict) -> Callable:
                     overrides[name] = str(value)
             report = api.run_study(group, study.value, seeds=seeds, overrides=overrides, out=out, backend=backend.value,
                                    workers=workers, address=address, quiet=quiet, command=api.cli_command(),
-                                   device=device)
+                                   device=device, layout=layout)
             typer.echo(f"report: {report}")
 
         _handled(debug, call)
@@ -134,10 +202,6 @@ def _make_reproduce(group: str, studies: dict) -> Callable:
     descriptions = "; ".join(f"{name}: {s.description}" for name, s in studies.items())
     reproduce.__doc__ = f"Reproduce the paper's {group} results (default study: {default}).\n\n\b\n{descriptions}"
     return reproduce
-
-
-for _group, _studies in groups().items():
-    reproduce_app.command(_group)(_make_reproduce(_group, _studies))
 
 
 # -------------------------------------------------------------------------------------------- sweep
@@ -149,6 +213,7 @@ def sweep(
     workers: Optional[int] = workers_option(),
     address: Optional[str] = address_option(),
     device: str = device_option(),
+    layout: str = layout_option(),
     quiet: bool = quiet_option(),
     debug: bool = debug_option(),
 ) -> None:
@@ -163,7 +228,7 @@ def sweep(
     """
     def call() -> None:
         report = api.run_sweep_file(sweep_file, out=out, backend=backend.value, workers=workers, address=address,
-                                    quiet=quiet, command=api.cli_command(), device=device)
+                                    quiet=quiet, command=api.cli_command(), device=device, layout=layout)
         typer.echo(f"report: {report}")
 
     _handled(debug, call)
@@ -208,24 +273,40 @@ def fidelity(
     _handled(debug, call)
 
 
+# ---------------------------------------------------------------------------------------------- map
+@app.command(name="map")
+def fpe_map(
+    stores: list[Path] = typer.Argument(..., metavar="STORE", help="result folders (torchfpe reproduce / sweep)"),
+    out: Path = typer.Option(Path("docs"), "--out", help="folder for when-fpe-pays.md and when-fpe-pays.png"),
+    debug: bool = debug_option(),
+) -> None:
+    """One map of every measured FPE gain against load per neuron and width, and the paper's claims judged."""
+    def call() -> None:
+        typer.echo(f"wrote {api.fpe_map(stores, out=out, command=api.cli_command())}")
+
+    _handled(debug, call)
+
+
 # -------------------------------------------------------------------------------------------- embed
 @app.command()
 def embed(
-    source: str = typer.Argument(..., help="an image folder (train/ and test/, one subfolder per class), or a built-in "
-                                 "image set: fashion-mnist, font-chars"),
-    model: str = typer.Option(..., "--model", help="efficientnet-lite0|1|2 (offline, ImageNet weights), or a CLIP model "
-                              "folder or Hugging Face hub name"),
+    source: str = typer.Argument(..., help="images: a folder (train/ and test/, one subfolder per class) or a built-in "
+                                 "image set (fashion-mnist, font-chars); text (with --model all-minilm-l6-v2): "
+                                 "fortunes, a folder of .txt files laid out the same way, or a CSV of text,label"),
+    model: str = typer.Option(..., "--model", help="efficientnet-lite0|1|2 (offline, ImageNet weights), a CLIP model "
+                              "folder or Hugging Face hub name, or all-minilm-l6-v2 (text, offline)"),
     out: Path = typer.Option(..., "--out", help="the embedding file to write (.npz)"),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="images per forward pass"),
     device: str = typer.Option("cpu", "--device", help="torch device, e.g. cpu or cuda"),
     image_size: Optional[int] = typer.Option(None, "--image-size", min=32, help="EfficientNet input size in pixels "
                                              "(default: the model's own, 224 for Lite0)"),
     data: Optional[Path] = typer.Option(None, "--data", help="the raw files of a built-in image set (Fashion-MNIST's "
-                                        "IDX folder, or a fonts folder for font-chars)"),
+                                        "IDX folder, a fonts folder for font-chars, or the fortunes folder)"),
+    max_length: int = typer.Option(128, "--max-length", min=1, help="text only: tokens per text (longer texts are cut)"),
     quiet: bool = quiet_option(),
     debug: bool = debug_option(),
 ) -> None:
-    """Embed images with a frozen image model into an .npz file for the embedding-classifier experiments."""
+    """Embed images (or texts) with a frozen model into an .npz file for the embedding-classifier experiments."""
     def call() -> None:
         from ..data.embeddings import EmbeddingFileError, check_output_file
 
@@ -233,6 +314,13 @@ def embed(
             check_output_file(out, "--out")
         except EmbeddingFileError as error:
             raise InvalidParameterError(str(error)) from None
+        from ..data.textembed import extract_text_embeddings, is_text_encoder_name
+
+        if is_text_encoder_name(model):
+            path = extract_text_embeddings(source, out, model=model, batch_size=batch_size, max_length=max_length,
+                                           device=device, data_dir=data, quiet=quiet)
+            typer.echo(f"embeddings: {path}")
+            return
         try:
             from ..data.extract import extract_embeddings
         except ImportError as error:

@@ -58,6 +58,11 @@ def resolve_device(device: str | torch.device | None, owner: str = "device") -> 
     return torch.device("mps")
 
 
+def device_name(device: str | torch.device | None, owner: str = "device") -> str:
+    """:func:`resolve_device`'s device as the name the runners pass on (``"cpu"``, ``"cuda:0"``)."""
+    return str(resolve_device(device, owner))
+
+
 def check_dtype_on(device: torch.device, dtype_name: str, owner: str = "device") -> None:
     """MPS has no float64: refuse a float64 config there before any work."""
     if device.type == "mps" and dtype_name == "float64":

@@ -2,6 +2,11 @@
 
 Recorded in ``meta.json`` by every run (``meta["provenance"]``) and shown in the report's header, so a
 reader knows which code and which machine produced the numbers.
+
+Why the CPU model and ATen's CPU capability (``torch.backends.cpu.get_cpu_capability()``, e.g.
+``AVX2`` or ``AVX512``): the same code and seeds give byte-identical records on one machine, but
+another x86 CPU may pick other vector kernels, whose float32 sums round differently; over 2000
+epochs that moves single runs and 20-seed means by up to about a point (docs/reproduction.md).
 """
 
 from __future__ import annotations
@@ -25,8 +30,19 @@ def provenance(backend: str | None = None, address: str | None = None) -> dict:
     return {
         "torchfpe": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
         "python": platform.python_version(), "platform": platform.platform(terse=True),
-        "device": _device(backend, address), "git_commit": commit, "git_dirty": dirty,
+        "device": _device(backend, address), "cpu": _cpu_name(), "cpu_capability": cpu_capability(),
+        "git_commit": commit, "git_dirty": dirty,
     }
+
+
+def cpu_capability() -> str:
+    """ATen's CPU capability, the vector kernels torch dispatches to here (``"AVX2"``, ``"AVX512"``, …)."""
+    import torch
+
+    try:
+        return str(torch.backends.cpu.get_cpu_capability())
+    except (AttributeError, RuntimeError):  # a torch without it
+        return "unknown"
 
 
 def _device(backend: str | None, address: str | None) -> str:
@@ -82,6 +98,8 @@ def describe(record: dict) -> str:
     parts = [f"torchfpe {record.get('torchfpe', '?')}", f"torch {record.get('torch', '?')}",
              f"NumPy {record.get('numpy', '?')}", f"Python {record.get('python', '?')}"]
     text = ", ".join(parts) + f" on {record.get('platform', '?')}; device: {record.get('device', '?')}"
+    if record.get("cpu_capability"):  # folders from before it was recorded lack it
+        text += f"; ATen CPU capability {record['cpu_capability']}"
     commit = record.get("git_commit")
     if commit:
         text += f"; git commit {commit[:12]}" + (" with uncommitted changes" if record.get("git_dirty") else "")

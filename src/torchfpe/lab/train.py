@@ -14,7 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
+from ..core.optim import OPTIMIZERS
+
+
+def optimizer_names() -> tuple[str, ...]:
+    """The registered optimizers' names (:data:`torchfpe.core.optim.OPTIMIZERS`), read at call time."""
+    return tuple(OPTIMIZERS)
 
 
 @dataclass(frozen=True)
@@ -31,18 +36,16 @@ class TrainSettings:
         from ..core.validation import Interval, Options, validate_dataclass
 
         validate_dataclass(self, {
-            "optimizer": [Options(OPTIMIZERS)], "lr": [Interval(float, 0.0, None, closed="neither")],
+            "optimizer": [Options(optimizer_names())], "lr": [Interval(float, 0.0, None, closed="neither")],
             "weight_decay": [Interval(float, 0.0)], "momentum": [Interval(float, 0.0)],
             "batch_size": [Interval(int, 1), None],
         }, "TrainSettings")
 
 
 def make_optimizer(parameters, settings: TrainSettings) -> torch.optim.Optimizer:
-    if settings.optimizer == "adam":
-        return torch.optim.Adam(parameters, lr=settings.lr, weight_decay=settings.weight_decay)
-    if settings.optimizer == "adamw":
-        return torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.weight_decay)
-    return torch.optim.SGD(parameters, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
+    """A new optimizer of ``settings.optimizer`` (its registered builder) over ``parameters``."""
+    values = {"lr": settings.lr, "weight_decay": settings.weight_decay, "momentum": settings.momentum}
+    return OPTIMIZERS.build(settings.optimizer, parameters, values)
 
 
 def binary_loss(logits: Tensor, targets: Tensor) -> Tensor:
@@ -109,9 +112,3 @@ def binary_accuracy(model: nn.Module, x: Tensor, y: Tensor, eval_batch: int | No
 def multiclass_accuracy(model: nn.Module, x: Tensor, y: Tensor, eval_batch: int | None = None) -> float:
     """Fraction of integer labels matched by the arg-max logit."""
     return float((_logits(model, x, eval_batch).argmax(dim=1) == y).float().mean())
-
-
-#: Loss and accuracy of one model per task kind: ``binary`` (one logit, 0/1 targets, BCE) and
-#: ``multiclass`` (C logits, integer labels, cross-entropy).
-LOSSES = {"binary": binary_loss, "multiclass": multiclass_loss}
-ACCURACIES = {"binary": binary_accuracy, "multiclass": multiclass_accuracy}

@@ -57,6 +57,7 @@ from .packed import PackedLinear
 from .block import BlockLinear  # each layout registers itself when its module is imported
 from .ell import EllLinear
 from .parent import ParentLinear
+from .nested import NestedLinear  # after block: it reuses block's support grouping
 from .packing import fixed_buffer_names, mark_fixed_buffers, pack, pack_layer, stored_bytes, unpack
 
 __all__ = [

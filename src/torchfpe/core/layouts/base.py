@@ -29,7 +29,7 @@ may convert a masked layer to it: the class provides ``from_masked``), ``auto_or
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import ABCMeta, abstractmethod
 from collections.abc import Mapping
 from typing import ClassVar
 
@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from ..validation import InvalidParameterError
-from .metadata import LAYOUT_KEY, encode_layout_state, saved_layout_state
+from .metadata import LAYOUT_KEY, check_stored, encode_layout_state, saved_layout_state
 
 #: layout name -> class; filled by :func:`register_layout`, read by ``pack`` and ``load_expanded``.
 LAYOUTS: dict[str, type[ExpandedLayer]] = {}
@@ -97,8 +97,12 @@ def layout_of(extra: object) -> str | None:
     return None
 
 
-class ExpandedLayer(ABC):
+class ExpandedLayer(metaclass=ABCMeta):
     """Mixin marking an expanded layer and stating the contract every layout meets (see module doc).
+
+    A metaclass, not ``ABC`` as a base: ``ABC`` (``__slots__ = ()``) as the first base made the layout
+    classes' C-level base differ from ``FSDPModule``'s, so FSDP2's ``fully_shard`` (which sets
+    ``module.__class__`` to ``FSDP<Name>(FSDPModule, <Name>)``) failed with "object layout differs".
 
     A layout is ``class MyLinear(ExpandedLayer, nn.Module)`` (or a subclass of a packed base) that
     implements the abstract methods below and is decorated with :func:`register_layout`.
@@ -262,11 +266,7 @@ class ExpandedLayer(ABC):
                     f"{where}: state_dict key {key!r} does not fit this layer: {error}; a saved expanded model "
                     "loads with torchfpe.load_expanded(parent, state_dict), which rebuilds each layer to the saved "
                     "shapes") from None
-            missing = [name for name in saved.get("stored", ()) if prefix + name not in state_dict]
-            if missing:
-                raise InvalidParameterError(
-                    f"{where}: state_dict key {prefix + missing[0]!r} is missing, but the saved {saved['layout']!r} "
-                    f"layer stores it (its {key!r} lists {saved['stored']}); the state_dict is incomplete")
+            check_stored(saved, state_dict, prefix, where)
         self._check_saved_state(state_dict, prefix, saved)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)

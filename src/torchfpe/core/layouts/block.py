@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import kernels
 from ..validation import InvalidParameterError
 from .base import LayoutError, register_layout
 from .masked import MaskedLinear
@@ -465,6 +466,10 @@ class BlockLinear(PackedLinear):
 
     # -- compute
     def forward(self, input: Tensor) -> Tensor:  # noqa: A002
+        if kernels.wants(input):  # Triton kernels on CUDA (torchfpe.core.kernels); None where they do not apply
+            y = kernels.forward(self, input)
+            if y is not None:
+                return y
         # The two branches on the batch size are eager-mode speed-ups only: traced (torch.compile,
         # torch.export) the layer takes one path for every batch size, so no guard pins the batch.
         eager = not torch.compiler.is_compiling()

@@ -82,3 +82,12 @@ def saved_layout_state(state_dict: Mapping, prefix: str, *, pop: bool = False) -
     if isinstance(old, Mapping) and isinstance(old.get("layout"), str):
         return {"format": 1, **old}
     return None
+
+
+def check_stored(saved: Mapping, state_dict: Mapping, prefix: str, where: str) -> None:
+    """Refuse a state missing a tensor the saved metadata lists under ``stored`` (format 2), naming the key."""
+    missing = [name for name in saved.get("stored", ()) if prefix + name not in state_dict]
+    if missing:
+        raise InvalidParameterError(
+            f"{where}: state_dict key {prefix + missing[0]!r} is missing, but the saved {saved['layout']!r} layer "
+            f"stores it (its {prefix + LAYOUT_KEY!r} lists {list(saved['stored'])}); the state_dict is incomplete")

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import kernels
 from . import native
 from .base import LayoutError, register_layout
 from .masked import MaskedLinear
@@ -334,6 +335,10 @@ class ParentLinear(PackedLinear):
         return "native" if batch <= (NATIVE_GRAD_MAX_BATCH if training else NATIVE_MAX_BATCH) else "tiled"
 
     def forward(self, input: Tensor) -> Tensor:  # noqa: A002
+        if kernels.wants(input):  # Triton kernels on CUDA (torchfpe.core.kernels); None where they do not apply
+            y = kernels.forward(self, input)
+            if y is not None:
+                return y
         leading = input.shape[:-1]
         x = input.reshape(-1, self.in_features)
         if self.in_gather is not None:

@@ -15,10 +15,29 @@ The protocol itself lives in :mod:`torchfpe.lab.experiments.protocol`; this modu
 studies, registered as the experiment ``boolean``: ``EXPERIMENT.run_batch(configs)`` trains the runs
 of several seeds at once with :mod:`torchfpe.lab.batched`; ``EXPERIMENT.run_single(config)`` is the
 one-model-at-a-time reference path that it must agree with.
+
+Random streams (``BooleanConfig.streams``)
+------------------------------------------
+``"separate"`` (the default): the data, the initial weights and the split masks come from three
+independent generators. The data keep the seed itself (so a formula and its data are the same in
+both modes, and ``make_dnf(seed=s)`` is still run ``s``'s data); the initial weights and the splits
+are seeded by :func:`stream_seed` ``(seed, "init")`` and ``(seed, "split")``.
+
+``"shared"``: the code before 2026-12-07, kept so that its records can be reproduced: data, initial
+weights and splits are all seeded by the seed itself. torch's global generator and a
+``torch.Generator`` seeded alike give the same draws, so the random split's per-parent order was
+the rank order of the parent's *initial* weights (``torch.rand`` and ``nn.Linear``'s uniform init
+consume the same numbers): the split depended on the initial weights.
+
+Run keys are the config's ``to_dict()``, which now names ``streams``: a result folder from before
+this field holds runs whose configs lack it; they are read as ``"shared"`` (:func:`streams_of`) and
+never reused for a new run (every new key names its streams).
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -33,6 +52,25 @@ from . import protocol
 from .studies import DATASET_NOTE, Study
 
 DTYPES = protocol.DTYPES
+#: How a run's random draws are seeded (see the module docstring); "separate" is the default.
+STREAMS = ("separate", "shared")
+#: What a stored config without a ``streams`` field was made with (the code before the field existed).
+STREAMS_BEFORE_FIELD = "shared"
+STREAM_PURPOSES = ("data", "init", "split")
+
+
+def stream_seed(seed: int, purpose: str) -> int:
+    """The seed of one purpose's generator, derived from (run seed, purpose) by a hash: independent of the
+    other purposes' streams, the same on every machine and Python (no ``hash()`` salt), in [0, 2**63)."""
+    if purpose not in STREAM_PURPOSES:
+        raise ValueError(f"purpose must be one of {STREAM_PURPOSES}, got {purpose!r}")
+    digest = hashlib.blake2b(f"torchfpe.boolean/{int(seed)}/{purpose}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+def streams_of(config: Mapping) -> str:
+    """The ``streams`` of a stored config (a record or a run file's config): absent means the old code's."""
+    return config.get("streams", STREAMS_BEFORE_FIELD)
 
 
 def _input_order(clauses: list[list[int]], n_vars: int) -> list[int]:
@@ -61,6 +99,9 @@ class BooleanTask(protocol.Task):
 
     def parent(self, config: "BooleanConfig") -> nn.Module:
         return init_model(config)
+
+    def split_seed(self, config: "BooleanConfig") -> int:
+        return config.seed_for("split")
 
     def record_extras(self, config: "BooleanConfig", variant: str, model: nn.Module, data: protocol.Data) -> dict:
         weight = metrics.hidden_weights(model)[0][1]
@@ -93,6 +134,9 @@ class BooleanConfig(protocol.ProtocolConfig):
     warmup_epochs: int = 1000
     epochs_after: int = 1000
     variants: tuple[str, ...] = ("dense", "random", "clause")
+    # "separate": data, initial weights and splits from independent generators; "shared": the old code's
+    # single seed for all three (its records reproduce with it); see the module docstring
+    streams: str = "separate"
 
     task: ClassVar[protocol.Task] = TASK
 
@@ -109,7 +153,7 @@ class BooleanConfig(protocol.ProtocolConfig):
         return {
             "n_vars": [count], "clauses": [count], "literals": [count], "negation_prob": [Interval(float, 0.0, 1.0)],
             "variables": [Options(VARIABLE_MODES)], "encoding": [Options(ENCODINGS)], "sampling": [Options(SAMPLINGS)],
-            "train_size": [count], "test_size": [count], **super().constraints(),
+            "train_size": [count], "test_size": [count], "streams": [Options(STREAMS)], **super().constraints(),
         }
 
     def check(self) -> None:
@@ -121,18 +165,25 @@ class BooleanConfig(protocol.ProtocolConfig):
         except ValueError as error:
             raise InvalidParameterError(f"BooleanConfig: {error}") from None
 
+    def seed_for(self, purpose: str) -> int:
+        """The seed of one random stream ("data", "init" or "split"); the data keep the run seed in both modes."""
+        if self.streams == "shared" or purpose == "data":
+            return self.seed
+        return stream_seed(self.seed, purpose)
+
     def task_config(self) -> DNFConfig:
         return DNFConfig(
             n_vars=self.n_vars, clauses=self.clauses, literals=self.literals, negation_prob=self.negation_prob,
             variables=self.variables, encoding=self.encoding, sampling=self.sampling,
-            train_size=self.train_size, test_size=self.test_size, seed=self.seed,
+            train_size=self.train_size, test_size=self.test_size, seed=self.seed_for("data"),
         )
 
 
 def init_model(config: BooleanConfig) -> nn.Sequential:
-    """The dense parent: n → neurons (ReLU) → 1, initialised from ``config.seed``."""
+    """The dense parent: n → neurons (ReLU) → 1, initialised from the config's init stream
+    (``config.seed_for("init")``) without touching torch's global generator."""
     generator_state = torch.random.get_rng_state()
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.seed_for("init"))
     model = nn.Sequential(
         nn.Linear(config.n_vars, config.neurons), nn.ReLU(), nn.Linear(config.neurons, 1),
     ).to(DTYPES[config.dtype])

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...core.validation import Interval, invalid
-from .heads import HeadsConfig, register
+from ...core.validation import Interval
+from . import protocol
+from .heads import HeadsConfig
 from .studies import Study, real_meta
 
 
@@ -26,11 +27,10 @@ class DeepConfig(HeadsConfig):
     def constraints(self) -> dict:
         return {**super().constraints(), "depth": [Interval(int, 1)]}
 
-    def check(self) -> None:
-        super().check()
-        if self.alpha > self.neurons and self.depth > 1:
-            raise invalid("alpha", type(self).__name__,
-                          f"an int in [2, neurons={self.neurons}] (the fan-in of the deeper hidden layers)", self.alpha)
+    def alpha_limit(self) -> tuple[int, str, str] | None:
+        if self.depth == 1:
+            return super().alpha_limit()
+        return self.neurons, f"neurons={self.neurons}", "the fan-in of the deeper hidden layers"
 
 
 STUDIES = (
@@ -43,4 +43,4 @@ STUDIES = (
            "warmup_epochs": 20, "epochs_after": 20}, default_seeds=5, group="deep", meta=real_meta("cells")),
 )
 
-EXPERIMENT = register("deep", DeepConfig, STUDIES)
+EXPERIMENT = protocol.register("deep", DeepConfig, STUDIES)

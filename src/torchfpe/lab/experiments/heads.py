@@ -48,7 +48,7 @@ from torch import nn
 
 from ... import metrics
 from ...core import SPLITS
-from ...core.validation import Interval, Predicate, invalid
+from ...core.validation import Interval, Predicate
 from . import protocol
 from .studies import Study, real_meta
 
@@ -124,9 +124,8 @@ class HeadsTask(protocol.Task):
         """Load the config's data before any run (a missing or bad file, too many classes: ValueError),
         and check that alpha fits the first layer's fan-in (the embedding's features)."""
         info = self.data(config).info
-        if config.alpha > info["features"]:
-            raise invalid("alpha", type(config).__name__, f"an int in [2, {info['features']}] (the first hidden layer "
-                          f"reads the {info['features']} features of {info['name']})", config.alpha)
+        protocol.check_alpha(config, info["features"], str(info["features"]),
+                             f"the first hidden layer reads the {info['features']} features of {info['name']}")
 
     def files(self, config) -> tuple[str, ...]:
         from ...data import BUILTINS, parse_name
@@ -159,6 +158,12 @@ class HeadsTask(protocol.Task):
         # the data are the first layer's inputs: deeper layers of a deep model split at random
         first, *deeper = [f"{2 * i}" for i in range(self._depth(config))]  # incoming Linears of the MLP
         return {"split": {first: split, **{name: "random" for name in deeper}}}
+
+    def schedule(self, config) -> tuple:
+        """The passes the config's fixed step count becomes (:func:`scheduled`); each record gains the
+        passes it ran (``warmup_passes``, ``passes_after``)."""
+        ran = scheduled(config)
+        return ran, {"warmup_passes": ran.warmup_epochs, "passes_after": ran.epochs_after}
 
     def record_extras(self, config, variant: str, model: nn.Module, data: protocol.Data) -> dict:
         weight = metrics.hidden_weights(model)[0][1]
@@ -197,33 +202,6 @@ def scheduled(config):
     return dataclasses.replace(config, steps_per_epoch=None,
                                warmup_epochs=passes(config.warmup_epochs, config.steps_per_epoch, per_pass),
                                epochs_after=passes(config.epochs_after, config.steps_per_epoch, per_pass))
-
-
-def _fixed_steps(run_batch):
-    """``run_batch`` over the scheduled configs; each record keeps the config it was asked for and
-    gains the passes it ran (``warmup_passes``, ``passes_after``)."""
-    def run(configs: Sequence) -> list[dict]:
-        configs = list(configs)
-        ran = [scheduled(c) for c in configs]
-        asked = {c.seed: (c.to_dict(), r) for c, r in zip(configs, ran)}
-        records = run_batch(ran)
-        for record in records:
-            fields, config = asked[record["seed"]]
-            record.update(fields, warmup_passes=config.warmup_epochs, passes_after=config.epochs_after)
-        return records
-
-    return run
-
-
-def register(name: str, config: type, studies: Sequence = ()):
-    """:func:`protocol.register` with ``steps_per_epoch`` turned into passes before the protocol runs."""
-    from .registry import register_experiment
-
-    plain = protocol.register(name, config, studies)
-    single = _fixed_steps(lambda configs: [r for c in configs for r in plain.run_single(c)])
-    return register_experiment(name, config, _fixed_steps(plain.run_batch),
-                               run_single=lambda c: single([c]), check=plain.check, files=plain.files,
-                               studies=plain.studies)
 
 
 # ------------------------------------------------------------------------------------------ the config
@@ -288,4 +266,4 @@ STUDIES = (
           default_seeds=5, group="heads", meta=real_meta("cells")),
 )
 
-EXPERIMENT = register("heads", HeadsConfig, STUDIES)
+EXPERIMENT = protocol.register("heads", HeadsConfig, STUDIES)

@@ -44,6 +44,7 @@ from torch import nn
 
 from ...core import find_ffn_pairs
 from ...core.validation import Interval, Options, invalid
+from ..kinds import RecordField, register_task_kind
 from ..train import make_optimizer
 from . import protocol
 from .studies import Study
@@ -149,12 +150,19 @@ def bits_per_byte(model: nn.Module, stream: torch.Tensor, context: int, eval_byt
     return total / (count * context) / math.log(2)
 
 
+#: Next-byte prediction: the task trains and measures its models itself (windows of bytes); the kind
+#: declares what it measures, bits per byte on the test, validation and training parts (lower is better).
+NEXT_BYTE = register_task_kind(
+    "next_byte", fields=[RecordField(name, higher_is_better=False)
+                         for name in ("bits_per_byte", "val_bits_per_byte", "train_bits_per_byte")],
+    metric="bits_per_byte", description="byte-level language modelling: cross-entropy in bits per byte")
+
+
 class LMTask(protocol.Task):
     """Byte-level next-byte prediction. ``Data``: ``x_train`` and ``x_test`` are the training and test
     bytes, ``info`` the :class:`~torchfpe.data.text.TextSplits` (with the validation part)."""
 
-    metric = "bits_per_byte"
-    higher_is_better = False
+    kind = NEXT_BYTE.name
 
     def data(self, config: "LMConfig") -> protocol.Data:
         text = _text(config)
@@ -272,15 +280,15 @@ class LMConfig(protocol.ProtocolBase):
         if self.arch == "llama" and (self.d_model // self.heads) % 2:
             raise invalid("heads", owner, f"a divisor of d_model={self.d_model} leaving an even head size (LLaMA's "
                           "rotary embeddings rotate pairs)", self.heads)
-        if self.alpha > self.d_model:
-            raise invalid("alpha", owner, f"an int in [2, d_model={self.d_model}] (the FFN's fan-in)", self.alpha)
+
+    def alpha_limit(self) -> tuple[int, str, str]:
+        return self.d_model, f"d_model={self.d_model}", "the FFN's fan-in"
 
 
 # ------------------------------------------------------------------------------------------ studies
-def lm_meta(layout: str) -> dict:
-    """What an LM study's report needs: its layout, the data note, and the metric (lower bits/byte is better)."""
-    return {"layout": layout, "metric": {"key": "bits_per_byte", "label": "test bits/byte", "higher_is_better": False,
-                                         "percent": False},
+def lm_meta(page: str) -> dict:
+    """What an LM study's report needs: its page, the data note, and the metric (lower bits/byte is better)."""
+    return {"page": page, "metric": NEXT_BYTE.report_metric("test bits/byte"),
             "dataset_note": "byte-level UTF-8 text, by default the King James Bible from the Debian package bible-kjv, "
                             "else the --data FILE|DIR the data set's name in each table gives; the first 90 % trains, "
                             "the next 5 % validates, the last 5 % tests (contiguous parts)"}

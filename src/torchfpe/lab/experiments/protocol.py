@@ -23,8 +23,9 @@ that names other fields in ``phase_fields`` (the language models' ``warmup_steps
 
 What an experiment provides is a :class:`Task` (the contract):
 
-- ``kind``: ``"binary"`` (one logit, 0/1 targets) or ``"multiclass"`` (C logits, integer labels);
-  picks the loss (BCE / cross-entropy) and the accuracy.
+- ``kind``: a registered task kind (:data:`torchfpe.lab.kinds.TASK_KINDS`: ``"binary"``, one logit and
+  0/1 targets; ``"multiclass"``, C logits and integer labels; or one registered from outside): its
+  loss, its measured record fields, their stacked forms and the metric.
 - ``provides``: what its splits may ask for (``"clauses"``, ``"data"``), given by
   ``split_inputs(config, data) -> dict``; the variants a config may name follow from it.
 - ``data(config) -> Data``: train and test tensors of one seed (and any ``info`` the task needs).
@@ -33,16 +34,20 @@ What an experiment provides is a :class:`Task` (the contract):
 - ``expand_kwargs(config, split, data) -> dict``: extra arguments of ``expand`` for a variant's split
   (``layers=``, ``pairs=``, or a per-layer ``split=`` mapping).
 - ``record_extras(config, variant, model, data) -> dict``: fields added to each record.
+- ``schedule(config) -> (config, dict)``: the config the protocol trains instead (records keep the
+  asked config's fields and gain the dict's); default: the config itself.
+- ``split_seed(config) -> int``: the seed of ``expand``'s split masks (default ``config.seed``).
 - ``check(config)``: checks that need files, run before any work (default: none).
 - ``fold_keys``: record fields whose variant / dense ratio is recorded as ``<key>_fold``.
 - ``wide_parent(config, scale)``: a wider dense model, only for ``wide<scale>`` variants.
 - ``eval_batch``: evaluate in chunks of this many examples (None: one pass).
 - ``metric`` and ``higher_is_better``: the record field ``relative_gain`` compares with the dense run
-  of the same seed, signed so that a positive gain is better (default ``test_accuracy``, higher).
+  of the same seed, signed so that a positive gain is better (default: the kind's metric and direction).
 - ``train(model, config, data, length, generator, optimizer=None) -> optimizer`` and
   ``evaluate(model, config, data) -> dict``: how a model is trained for ``length`` units and what is
-  measured (default: :func:`torchfpe.lab.train.fit` for ``length`` epochs on ``x_train``/``y_train``, and
-  train and test accuracy). A task that overrides either is trained one model at a time.
+  measured (default: :func:`torchfpe.lab.train.fit` for ``length`` epochs on ``x_train``/``y_train``
+  with the kind's loss, and the kind's measured fields). A task that overrides either, or whose kind
+  does not stack, is trained one model at a time.
 
 A config is a frozen dataclass derived from :class:`ProtocolConfig` (epochs; a ``neurons`` width), or
 from :class:`ProtocolBase` (the fields every protocol experiment shares) for a task that counts its
@@ -62,6 +67,18 @@ stacks are the same on every device. The protocol builds each seed's ``Data`` an
 trains and evaluates every model there; ``expand`` and the records work on CPU copies. A task never
 needs to be told the device: a hook that makes tensors for a model or for data it is handed uses
 their device (``data.device``, ``next(model.parameters()).device``).
+
+**The layout.** Both also take ``layout=`` (``"auto"``, ``"masked"``, ``"packed"``; checked by
+:func:`torchfpe.lab.train_layout.check_train_layout`), the layout phase 2 trains an expanded model in,
+a runtime option like the device (no config field, no part of a run key). A model trained one at a
+time is packed (``torchfpe.pack``) after ``expand`` and before it moves to the device, where the
+option says so (:func:`torchfpe.lab.train_layout.for_training`; ``auto``'s rule and the measurement
+behind it are in that module), and unpacked again before its record is made, so a task's hooks that
+read weights (``record_extras``) always see the masked layout; :meth:`Task.train` and
+:meth:`Task.evaluate` get the packed model and must not assume the masked layout's attributes. Stacks
+(:mod:`torchfpe.lab.batched`: many seeds as batched masked products) and ``@carry`` variants
+(:func:`torchfpe.carry_optimizer` needs the masked layout) always train masked. Records are those of
+the masked layout up to float rounding.
 """
 
 from __future__ import annotations
@@ -79,10 +96,14 @@ from torch import Tensor, nn
 
 from ... import metrics
 from ..devices import resolve_device
-from ..batched import STACKED_ACCURACIES, STACKED_LOSSES, StackedMLP, _signature, can_stack, fit_stacked
+from ..train_layout import check_train_layout, for_records, for_training
+from ..batched import StackedMLP, stack_signature, can_stack, fit_stacked
 from ...core import BIAS_POLICIES, BUDGETS, SPLITS, carry_optimizer, expand, nonzero_parameters
-from ...core.validation import Interval, InvalidParameterError, Options, Predicate, plain_number, validate_dataclass
-from ..train import ACCURACIES, LOSSES, OPTIMIZERS, TrainSettings, fit
+from ...core.validation import (Interval, InvalidParameterError, Options, Predicate, invalid, plain_number,
+                                validate_dataclass)
+from ...core.optim import OPTIMIZERS
+from ..kinds import TaskKind, get_task_kind
+from ..train import TrainSettings, fit, optimizer_names
 
 WIDE = re.compile(r"^wide(\d+(?:\.\d+)?)$")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -107,24 +128,48 @@ class Variant:
     budget: str | None = None
     carry: bool = False
 
+    @property
+    def modifiers(self) -> tuple[str, ...]:
+        """The split's modifiers in the order the name writes them (``("structured", "carry")``)."""
+        return tuple(m for m in (self.budget, CARRY if self.carry else None) if m)
+
+
+def variant_name(split: str, budget: str | None = None, carry: bool = False) -> str:
+    """The one writer of the grammar: ``<split>[@<budget>][@carry]``."""
+    return "@".join([split, *([budget] if budget else []), *([CARRY] if carry else [])])
+
+
+def read_variant(name: object) -> Variant | None:
+    """A variant name read by the grammar alone, whether or not its split is registered in this process
+    (a report reads records of splits registered elsewhere); None where the name is no variant."""
+    if not isinstance(name, str):
+        return None
+    if name == "dense":
+        return Variant(name, "dense")
+    wide = WIDE.match(name)
+    if wide and float(wide.group(1)) > 0:
+        return Variant(name, "wide", scale=float(wide.group(1)))
+    modified = MODIFIED.match(name)
+    if modified is None:
+        return None
+    return Variant(name, "split", split=modified["split"], budget=modified["budget"],
+                   carry=modified["carry"] is not None)
+
 
 def parse_variant(name: str, allowed: Sequence[str] | None = None) -> Variant:
     """Read a variant name: ``dense``, ``wide<scale>``, ``<split>``, ``<split>@<budget>``, ``<split>@carry`` or
-    ``<split>@<budget>@carry``; ``allowed`` (default: every name) is what the task offers (``"wide"``: any
-    ``wide<scale>``). Raises ValueError naming the variant and what is allowed."""
+    ``<split>@<budget>@carry``, whose split is registered; ``allowed`` (default: every name) is what the task
+    offers (``"wide"``: any ``wide<scale>``). Raises ValueError naming the variant and what is allowed."""
     allowed = tuple(allowed) if allowed is not None else ("dense", *SPLITS, "wide")
     if not isinstance(name, str):
         raise ValueError(f"a variant is a name, got {name!r}")
-    if name == "dense" and "dense" in allowed:
-        return Variant(name, "dense")
-    wide = WIDE.match(name)
-    if wide and "wide" in allowed and float(wide.group(1)) > 0:
-        return Variant(name, "wide", scale=float(wide.group(1)))
-    modified = MODIFIED.match(name)
-    split = modified and SPLITS.get(modified["split"])
+    variant = read_variant(name)
+    if variant is not None and variant.kind in ("dense", "wide") and variant.kind in allowed:
+        return variant
+    split = SPLITS.get(variant.split) if variant is not None and variant.kind == "split" else None
     if split is None or split.name not in allowed:
         raise ValueError(f"unknown variant {name!r}")
-    budget, carry = modified["budget"], modified["carry"] is not None
+    budget, carry = variant.budget, variant.carry
     if carry and split.at_init:
         raise ValueError(f"variant {name!r}: @{CARRY} carries the warm-up optimizer into an expansion of the "
                          f"warmed-up model, but {split.name!r} is drawn at initialisation and has no warm-up")
@@ -152,9 +197,11 @@ def variants_help(allowed: Sequence[str]) -> str:
            f"{', '.join(BUDGETS)})"
 
 
-def check_variants(variants: Sequence[str], allowed: Sequence[str], budget: str | None = None) -> None:
+def check_variants(variants: Sequence[str], allowed: Sequence[str], budget: str | None = None,
+                   optimizer: str | None = None) -> None:
     """Raise ValueError unless ``variants`` is a non-empty list of distinct names :func:`parse_variant` reads
-    within ``allowed``, and each split fits its budget (``budget``: the config's, for unmodified splits)."""
+    within ``allowed``, each split fits its budget (``budget``: the config's, for unmodified splits), and
+    ``@carry`` is named only with an optimizer registered as carried (``optimizer``: the config's)."""
     if not variants:
         raise ValueError(f"variants must be a non-empty subset of {variants_help(allowed)}, got {tuple(variants)!r}")
     for name in variants:
@@ -163,13 +210,18 @@ def check_variants(variants: Sequence[str], allowed: Sequence[str], budget: str 
         except ValueError as error:
             raise ValueError(f"{error}; variants must be a non-empty subset of {variants_help(allowed)}, got "
                              f"{tuple(variants)!r}") from None
+        if variant.carry and optimizer in OPTIMIZERS and not OPTIMIZERS[optimizer].carried:
+            carried = ", ".join(OPTIMIZERS.where(carried=True))
+            raise ValueError(f"variant {name!r}: @{CARRY} carries the warm-up optimizer's state, but "
+                             f"optimizer={optimizer!r} is not registered as carried (carried: {carried}); drop "
+                             f"@{CARRY} or choose a carried optimizer")
         chosen = variant.budget or budget
         split = SPLITS[variant.split] if variant.split else None
         if chosen == "structured" and split is not None and not (split.partition and split.widens
                                                                   and not split.whole_model):
             raise ValueError(f"budget='structured' gives every child a disjoint share of its parent's weights, so "
                              f"it needs a partition split; variant {name!r} ({split.name!r}) is not one (drop it, "
-                             f"or give it another budget, e.g. {split.name}@global)")
+                             f"or give it another budget, e.g. {variant_name(split.name, 'global')})")
     repeated = sorted({v for v in variants if list(variants).count(v) > 1})
     if repeated:
         raise ValueError(f"variants name {repeated} more than once")
@@ -199,12 +251,25 @@ class Data:
 class Task:
     """Base class with the optional hooks' defaults; see the module docstring for the contract."""
 
-    kind: str = "binary"
+    kind: str = "binary"  # a registered task kind (torchfpe.lab.kinds.TASK_KINDS)
     provides: tuple[str, ...] = ()  # what its splits may ask for: "clauses", "data"
     fold_keys: tuple[str, ...] = ()
     eval_batch: int | None = None  # evaluate in chunks of this many examples (None: one pass)
-    metric: str = "test_accuracy"  # the record field relative_gain compares with dense
-    higher_is_better: bool = True
+
+    @property
+    def task_kind(self) -> TaskKind:
+        """The registered record of :attr:`kind` (looked up at call time)."""
+        return get_task_kind(self.kind, f"{type(self).__name__}.kind")
+
+    @property
+    def metric(self) -> str:
+        """The record field relative_gain compares with dense (default: the kind's metric)."""
+        return self.task_kind.metric
+
+    @property
+    def higher_is_better(self) -> bool:
+        """The direction of :attr:`metric` (declared by the kind)."""
+        return self.task_kind.field(self.metric).higher_is_better
 
     def data(self, config) -> Data:
         raise NotImplementedError
@@ -227,7 +292,7 @@ class Task:
     def stacks(self) -> bool:
         """Whether :func:`run_batch` may train this task's models as stacks: the stacked trainer reproduces
         the default :meth:`train` and :meth:`evaluate` only."""
-        return type(self).train is Task.train and type(self).evaluate is Task.evaluate
+        return type(self).train is Task.train and type(self).evaluate is Task.evaluate and self.task_kind.stacks
 
     def parent(self, config) -> nn.Module:
         raise NotImplementedError
@@ -242,19 +307,27 @@ class Task:
     def record_extras(self, config, variant: str, model: nn.Module, data: Data) -> dict:
         return {}
 
+    def schedule(self, config) -> tuple[Any, dict]:
+        """The config the protocol trains for ``config`` and the fields each of its records gains
+        (default: the config itself, none). Records keep the fields of the config asked for, so run keys
+        do not change (the heads' fixed step counts become whole passes here)."""
+        return config, {}
+
+    def split_seed(self, config) -> int:
+        """The seed of ``expand``'s generator (the split masks); a task with separate streams derives its own."""
+        return config.seed
+
     def train(self, model: nn.Module, config, data: Data, length: int, generator: torch.Generator,
               optimizer: torch.optim.Optimizer | None = None) -> torch.optim.Optimizer:
         """Train ``model`` in place for ``length`` units of the task (here epochs over ``x_train``); returns
         the optimizer (a new one of the config's settings unless ``optimizer`` is given)."""
         return fit(model, data.x_train, data.y_train, length, config.settings(), optimizer=optimizer,
-                   generator=generator, loss_fn=LOSSES[self.kind])
+                   generator=generator, loss_fn=self.task_kind.loss)
 
     def evaluate(self, model: nn.Module, config, data: Data) -> dict:
-        """The measured fields of one record (here test and train accuracy); :attr:`metric` is one of them."""
-        accuracy = ACCURACIES[self.kind]
-        train_acc = accuracy(model, data.x_train, data.y_train, self.eval_batch)
-        return {"test_accuracy": accuracy(model, data.x_test, data.y_test, self.eval_batch),
-                "train_accuracy": train_acc}
+        """The measured fields of one record (the kind's, e.g. test and train accuracy); :attr:`metric` is
+        one of them."""
+        return self.task_kind.evaluate(model, data.x_train, data.y_train, data.x_test, data.y_test, self.eval_batch)
 
 
 # ------------------------------------------------------------------------------------- the config
@@ -290,10 +363,13 @@ class ProtocolBase:
         self.normalise()
         validate_dataclass(self, self.constraints(), type(self).__name__)
         try:  # each name is known (the constraint); here the rules between names and with the budget
-            check_variants(self.variants, task_variants(self.task), self.budget)
+            check_variants(self.variants, task_variants(self.task), self.budget, self.optimizer)
         except ValueError as error:
             raise InvalidParameterError(f"the 'variants' parameter of {type(self).__name__}: {error}") from None
         self.check()
+        limit = self.alpha_limit()
+        if limit is not None:
+            check_alpha(self, *limit)
 
     def normalise(self) -> None:
         """Turn accepted spellings into the stored form before validation (frozen: object.__setattr__)."""
@@ -319,7 +395,7 @@ class ProtocolBase:
         return {
             "alpha": [Interval(int, 2)], "bias": [Options(BIAS_POLICIES)],
             "budget": [Options(BUDGETS)], "dropconnect_p": [Interval(float, 0.0, 1.0, closed="left"), None],
-            "optimizer": [Options(OPTIMIZERS)], "lr": [Interval(float, 0.0, None, closed="neither")],
+            "optimizer": [Options(optimizer_names())], "lr": [Interval(float, 0.0, None, closed="neither")],
             "weight_decay": [Interval(float, 0.0)], "batch_size": [count, None],
             **{name: [Interval(int, 0)] for name in self.phase_fields},
             "dtype": [Options(tuple(DTYPES))],
@@ -330,6 +406,12 @@ class ProtocolBase:
 
     def check(self) -> None:
         """Rules across fields, after each field is valid (a subclass adds its own)."""
+
+    def alpha_limit(self) -> tuple[int, str, str] | None:
+        """alpha's upper bound where the config alone fixes it: (the smallest fan-in its expansion splits,
+        how the bound is shown, why), checked by :func:`check_alpha` after :meth:`check`; None where only
+        the data tell (the task's ``check`` calls :func:`check_alpha` then)."""
+        return None
 
     def phase_lengths(self) -> tuple[int, int]:
         """(T1, T2): the dense warm-up and the training after the split, in the task's unit."""
@@ -369,20 +451,39 @@ class ProtocolConfig(ProtocolBase):
         return {"neurons": [Interval(int, 1)], **super().constraints()}
 
 
+def check_alpha(config, limit: int, shown: str, reason: str) -> None:
+    """The one check of alpha's upper bound in the harness: a parent unit splits into at most as many
+    children as the inputs it reads (``expand`` refuses more, after work has started)."""
+    if config.alpha > limit:
+        raise invalid("alpha", type(config).__name__, f"an int in [2, {shown}] ({reason})", config.alpha)
+
+
 def _protocol_fields(cls: type) -> set[str]:
     """The fields ``cls`` inherits from the protocol's own config classes (listed after its own in ``to_dict``)."""
     bases = [base for base in cls.__mro__ if base in (ProtocolBase, ProtocolConfig)]
     return {f.name for base in bases for f in dataclasses.fields(base)}
 
 
-def register(name: str, config: type[ProtocolConfig], studies: Sequence = ()):
-    """Make ``config`` (a :class:`ProtocolConfig` subclass naming its ``task``) the experiment ``name``."""
+def register(name: str, config: type[ProtocolBase], studies: Sequence = ()):
+    """Make ``config`` (a :class:`ProtocolBase` subclass naming its ``task``) the experiment ``name``.
+
+    The one registration of a protocol experiment: its capabilities follow from the protocol and the
+    task, never passed by hand. It trains tensors, so it takes ``device=`` and ``layout=`` (:func:`run_batch`
+    and :func:`run_single` resolve them); whether it stacks follows from :meth:`Task.stacks`. A task that
+    trains another config than the one asked for says so in :meth:`Task.schedule`, not by wrapping.
+    """
     from .registry import register_experiment
 
     task = config.task
     return register_experiment(name, config, functools.partial(run_batch, task),
                                run_single=functools.partial(run_single, task), check=functools.partial(_check, task),
-                               files=functools.partial(_files, task), studies=studies, device=True)
+                               files=functools.partial(_files, task), studies=studies, device=trains_on_device(task),
+                               layout=trains_on_device(task))
+
+
+def trains_on_device(task: Task) -> bool:
+    """Whether the experiment of ``task`` takes ``device=``: every protocol task trains tensors there."""
+    return isinstance(task, Task)
 
 
 def _check(task: Task, config) -> None:
@@ -425,7 +526,7 @@ def build_variant(task: Task, config, variant: str, warm: nn.Module, data: Data)
     kwargs = {"split": split.name, **{need: inputs[need] for need in split.needs},
               **({"dropconnect_p": config.dropconnect_p} if "dropconnect_p" in split.options else {}),
               **task.expand_kwargs(config, split.name, data)}
-    return expand(source, config.alpha, seed=config.seed, bias=config.bias, budget=parsed.budget or config.budget,
+    return expand(source, config.alpha, seed=task.split_seed(config), bias=config.bias, budget=parsed.budget or config.budget,
                   **kwargs)
 
 
@@ -468,9 +569,31 @@ def _sorted(records: list[dict], variants: Sequence[str]) -> list[dict]:
 
 
 # -------------------------------------------------------------------------------- one model at a time
-def run_single(task: Task, config, device: str | torch.device | None = None) -> list[dict]:
-    """The reference path: every variant of one run trained one model at a time (on ``device``)."""
+def scheduled_run(task: Task, configs: Sequence, train) -> list[dict]:
+    """``train(configs the task schedules)``; each record keeps the fields of the config asked for (same
+    seed) and gains the task's schedule fields (:meth:`Task.schedule`)."""
+    configs = list(configs)
+    plans = [task.schedule(c) for c in configs]
+    if all(ran is asked and not extra for asked, (ran, extra) in zip(configs, plans)):
+        return train(configs)
+    asked = {c.seed: (c.to_dict(), extra) for c, (_, extra) in zip(configs, plans)}
+    records = train([ran for ran, _ in plans])
+    for record in records:
+        fields, extra = asked[record["seed"]]
+        record.update(fields, **extra)
+    return records
+
+
+def run_single(task: Task, config, device: str | torch.device | None = None, layout: str | None = None) -> list[dict]:
+    """The reference path: every variant of one run trained one model at a time (on ``device``, phase 2 in
+    ``layout``: see "The layout" in the module docstring)."""
     device = resolve_device(device, "run_single")
+    layout = check_train_layout(layout, "run_single")
+    return scheduled_run(task, [config], lambda ran: train_single(task, ran[0], device, layout))
+
+
+def train_single(task: Task, config, device: torch.device, layout: str = "masked") -> list[dict]:
+    """:func:`run_single` of a scheduled config on a resolved device, phase 2 in a checked ``layout``."""
     data = task.data(config)
     on = data.to(device)  # moved once; ``data`` (CPU) feeds expand and the records
     warmup, after = config.phase_lengths()
@@ -478,7 +601,7 @@ def run_single(task: Task, config, device: str | torch.device | None = None) -> 
 
     def finish(variant, model):
         measured = task.evaluate(model, config, on)
-        records.append(make_record(task, config, variant, model.cpu(), measured, data))
+        records.append(make_record(task, config, variant, for_records(model.cpu()), measured, data))
 
     torch.manual_seed(config.seed)  # DropConnect's masks come from the global generator
     dense = task.parent(config).to(device)
@@ -496,8 +619,10 @@ def run_single(task: Task, config, device: str | torch.device | None = None) -> 
     for variant in config.variants:  # phase 2: expand (or build the control), train on
         if variant == "dense":
             continue
-        model = build_variant(task, config, variant, source, data).to(device)
-        carried = carry_optimizer(warm_optimizer, warm, model) if parse_variant(variant).carry else None
+        model = build_variant(task, config, variant, source, data)
+        carries = parse_variant(variant).carry  # carry_optimizer needs the masked layout: no packing
+        model = (model if carries else for_training(model, layout, device)).to(device)
+        carried = carry_optimizer(warm_optimizer, warm, model) if carries else None
         task.train(model, config, on, length(config, phase(variant)), batch_generator(config, phase(variant)),
                    carried)
         finish(variant, model)
@@ -505,27 +630,35 @@ def run_single(task: Task, config, device: str | torch.device | None = None) -> 
 
 
 # ---------------------------------------------------------------------------------------- batched
-def run_batch(task: Task, configs: Sequence, device: str | torch.device | None = None) -> list[dict]:
+def run_batch(task: Task, configs: Sequence, device: str | torch.device | None = None,
+              layout: str | None = None) -> list[dict]:
     """Train the runs of ``configs`` (equal but for the seed) as stacks on ``device``; same records as
     ``run_single``.
 
     Models that :class:`~torchfpe.lab.batched.StackedMLP` cannot stack (e.g. a CNN), tasks with their own
     ``train`` or ``evaluate``, and variants that carry the optimizer run one seed at a time through
-    :func:`run_single`.
+    :func:`run_single`, phase 2 in ``layout``; stacks always train masked (see "The layout").
     """
     device = resolve_device(device, "run_batch")
+    layout = check_train_layout(layout, "run_batch")
     configs = list(configs)
     if not configs:
         return []
     if len({c.without_seed() for c in configs}) != 1:
         raise ValueError("run_batch needs configs that differ only in their seed; group them first")
+    return scheduled_run(task, configs, lambda ran: train_batch(task, ran, device, layout))
+
+
+def train_batch(task: Task, configs: list, device: torch.device, layout: str = "masked") -> list[dict]:
+    """:func:`run_batch` of scheduled configs (equal but for the seed) on a resolved device; ``layout``
+    (checked) reaches the models trained one at a time only."""
     first = configs[0]
     carries = any(parse_variant(v).carry for v in first.variants)
     parents = [task.parent(c) for c in configs] if task.stacks() and not carries else []
     if not parents or not can_stack(parents[:1]):  # each parent is seeded by its config (global RNG untouched)
-        return _sorted([r for c in configs for r in run_single(task, c, device)], first.variants)
+        return _sorted([r for c in configs for r in train_single(task, c, device, layout)], first.variants)
     settings = first.settings()
-    loss_fn, accuracy = STACKED_LOSSES[task.kind], STACKED_ACCURACIES[task.kind]
+    kind = task.task_kind
     datas = [task.data(c) for c in configs]
     x_train, y_train, x_test, y_test = (  # moved to the device once
         _stack([getattr(d, name) for d in datas], device) for name in ("x_train", "y_train", "x_test", "y_test"))
@@ -533,15 +666,14 @@ def run_batch(task: Task, configs: Sequence, device: str | torch.device | None =
 
     def train(stack, index, epochs_, generators, optimizer=None):
         return fit_stacked(stack, _take(x_train, index), _take(y_train, index), epochs_, settings, optimizer=optimizer,
-                           generators=generators, loss_fn=loss_fn)
+                           generators=generators, loss_fn=kind.stacked_loss)
 
     def finish(stack: StackedMLP, owners: list[tuple[Any, str, int]]):
         index = torch.tensor([i for _, _, i in owners])
-        train_acc = accuracy(stack, _take(x_train, index), _take(y_train, index))
-        test_acc = accuracy(stack, _take(x_test, index), _take(y_test, index))
-        for model, (config, variant, i), a, b in zip(stack.unstack(), owners, train_acc, test_acc):
-            measured = {"test_accuracy": float(b), "train_accuracy": float(a)}
-            records.append(make_record(task, config, variant, model.cpu(), measured, datas[i]))
+        measured = kind.evaluate_stacked(stack, _take(x_train, index), _take(y_train, index),
+                                         _take(x_test, index), _take(y_test, index))
+        for model, (config, variant, i), fields in zip(stack.unstack(), owners, measured):
+            records.append(make_record(task, config, variant, model.cpu(), fields, datas[i]))
 
     everyone = torch.arange(len(configs))
     torch.manual_seed(first.seed)  # DropConnect's masks come from the global generator
@@ -561,7 +693,7 @@ def run_batch(task: Task, configs: Sequence, device: str | torch.device | None =
             continue
         for i, config in enumerate(configs):
             model = build_variant(task, config, variant, warm[i], datas[i])
-            groups.setdefault(repr((_signature(model), phase(variant))), []).append((model, (config, variant, i)))
+            groups.setdefault(repr((stack_signature(model), phase(variant))), []).append((model, (config, variant, i)))
     for members in groups.values():
         owners = [owner for _, owner in members]
         phase_ = phase(owners[0][1])

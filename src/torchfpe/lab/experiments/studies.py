@@ -5,13 +5,14 @@ Each experiment module declares its studies beside its config and registers them
 :class:`Study` names its experiment, the swept fields (``axes``), the fixed fields (``base``) and
 ``meta``: how its report is laid out and what it compares against, copied into ``meta.json``:
 
-- ``layout``: ``headline`` | ``sweep`` | ``grid`` | ``theory`` | ``cells`` | ``match`` (see
-  :data:`torchfpe.lab.report.constants.LAYOUTS`);
+- ``page``: the report page (a page registered in :data:`torchfpe.lab.report.pages.PAGES`: built in
+  ``headline`` | ``sweep`` | ``grid`` | ``theory`` | ``cells`` | ``match``); the old key ``layout``
+  is read as ``page`` when the study is made;
 - ``dataset``: the data's name where records carry no ``dataset`` field (Boolean);
 - ``dataset_note``: one sentence on where the data come from;
 - ``paper``: the paper's numbers and the data set they belong to (shown only where it matches);
 - ``show_train``: sweeps also plot train accuracy and the train − test gap;
-- ``heatmaps``: the headline layout's variants drawn in ``gram.png`` / ``weights.png``.
+- ``heatmaps``: the headline page's variants drawn in ``gram.png`` / ``weights.png``.
 """
 
 from __future__ import annotations
@@ -33,7 +34,12 @@ class Study:
     base: Mapping[str, object] = field(default_factory=dict)
     default_seeds: int = 10
     group: str = "boolean"  # the `torchfpe reproduce <group>` command that runs it
-    meta: Mapping[str, object] = field(default_factory=dict)  # report layout, data name, paper numbers
+    meta: Mapping[str, object] = field(default_factory=dict)  # report page, data name, paper numbers
+
+    def __post_init__(self) -> None:
+        if "layout" in self.meta:  # the report page's old key ("layout" also names storage classes)
+            meta = {("page" if key == "layout" else key): value for key, value in self.meta.items()}
+            object.__setattr__(self, "meta", meta)
 
 
 # ------------------------------------------------------------------------------ real-model studies
@@ -54,9 +60,9 @@ EMBEDDING_NOTE = ("embeddings from torchfpe.data (a file or a built-in set); the
                   "table says which, and whether it is a stand-in for the paper's CLIP embeddings")
 
 
-def real_meta(layout: str, note: str = EMBEDDING_NOTE) -> dict:
-    """What a real-model study's report needs: its layout, the data note and the paper's CLIP numbers."""
-    return {"layout": layout, "dataset_note": note, "paper": CLIP_PAPER}
+def real_meta(page: str, note: str = EMBEDDING_NOTE) -> dict:
+    """What a real-model study's report needs: its page, the data note and the paper's CLIP numbers."""
+    return {"page": page, "dataset_note": note, "paper": CLIP_PAPER}
 
 
 def groups() -> dict[str, dict[str, Study]]:

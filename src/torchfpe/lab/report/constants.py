@@ -20,6 +20,20 @@ def is_fpe(variant: str) -> bool:
     return split is not None and not SPLITS[split].control
 
 
+def read_variant(variant: object):
+    """A stored variant name read by the protocol's one grammar reader
+    (:func:`torchfpe.lab.experiments.protocol.read_variant`), or None."""
+    from ..experiments.protocol import read_variant as read
+
+    return read(str(variant)) if variant is not None else None
+
+
+def wide_scale(variant: object) -> float | None:
+    """The scale of a ``wide<scale>`` variant (a wider dense model), else None."""
+    parsed = read_variant(variant)
+    return parsed.scale if parsed is not None and parsed.kind == "wide" else None
+
+
 #: The paper's headline test accuracies (%), Boolean DNF with 8 clauses, 8 neurons, alpha = 2.
 PAPER_ACCURACY: dict[str, float] = {"dense": 78.7, "random": 88.7, "clause": 99.4}
 #: The config in which the paper reports :data:`PAPER_ACCURACY`.
@@ -57,17 +71,6 @@ FOLD_METRICS: tuple[tuple[str, str], ...] = (
     # |cosine|, not the signed mean: the signed mean sits near 0, so its ratio is noise.
     ("cosine_abs_mean_fold", "mean absolute cosine similarity fold change"),
 )
-#: Studies that sweep one config field.
-SWEEP_STUDIES: frozenset[str] = frozenset({"neurons", "clauses", "alpha", "data"})
-STUDIES: frozenset[str] = SWEEP_STUDIES | {"headline", "metrics", "theory"}
-#: Report layouts a study's ``meta["layout"]`` can name: ``headline`` (variant table, paired tests,
-#: interference metrics, heat maps), ``sweep`` (one swept field), ``grid`` (fold change vs gain over a
-#: grid), ``theory`` (collision check), ``cells`` (real-model grids: accuracy and gain per cell with
-#: spreads, CIs and paired tests), ``match`` (``cells`` plus how much wider dense must be to match FPE).
-LAYOUTS: frozenset[str] = frozenset({"headline", "sweep", "grid", "theory", "cells", "match"})
-#: Layout of a meta.json written before studies carried ``layout`` (Boolean study names).
-LEGACY_LAYOUTS: dict[str, str] = {**{s: "sweep" for s in SWEEP_STUDIES}, "headline": "headline",
-                                  "metrics": "grid", "theory": "theory"}
 #: The paper numbers of a legacy headline meta.json (Boolean studies now carry them in ``meta["paper"]``).
 LEGACY_PAPER: dict = {"dataset": DATA_NAME, "accuracy": PAPER_ACCURACY, "config": PAPER_CONFIG,
                       "source": "arXiv 2510.04500 (8 clauses, 8 neurons, α = 2)"}

@@ -1,8 +1,7 @@
-"""The report's PNG figures (matplotlib with the Agg backend, imported lazily by :func:`_pyplot`)."""
+"""The report's PNG figures (matplotlib with the Agg backend, imported lazily by :func:`pyplot`)."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -10,14 +9,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .constants import DATA_NAME, DPI, FOLD_METRICS, HEATMAP_VARIANTS
+from .constants import DATA_NAME, DPI, FOLD_METRICS, HEATMAP_VARIANTS, read_variant, wide_scale
 from .stats import (
     Summary,
-    _axis_key,
-    _column,
-    _finite,
-    _ok,
-    _theory_table,
+    axis_key,
+    column_values,
+    finite_values,
+    is_finite,
+    theory_table,
     data_phrase,
     fmt_value,
     ordered_variants,
@@ -28,7 +27,7 @@ from .stats import (
 )
 
 
-def _pyplot():
+def pyplot():
     """matplotlib.pyplot with the Agg backend (set here, not at import time)."""
     import matplotlib
 
@@ -64,17 +63,20 @@ _SHADES = {"global": (1.0, 0.2), "outgoing": (1.0, 0.45), "structured": (0.0, 0.
 _MARKERS = {"global": "v", "outgoing": "s", "structured": "^", "layerwise": "P", "none": "X", "carry": "D"}
 
 
-def _marker(variant: str) -> str:
+def variant_marker(variant: str) -> str:
     """The marker of a variant in line plots: its last modifier's (:data:`_MARKERS`), else a circle."""
-    modifiers = str(variant).split("@")[1:]
+    parsed = read_variant(variant)
+    modifiers = parsed.modifiers if parsed is not None else ()
     return _MARKERS.get(modifiers[-1], "o") if modifiers else "o"
 
 
-def _color(variant: str) -> Any:
+def variant_color(variant: str) -> Any:
     """A fixed colour per variant (see :data:`SPLIT_COLOURS`), the same in every figure; a split with
     modifiers (``random@structured``, ``random@carry``) gets its split's hue, lightened or darkened per
     modifier (:data:`_SHADES`)."""
-    name, *modifiers = str(variant).split("@")
+    parsed = read_variant(variant)
+    name = (parsed.split or parsed.name) if parsed is not None else str(variant)
+    modifiers = parsed.modifiers if parsed is not None else ()
     base = _base_color(name)
     if not modifiers:
         return base
@@ -92,9 +94,9 @@ def _base_color(name: str) -> Any:
 
     if name == "dense":
         return DENSE_COLOUR
-    wide = _WIDE.match(name)
-    if wide:  # a sequential shade by scale alone (so the same in every figure): 1x light .. 3x and more dark
-        scale = min(max(float(wide.group(1)), 1.0), 3.0)
+    scale = wide_scale(name)
+    if scale is not None:  # a sequential shade by scale alone (so the same in every figure): 1x light .. 3x dark
+        scale = min(max(scale, 1.0), 3.0)
         shade = 0.78 - 0.6 * np.log2(scale) / np.log2(3.0)
         return (shade, shade, shade)
     names = list(SPLITS)
@@ -102,21 +104,18 @@ def _base_color(name: str) -> Any:
     return SPLIT_COLOURS[index % len(SPLIT_COLOURS)]
 
 
-_WIDE = re.compile(r"^wide(\d+(?:\.\d+)?)$")
-
-
-def _seed_count(frame: pd.DataFrame) -> int | None:
+def seed_count(frame: pd.DataFrame) -> int | None:
     """How many distinct seeds the records drawn hold (the real count, not the one asked for)."""
     if "seed" not in frame.columns:
         return None
     return int(frame["seed"].dropna().nunique())
 
 
-def _seeds_text(count: Any) -> str:
+def seeds_text(count: Any) -> str:
     return f"{count} seed" if count == 1 else f"{count} seeds"
 
 
-def _ci_text(summaries: Sequence[Summary], words: str = "mean with 95 % t-CI over seeds") -> str:
+def ci_text(summaries: Sequence[Summary], words: str = "mean with 95 % t-CI over seeds") -> str:
     """``words`` where every point has two or more seeds; else what is drawn instead of a CI."""
     counts = [s.n for s in summaries if s.n]
     if not counts or max(counts) < 2:
@@ -131,7 +130,7 @@ def _ci_text(summaries: Sequence[Summary], words: str = "mean with 95 % t-CI ove
 CUT_BARS_BEYOND = 4.0
 
 
-def _honest_ylim(ax: Any, summaries: Sequence[Summary], *, scale: float, min_span: float,
+def honest_ylim(ax: Any, summaries: Sequence[Summary], *, scale: float, min_span: float,
                  floor: float | None = None, ceiling: float | None = None, zero: bool = False) -> bool:
     """Set a y range that neither blows small differences up nor squashes the means.
 
@@ -166,24 +165,24 @@ def _honest_ylim(ax: Any, summaries: Sequence[Summary], *, scale: float, min_spa
     return cut and (b_low < low or b_high > high)
 
 
-def _metric_ylim(ax: Any, summaries: Sequence[Summary], metric: Any) -> bool:
-    """:func:`_honest_ylim` for a metric: in [0, 100] % and at least 10 points for a percentage, else at
+def metric_ylim(ax: Any, summaries: Sequence[Summary], metric: Any) -> bool:
+    """:func:`honest_ylim` for a metric: in [0, 100] % and at least 10 points for a percentage, else at
     least a tenth of the values' size."""
     if metric.percent:
-        return _honest_ylim(ax, summaries, scale=100.0, min_span=10.0, floor=0.0, ceiling=101.0)
-    size = max((abs(s.mean) for s in summaries if _ok(s.mean)), default=1.0)
-    return _honest_ylim(ax, summaries, scale=1.0, min_span=0.1 * size or 1.0)
+        return honest_ylim(ax, summaries, scale=100.0, min_span=10.0, floor=0.0, ceiling=101.0)
+    size = max((abs(s.mean) for s in summaries if is_finite(s.mean)), default=1.0)
+    return honest_ylim(ax, summaries, scale=1.0, min_span=0.1 * size or 1.0)
 
 
-def _cut_text(cut: bool) -> str:
+def cut_text(cut: bool) -> str:
     return "; error bars wider than the plot are cut at its edge" if cut else ""
 
 
-def _save(fig: Any, path: Path, caption: str, layout: bool = True, right: float = 1.0) -> None:
+def save_figure(fig: Any, path: Path, caption: str, layout: bool = True, right: float = 1.0) -> None:
     """Add the caption (which names the data) under the figure and save it as PNG (``layout=False``: the
     figure places its own axes, e.g. around a shared colour bar; ``right``: where the axes end, leaving
     room for legends outside them)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig.text(0.5, 0.005, caption, ha="center", va="bottom", fontsize=8, wrap=True, style="italic")
     if layout:
         fig.tight_layout(rect=(0, 0.06, right, 1))
@@ -191,7 +190,7 @@ def _save(fig: Any, path: Path, caption: str, layout: bool = True, right: float 
     plt.close(fig)
 
 
-def _data_caption(meta: dict, extra: str = "", frame: pd.DataFrame | None = None) -> str:
+def data_caption(meta: dict, extra: str = "", frame: pd.DataFrame | None = None) -> str:
     """A one-line description of the data and seeds for figure captions (the seeds the records of
     ``frame`` really hold, when given; else the count the study asked for)."""
     base = meta.get("base") or {}
@@ -201,15 +200,15 @@ def _data_caption(meta: dict, extra: str = "", frame: pd.DataFrame | None = None
     text = f"Data: {data_phrase(meta)}"
     if parts:
         text += f" (base: {', '.join(parts)})"
-    seeds = _seed_count(frame) if frame is not None else None
+    seeds = seed_count(frame) if frame is not None else None
     seeds = seeds if seeds is not None else meta.get("seeds")
     if seeds is not None:
-        text += f"; {_seeds_text(seeds)}"
+        text += f"; {seeds_text(seeds)}"
     return text + (f"; {extra}" if extra else "") + "."
 
 
-def _use_log_x(values: Sequence[float]) -> bool:
-    vals = [v for v in values if _ok(v)]
+def use_log_x(values: Sequence[float]) -> bool:
+    vals = [v for v in values if is_finite(v)]
     return bool(vals) and min(vals) > 0 and max(vals) / min(vals) >= 8
 
 
@@ -223,7 +222,7 @@ def _ci_errors(summaries: Sequence[Summary], scale: float) -> np.ndarray:
     return np.where(np.isfinite(errors), np.clip(errors, 0.0, None), 0.0)
 
 
-def _errorbar(ax: Any, x: Sequence[float], summaries: Sequence[Summary], scale: float = 100.0,
+def draw_errorbar(ax: Any, x: Sequence[float], summaries: Sequence[Summary], scale: float = 100.0,
               **kwargs: Any) -> None:
     """Plot means with CI error bars (bars omitted where the CI is undefined)."""
     means = np.array([s.mean for s in summaries], dtype=float) * scale
@@ -232,14 +231,14 @@ def _errorbar(ax: Any, x: Sequence[float], summaries: Sequence[Summary], scale: 
 
 def plot_headline_accuracy(frame: pd.DataFrame, meta: dict, path: Path) -> None:
     """Bar chart of test accuracy per variant with 95 % CI bars and the paper's numbers."""
-    plt = _pyplot()
+    plt = pyplot()
     variants = ordered_variants(frame["variant"])
-    sums = [summarize_accuracy(_column(frame[frame["variant"] == v], "test_accuracy")) for v in variants]
+    sums = [summarize_accuracy(column_values(frame[frame["variant"] == v], "test_accuracy")) for v in variants]
     fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(variants) + 2), 4.8))
     x = np.arange(len(variants))
     means = np.array([s.mean for s in sums]) * 100
-    ci = _ci_text(sums, "mean, 95 % CI")
-    ax.bar(x, np.nan_to_num(means), color=[_color(v) for v in variants], alpha=0.85, label=f"this run ({ci})")
+    ci = ci_text(sums, "mean, 95 % CI")
+    ax.bar(x, np.nan_to_num(means), color=[variant_color(v) for v in variants], alpha=0.85, label=f"this run ({ci})")
     for colour, width in (("white", 3.5), ("black", 1.4)):  # a white halo: the bar is readable on any colour
         ax.errorbar(x, np.nan_to_num(means), yerr=_ci_errors(sums, 100.0), fmt="none", ecolor=colour,
                     elinewidth=width, capsize=5, capthick=width)
@@ -255,22 +254,22 @@ def plot_headline_accuracy(frame: pd.DataFrame, meta: dict, path: Path) -> None:
     ax.set_yticks(range(0, 101, 20))
     ax.set_title("Test accuracy per variant (same non-zero budget)")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize=8, ncol=2, frameon=False)
-    _save(fig, path, _data_caption(meta, "bars: " + _ci_text(sums), frame))
+    save_figure(fig, path, data_caption(meta, "bars: " + ci_text(sums), frame))
 
 
-def _heatmap_records(frame: pd.DataFrame, records: list[dict], meta: dict | None = None) -> list[tuple[str, Any, np.ndarray]]:
+def heatmap_records(frame: pd.DataFrame, records: list[dict], meta: dict | None = None) -> list[tuple[str, Any, np.ndarray]]:
     """(variant, seed, W) for each variant of ``meta["heatmaps"]`` (default :data:`HEATMAP_VARIANTS`) with
     a stored ``hidden_weight``."""
-    seeds = _finite(_column(frame, "seed"))
+    seeds = finite_values(column_values(frame, "seed"))
     smallest = float(seeds.min()) if seeds.size else None
     out = []
     for variant in (meta or {}).get("heatmaps") or HEATMAP_VARIANTS:
         cands = [r for r in records if r.get("variant") == variant and r.get("hidden_weight") is not None]
         if not cands:
             continue
-        exact = [r for r in cands if smallest is not None and _ok(r.get("seed"))
+        exact = [r for r in cands if smallest is not None and is_finite(r.get("seed"))
                  and float(r["seed"]) == smallest]
-        rec = (exact or sorted(cands, key=lambda r: _axis_key(r.get("seed"))))[0]
+        rec = (exact or sorted(cands, key=lambda r: axis_key(r.get("seed"))))[0]
         weight = np.asarray(rec["hidden_weight"], dtype=float)
         order = rec.get("input_order")
         if order is not None and weight.ndim == 2 and sorted(order) == list(range(weight.shape[1])):
@@ -283,7 +282,7 @@ def _heatmap_records(frame: pd.DataFrame, records: list[dict], meta: dict | None
 def plot_heatmaps(items: list[tuple[str, Any, np.ndarray]], meta: dict, path: Path, gram: bool) -> None:
     """Heat maps of |WᵀW| (``gram=True``) or of W itself, one panel per variant, all on one colour scale
     (one colour bar), each panel naming the seed it shows."""
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.colors import Normalize, PowerNorm
     from matplotlib.ticker import MaxNLocator
 
@@ -309,7 +308,7 @@ def plot_heatmaps(items: list[tuple[str, Any, np.ndarray]], meta: dict, path: Pa
     what = ("|WᵀW| of the first hidden layer" if gram else "first hidden layer weights W (rows = units)") + \
         f"; seed {', '.join(seeds)} (one run per panel); one colour scale for all panels" + \
         (" (square root)" if gram else "")
-    _save(fig, path, _data_caption(meta, what), layout=False)
+    save_figure(fig, path, data_caption(meta, what), layout=False)
 
 
 def plot_sweep(frame: pd.DataFrame, meta: dict, axis: str, out_dir: Path) -> list[tuple[str, str]]:
@@ -317,10 +316,10 @@ def plot_sweep(frame: pd.DataFrame, meta: dict, axis: str, out_dir: Path) -> lis
     ``gain_vs_<axis>.png``; returns (file, caption) pairs."""
     from .metric import metric_of
 
-    plt = _pyplot()
+    plt = pyplot()
     metric = metric_of(meta)
-    values = sorted(frame[axis].dropna().unique().tolist(), key=_axis_key)
-    x_all = [float(v) if _ok(v) else i for i, v in enumerate(values)]
+    values = sorted(frame[axis].dropna().unique().tolist(), key=axis_key)
+    x_all = [float(v) if is_finite(v) else i for i, v in enumerate(values)]
     variants = ordered_variants(frame["variant"])
     show_train = bool(meta.get("show_train"))
     figures = []
@@ -335,25 +334,26 @@ def plot_sweep(frame: pd.DataFrame, meta: dict, axis: str, out_dir: Path) -> lis
             cell = sub[sub[axis] == v]
             if len(cell):
                 xs.append(x)
-                test_s.append(metric.summarize(_column(cell, metric.key)))
-                train_s.append(metric.summarize(_column(cell, metric.train_key)))
+                test_s.append(metric.summarize(column_values(cell, metric.key)))
+                train_s.append(metric.summarize(column_values(cell, metric.train_key)))
         if not xs:
             continue
         drawn += test_s
-        xs = dodge(xs, variants.index(variant), len(variants), log=_use_log_x(x_all), span=max(x_all) - min(x_all))
-        _errorbar(ax, xs, test_s, scale=metric.scale, marker="o", color=_color(variant), label=f"{variant} (test)")
+        xs = dodge(xs, variants.index(variant), len(variants), log=use_log_x(x_all), span=max(x_all) - min(x_all))
+        draw_errorbar(ax, xs, test_s, scale=metric.scale, marker="o", color=variant_color(variant),
+                      label=f"{variant} (test)")
         if show_train:
-            ax.plot(xs, [s.mean * metric.scale for s in train_s], linestyle="--", marker="x", color=_color(variant),
-                    label=f"{variant} (train)")
+            ax.plot(xs, [s.mean * metric.scale for s in train_s], linestyle="--", marker="x",
+                    color=variant_color(variant), label=f"{variant} (train)")
             trains += [Summary(s.n, s.mean, s.std, np.nan, np.nan) for s in train_s]  # lines without bars
     _axis_style(ax, x_all, values, axis, metric.axis_label_both() if show_train else metric.axis_label)
-    cut = _metric_ylim(ax, drawn + trains, metric)
+    cut = metric_ylim(ax, drawn + trains, metric)
     ax.set_title(f"{metric.name.capitalize()} vs {axis}")
     name = f"{metric.figure_stem}_vs_{axis}.png"
     shifted = "; points nudged sideways so that none hides another" if len(variants) > 1 else ""
-    caption = _data_caption(meta, f"{_ci_text(drawn)} vs {axis}" + (f"; dashed: train {metric.name}" if show_train
-                                                                     else "") + shifted + _cut_text(cut), frame)
-    _save(fig, out_dir / name, caption)
+    caption = data_caption(meta, f"{ci_text(drawn)} vs {axis}" + (f"; dashed: train {metric.name}" if show_train
+                                                                     else "") + shifted + cut_text(cut), frame)
+    save_figure(fig, out_dir / name, caption)
     figures.append((name, caption))
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
@@ -363,24 +363,24 @@ def plot_sweep(frame: pd.DataFrame, meta: dict, axis: str, out_dir: Path) -> lis
         xs, gains = [], []
         for x, v in zip(x_all, values):
             cell = sub[sub[axis] == v]
-            s = summarize(_column(cell, "relative_gain"))
+            s = summarize(column_values(cell, "relative_gain"))
             if s.n:
                 xs.append(x)
                 gains.append(s)
         if xs:
             drawn += gains
-            xs = dodge(xs, variants.index(variant), len(variants), log=_use_log_x(x_all),
+            xs = dodge(xs, variants.index(variant), len(variants), log=use_log_x(x_all),
                        span=max(x_all) - min(x_all))
-            _errorbar(ax, xs, gains, marker="o", color=_color(variant), label=variant)
+            draw_errorbar(ax, xs, gains, marker="o", color=variant_color(variant), label=variant)
     ax.axhline(0.0, color="grey", linewidth=0.8)
     _axis_style(ax, x_all, values, axis, "relative gain vs dense (%)")
-    cut = _honest_ylim(ax, drawn, scale=100.0, min_span=10.0, zero=True)
+    cut = honest_ylim(ax, drawn, scale=100.0, min_span=10.0, zero=True)
     ax.set_title(f"Relative gain over dense vs {axis}")
     name = f"gain_vs_{axis}.png"
     gain = "(acc − acc_dense)/acc_dense" if metric.is_accuracy else "relative gain over dense (positive = better)"
-    caption = _data_caption(meta, f"{gain}, {_ci_text(drawn, 'mean with 95 % t-CI')} vs {axis}{shifted}"
-                            + _cut_text(cut), frame)
-    _save(fig, out_dir / name, caption)
+    caption = data_caption(meta, f"{gain}, {ci_text(drawn, 'mean with 95 % t-CI')} vs {axis}{shifted}"
+                            + cut_text(cut), frame)
+    save_figure(fig, out_dir / name, caption)
     figures.append((name, caption))
     return figures
 
@@ -395,7 +395,7 @@ def dodge(xs: list[float], j: int, count: int, *, log: bool, span: float) -> lis
 
 def _axis_style(ax: Any, x: list[float], values: list[Any], axis: str, ylabel: str) -> None:
     """Shared x-axis styling for sweep plots (log scale for wide numeric ranges)."""
-    if _use_log_x(x):
+    if use_log_x(x):
         ax.set_xscale("log", base=2)
     ax.set_xticks(x, [fmt_value(v) for v in values])
     if len(x) == 1:
@@ -410,13 +410,13 @@ def _axis_style(ax: Any, x: list[float], values: list[Any], axis: str, ylabel: s
 
 def plot_fold_vs_gain(frame: pd.DataFrame, meta: dict, fits: dict, path: Path) -> None:
     """Scatter of metric fold change vs relative gain per variant, with fit lines and R²."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(FOLD_METRICS), figsize=(5.6 * len(FOLD_METRICS), 4.4), squeeze=False)
     variants = [v for v in ordered_variants(frame["variant"]) if v != "dense"]
     for ax, (metric, label) in zip(axes[0], FOLD_METRICS):
         for variant in variants:
             sub = frame[frame["variant"] == variant]
-            gx, fy = _column(sub, "relative_gain").to_numpy(), _column(sub, metric).to_numpy()
+            gx, fy = column_values(sub, "relative_gain").to_numpy(), column_values(sub, metric).to_numpy()
             keep = np.isfinite(gx) & np.isfinite(fy)
             if not keep.any():
                 continue
@@ -424,10 +424,10 @@ def plot_fold_vs_gain(frame: pd.DataFrame, meta: dict, fits: dict, path: Path) -
             legend = variant
             if fit:
                 legend += f" (R² = {fit['r2']:.2f})"
-            ax.scatter(gx[keep] * 100, fy[keep], color=_color(variant), s=18, alpha=0.8, label=legend)
+            ax.scatter(gx[keep] * 100, fy[keep], color=variant_color(variant), s=18, alpha=0.8, label=legend)
             if fit:
                 xs = np.linspace(gx[keep].min(), gx[keep].max(), 20)
-                ax.plot(xs * 100, fit["slope"] * xs + fit["intercept"], color=_color(variant))
+                ax.plot(xs * 100, fit["slope"] * xs + fit["intercept"], color=variant_color(variant))
         ax.axhline(1.0, color="grey", linewidth=0.8)
         ax.set_xlabel("relative gain vs dense (%)")
         ax.set_ylabel("fold change (variant / dense)")
@@ -435,18 +435,18 @@ def plot_fold_vs_gain(frame: pd.DataFrame, meta: dict, fits: dict, path: Path) -
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-    _save(fig, path, _data_caption(meta, "one point per run; lines: least-squares fits"))
+    save_figure(fig, path, data_caption(meta, "one point per run; lines: least-squares fits"))
 
 
 def plot_collisions(frame: pd.DataFrame, meta: dict, path: Path) -> None:
     """Log-scale collision / coverage probability vs alpha per k: MC markers vs formula lines."""
-    plt = _pyplot()
-    table = _theory_table(frame)
+    plt = pyplot()
+    table = theory_table(frame)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), squeeze=False)
     panels = (("collision", "P(two clauses wholly in one child)", "α^-(2k-1)"),
               ("coverage", "P(one clause wholly in one child)", "α^-(k-1)"))
     cmap = plt.get_cmap("viridis")
-    ks = sorted(table["k"].unique().tolist(), key=_axis_key)
+    ks = sorted(table["k"].unique().tolist(), key=axis_key)
     for ax, (name, title, formula) in zip(axes[0], panels):
         for j, k in enumerate(ks):
             sub = table[table["k"] == k].sort_values("alpha")
@@ -454,17 +454,17 @@ def plot_collisions(frame: pd.DataFrame, meta: dict, path: Path) -> None:
             a = sub["alpha"].to_numpy(dtype=float)
             for col, style in ((f"{name}_theory", dict(linestyle="-", label=f"k={fmt_value(k)}: {formula}")),
                                (f"{name}_balanced_exact", dict(linestyle=":", label=f"k={fmt_value(k)}: balanced exact"))):
-                y = _column(sub, col).to_numpy()
+                y = column_values(sub, col).to_numpy()
                 keep = np.isfinite(y) & (y > 0)
                 if keep.any():
                     ax.plot(a[keep], y[keep], color=color, **style)
-            y = _column(sub, f"{name}_mc").to_numpy()
+            y = column_values(sub, f"{name}_mc").to_numpy()
             keep = np.isfinite(y) & (y > 0)
             if keep.any():
                 ax.scatter(a[keep], y[keep], color=color, marker="o", zorder=3,
                            label=f"k={fmt_value(k)}: Monte Carlo")
         ax.set_yscale("log")
-        alphas = sorted(table["alpha"].unique().tolist(), key=_axis_key)
+        alphas = sorted(table["alpha"].unique().tolist(), key=axis_key)
         ax.set_xticks([float(a) for a in alphas], [fmt_value(a) for a in alphas])
         ax.set_xlabel("expansion factor α")
         ax.set_ylabel("probability (log scale)")
@@ -472,5 +472,5 @@ def plot_collisions(frame: pd.DataFrame, meta: dict, path: Path) -> None:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, ncol=1)
         ax.grid(alpha=0.3, which="both")
-    _save(fig, path, f"Random balanced split of the variables of {DATA_NAME} clauses into α children; "
+    save_figure(fig, path, f"Random balanced split of the variables of {DATA_NAME} clauses into α children; "
                       "markers: Monte Carlo, solid: formula, dotted: exact for a balanced partition.")

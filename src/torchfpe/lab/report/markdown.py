@@ -23,7 +23,7 @@ def _md_row(cells: Sequence[Any]) -> str:
     return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
 
 
-class _Tables:
+class Tables:
     """Numbers the tables of one report."""
 
     def __init__(self, data: str = DATA_NAME) -> None:
@@ -35,7 +35,7 @@ class _Tables:
         return md_table(header, rows, f"**Table {self.count}.** {text}", self.data)
 
 
-def _header(meta: dict) -> list[str]:
+def report_header(meta: dict) -> list[str]:
     """Title, command, date, data note and base config."""
     study = meta.get("study", "?")
     data = meta.get("data_name") or DATA_NAME
@@ -67,7 +67,7 @@ def _header(meta: dict) -> list[str]:
     return out + [""]
 
 
-def _base_table(meta: dict, tables: _Tables) -> str:
+def base_table(meta: dict, tables: Tables) -> str:
     """The base config as a compact table of (field, value) pairs, four pairs a row."""
     base = meta.get("base") or {}
     items = [(f"`{k}`", fmt_value(v)) for k, v in base.items()]
@@ -80,5 +80,5 @@ def _base_table(meta: dict, tables: _Tables) -> str:
     return tables(header, rows, "Base configuration of the study.")
 
 
-def _figure_md(name: str, caption: str) -> str:
+def figure_md(name: str, caption: str) -> str:
     return f"![{caption}]({name})\n\n*{name}: {caption}*\n"

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from .stats import (Summary, _ok, fmt_ci, fmt_fixed, fmt_pct, summarize, summarize_accuracy)
+from .stats import (Summary, is_finite, fmt_ci, fmt_fixed, fmt_pct, summarize, summarize_accuracy)
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,9 @@ class Metric:
     def fmt_ci(self, low: float, high: float, signed: bool = False) -> str:
         if self.percent:
             return fmt_ci(low, high, signed)
-        return f"[{self.fmt(low, signed)}, {self.fmt(high, signed)}]" if _ok(low) and _ok(high) else fmt_ci(low, high)
+        if not (is_finite(low) and is_finite(high)):
+            return fmt_ci(low, high)
+        return f"[{self.fmt(low, signed)}, {self.fmt(high, signed)}]"
 
     def with_unit(self, value: float) -> str:
         """A value with its unit, for sentences: ``61.2 %`` or ``1.234 bits/byte``."""

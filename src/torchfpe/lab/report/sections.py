@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .constants import (
+    THEORY_FIELDS,
     DASH,
     DATA_NAME,
     FOLD_METRICS,
@@ -18,23 +19,24 @@ from .constants import (
     is_fpe,
 )
 from .figures import (
-    _data_caption,
-    _seed_count,
-    _heatmap_records,
+    data_caption,
+    seed_count,
+    heatmap_records,
     plot_collisions,
     plot_fold_vs_gain,
     plot_headline_accuracy,
     plot_heatmaps,
     plot_sweep,
 )
-from .markdown import _figure_md, _Tables
+from .markdown import figure_md, Tables
+from .pages import register_page
 from .metric import ACCURACY, Metric, metric_of
 from .stats import (
-    _axis_key,
-    _column,
-    _constant,
-    _ok,
-    _theory_table,
+    axis_key,
+    column_values,
+    constant_text,
+    is_finite,
+    theory_table,
     data_phrase,
     fmt_ci,
     fmt_fixed,
@@ -54,7 +56,7 @@ from .stats import (
 
 
 def headline_section(frame: pd.DataFrame, meta: dict, records: list[dict], out_dir: Path,
-                     tables: _Tables) -> list[str]:
+                     tables: Tables) -> list[str]:
     """Variant table, paired tests, interference metrics and the three headline figures."""
     out = ["## Headline: accuracy per variant", ""]
     variants = ordered_variants(frame["variant"])
@@ -63,12 +65,13 @@ def headline_section(frame: pd.DataFrame, meta: dict, records: list[dict], out_d
     rows = []
     for v in variants:
         sub = frame[frame["variant"] == v]
-        test = summarize_accuracy(_column(sub, "test_accuracy"))
-        gain = summarize(_column(sub, "relative_gain"))
+        test = summarize_accuracy(column_values(sub, "test_accuracy"))
+        gain = summarize(column_values(sub, "relative_gain"))
         paper = f"{paper_accuracy[v]:.1f}" if v in paper_accuracy else DASH
         rows.append([v, test.n, fmt_pm(test), fmt_ci(test.ci_low, test.ci_high),
-                     fmt_pct(summarize_accuracy(_column(sub, "train_accuracy")).mean),
-                     _constant(_column(sub, "nonzero_parameters")), _constant(_column(sub, "hidden_units")),
+                     fmt_pct(summarize_accuracy(column_values(sub, "train_accuracy")).mean),
+                     constant_text(column_values(sub, "nonzero_parameters")),
+                     constant_text(column_values(sub, "hidden_units")),
                      fmt_pm(gain, signed=True), fmt_ci(gain.ci_low, gain.ci_high, signed=True), paper])
     out.append(tables(
         ["variant", "n seeds", "test acc % (mean ± std)", "test acc 95 % CI", "train acc %",
@@ -82,18 +85,18 @@ def headline_section(frame: pd.DataFrame, meta: dict, records: list[dict], out_d
 
     out += ["### Figures", ""]
     plot_headline_accuracy(frame, meta, out_dir / "accuracy.png")
-    ci = "one seed: no CI" if _seed_count(frame) == 1 else "95 % CI"
-    out.append(_figure_md("accuracy.png", _data_caption(meta, f"test accuracy per variant, {ci}; "
+    ci = "one seed: no CI" if seed_count(frame) == 1 else "95 % CI"
+    out.append(figure_md("accuracy.png", data_caption(meta, f"test accuracy per variant, {ci}; "
                                                               "diamonds: paper", frame)))
-    items = _heatmap_records(frame, records, meta)
+    items = heatmap_records(frame, records, meta)
     if items:
         plot_heatmaps(items, meta, out_dir / "gram.png", gram=True)
         plot_heatmaps(items, meta, out_dir / "weights.png", gram=False)
         names = ", ".join(v for v, _, _ in items)
         shown = f"seed {', '.join(sorted({fmt_value(s) for _, s, _ in items}))}; one colour scale"
-        out.append(_figure_md("gram.png", _data_caption(meta, f"|WᵀW| of the first hidden layer ({names}; "
+        out.append(figure_md("gram.png", data_caption(meta, f"|WᵀW| of the first hidden layer ({names}; "
                                                               f"{shown}, square root)", frame)))
-        out.append(_figure_md("weights.png", _data_caption(meta, f"first hidden layer W, rows = hidden "
+        out.append(figure_md("weights.png", data_caption(meta, f"first hidden layer W, rows = hidden "
                                                                  f"units ({names}; {shown})", frame)))
     else:
         shown = "/".join(meta.get("heatmaps") or HEATMAP_VARIANTS)
@@ -107,14 +110,14 @@ def _paper_config_note(meta: dict) -> list[str]:
     base = meta.get("base") or {}
     paper_config = paper_numbers(meta).get("config") or {}
     diffs = [f"{k} = {fmt_value(base[k])} (paper {v})" for k, v in paper_config.items()
-             if k in base and _ok(base[k]) and float(base[k]) != v]
+             if k in base and is_finite(base[k]) and float(base[k]) != v]
     if not diffs:
         return []
     return [f"> Note: this run differs from the paper's headline setting: {'; '.join(diffs)}. "
             "The paper's numbers are shown for orientation only.", ""]
 
 
-def _paired_values(frame: pd.DataFrame, meta: dict, a: str, b: str) -> tuple[list[float], list[float]]:
+def paired_values(frame: pd.DataFrame, meta: dict, a: str, b: str) -> tuple[list[float], list[float]]:
     """The metric (test accuracy unless ``meta["metric"]`` names another) of variants ``a`` and ``b``, matched
     by config without the seed, data set and seed."""
     keys = pairing_columns(frame, meta)
@@ -123,14 +126,14 @@ def _paired_values(frame: pd.DataFrame, meta: dict, a: str, b: str) -> tuple[lis
     def by_key(variant: str) -> dict[tuple, float]:
         sub = frame[frame["variant"] == variant]
         return {tuple(str(row[c]) for c in keys): float(row[key])
-                for _, row in sub.iterrows() if _ok(row.get(key))}
+                for _, row in sub.iterrows() if is_finite(row.get(key))}
 
     xa, xb = by_key(a), by_key(b)
     common = [k for k in xa if k in xb]
     return [xa[k] for k in common], [xb[k] for k in common]
 
 
-def _paired_section(frame: pd.DataFrame, meta: dict, variants: list[str], tables: _Tables) -> list[str]:
+def _paired_section(frame: pd.DataFrame, meta: dict, variants: list[str], tables: Tables) -> list[str]:
     """Paired t-tests over seeds: each variant vs dense, and clause vs random."""
     pairs = [(v, "dense") for v in variants if v != "dense" and "dense" in variants]
     if "clause" in variants and "random" in variants:
@@ -139,7 +142,7 @@ def _paired_section(frame: pd.DataFrame, meta: dict, variants: list[str], tables
         return []
     rows = []
     for a, b in pairs:
-        xa, xb = _paired_values(frame, meta, a, b)
+        xa, xb = paired_values(frame, meta, a, b)
         res = paired_test(xa, xb)
         rows.append([f"{a} − {b}", res.n, fmt_pct(res.mean_diff, signed=True),
                      fmt_ci(res.ci_low, res.ci_high, signed=True), fmt_num(res.t), fmt_p(res.p)])
@@ -148,14 +151,14 @@ def _paired_section(frame: pd.DataFrame, meta: dict, variants: list[str], tables
         f"Paired t-tests (scipy.stats.ttest_rel) of test accuracy over seeds on {data_phrase(meta)}."), ""]
 
 
-def _interference_section(frame: pd.DataFrame, meta: dict, variants: list[str], tables: _Tables) -> list[str]:
+def _interference_section(frame: pd.DataFrame, meta: dict, variants: list[str], tables: Tables) -> list[str]:
     """Feature capacity and cosine similarity per variant (mean ± std over seeds)."""
     rows = []
     for v in variants:
         sub = frame[frame["variant"] == v]
         row: list[Any] = [v]
         for key, _ in INTERFERENCE_METRICS:
-            s = summarize(_column(sub, key))
+            s = summarize(column_values(sub, key))
             row.append(f"{fmt_fixed(s.mean)} ± {fmt_fixed(s.std)}" if s.n else DASH)
         rows.append(row)
     return ["### Interference metrics (first hidden layer)", "", tables(
@@ -164,12 +167,12 @@ def _interference_section(frame: pd.DataFrame, meta: dict, variants: list[str], 
         f"units' incoming weights (lower = less entangled), mean ± std over seeds, {data_phrase(meta)}."), ""]
 
 
-def cell_table(frame: pd.DataFrame, axes: list[str], tables: _Tables, caption: str,
+def cell_table(frame: pd.DataFrame, axes: list[str], tables: Tables, caption: str,
                show_gap: bool = False, metric: Metric = ACCURACY) -> str:
     """One row per axis cell × variant: the metric on test and train, gain, non-zeros, hidden units."""
     axes = [a for a in axes if a in frame.columns]
     cells = sorted({tuple(row[a] for a in axes) for _, row in frame.iterrows()},
-                   key=lambda c: tuple(_axis_key(v) for v in c))
+                   key=lambda c: tuple(axis_key(v) for v in c))
     rows = []
     for cell in cells:
         mask = np.ones(len(frame), dtype=bool)
@@ -178,18 +181,19 @@ def cell_table(frame: pd.DataFrame, axes: list[str], tables: _Tables, caption: s
         sub_cell = frame[mask]
         for v in ordered_variants(sub_cell["variant"]):
             sub = sub_cell[sub_cell["variant"] == v]
-            test = metric.summarize(_column(sub, metric.key))
-            train = metric.summarize(_column(sub, metric.train_key))
-            gain = summarize(_column(sub, "relative_gain"))
+            test = metric.summarize(column_values(sub, metric.key))
+            train = metric.summarize(column_values(sub, metric.train_key))
+            gain = summarize(column_values(sub, "relative_gain"))
             row = [fmt_value(x) for x in cell] + [
                 v, test.n, f"{metric.fmt(test.mean)} {metric.fmt_ci(test.ci_low, test.ci_high)}",
                 metric.fmt(train.mean)]
             if show_gap:
-                gap = summarize(_column(sub, metric.train_key) - _column(sub, metric.key))
+                gap = summarize(column_values(sub, metric.train_key) - column_values(sub, metric.key))
                 row.append(metric.fmt_pm(gap))
             row += [f"{fmt_pct(gain.mean, True)} {fmt_ci(gain.ci_low, gain.ci_high, True)}"
                     if v != "dense" else fmt_pct(gain.mean, True),
-                    _constant(_column(sub, "nonzero_parameters")), _constant(_column(sub, "hidden_units"))]
+                    constant_text(column_values(sub, "nonzero_parameters")),
+                    constant_text(column_values(sub, "hidden_units"))]
             rows.append(row)
     train_header = "train acc" if metric.is_accuracy else f"train {metric.name}"
     header = list(axes) + ["variant", "n", f"{metric.header}{metric.unit} [95 % CI]", f"{train_header}{metric.unit}"]
@@ -206,11 +210,11 @@ def trend_sentences(frame: pd.DataFrame, axis: str, key: str = "relative_gain") 
     (changes under 0.5 percentage points count as flat) or not, and names the largest value.
     """
     out = []
-    values = sorted(frame[axis].dropna().unique().tolist(), key=_axis_key)
+    values = sorted(frame[axis].dropna().unique().tolist(), key=axis_key)
     for variant in [v for v in ordered_variants(frame["variant"]) if v != "dense"]:
         sub = frame[frame["variant"] == variant]
-        pts = [(v, summarize(_column(sub[sub[axis] == v], key)).mean) for v in values]
-        pts = [(v, m) for v, m in pts if _ok(m)]
+        pts = [(v, summarize(column_values(sub[sub[axis] == v], key)).mean) for v in values]
+        pts = [(v, m) for v, m in pts if is_finite(m)]
         if not pts:
             continue
         label = variant if is_fpe(variant) or variant == "dense" else f"{variant} (control)"
@@ -232,7 +236,7 @@ def trend_sentences(frame: pd.DataFrame, axis: str, key: str = "relative_gain") 
     return out
 
 
-def sweep_section(frame: pd.DataFrame, meta: dict, out_dir: Path, tables: _Tables) -> list[str]:
+def sweep_section(frame: pd.DataFrame, meta: dict, out_dir: Path, tables: Tables) -> list[str]:
     """Per-cell table, computed trend sentences and the two sweep figures."""
     axis = study_axes(meta)[0]
     out = [f"## Sweep over `{axis}`", ""]
@@ -251,7 +255,7 @@ def sweep_section(frame: pd.DataFrame, meta: dict, out_dir: Path, tables: _Table
         out += [f"Trend of the relative gain along `{axis}`:", ""] + [f"- {s}" for s in sentences] + [""]
     out += ["### Figures", ""]
     for name, caption in plot_sweep(frame, meta, axis, out_dir):
-        out.append(_figure_md(name, caption))
+        out.append(figure_md(name, caption))
     return out
 
 
@@ -269,7 +273,7 @@ def fold_fits(frame: pd.DataFrame) -> dict[tuple[str, str], dict[str, float]]:
     groups.append(("all non-dense", frame[frame["variant"] != "dense"]))
     for variant, sub in groups:
         for metric, _ in FOLD_METRICS:
-            gx, fy = _column(sub, "relative_gain").to_numpy(), _column(sub, metric).to_numpy()
+            gx, fy = column_values(sub, "relative_gain").to_numpy(), column_values(sub, metric).to_numpy()
             keep = np.isfinite(gx) & np.isfinite(fy)
             try:
                 fits[(variant, metric)] = linear_fit(gx[keep].tolist(), fy[keep].tolist())
@@ -278,7 +282,7 @@ def fold_fits(frame: pd.DataFrame) -> dict[tuple[str, str], dict[str, float]]:
     return fits
 
 
-def metrics_section(frame: pd.DataFrame, meta: dict, out_dir: Path, tables: _Tables) -> list[str]:
+def metrics_section(frame: pd.DataFrame, meta: dict, out_dir: Path, tables: Tables) -> list[str]:
     """Fits of fold change against relative gain, the per-cell table and ``fold_vs_gain.png``."""
     axes = study_axes(meta)
     out = ["## Interference metrics vs accuracy gain", ""]
@@ -290,7 +294,8 @@ def metrics_section(frame: pd.DataFrame, meta: dict, out_dir: Path, tables: _Tab
             fit = fits.get((variant, metric))
             if fit is None:
                 sub = frame if variant == "all non-dense" else frame[frame["variant"] == variant]
-                n = int((np.isfinite(_column(sub, "relative_gain")) & np.isfinite(_column(sub, metric))).sum())
+                finite = np.isfinite(column_values(sub, "relative_gain")) & np.isfinite(column_values(sub, metric))
+                n = int(finite.sum())
                 rows.append([variant, label, DASH, DASH, DASH, n])
             else:
                 rows.append([variant, label, fmt_num(fit["slope"]), fmt_num(fit["intercept"]),
@@ -307,17 +312,17 @@ def metrics_section(frame: pd.DataFrame, meta: dict, out_dir: Path, tables: _Tab
                           f"and variant on {data_phrase(meta)}."))
     out += ["### Figures", ""]
     plot_fold_vs_gain(frame, meta, fits, out_dir / "fold_vs_gain.png")
-    out.append(_figure_md("fold_vs_gain.png", _data_caption(meta, "metric fold change vs relative gain, "
+    out.append(figure_md("fold_vs_gain.png", data_caption(meta, "metric fold change vs relative gain, "
                                                                    "one point per run, with fits")))
     return out
 
 
-def theory_section(frame: pd.DataFrame, meta: dict, out_dir: Path, tables: _Tables) -> list[str]:
+def theory_section(frame: pd.DataFrame, meta: dict, out_dir: Path, tables: Tables) -> list[str]:
     """Table k × alpha of Monte-Carlo vs formula vs exact probabilities, and ``collisions.png``."""
     out = ["## Collision theory for random splits", ""]
     if not {"k", "alpha"} <= set(frame.columns):
         return out + ["Theory records need `k` and `alpha`; nothing to report.", ""]
-    table = _theory_table(frame)
+    table = theory_table(frame)
     rows = []
     for _, r in table.iterrows():
         rows.append([fmt_value(r["k"]), fmt_value(r["alpha"]), fmt_value(r.get("n_vars", DASH)),
@@ -333,6 +338,18 @@ def theory_section(frame: pd.DataFrame, meta: dict, out_dir: Path, tables: _Tabl
         "Monte Carlo vs approximation formula vs exact value for a balanced partition."))
     out += ["", "### Figures", ""]
     plot_collisions(frame, meta, out_dir / "collisions.png")
-    out.append(_figure_md("collisions.png", f"Collision and coverage probability vs α for clauses of "
+    out.append(figure_md("collisions.png", f"Collision and coverage probability vs α for clauses of "
                                             f"{DATA_NAME} formulas (log scale)."))
     return out
+
+
+# ------------------------------------------------------------------------------------- the pages
+register_page("headline", lambda frame, meta, records, out, tables: headline_section(frame, meta, records, out, tables),
+              description="variant table, paired tests, interference metrics, heat maps")
+register_page("sweep", lambda frame, meta, records, out, tables: sweep_section(frame, meta, out, tables),
+              needs_axis=True, description="one swept field: metric and gain against it")
+register_page("grid", lambda frame, meta, records, out, tables: metrics_section(frame, meta, out, tables),
+              needs_axis=True, description="fold change of the interference metrics against the gain over a grid")
+register_page("theory", lambda frame, meta, records, out, tables: theory_section(frame, meta, out, tables),
+              needs_variant=False, columns=THEORY_FIELDS, sort_by=("k", "alpha"),
+              description="collision probabilities: Monte Carlo against theory")

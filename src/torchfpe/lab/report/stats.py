@@ -36,7 +36,7 @@ class Summary:
 
 def summarize(values: Iterable[Any], confidence: float = 0.95) -> Summary:
     """Summarize the finite values of ``values``; std and CI are NaN for fewer than 2 values."""
-    arr = _finite(values)
+    arr = finite_values(values)
     n = int(arr.size)
     if n == 0:
         return Summary(0, math.nan, math.nan, math.nan, math.nan)
@@ -83,7 +83,7 @@ def paired_test(a: Sequence[float], b: Sequence[float]) -> PairedTest:
     return PairedTest(diff.n, diff.mean, diff.ci_low, diff.ci_high, t_stat, p_val)
 
 
-def _finite(values: Iterable[Any]) -> np.ndarray:
+def finite_values(values: Iterable[Any]) -> np.ndarray:
     """The finite float values of ``values`` (None and NaN dropped)."""
     out = [float(v) for v in values if v is not None and _is_number(v) and math.isfinite(float(v))]
     return np.asarray(out, dtype=float)
@@ -102,7 +102,7 @@ def _is_number(value: Any) -> bool:
 
 def fmt_pct(value: float, signed: bool = False) -> str:
     """A fraction as a percentage with 1 decimal (``0.787 -> "78.7"``); NaN -> "—"."""
-    if not _ok(value):
+    if not is_finite(value):
         return DASH
     return f"{100.0 * value:+.1f}" if signed else f"{100.0 * value:.1f}"
 
@@ -114,24 +114,24 @@ def fmt_pm(summary: Summary, signed: bool = False) -> str:
 
 def fmt_ci(low: float, high: float, signed: bool = False) -> str:
     """``"[low, high]"`` in percent, or "—"."""
-    if not (_ok(low) and _ok(high)):
+    if not (is_finite(low) and is_finite(high)):
         return DASH
     return f"[{fmt_pct(low, signed)}, {fmt_pct(high, signed)}]"
 
 
 def fmt_p(p: float) -> str:
     """A p-value in scientific notation with 2 significant digits (``3.2e-04``)."""
-    return f"{p:.1e}" if _ok(p) else DASH
+    return f"{p:.1e}" if is_finite(p) else DASH
 
 
 def fmt_num(value: float, digits: int = 3) -> str:
     """A float with ``digits`` significant digits, or "—"."""
-    return f"{value:.{digits}g}" if _ok(value) else DASH
+    return f"{value:.{digits}g}" if is_finite(value) else DASH
 
 
 def fmt_fixed(value: float, decimals: int = 3, signed: bool = False) -> str:
     """A float with a fixed number of decimals (a sign always with ``signed``), or "—"."""
-    if not _ok(value):
+    if not is_finite(value):
         return DASH
     return f"{value:+.{decimals}f}" if signed else f"{value:.{decimals}f}"
 
@@ -147,7 +147,7 @@ def fmt_value(value: Any) -> str:
     return str(value)
 
 
-def _ok(value: Any) -> bool:
+def is_finite(value: Any) -> bool:
     return value is not None and _is_number(value) and math.isfinite(float(value))
 
 
@@ -179,30 +179,30 @@ def study_axes(meta: dict) -> list[str]:
     return [str(a) for a in axis]
 
 
-def _axis_key(value: Any) -> tuple[int, float, str]:
+def axis_key(value: Any) -> tuple[int, float, str]:
     """Sort key for axis values: numbers numerically, then others as text."""
-    if _ok(value):
+    if is_finite(value):
         return (0, float(value), "")
     return (1, math.inf, str(value))
 
 
-def _column(frame: pd.DataFrame, name: str) -> pd.Series:
+def column_values(frame: pd.DataFrame, name: str) -> pd.Series:
     """Column ``name`` as floats (all NaN when the column is missing)."""
     if name not in frame.columns:
         return pd.Series(np.nan, index=frame.index, dtype=float)
     return pd.to_numeric(frame[name], errors="coerce").astype(float)
 
 
-def _constant(values: pd.Series) -> str:
+def constant_text(values: pd.Series) -> str:
     """The mean of a column that should be constant; marked "(varies)" when it is not."""
-    arr = _finite(values)
+    arr = finite_values(values)
     if arr.size == 0:
         return DASH
     text = fmt_value(float(arr.mean()))
     return text if np.all(arr == arr[0]) else f"{text} (varies)"
 
 
-def _theory_table(frame: pd.DataFrame) -> pd.DataFrame:
+def theory_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Theory records averaged per (k, alpha) (trials summed)."""
     num = frame.copy()
     for col in THEORY_FIELDS:

@@ -135,7 +135,8 @@ def main() -> int:
         ray.init(include_dashboard=False, log_to_driver=False)
         _send(("ready",))
         have_units.wait()
-        # a unit is (experiment, configs, threads, device): a CUDA unit asks Ray for its GPU
+        # a unit is run_unit's arguments (experiment, configs, threads, device, layout, plugins): a CUDA unit asks Ray
+        # for its GPU; each task imports the unit's plugins before it runs
         remotes = {gpus: ray.remote(num_cpus=1, num_gpus=gpus)(run_unit) for gpus in {gpus_per_unit(u[3]) for u in units}}
         pending = {remotes[gpus_per_unit(unit[3])].remote(*unit): index for index, unit in enumerate(units)}
         while pending and not stopping.is_set():

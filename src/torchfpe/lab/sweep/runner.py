@@ -53,9 +53,14 @@ def plan_units(jobs: Sequence[Job], workers: int, max_batch: int = 64) -> list[l
     return units
 
 
-def _unit_args(unit: Sequence[Job]) -> tuple[str, list[dict]]:
-    """What a worker needs to run a unit: the experiment name and plain config dicts (picklable)."""
-    return unit[0].experiment, [job.config.to_dict() for job in unit]
+def _unit_args(unit: Sequence[Job], threads: int | None, device: str | None, layout: str | None = None) -> tuple:
+    """What a worker needs to run a unit (picklable): :func:`run_unit`'s arguments, the experiment name,
+    plain config dicts, threads, device, the layout phase 2 trains in (:mod:`torchfpe.lab.train_layout`)
+    and the plugins to import first (:mod:`torchfpe.lab.plugins`)."""
+    from ..plugins import for_workers
+
+    configs = [job.config.to_dict() for job in unit]
+    return unit[0].experiment, configs, threads, device, layout, for_workers(unit[0].experiment, configs)
 
 
 def _init_worker(threads: int, parent: int | None = None) -> None:
@@ -108,17 +113,20 @@ def execute(
     quiet: bool = False,
     description: str = "runs",
     device: str | None = None,
+    layout: str | None = None,
 ) -> dict:
-    """Run the jobs not yet in ``store`` (training on ``device``, e.g. ``"cuda"``; checked by the caller);
-    returns counts of what was done and skipped."""
+    """Run the jobs not yet in ``store`` (training on ``device``, e.g. ``"cuda"``, phase 2 in ``layout``, e.g.
+    ``"packed"``; both checked by the caller, neither part of a run key); returns counts of what was done
+    and skipped."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; allowed: {', '.join(BACKENDS)}")
     with store.lock():  # one writer per store: a concurrent run on the same folder is refused
         return _execute(jobs, store, backend=backend, workers=workers, threads=threads, address=address,
-                        quiet=quiet, description=description, device=device)
+                        quiet=quiet, description=description, device=device, layout=layout)
 
 
-def _execute(jobs, store, *, backend, workers, threads, address, quiet, description, device=None) -> dict:
+def _execute(jobs, store, *, backend, workers, threads, address, quiet, description, device=None,
+             layout=None) -> dict:
     store.clean_temporaries()
     store.all_runs()  # fails loudly on corrupt or foreign files before any work starts
     unique = list({job.key: job for job in jobs}.values())
@@ -138,15 +146,16 @@ def _execute(jobs, store, *, backend, workers, threads, address, quiet, descript
 
         if backend == "local":
             for unit in units:
-                save(run_unit(*_unit_args(unit), threads, device))
+                save(run_unit(*_unit_args(unit, threads, device, layout)))
         elif backend == "process":
-            _run_process_pool(units, workers, threads, save, device)
+            _run_process_pool(units, workers, threads, save, device, layout)
         else:
-            _run_ray(units, threads, address, save, device)
+            _run_ray(units, threads, address, save, device, layout)
     return summary
 
 
-def _run_process_pool(units, workers: int, threads: int, save: Callable, device: str | None = None) -> None:
+def _run_process_pool(units, workers: int, threads: int, save: Callable, device: str | None = None,
+                      layout: str | None = None) -> None:
     """Run units in a spawn pool; SIGTERM (or any error) stops the workers at once instead of waiting."""
     import multiprocessing
     import signal
@@ -159,7 +168,7 @@ def _run_process_pool(units, workers: int, threads: int, save: Callable, device:
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminated) if in_main_thread else None
     try:
-        futures = [pool.submit(run_unit, *_unit_args(unit), threads, device) for unit in units]
+        futures = [pool.submit(run_unit, *_unit_args(unit, threads, device, layout)) for unit in units]
         for future in as_completed(futures):
             save(future.result())
     except BaseException:
@@ -182,7 +191,8 @@ def _terminated(signum, frame) -> None:
     raise Terminated(128 + signum)
 
 
-def _run_ray(units, threads: int, address: str | None, save: Callable, device: str | None = None) -> None:
+def _run_ray(units, threads: int, address: str | None, save: Callable, device: str | None = None,
+             layout: str | None = None) -> None:
     """Run units on Ray: an existing cluster (``address``, or one this process already joined), else a
     local cluster started for this call in a guard process that stops it when this process ends in any
     way, SIGKILL included (see :mod:`torchfpe.lab.sweep.ray_guard`)."""
@@ -194,7 +204,7 @@ def _run_ray(units, threads: int, address: str | None, save: Callable, device: s
 
     if address is None and not ray.is_initialized() and ray_guard.available():
         with _RayGuard() as guard:
-            for results in guard.run([(*_unit_args(unit), threads, device) for unit in units]):
+            for results in guard.run([_unit_args(unit, threads, device, layout) for unit in units]):
                 save(results)
         return
     started_here = not ray.is_initialized()
@@ -202,7 +212,7 @@ def _run_ray(units, threads: int, address: str | None, save: Callable, device: s
         ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     try:
         remote = ray.remote(num_cpus=1, num_gpus=gpus_per_unit(device))(run_unit)
-        pending = [remote.remote(*_unit_args(unit), threads, device) for unit in units]
+        pending = [remote.remote(*_unit_args(unit, threads, device, layout)) for unit in units]
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
             save(ray.get(ready[0]))

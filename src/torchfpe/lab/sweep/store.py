@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -90,6 +91,26 @@ class ResultStore:
         if self._lock_handle is not None:
             self._lock_handle.close()  # closing the descriptor releases the flock
             self._lock_handle = None
+
+    def discard_if_empty(self, keep_folder: bool = False) -> bool:
+        """Remove what this folder holds, and the folder unless ``keep_folder``, if it holds no finished run (a
+        study that failed before its first run finished); returns whether it did. Under the lock; the lock
+        file and the folder go last."""
+        with self.lock():
+            if self.keys():
+                return False
+            for entry in self.root.iterdir():
+                if entry.name == LOCK_NAME:
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+            with contextlib.suppress(OSError):
+                (self.root / LOCK_NAME).unlink()
+                if not keep_folder:
+                    self.root.rmdir()
+        return True
 
     # ------------------------------------------------------------------------------------- meta
     def write_meta(self, meta: Mapping) -> None:

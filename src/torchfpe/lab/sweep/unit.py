@@ -4,23 +4,35 @@ pool worker, in a Ray task, or in the Ray guard's cluster (:mod:`torchfpe.lab.sw
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
+from ...core.validation import InvalidParameterError
 from ..experiments.registry import experiment as registered_experiment
+from ..plugins import Plugin, load as load_plugins
 from .store import config_key
 
 
 def run_unit(experiment: str, config_dicts: list[dict], threads: int | None = None,
-             device: str | None = None) -> list[tuple[str, dict, list[dict], float]]:
-    """Run one unit (configs equal but for the seed) on ``device``; returns (key, config, records, seconds)
-    per run. The device is no part of a key: a run done on a GPU is the same run as on a CPU."""
+             device: str | None = None, layout: str | None = None,
+             plugins: Sequence[Plugin] = ()) -> list[tuple[str, dict, list[dict], float]]:
+    """Run one unit (configs equal but for the seed) on ``device``, phase 2 in ``layout``
+    (:mod:`torchfpe.lab.train_layout`); returns (key, config, records, seconds) per run. ``plugins``
+    (:mod:`torchfpe.lab.plugins`) are imported first, so a worker knows what the main process registered
+    through the door. Neither the device, the layout nor the plugins are part of a key: a run done on a
+    GPU, or packed, is the same run as on a CPU, masked."""
     import torch
 
     if threads:
         torch.set_num_threads(threads)
+    load_plugins(plugins)
     registered = registered_experiment(experiment)
-    configs = [registered.make_config(**d) for d in config_dicts]
+    try:
+        configs = [registered.make_config(**d) for d in config_dicts]
+    except InvalidParameterError as error:  # valid in the main process: it knows a name this worker does not
+        raise InvalidParameterError(f"{error} (in a worker process: something registered in the main process only "
+                                    "is unknown here; put it in a module and pass --plugin MODULE)") from None
     started = time.perf_counter()
-    records = registered.run(configs, device)
+    records = registered.run(configs, device, layout)
     seconds = (time.perf_counter() - started) / max(1, len(configs))
     results = []
     for config in configs:
