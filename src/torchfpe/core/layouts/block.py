@@ -320,6 +320,14 @@ class BlockLinear(PackedLinear):
             return None
         return ~unpack_bits(self.hole_bits, self.values.numel()).view_as(self.values)
 
+    @property
+    def hole_positions(self) -> Tensor | None:
+        """The flat positions of the holes in ``values`` (int64; ``None``: no holes), computed per
+        access from ``hole_bits`` (for kernels that take positions: the Triton ones)."""
+        if self.hole_bits is None:
+            return None
+        return torch.nonzero(unpack_bits(self.hole_bits, self.values.numel())).squeeze(1)
+
     def _value_live(self) -> Tensor:
         live = self.live
         return torch.ones_like(self.values, dtype=torch.bool) if live is None else live

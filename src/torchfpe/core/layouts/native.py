@@ -15,6 +15,7 @@ first version ran at 1.5-2.3x (bench/packed.py gives today's numbers).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import threading
@@ -62,7 +63,10 @@ def _build() -> ModuleType | None:
     if shutil.which(compiler) is None:
         return None
     try:
-        module = cpp_extension.load(name="torchfpe_parent_kernels", sources=[str(SOURCE)],
+        # named by the source's hash: checkouts of different versions sharing torch's extension cache
+        # (or building at once) never load each other's build
+        digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
+        module = cpp_extension.load(name=f"torchfpe_parent_kernels_{digest}", sources=[str(SOURCE)],
                                     extra_cflags=["-O3"], verbose=False)
     except Exception as error:  # noqa: BLE001 - any build failure means: use the torch path
         warnings.warn(f"torchfpe: the parent layout's CPU kernels did not build ({type(error).__name__}: "
@@ -92,9 +96,13 @@ def supports(children: int) -> bool:
 # fake implementation giving the output's shape) instead of breaking the graph at a pybind function.
 # The autograd formula is registered beside each forward; value gradients are 0.0 at the holes.
 
-@torch.compiler.assume_constant_result
 def ready() -> bool:
-    """Whether the kernels run here (builds them on the first call). A constant to a traced graph."""
+    """Whether the kernels run here (builds them on the first call). Traced (torch.compile, export), it
+    reads whether an eager call built them, without building or locking: a graph traced before any
+    eager call takes the torch path. (``torch.compiler.assume_constant_result`` would import dynamo,
+    and with it Triton, at import time.)"""
+    if torch.compiler.is_compiling():
+        return _state.get("module") is not None
     return kernels() is not None
 
 

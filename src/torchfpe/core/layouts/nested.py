@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from .base import LayoutError, register_layout
 from .block import MIN_GROUP_ROWS, _support_blocks
 from .masked import MaskedLinear
-from .packed import PackedLinear, SavedTensors, compact, pack_bits, positions_of, stored_bias, unpack_bits
+from .packed import PackedLinear, SavedTensors, autocast_operands, compact, pack_bits, positions_of, stored_bias, unpack_bits
 
 #: ``auto`` takes a layer only when padding and holes keep the stored values within this factor of
 #: the live ones (above it the ``block`` layout's one product is as good).
@@ -322,7 +322,8 @@ class NestedLinear(PackedLinear):
             x = F.pad(x, (0, 1))
         x = x.index_select(1, self.gather)
         if torch.is_grad_enabled() and self.values.requires_grad:
-            y = _NestedProduct.apply(x, self.values, self.dead_positions, tuple(self.buckets))
+            x, values = autocast_operands(x.device, x, self.values)  # forward and backward in one dtype
+            y = _NestedProduct.apply(x, values, self.dead_positions, tuple(self.buckets))
         else:
             y = _products(x, self.values, tuple(self.buckets))
         bias = self._masked_bias()

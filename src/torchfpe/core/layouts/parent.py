@@ -227,6 +227,14 @@ class ParentLinear(PackedLinear):
         return ~unpack_bits(self.hole_bits, self.parent_rows * self.parent_cols).view(self.parent_rows,
                                                                                       self.parent_cols)
 
+    @property
+    def hole_positions(self) -> Tensor | None:
+        """The flat positions of the holes in ``values`` (int64; ``None``: no holes), computed per
+        access from ``hole_bits`` (for kernels that take positions: the Triton ones)."""
+        if self.hole_bits is None:
+            return None
+        return torch.nonzero(unpack_bits(self.hole_bits, self.values.numel())).squeeze(1)
+
     def _value_live(self) -> Tensor:
         live = self.live
         return torch.ones_like(self.values, dtype=torch.bool) if live is None else live
