@@ -57,7 +57,8 @@ def _buckets(classes: list[tuple[Tensor, Tensor]]) -> list[tuple[list[int], int,
 
 
 class _NestedProduct(torch.autograd.Function):
-    """The buckets' batched products on one gathered input; value gradient 0.0 at the dead positions.
+    """The buckets' batched products on one gathered input; value gradient 0.0 at the holes (``dead``:
+    the layer's ``hole_bits``, or ``None`` when it has none).
 
     ``x``: (N, sum of classes * chunk) gathered inputs; ``values``: flat; ``shapes``: (classes, chunk,
     rows) per bucket. Returns (N, sum of classes * rows) in position order.
@@ -91,8 +92,8 @@ class _NestedProduct(torch.autograd.Function):
             grad_x = torch.cat(grad_x, 1) if len(grad_x) > 1 else grad_x[0]
         if grad_values is not None:
             grad_values = torch.cat(grad_values) if len(grad_values) > 1 else grad_values[0]
-            if dead is not None:
-                grad_values.index_fill_(0, dead, 0.0)
+            if dead is not None:  # the hole bits: unpacked here only, a byte a value while it runs
+                grad_values.masked_fill_(unpack_bits(dead, grad_values.numel()), 0.0)
         return grad_x, grad_values, None, None
 
 
@@ -145,8 +146,6 @@ class NestedLinear(PackedLinear):
         self.register_buffer("hole_bits", torch.zeros((slots + 7) // 8, dtype=torch.uint8, device=device))
         self.register_buffer("bias_holes", torch.zeros(positions, dtype=torch.bool, device=device)
                              if bias and has_bias_holes else None)
-        self.register_buffer("live", None, persistent=False)
-        self.register_buffer("dead_positions", None, persistent=False)
         self.register_buffer("bias_live", None, persistent=False)
         self.register_buffer("gather", None, persistent=False)
         self.register_buffer("restore", None, persistent=False)
@@ -238,11 +237,10 @@ class NestedLinear(PackedLinear):
     # -- derived tensors
     def _refresh(self) -> None:
         device = self.values.device
-        self.live = ~unpack_bits(self.hole_bits, self.values.numel()).to(device)
-        dead = torch.nonzero(~self.live).squeeze(1)
-        self.dead_positions = dead if dead.numel() else None
+        # nothing value-sized is kept besides the values: the holes are unpacked from hole_bits per call
+        self.has_dead = bool(self.hole_bits.any())
         self.bias_live = None if self.bias_holes is None else ~self.bias_holes
-        self.gather = self.in_index.long()
+        self.gather = self.in_index.to(torch.int32)
         self.pad_input = bool((self.gather == self.in_features).any())
         natural = self.out_index.long()
         if self.restore_order:
@@ -251,9 +249,14 @@ class NestedLinear(PackedLinear):
             restore[natural[real]] = torch.nonzero(real).squeeze(1)
             identity = restore.numel() == natural.numel() and \
                 torch.equal(restore, torch.arange(self.out_features, device=device))
-            self.restore = None if identity else restore
+            self.restore = None if identity else restore.to(torch.int32)
         else:
             self.restore = None
+
+    @property
+    def live(self) -> Tensor:
+        """Which values are real weights (bool, flat), unpacked from ``hole_bits`` per access."""
+        return ~unpack_bits(self.hole_bits, self.values.numel())
 
     def _value_live(self) -> Tensor:
         return self.live
@@ -323,7 +326,7 @@ class NestedLinear(PackedLinear):
         x = x.index_select(1, self.gather)
         if torch.is_grad_enabled() and self.values.requires_grad:
             x, values = autocast_operands(x.device, x, self.values)  # forward and backward in one dtype
-            y = _NestedProduct.apply(x, values, self.dead_positions, tuple(self.buckets))
+            y = _NestedProduct.apply(x, values, self.hole_bits if self.has_dead else None, tuple(self.buckets))
         else:
             y = _products(x, self.values, tuple(self.buckets))
         bias = self._masked_bias()
@@ -340,7 +343,7 @@ class NestedLinear(PackedLinear):
         col_in = col_out = 0
         for classes, chunk, rows in self.buckets:
             out_n = self.out_index.long()[col_out: col_out + classes * rows].view(classes, 1, rows)
-            in_p = self.gather[col_in: col_in + classes * chunk].view(classes, chunk, 1)
+            in_p = self.gather[col_in: col_in + classes * chunk].long().view(classes, chunk, 1)
             outs.append(out_n.expand(classes, chunk, rows).reshape(-1))
             ins.append(in_p.expand(classes, chunk, rows).reshape(-1))
             col_in += classes * chunk
