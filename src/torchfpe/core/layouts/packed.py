@@ -62,7 +62,8 @@ def unpack_bits(bits: Tensor, count: int) -> Tensor:
     """The first ``count`` entries of :func:`pack_bits`' bytes, as booleans (computed in uint8: a byte
     an entry while it runs, so layers unpack their holes per call instead of keeping them)."""
     shifts = torch.arange(8, device=bits.device, dtype=torch.uint8)
-    return ((bits.unsqueeze(1) >> shifts) & 1).bool().reshape(-1)[:count]
+    entries = (bits.unsqueeze(1) >> shifts).bitwise_and_(1)  # 0 or 1: one uint8 tensor, viewed as bool
+    return entries.view(torch.bool).reshape(-1)[:count]
 
 
 def compact(index: Tensor, limit: int) -> Tensor:
