@@ -65,8 +65,10 @@ def assert_same_function(masked, packed, batch):
 
 @pytest.fixture(autouse=True)
 def every_ell_path_on_small_layers(monkeypatch):
-    """The tests' layers are tiny; let them take the sparse paths that large layers take."""
+    """The tests' layers are tiny; let them take the sparse paths that large layers take, and build
+    their dense weight a few rows at a time (blocks of 1-3 rows, the last one partial)."""
     monkeypatch.setattr(torchfpe.core.layouts.ell, "ELL_SPARSE_MIN_SIZE", 0)
+    monkeypatch.setattr(torchfpe.core.layouts.ell, "ELL_BLOCK_BYTES", 600)
 
 
 #: Every registered split that widens (dropconnect keeps the parent's width and is never packed).

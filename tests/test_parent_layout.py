@@ -145,7 +145,7 @@ def test_tampered_parent_state_dicts_are_refused_naming_the_key(tamper):
 def test_parent_layout_trains_like_the_masked_model_and_keeps_holes_zero():
     masked = expanded("random", (12, 10, 3), alpha=2)
     packed = pack(masked)
-    assert packed[0].hole_positions is not None and len(packed[0].hole_positions) > 0  # the global budget's holes
+    assert packed[0].hole_bits is not None and not bool(packed[0].live.all())  # the global budget's holes
     x = torch.randn(64, 12, dtype=torch.float64)
     y = torch.randn(64, 3, dtype=torch.float64)
     for model in (masked, packed):
@@ -202,7 +202,7 @@ def test_compiled_kernels_equal_the_masked_layout(every_layer_native, alpha):
     masked = expanded("random", (69, 40, 3), alpha=alpha, dtype=torch.float32)  # 69: a tail of 5 lanes
     packed = pack(masked)
     layer = packed[0]
-    assert isinstance(layer, ParentLinear) and layer.hole_positions is not None
+    assert isinstance(layer, ParentLinear) and layer.hole_bits is not None
     assert layer.path(1, False, torch.device("cpu"), torch.float32) == "native"
     assert layer.path(parent.NATIVE_MAX_BATCH + 1, False, torch.device("cpu"), torch.float32) == "tiled"
     assert layer.path(parent.NATIVE_GRAD_MAX_BATCH + 1, True, torch.device("cpu"), torch.float32) == "tiled"

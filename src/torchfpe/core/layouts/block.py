@@ -39,11 +39,8 @@ MIN_GROUP_ROWS = 8
 
 
 class _BlockProduct(torch.autograd.Function):
-    """``baddbmm(bias, x, values)`` whose value gradient is 0.0 at the holes (flat positions given).
-
-    Zeroing the few hole positions of the freshly computed gradient costs the number of holes, not
-    a pass over all values as a mask multiply would.
-    """
+    """``baddbmm(bias, x, values)`` whose value gradient is 0.0 at the holes (``holes``: the layer's
+    ``hole_bits``, unpacked in the backward pass only, so the layer keeps no mask between calls)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, values: Tensor, bias: Tensor | None, holes: Tensor) -> Tensor:  # noqa: D102
@@ -58,7 +55,7 @@ class _BlockProduct(torch.autograd.Function):
         grad_values = None
         if ctx.needs_input_grad[1]:
             grad_values = torch.bmm(x.transpose(1, 2), grad)
-            grad_values.view(-1).index_fill_(0, holes, 0.0)
+            grad_values.masked_fill_(unpack_bits(holes, grad_values.numel()).view_as(grad_values), 0.0)
         grad_bias = grad.sum(dim=1, keepdim=True) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return grad_x, grad_values, grad_bias, None
 
@@ -199,8 +196,6 @@ class BlockLinear(PackedLinear):
                                                       device=device) if has_holes else None)
         self.register_buffer("bias_holes", torch.zeros(blocks * rows, dtype=torch.bool, device=device)
                              if bias and has_bias_holes else None)
-        self.register_buffer("live", None, persistent=False)
-        self.register_buffer("hole_positions", None, persistent=False)
         self.register_buffer("bias_live", None, persistent=False)
         self.register_buffer("gather", None, persistent=False)
         self.register_buffer("restore", None, persistent=False)
@@ -301,15 +296,12 @@ class BlockLinear(PackedLinear):
         return packed
 
     # -- derived tensors
+    # Derived tensors kept between calls are the width of the input or output (int32 gathers); the
+    # holes are unpacked from their bits when needed, so nothing the size of the values is kept twice.
     def _refresh(self) -> None:
         device = self.values.device
-        if self.hole_bits is not None:
-            self.live = ~unpack_bits(self.hole_bits, self.values.numel()).view_as(self.values).to(device)
-            self.hole_positions = torch.nonzero(~self.live.reshape(-1)).squeeze(1)
-        else:
-            self.live = self.hole_positions = None
         self.bias_live = None if self.bias_holes is None else ~self.bias_holes
-        self.gather = None if self.in_index is None else self.in_index.long().reshape(-1)
+        self.gather = None if self.in_index is None else self.in_index.to(torch.int32).reshape(-1)
         self.pad_input = False if self.gather is None else bool((self.gather == self.in_features).any())
         natural = self.out_index.long()
         if self.restore_order:
@@ -317,12 +309,28 @@ class BlockLinear(PackedLinear):
             real = natural >= 0
             restore[natural[real]] = torch.nonzero(real).squeeze(1)
             identity = torch.equal(restore, torch.arange(self.out_features, device=device))
-            self.restore = None if identity else restore
+            self.restore = None if identity else restore.to(torch.int32)
         else:
             self.restore = None
 
+    @property
+    def live(self) -> Tensor | None:
+        """Which values are real weights (bool, the values' shape; ``None``: all), unpacked per access."""
+        if self.hole_bits is None:
+            return None
+        return ~unpack_bits(self.hole_bits, self.values.numel()).view_as(self.values)
+
+    @property
+    def hole_positions(self) -> Tensor | None:
+        """The flat positions of the holes in ``values`` (int64; ``None``: no holes), computed per
+        access from ``hole_bits`` (for kernels that take positions: the Triton ones)."""
+        if self.hole_bits is None:
+            return None
+        return torch.nonzero(unpack_bits(self.hole_bits, self.values.numel())).squeeze(1)
+
     def _value_live(self) -> Tensor:
-        return torch.ones_like(self.values, dtype=torch.bool) if self.live is None else self.live
+        live = self.live
+        return torch.ones_like(self.values, dtype=torch.bool) if live is None else live
 
     def output_order(self) -> Tensor | None:
         return None if self.restore_order else self.out_index.long()
@@ -473,7 +481,7 @@ class BlockLinear(PackedLinear):
         # The two branches on the batch size are eager-mode speed-ups only: traced (torch.compile,
         # torch.export) the layer takes one path for every batch size, so no guard pins the batch.
         eager = not torch.compiler.is_compiling()
-        masked_grad = self.live is not None and torch.is_grad_enabled() and self.values.requires_grad
+        masked_grad = self.hole_bits is not None and torch.is_grad_enabled() and self.values.requires_grad
         if eager and input.dim() == 2 and input.shape[0] == 1 and not masked_grad:
             return self._forward_one(input)
         leading = input.shape[:-1]
@@ -491,7 +499,7 @@ class BlockLinear(PackedLinear):
         bias = None if bias is None else bias.view(self.blocks, 1, self.rows)
         if masked_grad:
             xb, values, bias = autocast_operands(xb.device, xb, self.values, bias)
-            y = _BlockProduct.apply(xb, values, bias, self.hole_positions)
+            y = _BlockProduct.apply(xb, values, bias, self.hole_bits)
         elif bias is None:
             y = torch.bmm(xb, self.values)
         else:

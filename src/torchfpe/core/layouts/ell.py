@@ -3,8 +3,9 @@
 For anything the block layout cannot hold well (an independent partition per parent, copied columns
 pruned by the global budget, the ``overlap`` and ``static_sparse`` controls). Rows are padded to the
 longest one. Small batches gather inputs or multiply as a sparse CSR matrix (cost follows the
-non-zeros); large batches scatter the values into a dense weight and call one matrix product (the
-masked layout's cost, which is the best measured option there). Last in ``auto``'s order: it holds
+non-zeros); large batches scatter the values into dense weight rows, a block of rows at a time, each
+block one matrix product (the masked layout's multiply-adds, the best measured option there; the whole
+dense weight never exists). The layer keeps only what it stores, plus ``crow`` (out_features + 1). Last in ``auto``'s order: it holds
 any masks.
 """
 
@@ -35,35 +36,72 @@ ELL_GATHER_MAX_BATCH = 4
 ELL_SPARSE_MIN_SIZE = 1 << 18
 
 
+#: The dense path builds this many bytes of dense weight rows at a time (a block of output rows,
+#: reused): it never holds the whole dense weight, and the block stays in cache between its scatter
+#: and its product.
+ELL_BLOCK_BYTES = 1 << 24
+
+
+def scatter_rows(values: Tensor, index: Tensor, in_features: int, out: Tensor | None = None) -> Tensor:
+    """The dense (rows, in_features) weight of ELL ``values`` at input positions ``index`` (any integer
+    type): one row-wise scatter into one spare column, where every padding slot lands (its value never
+    matters), cut off as a strided view. ``out``: a (rows, in_features + 1) buffer to reuse."""
+    weight = values.new_zeros(values.shape[0], in_features + 1) if out is None else out.zero_()
+    return weight.scatter_(1, index.to(torch.int64, copy=True).clamp_(max=in_features), values)[:, :in_features]
+
+
+def row_blocks(layer_rows: int, in_features: int, itemsize: int) -> range:
+    """Starts of the blocks of output rows the dense path builds at a time (see ``ELL_BLOCK_BYTES``)."""
+    return range(0, layer_rows, max(1, ELL_BLOCK_BYTES // ((in_features + 1) * itemsize)))
+
+
+def blocked_product(x: Tensor, values: Tensor, in_index: Tensor) -> Tensor:
+    """``x @ W.T`` for the ELL weight W, built a block of rows at a time (no whole dense weight)."""
+    rows, in_features = values.shape[0], x.shape[1]
+    starts = row_blocks(rows, in_features, values.element_size())
+    buffer = values.new_empty(min(starts.step, rows), in_features + 1)
+    y = x.new_empty(x.shape[0], rows)
+    for r0 in starts:
+        r1 = min(r0 + starts.step, rows)
+        weight = scatter_rows(values[r0:r1], in_index[r0:r1], in_features, buffer[: r1 - r0])
+        y[:, r0:r1] = x @ weight.T
+    return y
+
+
 class _EllDenseProduct(torch.autograd.Function):
-    """``linear(x, W, bias)`` with W scattered from ELL values; the weight gradient is read back at
-    the values' positions (padding points one past the end and reads 0). Same passes over memory as
-    the masked layout: fill + scatter in place of ``weight * mask``, a ``take`` in place of
-    ``grad * mask``."""
+    """``linear(x, W, bias)`` for the ELL weight W, a block of rows at a time (:func:`blocked_product`);
+    the weight gradient of each block is read back at the values' positions (padding reads 0.0). The
+    masked layout's multiply-adds; its dense weight is never whole, and the int64 positions exist one
+    block at a time (the layer keeps its narrow ``in_index``)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, values: Tensor, bias: Tensor | None, flat_index: Tensor, shape: tuple) -> Tensor:  # noqa: D102
-        size = shape[0] * shape[1]
-        weight = values.new_zeros(size + 1)
-        weight.scatter_(0, flat_index, values.reshape(-1))
-        weight = weight[:size].view(shape)
-        ctx.save_for_backward(x, weight, flat_index)
+    def forward(ctx, x: Tensor, values: Tensor, bias: Tensor | None, in_index: Tensor) -> Tensor:  # noqa: D102
+        ctx.save_for_backward(x, values, in_index)
         ctx.has_bias = bias is not None
-        return F.linear(x, weight, bias)
+        y = blocked_product(x, values, in_index)
+        return y if bias is None else y.add_(bias)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # noqa: D102
-        x, weight, flat_index = ctx.saved_tensors
-        grad_x = grad @ weight if ctx.needs_input_grad[0] else None
-        grad_values = None
-        if ctx.needs_input_grad[1]:
-            size = weight.numel()
-            full = grad.new_empty(size + 1)
-            full[size] = 0
-            torch.mm(grad.T, x, out=full[:size].view(weight.shape))
-            grad_values = full.take(flat_index).view(-1, flat_index.numel() // weight.shape[0])
+        x, values, in_index = ctx.saved_tensors
+        need_x, need_values = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        rows, in_features = values.shape[0], x.shape[1]
+        starts = row_blocks(rows, in_features, values.element_size())
+        buffer = values.new_empty(min(starts.step, rows), in_features + 1) if need_x else None
+        grad_x = torch.zeros_like(x) if need_x else None
+        grad_values = torch.empty_like(values) if need_values else None
+        for r0 in starts:
+            r1 = min(r0 + starts.step, rows)
+            part = grad[:, r0:r1]
+            if need_x:
+                grad_x.addmm_(part, scatter_rows(values[r0:r1], in_index[r0:r1], in_features, buffer[: r1 - r0]))
+            if need_values:
+                index = in_index[r0:r1].to(torch.int64, copy=True)
+                padding = index >= in_features
+                torch.gather(part.T @ x, 1, index.clamp_(max=in_features - 1), out=grad_values[r0:r1])
+                grad_values[r0:r1].masked_fill_(padding, 0.0)
         grad_bias = grad.sum(dim=0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return grad_x, grad_values, grad_bias, None, None
+        return grad_x, grad_values, grad_bias, None
 
 
 @register_layout
@@ -93,10 +131,7 @@ class EllLinear(PackedLinear):
                              if permuted_input else None)
         self.register_buffer("bias_holes", torch.zeros(out_features, dtype=torch.bool, device=device)
                              if bias and has_bias_holes else None)
-        self.register_buffer("index", None, persistent=False)
         self.register_buffer("crow", None, persistent=False)
-        self.register_buffer("csr_index", None, persistent=False)
-        self.register_buffer("flat_index", None, persistent=False)
         self.register_buffer("bias_live", None, persistent=False)
 
     @classmethod
@@ -137,17 +172,18 @@ class EllLinear(PackedLinear):
         packed._refresh()
         return packed
 
+    # The layer keeps only its stored tensors plus two small ones (crow: out_features + 1 integers,
+    # bias_live); wider index types are made per call from the narrow ``in_index`` and freed after.
     def _refresh(self) -> None:
-        self.index = self.in_index.long()
         # CSR with int32 indices (where they fit): measured 1.5-4.3x faster than int64 on one CPU thread
         wide = (self.out_features + 1) * self.width >= 2**31 or self.in_features + self.width >= 2**31
-        self.csr_index = self.index if wide else self.in_index.to(torch.int32)
-        self.crow = torch.arange(self.out_features + 1, device=self.index.device,
-                                 dtype=self.csr_index.dtype) * self.width
-        rows = torch.arange(self.out_features, device=self.index.device).view(-1, 1) * self.in_features
-        self.flat_index = torch.where(self.index < self.in_features, rows + self.index,
-                                      self.out_features * self.in_features).reshape(-1)
+        self.crow = torch.arange(self.out_features + 1, device=self.in_index.device,
+                                 dtype=torch.int64 if wide else torch.int32) * self.width
         self.bias_live = None if self.bias_holes is None else ~self.bias_holes
+
+    def _index(self) -> Tensor:
+        """``in_index`` as the crow's type (int32 where it fits): a per-call copy unless it is that type."""
+        return self.in_index if self.in_index.dtype == self.crow.dtype else self.in_index.to(self.crow.dtype)
 
     def _value_live(self) -> Tensor:
         return self.in_index.long() < self.in_features
@@ -193,9 +229,10 @@ class EllLinear(PackedLinear):
                     device=device or values.device, dtype=values.dtype)
         return layer.restored_from(extra)
 
-    def path(self, batch: int, training: bool) -> str:
-        """Which product a batch takes: ``gather``, ``csr`` or ``dense`` (see the module constants)."""
-        if self.out_features * self.in_features < ELL_SPARSE_MIN_SIZE:
+    def path(self, batch: int | None, training: bool) -> str:
+        """Which product a batch takes: ``gather``, ``csr`` or ``dense`` (see the module constants);
+        ``batch=None``: any batch size (a traced graph takes one path for all: ``dense``)."""
+        if self.out_features * self.in_features < ELL_SPARSE_MIN_SIZE or batch is None:
             return "dense"
         if training:
             return "gather" if batch <= ELL_GATHER_MAX_BATCH else "dense"
@@ -206,9 +243,10 @@ class EllLinear(PackedLinear):
         x = input.reshape(-1, self.in_features)
         bias = self._masked_bias()
         training = torch.is_grad_enabled() and (self.values.requires_grad or input.requires_grad)
-        path = self.path(x.shape[0], training)
+        path = self.path(None if torch.compiler.is_compiling() else x.shape[0], training)
         if path == "gather":
-            gathered = F.pad(x, (0, self.width)).index_select(1, self.index.reshape(-1))
+            # int64 for this call: index_select's backward (index_add_) with int32 indices ran 5x slower here
+            gathered = F.pad(x, (0, self.width)).index_select(1, self.in_index.reshape(-1).long())
             y = (gathered.view(-1, self.out_features, self.width) * self.values).sum(dim=2)
             if bias is not None:
                 y = y + bias
@@ -220,26 +258,23 @@ class EllLinear(PackedLinear):
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
                 warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
-                sparse = torch.sparse_csr_tensor(self.crow, self.csr_index.reshape(-1), self.values.reshape(-1),
+                sparse = torch.sparse_csr_tensor(self.crow, self._index().reshape(-1), self.values.reshape(-1),
                                                  size=(self.out_features, self.in_features + self.width))
             y = (sparse @ F.pad(x, (0, self.width)).T).T
             if bias is not None:
                 y = y + bias
         else:
-            # one flat scatter; padding lands in one extra slot that is cut off, so the dense weight
-            # is a contiguous view and padding gets no gradient
-            shape = (self.out_features, self.in_features)
+            # the dense weight a block of rows at a time (blocked_product); padding gets no gradient
             if training:
                 x, values, bias = autocast_operands(x.device, x, self.values, bias)
-                y = _EllDenseProduct.apply(x, values, bias, self.flat_index, shape)
+                y = _EllDenseProduct.apply(x, values, bias, self.in_index)
+            elif self.out_features * self.in_features < ELL_SPARSE_MIN_SIZE:  # small: kept, see cached_weight
+                weight = self.cached_weight(lambda: scatter_rows(self.values.detach(), self.in_index, self.in_features))
+                y = F.linear(x, weight, bias)
             else:
-                def scatter() -> Tensor:
-                    size = shape[0] * shape[1]
-                    weight = self.values.new_zeros(size + 1).scatter_(0, self.flat_index, self.values.reshape(-1))
-                    return weight[:size].view(shape)
-
-                small = shape[0] * shape[1] < ELL_SPARSE_MIN_SIZE  # dense either way: keep the weight
-                y = F.linear(x, self.cached_weight(scatter) if small else scatter(), bias)
+                y = blocked_product(x, self.values.detach(), self.in_index)
+                if bias is not None:
+                    y = y + bias
         return y.reshape(*leading, self.out_features)
 
     def _coordinates(self) -> tuple[Tensor, Tensor, Tensor]:

@@ -15,6 +15,7 @@ first version ran at 1.5-2.3x (bench/packed.py gives today's numbers).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import threading
@@ -24,6 +25,8 @@ from types import ModuleType
 
 import torch
 from torch import Tensor
+
+from .packed import unpack_bits
 
 SOURCE = Path(__file__).with_name("parent_kernels.cpp")
 #: ``TORCHFPE_NATIVE=0`` turns the compiled kernels off (the torch path is then used everywhere).
@@ -60,7 +63,10 @@ def _build() -> ModuleType | None:
     if shutil.which(compiler) is None:
         return None
     try:
-        module = cpp_extension.load(name="torchfpe_parent_kernels", sources=[str(SOURCE)],
+        # named by the source's hash: checkouts of different versions sharing torch's extension cache
+        # (or building at once) never load each other's build
+        digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
+        module = cpp_extension.load(name=f"torchfpe_parent_kernels_{digest}", sources=[str(SOURCE)],
                                     extra_cflags=["-O3"], verbose=False)
     except Exception as error:  # noqa: BLE001 - any build failure means: use the torch path
         warnings.warn(f"torchfpe: the parent layout's CPU kernels did not build ({type(error).__name__}: "
@@ -90,9 +96,13 @@ def supports(children: int) -> bool:
 # fake implementation giving the output's shape) instead of breaking the graph at a pybind function.
 # The autograd formula is registered beside each forward; value gradients are 0.0 at the holes.
 
-@torch.compiler.assume_constant_result
 def ready() -> bool:
-    """Whether the kernels run here (builds them on the first call). A constant to a traced graph."""
+    """Whether the kernels run here (builds them on the first call). Traced (torch.compile, export), it
+    reads whether an eager call built them, without building or locking: a graph traced before any
+    eager call takes the torch path. (``torch.compiler.assume_constant_result`` would import dynamo,
+    and with it Triton, at import time.)"""
+    if torch.compiler.is_compiling():
+        return _state.get("module") is not None
     return kernels() is not None
 
 
@@ -103,7 +113,8 @@ def _no_tensor(like: Tensor) -> Tensor:
 @torch.library.custom_op("torchfpe::parent_forward", mutates_args=())
 def parent_forward(values: Tensor, child_bits: Tensor, x: Tensor, children: int, holes: Tensor | None) -> Tensor:
     """``y[n, children * i + k] = sum_j values[i, j] x[n, j] [child(i, j) == k]`` for a few examples
-    (one pass over the values per 4 of them); ``x`` contiguous float32 (batch, parent_cols)."""
+    (one pass over the values per 4 of them); ``x`` contiguous float32 (batch, parent_cols); ``holes``
+    the layer's ``hole_bits`` (value gradients 0.0 there) or ``None``."""
     return kernels().forward(values, child_bits, x, children)
 
 
@@ -129,68 +140,61 @@ def _(values, child_bits, x, grad, children, need_input, need_values):
 
 
 @torch.library.custom_op("torchfpe::parent_forward_tiled", mutates_args=())
-def parent_forward_tiled(values: Tensor, child_bits: Tensor, order: Tensor, starts: Tensor, x: Tensor,
-                         children: int, holes: Tensor | None) -> Tensor:
-    """:func:`parent_forward` for large batches, from each row's columns sorted by child (``order``,
-    ``starts``: see ``ParentLinear.column_order``); the result is a transposed view."""
-    return kernels().forward_tiled(values, order, starts, x, children, 0)
+def parent_forward_tiled(values: Tensor, child_bits: Tensor, x: Tensor, children: int, holes: Tensor | None) -> Tensor:
+    """:func:`parent_forward` for large batches: tiles of examples, each child's columns in order (the
+    order is sorted from the bit planes per call, one pass; not kept). The result is a transposed view."""
+    module = kernels()
+    order, starts = module.column_order(child_bits, values.shape[1], children)
+    return module.forward_tiled(values, order, starts, x, children, 0)
 
 
 @parent_forward_tiled.register_fake
-def _(values, child_bits, order, starts, x, children, holes):
+def _(values, child_bits, x, children, holes):
     return x.new_empty(children * values.shape[0], x.shape[0]).t()
 
 
 @torch.library.custom_op("torchfpe::parent_backward_tiled", mutates_args=())
-def parent_backward_tiled(values: Tensor, child_bits: Tensor, order: Tensor, starts: Tensor, x: Tensor, grad: Tensor,
-                          children: int, need_input: bool, need_values: bool) -> tuple[Tensor, Tensor]:
+def parent_backward_tiled(values: Tensor, child_bits: Tensor, x: Tensor, grad: Tensor, children: int,
+                          need_input: bool, need_values: bool) -> tuple[Tensor, Tensor]:
     """(grad of ``x``, grad of ``values``) of :func:`parent_forward_tiled`; an empty tensor for one not needed."""
-    grad_x, grad_values = kernels().backward_tiled(values, child_bits, order, starts, x, grad, children, need_input,
-                                                   need_values, 0)
+    module = kernels()
+    order, starts = module.column_order(child_bits, values.shape[1], children)
+    grad_x, grad_values = module.backward_tiled(values, child_bits, order, starts, x, grad, children, need_input,
+                                                need_values, 0)
     return (grad_x if need_input else _no_tensor(x)), (grad_values if need_values else _no_tensor(values))
 
 
 @parent_backward_tiled.register_fake
-def _(values, child_bits, order, starts, x, grad, children, need_input, need_values):
+def _(values, child_bits, x, grad, children, need_input, need_values):
     return (x.new_empty(x.shape) if need_input else _no_tensor(x)), \
         (values.new_empty(values.shape) if need_values else _no_tensor(values))
 
 
 def _without_holes(grad_values: Tensor, holes: Tensor | None) -> Tensor:
-    if holes is not None:  # in place: the kernel's fresh output, a pass over the holes only
-        grad_values.view(-1).index_fill_(0, holes, 0.0)
+    """``grad_values`` with 0.0 at the holes (``holes``: the layer's ``hole_bits``, a bit per value),
+    in place: the kernel's fresh output. The bits are unpacked per call (a byte per value, freed after)."""
+    if holes is not None:
+        grad_values.masked_fill_(unpack_bits(holes, grad_values.numel()).view_as(grad_values), 0.0)
     return grad_values
 
 
 def _save(ctx, inputs, output) -> None:
-    """Inputs (values, child_bits, [order, starts,] x, children, holes): the tensors saved, the count kept."""
-    ctx.save_for_backward(*(t for t in inputs if isinstance(t, Tensor)))
-    ctx.children = inputs[-2]
-    ctx.has_holes = inputs[-1] is not None
+    """Inputs (values, child_bits, x, children, holes): the tensors saved, the count kept."""
+    values, child_bits, x, children, holes = inputs
+    ctx.save_for_backward(values, child_bits, x, holes)
+    ctx.children = children
 
 
-def _backward_small(ctx, grad: Tensor):
-    saved = ctx.saved_tensors
-    values, child_bits, x = saved[:3]
-    holes = saved[3] if ctx.has_holes else None
-    children = ctx.children
-    need_values, need_input = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
-    grad_x, grad_values = parent_backward(values, child_bits, x, grad, children, need_input, need_values)
-    return (_without_holes(grad_values, holes) if need_values else None), None, \
-        (grad_x if need_input else None), None, None
+def _backward_with(operator):
+    def backward(ctx, grad: Tensor):
+        values, child_bits, x, holes = ctx.saved_tensors
+        need_values, need_input = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
+        grad_x, grad_values = operator(values, child_bits, x, grad, ctx.children, need_input, need_values)
+        return (_without_holes(grad_values, holes) if need_values else None), None, \
+            (grad_x if need_input else None), None, None
+
+    return backward
 
 
-def _backward_tiled(ctx, grad: Tensor):
-    saved = ctx.saved_tensors
-    values, child_bits, order, starts, x = saved[:5]
-    holes = saved[5] if ctx.has_holes else None
-    children = ctx.children
-    need_values, need_input = ctx.needs_input_grad[0], ctx.needs_input_grad[4]
-    grad_x, grad_values = parent_backward_tiled(values, child_bits, order, starts, x, grad, children, need_input,
-                                                need_values)
-    return (_without_holes(grad_values, holes) if need_values else None), None, None, None, \
-        (grad_x if need_input else None), None, None
-
-
-parent_forward.register_autograd(_backward_small, setup_context=_save)
-parent_forward_tiled.register_autograd(_backward_tiled, setup_context=_save)
+parent_forward.register_autograd(_backward_with(parent_backward), setup_context=_save)
+parent_forward_tiled.register_autograd(_backward_with(parent_backward_tiled), setup_context=_save)

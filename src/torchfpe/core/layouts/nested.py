@@ -30,7 +30,8 @@ from torch import Tensor, nn
 from .base import LayoutError, register_layout
 from .block import MIN_GROUP_ROWS, _support_blocks
 from .masked import MaskedLinear
-from .packed import PackedLinear, SavedTensors, compact, pack_bits, positions_of, stored_bias, unpack_bits
+from .packed import PackedLinear, SavedTensors, autocast_operands, compact, pack_bits, positions_of, stored_bias, \
+    unpack_bits
 
 #: ``auto`` takes a layer only when padding and holes keep the stored values within this factor of
 #: the live ones (above it the ``block`` layout's one product is as good).
@@ -390,11 +391,12 @@ class NestedLinear(PackedLinear):
         else:
             rows = _rows_of(x, self.pad_input).index_select(0, self.gather)
         bias = self._masked_bias()
+        rows, values, bias = autocast_operands(rows.device, rows, self.values, bias)  # one dtype, forward and back
         if torch.is_grad_enabled() and (self.values.requires_grad or (bias is not None and bias.requires_grad)
                                         or rows.requires_grad):
-            y = _NestedProduct.apply(rows, self.values, bias, self.dead_positions, tuple(self.buckets))
+            y = _NestedProduct.apply(rows, values, bias, self.dead_positions, tuple(self.buckets))
         else:
-            y = _products(rows, self.values, bias, tuple(self.buckets))
+            y = _products(rows, values, bias, tuple(self.buckets))
         if self.restore is not None:
             y = _SelectRows.apply(y, self.restore) if y.requires_grad else y.index_select(0, self.restore)
         return y.t().reshape(*leading, self.out_features)

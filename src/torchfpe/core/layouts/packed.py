@@ -59,8 +59,13 @@ def pack_bits(mask: Tensor) -> Tensor:
 
 
 def unpack_bits(bits: Tensor, count: int) -> Tensor:
-    shifts = torch.arange(8, device=bits.device)
-    return ((bits.unsqueeze(1).long() >> shifts) & 1).bool().reshape(-1)[:count]
+    """The first ``count`` entries of :func:`pack_bits`' bytes, as booleans (computed in uint8: a byte
+    an entry while it runs, so layers unpack their holes per call instead of keeping them)."""
+    shifts = torch.arange(8, device=bits.device, dtype=torch.uint8)
+    entries = (bits.unsqueeze(1) >> shifts).bitwise_and_(1)  # 0 or 1: one uint8 tensor, viewed as bool
+    if torch.compiler.is_compiling():  # inductor's C++ code cannot convert a viewed bool vector to float
+        return (entries != 0).reshape(-1)[:count]
+    return entries.view(torch.bool).reshape(-1)[:count]
 
 
 def compact(index: Tensor, limit: int) -> Tensor:

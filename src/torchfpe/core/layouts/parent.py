@@ -140,7 +140,7 @@ class ParentLinear(PackedLinear):
                              if bias and has_bias_holes else None)
         self.register_buffer("in_natural", torch.zeros(in_features, dtype=natural_dtype, device=device)
                              if permuted_input else None)
-        for name in ("child", "live", "hole_positions", "bias_live", "in_gather"):
+        for name in ("bias_live", "in_gather"):  # derived, small (the output and input widths)
             self.register_buffer(name, None, persistent=False)
 
     # -- from a masked layer
@@ -208,21 +208,36 @@ class ParentLinear(PackedLinear):
         return packed
 
     # -- derived tensors
+    # The layer keeps nothing the size of its values besides what it stores: the child of each entry
+    # and the holes are unpacked from their bits when a path needs them (a byte an entry, freed after).
     def _refresh(self) -> None:
-        device = self.values.device
-        rows, cols = self.parent_rows, self.parent_cols
-        self.child = None if self.child_bits is None else unpack_planes(self.child_bits, cols).to(device)
-        if self.hole_bits is not None:
-            self.live = ~unpack_bits(self.hole_bits, rows * cols).view(rows, cols).to(device)
-            self.hole_positions = torch.nonzero(~self.live.reshape(-1)).squeeze(1)
-        else:
-            self.live = self.hole_positions = None
         self.bias_live = None if self.bias_holes is None else ~self.bias_holes
         self.in_gather = None if self.in_natural is None else positions_of(self.in_natural.long())
-        self.__dict__.pop("_column_order", None)  # the children may have changed (a load)
+
+    @property
+    def child(self) -> Tensor | None:
+        """The child of each parent entry (uint8, parent-shaped), unpacked from ``child_bits`` per access."""
+        return None if self.child_bits is None else unpack_planes(self.child_bits, self.parent_cols)
+
+    @property
+    def live(self) -> Tensor | None:
+        """Which values are real weights (bool, parent-shaped; ``None``: all), unpacked per access."""
+        if self.hole_bits is None:
+            return None
+        return ~unpack_bits(self.hole_bits, self.parent_rows * self.parent_cols).view(self.parent_rows,
+                                                                                      self.parent_cols)
+
+    @property
+    def hole_positions(self) -> Tensor | None:
+        """The flat positions of the holes in ``values`` (int64; ``None``: no holes), computed per
+        access from ``hole_bits`` (for kernels that take positions: the Triton ones)."""
+        if self.hole_bits is None:
+            return None
+        return torch.nonzero(unpack_bits(self.hole_bits, self.values.numel())).squeeze(1)
 
     def _value_live(self) -> Tensor:
-        return torch.ones_like(self.values, dtype=torch.bool) if self.live is None else self.live
+        live = self.live
+        return torch.ones_like(self.values, dtype=torch.bool) if live is None else live
 
     def _spread(self, values: Tensor) -> Tensor:
         """Parent-shaped ``values`` (or a boolean mask) at their natural (out_features, in_features) positions.
@@ -233,9 +248,10 @@ class ParentLinear(PackedLinear):
         rows, cols = self.parent_rows, self.parent_cols
         spread = values.view(rows, 1, cols, 1)
         keep = []
-        if self.child is not None:
+        child = self.child
+        if child is not None:
             ids = torch.arange(self.row_factor, device=values.device, dtype=torch.uint8)
-            keep.append(self.child.view(rows, 1, cols, 1) == ids.view(1, -1, 1, 1))
+            keep.append(child.view(rows, 1, cols, 1) == ids.view(1, -1, 1, 1))
         if self.row_copy is not None:
             copies = torch.arange(self.col_factor, device=values.device)
             keep.append(self.row_copy.long().view(rows, self.row_factor, 1, 1) == copies.view(1, 1, 1, -1))
@@ -309,21 +325,6 @@ class ParentLinear(PackedLinear):
         return layer.restored_from(extra)
 
     # -- compute
-    def column_order(self) -> tuple[Tensor, Tensor]:
-        """Each parent row's columns sorted by child (int16 or int32) and where each child's columns start
-        (int32, (rows, children + 1)): what the kernels for large batches read. Built on first use and
-        kept beside the layer (not saved; 2 bytes an entry below 32768 inputs)."""
-        cached = self.__dict__.get("_column_order")
-        if cached is None:
-            child = self.child
-            order = torch.argsort(child, dim=1, stable=True)
-            order = order.to(torch.int16 if self.parent_cols < 2**15 else torch.int32).contiguous()
-            starts = torch.zeros(self.parent_rows, self.row_factor + 1, dtype=torch.int32)
-            for k in range(self.row_factor):
-                starts[:, k + 1] = starts[:, k] + (child == k).sum(dim=1, dtype=torch.int32)
-            cached = self.__dict__["_column_order"] = (order, starts.contiguous())
-        return cached
-
     def path(self, batch: int | None, training: bool, device: torch.device, dtype: torch.dtype) -> str:
         """Which product a batch takes: ``native`` (the compiled CPU kernels for small batches), ``tiled``
         (theirs for large batches), ``compiled`` (torch.compile, e.g. Triton on CUDA) or ``dense`` (see
@@ -356,11 +357,10 @@ class ParentLinear(PackedLinear):
         path = self.path(batch, training, x.device, x.dtype)
         y = self._compiled(x) if path == "compiled" else None
         if path == "native":
-            y = native.parent_forward(self.values, self.child_bits, x.contiguous(), self.row_factor, self.hole_positions)
+            y = native.parent_forward(self.values, self.child_bits, x.contiguous(), self.row_factor, self.hole_bits)
         elif path == "tiled":
-            order, starts = self.column_order()
-            y = native.parent_forward_tiled(self.values, self.child_bits, order, starts, x.contiguous(),
-                                            self.row_factor, self.hole_positions)
+            y = native.parent_forward_tiled(self.values, self.child_bits, x.contiguous(), self.row_factor,
+                                            self.hole_bits)
         if y is not None:
             if bias is not None:
                 y = y + bias
@@ -368,7 +368,7 @@ class ParentLinear(PackedLinear):
             y = F.linear(x, self.cached_weight(lambda: self._spread(self.values.detach())), bias)
         else:
             values = self.values
-            if self.live is not None and torch.is_grad_enabled() and values.requires_grad:
+            if self.hole_bits is not None and torch.is_grad_enabled() and values.requires_grad:
                 values = _MaskGrad.apply(values, self.live)
             y = F.linear(x, self._spread(values), bias)
         return y.reshape(*leading, self.out_features)
@@ -389,7 +389,8 @@ class ParentLinear(PackedLinear):
 
     # -- interface
     def effective_weight(self) -> Tensor:
-        return self._spread(self.values if self.live is None else self.values * self.live)
+        live = self.live
+        return self._spread(self.values if live is None else self.values * live)
 
     def dense_weight_mask(self) -> Tensor:
         return self._spread(self._value_live())

@@ -478,6 +478,45 @@ std::vector<torch::Tensor> backward_tiled(torch::Tensor V, torch::Tensor planes,
   return {gx, gV};
 }
 
+// Each parent row's columns sorted by child (stable: ascending within a child) and where each
+// child's columns start: what the tiled kernels read. A counting sort over the bit planes, one pass
+// per row, so the layer keeps no order between calls (2 bytes an entry) and builds it per call.
+template <typename IDX>
+void order_rows(const uint8_t* planes, int64_t NB, int64_t P, int64_t Q, int64_t S, int64_t ra, IDX* order,
+                int32_t* starts) {
+  at::parallel_for(0, P, 64, [&](int64_t i0, int64_t i1) {
+    std::vector<int32_t> next(ra);
+    std::vector<uint8_t> child(Q);
+    for (int64_t i = i0; i < i1; ++i) {
+      int32_t* st = starts + i * (ra + 1);
+      std::fill(st, st + ra + 1, 0);
+      for (int64_t j = 0; j < Q; ++j) {
+        int c = 0;
+        for (int64_t q = 0; q < NB; ++q) c |= ((planes[(q * P + i) * S + j / 8] >> (j % 8)) & 1) << q;
+        child[j] = static_cast<uint8_t>(c);
+        ++st[c + 1];
+      }
+      for (int64_t k = 0; k < ra; ++k) st[k + 1] += st[k];
+      for (int64_t k = 0; k < ra; ++k) next[k] = st[k];
+      for (int64_t j = 0; j < Q; ++j) order[i * Q + next[child[j]]++] = static_cast<IDX>(j);
+    }
+  });
+}
+
+std::vector<torch::Tensor> column_order(torch::Tensor planes, int64_t Q, int64_t ra) {
+  TORCH_CHECK(planes.dim() == 3 && planes.scalar_type() == torch::kByte && planes.is_contiguous() &&
+                  planes.size(2) * 8 >= Q, "planes must be contiguous uint8 (bits, rows, bytes >= cols / 8)");
+  TORCH_CHECK(ra >= 1 && ra <= 16 && (1 << planes.size(0)) >= ra, "planes must hold the children's ids");
+  const int64_t NB = planes.size(0), P = planes.size(1), S = planes.size(2);
+  auto order = torch::empty({P, Q}, planes.options().dtype(Q < 32768 ? torch::kShort : torch::kInt));
+  auto starts = torch::empty({P, ra + 1}, planes.options().dtype(torch::kInt));
+  if (Q < 32768) order_rows<int16_t>(planes.data_ptr<uint8_t>(), NB, P, Q, S, ra, order.data_ptr<int16_t>(),
+                                     starts.data_ptr<int32_t>());
+  else order_rows<int32_t>(planes.data_ptr<uint8_t>(), NB, P, Q, S, ra, order.data_ptr<int32_t>(),
+                           starts.data_ptr<int32_t>());
+  return {order, starts};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("available", &available, "whether this CPU runs the kernels (AVX-512)");
   m.def("children_supported", &children_supported, "the children per parent the kernels are built for");
@@ -485,4 +524,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("backward", &backward, "(grad_input, grad_values) of the parent-order product");
   m.def("forward_tiled", &forward_tiled, "the product for large batches, from each row's columns sorted by child");
   m.def("backward_tiled", &backward_tiled, "(grad_input, grad_values) for large batches");
+  m.def("column_order", &column_order, "(order, starts): each row's columns sorted by child, from the bit planes");
 }
