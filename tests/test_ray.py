@@ -146,5 +146,6 @@ def test_the_guarded_local_cluster_is_given_each_units_device(tmp_path, monkeypa
                for s in (0, 1)]
     summary = execute(make_jobs("boolean", configs), ResultStore(tmp_path), backend="ray", quiet=True, device="cpu")
     assert summary["done"] == 2
-    assert sent and all(len(unit) == 5 and str(unit[3]) == "cpu" for unit in sent)
+    # (experiment, configs, threads, device, layout, plugins): the device travels with every unit
+    assert sent and all(len(unit) == 6 and str(unit[3]) == "cpu" for unit in sent)
     assert (gpus_per_unit("cuda"), gpus_per_unit("cuda:1"), gpus_per_unit("cpu"), gpus_per_unit(None)) == (1, 1, 0, 0)

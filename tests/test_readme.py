@@ -11,7 +11,7 @@ def test_quickstart_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     exec(compile(code, "README quickstart", "exec"), namespace)
-    assert (tmp_path / "wide.pt").exists()
+    assert (tmp_path / "wide" / "model.safetensors").exists() and (tmp_path / "wide" / "config.json").exists()
     assert namespace["torchfpe"].nonzero_parameters(namespace["again"]) == namespace["torchfpe"].nonzero_parameters(namespace["model"])
 
 
