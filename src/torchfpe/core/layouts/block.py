@@ -21,7 +21,8 @@ from .. import kernels
 from ..validation import InvalidParameterError
 from .base import LayoutError, register_layout
 from .masked import MaskedLinear
-from .packed import PackedLinear, SavedTensors, autocast_operands, compact, pack_bits, positions_of, row_factor, stored_bias, unpack_bits
+from .packed import PackedLinear, PaddedRowsBias, SavedTensors, autocast_operands, compact, pack_bits, positions_of, row_factor, \
+    stored_bias, unpack_bits
 
 #: Below this many examples a block layer copies its input into block order first (measured faster
 #: for batch 1 on one thread); above, the batched product reads the strided view.
@@ -110,7 +111,7 @@ def _children_blocks(members: list[list[int]], assignments: list[Tensor], alpha:
     return block_list
 
 
-def _support_blocks(mask: Tensor, max_blocks: int) -> list[tuple[Tensor, Tensor]] | None:
+def support_blocks(mask: Tensor, max_blocks: int) -> list[tuple[Tensor, Tensor]] | None:
     """Rows grouped by the inputs they read, one block per group (ascending rows, blocks ordered by
     first row), or ``None`` when more than ``max_blocks`` blocks are needed.
 
@@ -160,7 +161,7 @@ def _slots(block_list: list[tuple[Tensor, Tensor]]) -> int:
 
 
 @register_layout
-class BlockLinear(PackedLinear):
+class BlockLinear(PaddedRowsBias, PackedLinear):
     """Dense blocks of shared inputs: one batched product at the parent's cost (see module doc).
 
     Stored: ``values`` (blocks, c, r); ``bias`` (blocks * r) in output-position order; ``in_index``
@@ -228,7 +229,7 @@ class BlockLinear(PackedLinear):
         # rows grouped by their inputs, for layers reading copied columns (budget="structured"): forced,
         # only where no children grouping exists; in auto, also where that one has holes
         if copies > 1 and (not plans or (auto and _slots(plans[0][1]) > live_count)):
-            support = _support_blocks(mask_cpu, max_groups * alpha * copies if auto else layer.out_features)
+            support = support_blocks(mask_cpu, max_groups * alpha * copies if auto else layer.out_features)
             # the mean, not the least: a structured layer's share of rows is balanced per layer, not per block
             if support is not None and (not auto or layer.out_features / len(support) >= MIN_GROUP_ROWS):
                 plans.append(("support", support))
@@ -548,27 +549,6 @@ class BlockLinear(PackedLinear):
         out_n, in_n, keep = self._coordinates()
         mask = torch.zeros(self.out_features, self.in_features, dtype=torch.bool, device=self.values.device)
         mask[out_n[keep], in_n[keep]] = True
-        return mask
-
-    def _bias_natural(self) -> tuple[Tensor, Tensor]:
-        natural = self.out_index.long()
-        real = natural >= 0
-        return natural[real], torch.nonzero(real).squeeze(1)
-
-    def effective_bias(self) -> Tensor | None:
-        if self.bias is None:
-            return None
-        natural, positions = self._bias_natural()
-        bias = self.bias if self.bias_live is None else self.bias * self.bias_live
-        return bias.new_zeros(self.out_features).index_put((natural,), bias[positions])
-
-    def dense_bias_mask(self) -> Tensor | None:
-        if self.bias is None:
-            return None
-        natural, positions = self._bias_natural()
-        live = torch.ones_like(self.bias, dtype=torch.bool) if self.bias_live is None else self.bias_live
-        mask = torch.zeros(self.out_features, dtype=torch.bool, device=self.bias.device)
-        mask[natural] = live[positions]
         return mask
 
     def extra_repr(self) -> str:

@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import LayoutError, register_layout
-from .block import MIN_GROUP_ROWS, _support_blocks
+from .block import MIN_GROUP_ROWS, support_blocks
 from .masked import MaskedLinear
-from .packed import PackedLinear, SavedTensors, autocast_operands, compact, pack_bits, positions_of, stored_bias, \
+from .packed import PackedLinear, PaddedRowsBias, SavedTensors, autocast_operands, compact, pack_bits, positions_of, stored_bias, \
     unpack_bits
 
 #: ``auto`` takes a layer only when padding and holes keep the stored values within this factor of
@@ -172,7 +172,7 @@ def _products(x: Tensor, values: Tensor, bias: Tensor | None, shapes: tuple) -> 
 
 
 @register_layout
-class NestedLinear(PackedLinear):
+class NestedLinear(PaddedRowsBias, PackedLinear):
     """Classes of rows sharing their inputs, bucketed into a few batched products (see module doc).
 
     Stored: ``values`` (flat: bucket after bucket, each (classes, rows, chunk)); ``bias`` (one per
@@ -234,7 +234,7 @@ class NestedLinear(PackedLinear):
                               "of a deep expansion)")
         mask_cpu = layer.weight_mask.cpu()
         limit = max(1, layer.out_features // MIN_GROUP_ROWS) if auto else layer.out_features
-        classes = _support_blocks(mask_cpu, limit)
+        classes = support_blocks(mask_cpu, limit)
         if classes is None:
             raise LayoutError(f"its rows do not share their inputs in {limit} classes or fewer")
         if auto and len(classes) == 1:
@@ -429,27 +429,6 @@ class NestedLinear(PackedLinear):
         out_n, in_n, keep = self._coordinates()
         mask = torch.zeros(self.out_features, self.in_features, dtype=torch.bool, device=self.values.device)
         mask[out_n[keep], in_n[keep]] = True
-        return mask
-
-    def _bias_natural(self) -> tuple[Tensor, Tensor]:
-        natural = self.out_index.long()
-        real = natural >= 0
-        return natural[real], torch.nonzero(real).squeeze(1)
-
-    def effective_bias(self) -> Tensor | None:
-        if self.bias is None:
-            return None
-        natural, positions = self._bias_natural()
-        bias = self.bias if self.bias_live is None else self.bias * self.bias_live
-        return bias.new_zeros(self.out_features).index_put((natural,), bias[positions])
-
-    def dense_bias_mask(self) -> Tensor | None:
-        if self.bias is None:
-            return None
-        natural, positions = self._bias_natural()
-        live = torch.ones_like(self.bias, dtype=torch.bool) if self.bias_live is None else self.bias_live
-        mask = torch.zeros(self.out_features, dtype=torch.bool, device=self.bias.device)
-        mask[natural] = live[positions]
         return mask
 
     def extra_repr(self) -> str:

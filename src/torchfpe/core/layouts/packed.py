@@ -22,7 +22,7 @@ from .base import ExpandedLayer
 from .masked import MaskedLinear
 
 
-class _MaskGrad(torch.autograd.Function):
+class MaskGrad(torch.autograd.Function):
     """Identity in the forward pass; multiplies the gradient by a fixed mask in the backward pass."""
 
     @staticmethod
@@ -48,6 +48,34 @@ def autocast_operands(device: torch.device, *tensors: Tensor | None) -> tuple[Te
         return tensors
     dtype = torch.get_autocast_dtype(device.type)
     return tuple(t.to(dtype) if t is not None and t.is_floating_point() and t.dtype != dtype else t for t in tensors)
+
+
+
+class PaddedRowsBias:
+    """The bias accessors of a layout whose output positions include padding rows: ``out_index`` holds
+    the natural unit of each output position, -1 for padding (``block``, ``nested``); the bias is stored
+    per output position, ``bias_live`` its live entries (``None``: all live)."""
+
+    def _bias_natural(self) -> tuple[Tensor, Tensor]:
+        natural = self.out_index.long()
+        real = natural >= 0
+        return natural[real], torch.nonzero(real).squeeze(1)
+
+    def effective_bias(self) -> Tensor | None:
+        if self.bias is None:
+            return None
+        natural, positions = self._bias_natural()
+        bias = self.bias if self.bias_live is None else self.bias * self.bias_live
+        return bias.new_zeros(self.out_features).index_put((natural,), bias[positions])
+
+    def dense_bias_mask(self) -> Tensor | None:
+        if self.bias is None:
+            return None
+        natural, positions = self._bias_natural()
+        live = torch.ones_like(self.bias, dtype=torch.bool) if self.bias_live is None else self.bias_live
+        mask = torch.zeros(self.out_features, dtype=torch.bool, device=self.bias.device)
+        mask[natural] = live[positions]
+        return mask
 
 
 def pack_bits(mask: Tensor) -> Tensor:
@@ -211,7 +239,7 @@ class PackedLinear(ExpandedLayer, nn.Module):
     def _masked_bias(self) -> Tensor | None:
         if self.bias is None or self.bias_live is None or not (torch.is_grad_enabled() and self.bias.requires_grad):
             return self.bias
-        return _MaskGrad.apply(self.bias, self.bias_live)
+        return MaskGrad.apply(self.bias, self.bias_live)
 
     def effective_bias(self) -> Tensor | None:  # a layout whose bias has its own layout overrides both
         if self.bias is None:

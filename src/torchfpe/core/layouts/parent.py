@@ -36,7 +36,7 @@ from .. import kernels
 from . import native
 from .base import LayoutError, register_layout
 from .masked import MaskedLinear
-from .packed import PackedLinear, SavedTensors, _MaskGrad, compact, pack_bits, positions_of, stored_bias, \
+from .packed import PackedLinear, SavedTensors, MaskGrad, compact, pack_bits, positions_of, stored_bias, \
     unpack_bits
 
 #: The compiled forward runs up to this many examples without gradients. Measured on one CPU thread
@@ -369,7 +369,7 @@ class ParentLinear(PackedLinear):
         else:
             values = self.values
             if self.hole_bits is not None and torch.is_grad_enabled() and values.requires_grad:
-                values = _MaskGrad.apply(values, self.live)
+                values = MaskGrad.apply(values, self.live)
             y = F.linear(x, self._spread(values), bias)
         return y.reshape(*leading, self.out_features)
 
