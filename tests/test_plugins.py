@@ -163,6 +163,32 @@ def test_a_split_registered_in_a_function_is_refused_before_the_pool_starts(isol
     assert not out.exists()
 
 
+OPTIMIZER_PLUGIN = """
+import torch
+from torchfpe.core.optim import register_optimizer
+
+register_optimizer("plugin_rmsprop", torch.optim.RMSprop, settings=("lr", "weight_decay"), replace=True)
+"""
+
+
+@pytest.mark.parametrize("backend", ["local", "process"])
+def test_an_optimizer_plugin_trains_a_study_from_the_cli(isolated, tmp_path, backend):
+    from torchfpe.core.optim import OPTIMIZERS
+
+    plugin = tmp_path / f"my_optimizer_{backend}.py"  # one module name per run (a name imports once)
+    plugin.write_text(OPTIMIZER_PLUGIN)
+    out = tmp_path / "out"
+    try:
+        result = cli("--plugin", plugin, "reproduce", "boolean", "--out", out, "--backend", backend, "--workers", "1",
+                     "--set", "optimizer=plugin_rmsprop", "--set", "variants=dense+random", *TINY)
+        assert result.exit_code == 0, result.output
+        records = _records(out)
+        assert sorted(r["variant"] for r in records) == ["dense", "random"]
+        assert all(0.0 <= r["test_accuracy"] <= 1.0 for r in records)
+    finally:
+        OPTIMIZERS.remove("plugin_rmsprop")
+
+
 def test_an_optimizer_registered_in_a_function_is_refused_before_the_pool_starts(isolated, tmp_path):
     import torch
 
