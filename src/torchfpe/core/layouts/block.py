@@ -286,12 +286,7 @@ class BlockLinear(PaddedRowsBias, PackedLinear):
             if packed.hole_bits is not None:
                 packed.hole_bits.copy_(pack_bits(~live))
             if bias is not None:
-                real = out_flat >= 0
-                stored = bias.new_zeros(blocks * rows)
-                stored[real.to(device)] = bias[out_flat[real].to(device)]
-                packed.bias.copy_(stored * bias_live.to(device))
-                if packed.bias_holes is not None:
-                    packed.bias_holes.copy_(~bias_live)
+                packed.store_bias_(bias, bias_live, out_flat)
         packed.parent_features = layer.parent_features
         packed._refresh()
         return packed

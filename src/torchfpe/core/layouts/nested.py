@@ -291,11 +291,7 @@ class NestedLinear(PaddedRowsBias, PackedLinear):
             packed.out_index.copy_(out_flat)
             packed.hole_bits.copy_(pack_bits(~live_t))
             if bias is not None:
-                stored = bias.new_zeros(out_flat.numel())
-                stored[real.to(device)] = bias[out_flat[real].to(device)]
-                packed.bias.copy_(stored * bias_live.to(device))
-                if packed.bias_holes is not None:
-                    packed.bias_holes.copy_(~bias_live)
+                packed.store_bias_(bias, bias_live, out_flat)
         packed.parent_features = layer.parent_features
         packed._refresh()
         return packed

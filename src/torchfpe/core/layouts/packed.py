@@ -77,6 +77,17 @@ class PaddedRowsBias:
         mask[natural] = live[positions]
         return mask
 
+    def store_bias_(self, bias: Tensor, bias_live: Tensor, out_flat: Tensor) -> None:
+        """Fill the stored bias from the natural ``bias`` (``from_masked``): each output position takes its
+        unit's value, 0 at padding rows and holes; ``bias_holes`` (when stored) the dead positions."""
+        device = self.bias.device
+        real = out_flat >= 0
+        stored = bias.new_zeros(out_flat.numel())
+        stored[real.to(device)] = bias[out_flat[real].to(device)]
+        self.bias.copy_(stored * bias_live.to(device))
+        if self.bias_holes is not None:
+            self.bias_holes.copy_(~bias_live)
+
 
 def pack_bits(mask: Tensor) -> Tensor:
     """A boolean tensor as bytes, 8 entries a byte (the first entry in the lowest bit)."""
