@@ -27,6 +27,7 @@ Wall-clock ratios on a shared machine are indicative only; the profile shares ar
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import platform
@@ -48,22 +49,18 @@ PRODUCT_OPS = ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "aten::_
                "_NativeProduct", "_TiledProduct", "_NativeProductBackward", "_TiledProductBackward")
 
 
-def _lm_steps():
-    """bench/lm_steps.py as a module (bench/ is not a package): its LM sizes and builder."""
-    spec = importlib.util.spec_from_file_location("lm_steps", Path(__file__).with_name("lm_steps.py"))
+@functools.cache
+def _bench(name: str):
+    """bench/<name>.py as a module (bench/ is not a package): lm_steps' LM sizes and builder, packed's MLP."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 def mlp(sizes: list[int], seed: int = 0) -> nn.Sequential:
-    torch.manual_seed(seed)
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(a, b))
-        if i < len(sizes) - 2:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
+    """The ReLU MLP of bench/packed.py (the same parents as its grid)."""
+    return _bench("packed").mlp(sizes, seed)
 
 
 def layouts_of(model: nn.Module) -> list[str]:
@@ -238,7 +235,7 @@ def batch_one(args) -> list:
 
 
 def language_models(args) -> list:
-    lm_steps = _lm_steps()
+    lm_steps = _bench("lm_steps")
     lm = lm_steps.lm
     sizes = lm_steps.SMOKE if args.smoke else {name: lm_steps.SIZES[name] for name in args.lm}
     rows = []
