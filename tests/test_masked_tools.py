@@ -234,6 +234,7 @@ def _worker(rank: int, world: int, port: int, tool: str, layouts: list[str], out
             except Exception as error:  # noqa: BLE001 - reported per layout, in the test that names it
                 results[layout] = {"error": f"{type(error).__name__}: {error}"}
         torch.save(results, f"{out}.{rank}")
+        dist.barrier()  # neither rank tears gloo down while the other still uses it (a rank aborted so, rarely)
     finally:
         dist.destroy_process_group()
 

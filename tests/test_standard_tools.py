@@ -105,6 +105,7 @@ def _ddp_worker(rank: int, world: int, port: int, layout: str, out: str) -> None
         holes = sum(layer.masked_out_nonzero() for _, layer in expanded_layers(packed))
         torch.save({"state": {k: v.detach().clone() for k, v in packed.state_dict().items()
                               if isinstance(v, torch.Tensor)}, "holes": holes}, f"{out}.{rank}")
+        dist.barrier()  # neither rank tears gloo down while the other still uses it
     finally:
         dist.destroy_process_group()
 
